@@ -1,0 +1,5 @@
+"""Allow ``python -m bridger``."""
+
+from bridger.cli import main
+
+raise SystemExit(main())
