@@ -1,0 +1,157 @@
+"""The documented shape of the status document, and a small validator for it.
+
+``STATUS_SCHEMA`` is a JSON-Schema-like dict (the subset understood by
+:func:`validate`: ``type``, ``properties``, ``required``,
+``additionalProperties``, ``items``, ``enum``, ``minimum``).  It is the
+contract of ``bridger status --json`` described in ``docs/status.md``; tests
+validate real snapshots against it so code and documentation cannot drift.
+Keeping our own validator avoids a jsonschema dependency for ~60 lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridger.status.counters import DAEMON_DROP_REASONS, KINDS, LINK_STATES, SCHEMA_VERSION
+
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_AGE: dict[str, Any] = {"type": ["number", "null"], "minimum": 0}
+_PER_DIRECTION: dict[str, Any] = {
+    "type": "object",
+    "properties": {"tx": _COUNT, "rx": _COUNT},
+    "required": ["tx", "rx"],
+    "additionalProperties": False,
+}
+_KINDS: dict[str, Any] = {
+    "type": "object",
+    "properties": {kind: _COUNT for kind in KINDS},
+    "required": list(KINDS),
+    "additionalProperties": False,
+}
+_MAC_SIDE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "count": _COUNT,
+        "capacity": {"type": "integer", "minimum": 1},
+        "evicted": _COUNT,
+        "top": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "mac": {"type": "string"},
+                    "frames": _COUNT,
+                    "bytes": _COUNT,
+                    "last_seen_age": {"type": "number", "minimum": 0},
+                },
+                "required": ["mac", "frames", "bytes", "last_seen_age"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["count", "capacity", "evicted", "top"],
+    "additionalProperties": False,
+}
+
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "version": {"type": "integer", "enum": [SCHEMA_VERSION]},
+        "link": {
+            "type": "object",
+            "properties": {
+                "state": {"type": "string", "enum": list(LINK_STATES)},
+                "endpoint": {"type": ["string", "null"]},
+                "peer_name": {"type": ["string", "null"]},
+                "session_age": _AGE,
+                "last_handshake_age": _AGE,
+                "handshakes": _COUNT,
+                "rekeys": _COUNT,
+                "rtt_ms": _AGE,
+                "path_mtu": _COUNT,
+            },
+            "required": [
+                "state", "endpoint", "peer_name", "session_age", "last_handshake_age",
+                "handshakes", "rekeys", "rtt_ms", "path_mtu",
+            ],
+            "additionalProperties": False,
+        },
+        "interface": {"type": "object", "additionalProperties": {"type": "string"}},
+        "frames": _PER_DIRECTION,
+        "bytes": _PER_DIRECTION,
+        "kinds": {
+            "type": "object",
+            "properties": {"tx": _KINDS, "rx": _KINDS},
+            "required": ["tx", "rx"],
+            "additionalProperties": False,
+        },
+        "drops": {
+            "type": "object",
+            "required": list(DAEMON_DROP_REASONS),
+            "additionalProperties": _COUNT,
+        },
+        "fragments": {"type": "object", "additionalProperties": _COUNT},
+        "macs": {
+            "type": "object",
+            "properties": {"local": _MAC_SIDE, "remote": _MAC_SIDE},
+            "required": ["local", "remote"],
+            "additionalProperties": False,
+        },
+    },
+    "required": [
+        "version", "link", "interface", "frames", "bytes", "kinds", "drops", "fragments", "macs",
+    ],
+    "additionalProperties": False,
+}
+
+
+class SchemaError(ValueError):
+    """A document does not match a schema; the message names the JSON path."""
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if isinstance(value, bool) and name in ("integer", "number"):
+        return False  # JSON booleans are not numbers, though Python says so
+    return isinstance(value, _TYPES[name])
+
+
+def validate(doc: Any, schema: dict[str, Any] = STATUS_SCHEMA, path: str = "$") -> None:
+    """Raise :class:`SchemaError` if ``doc`` does not match ``schema``."""
+    expected = schema.get("type")
+    if expected is not None:
+        names = expected if isinstance(expected, list) else [expected]
+        if not any(_is_type(doc, name) for name in names):
+            raise SchemaError(f"{path}: expected {'/'.join(names)}, got {type(doc).__name__}")
+    if "enum" in schema and doc not in schema["enum"]:
+        raise SchemaError(f"{path}: {doc!r} not one of {schema['enum']!r}")
+    if "minimum" in schema and _is_type(doc, "number") and doc < schema["minimum"]:
+        raise SchemaError(f"{path}: {doc!r} is below {schema['minimum']!r}")
+    if isinstance(doc, dict):
+        properties: dict[str, Any] = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in doc:
+                raise SchemaError(f"{path}: missing required key {key!r}")
+        extra = schema.get("additionalProperties", True)
+        for key, value in doc.items():
+            if not isinstance(key, str):
+                raise SchemaError(f"{path}: non-string key {key!r}")
+            if key in properties:
+                validate(value, properties[key], f"{path}.{key}")
+            elif extra is False:
+                raise SchemaError(f"{path}: unexpected key {key!r}")
+            elif isinstance(extra, dict):
+                validate(value, extra, f"{path}.{key}")
+    if isinstance(doc, list) and "items" in schema:
+        for index, item in enumerate(doc):
+            validate(item, schema["items"], f"{path}[{index}]")
