@@ -143,8 +143,17 @@ class MacTable:
         }
 
 
-def _count(d: _Direction, frame: bytes | memoryview, n: int) -> None:
-    """Classify one frame of length ``n`` (>= 14) into ``d``'s kind counters."""
+def _account(d: _Direction, macs: MacTable, frame: bytes | memoryview, now: float) -> None:
+    """Count one frame in direction ``d`` and note its source MAC in ``macs``.
+
+    One function (not several small ones) because calls dominate the per-frame cost.
+    """
+    n = len(frame)
+    d.frames += 1
+    d.bytes += n
+    if n < ETH_HEADER_LEN:
+        d.runt += 1
+        return
     if frame[0] & 1:  # group bit of the destination MAC
         if frame[0:6] == _BROADCAST:
             d.broadcast += 1
@@ -167,6 +176,7 @@ def _count(d: _Direction, frame: bytes | memoryview, n: int) -> None:
         d.arp += 1
     else:
         d.other += 1
+    macs.seen(bytes(frame[6:12]), n, now)
 
 
 class Counters:
@@ -181,27 +191,11 @@ class Counters:
 
     def lan_to_wan(self, frame: bytes | memoryview, now: float) -> None:
         """Count a frame read from the tap and sent to the peer; its source MAC is local."""
-        d = self._tx
-        n = len(frame)
-        d.frames += 1
-        d.bytes += n
-        if n < ETH_HEADER_LEN:
-            d.runt += 1
-            return
-        _count(d, frame, n)
-        self._local.seen(bytes(frame[6:12]), n, now)
+        _account(self._tx, self._local, frame, now)
 
     def wan_to_lan(self, frame: bytes | memoryview, now: float) -> None:
         """Count a frame received from the peer and written to the tap; its source MAC is remote."""
-        d = self._rx
-        n = len(frame)
-        d.frames += 1
-        d.bytes += n
-        if n < ETH_HEADER_LEN:
-            d.runt += 1
-            return
-        _count(d, frame, n)
-        self._remote.seen(bytes(frame[6:12]), n, now)
+        _account(self._rx, self._remote, frame, now)
 
     def tap_write_failed(self) -> None:
         """A frame from the peer could not be written to the tap."""
