@@ -1,0 +1,407 @@
+"""`bridger up`: the Trio I/O shell around the protocol core.
+
+Outbound and inbound flow:
+
+1. Host setup (bridger.host) gives a non-blocking tap fd; a UDP socket is
+   bound on the listen port (dual-stack where the kernel allows).
+2. ``_tap_to_wan``: drain the tap until EAGAIN (bounded batch), count each
+   frame, hand it to ``Tunnel.send_frame`` and send the datagrams it returns.
+3. ``_wan_to_tap``: drain the UDP socket the same way, feed each datagram to
+   ``Tunnel.receive_datagram``, write delivered frames to the tap, send any
+   replies (handshake responses, keepalives).
+4. ``_timers``: sleep until ``Tunnel.next_deadline()``, then ``tick``; woken
+   early when a data path moved the deadline.
+5. ``_resolver``: resolves a peer DNS name off the data path, again when the
+   peer goes silent (dynamic DNS); failures are logged and retried.
+6. Control socket, dashboard or log lines, metrics: they only sample
+   ``Counters`` and ``Tunnel.stats()``; the data plane never waits for them.
+
+Every task runs in one nursery; SIGINT/SIGTERM cancel it, and leaving the
+``HostSession`` context restores the host network.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bridger.config import UpConfig
+from bridger.errors import BridgerError, ConfigError
+from bridger.keys import read_private_key_file
+
+log = logging.getLogger("bridger")
+
+#: Frames or datagrams handled per wake-up before yielding to other tasks.
+BATCH = 128
+#: Largest datagram or frame read in one call.
+READ_SIZE = 65536
+#: Seconds between re-resolutions of a peer name while the link is not up.
+RESOLVE_RETRY = (2.0, 5.0, 10.0, 30.0)
+#: Seconds between drop summaries in the log.
+DROP_SUMMARY_INTERVAL = 30.0
+
+Address = tuple[str, int]
+
+
+def normalise_address(sockaddr: tuple[Any, ...]) -> Address:
+    """(host, port) with IPv4-mapped IPv6 unwrapped and scope kept for link-local."""
+    host, port = sockaddr[0], sockaddr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
+@dataclass
+class UdpEndpoint:
+    """The tunnel's UDP socket, IPv6 dual-stack when possible, else IPv4."""
+
+    sock: socket.socket
+    dual_stack: bool
+    listen: str
+
+    @classmethod
+    def bind(cls, port: int) -> UdpEndpoint:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            dual = True
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dual = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            # Outer packets must never be fragmented by IP: the core fragments itself.
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MTU_DISCOVER, 2)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, 2)  # IP_PMTUDISC_DO
+            sock.bind(("::" if dual else "0.0.0.0", port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--listen: UDP port {port} is already in use") from exc
+            raise BridgerError(f"cannot open UDP port {port}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return cls(sock, dual, f"{'[::]' if dual else '0.0.0.0'}:{port}")
+
+    def sockaddr(self, addr: Address) -> tuple[Any, ...]:
+        host, port = addr
+        if self.dual_stack and ":" not in host:
+            return ("::ffff:" + host, port)
+        return (host, port)
+
+
+@dataclass
+class Daemon:
+    """The running daemon's state shared by its tasks."""
+
+    config: UpConfig
+    tunnel: Any
+    counters: Any
+    udp: UdpEndpoint
+    tap_fd: int
+    host_info: dict[str, str]
+    wake_timers: trio.Event = field(default_factory=trio.Event)
+    timer_at: float = math.inf
+    last_drop_log: dict[str, int] = field(default_factory=dict)
+
+    # -- helpers -----------------------------------------------------------
+
+    def _now(self) -> float:
+        return trio.current_time()
+
+    def _send_all(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
+        """Send without waiting; a full socket buffer is a counted drop (UDP may lose)."""
+        sock = self.udp.sock
+        for data, addr in datagrams:
+            try:
+                sock.sendto(data, self.udp.sockaddr(addr))
+            except BlockingIOError:
+                self.counters.drop("udp_send_blocked")
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    self.counters.drop("udp_send_too_big")
+                else:
+                    self.counters.drop("udp_send_failed")
+
+    def _deliver(self, frames: Iterable[bytes], now: float) -> None:
+        fd = self.tap_fd
+        for frame in frames:
+            try:
+                os.write(fd, frame)
+            except OSError:
+                self.counters.tap_write_failed()
+                continue
+            self.counters.wan_to_lan(frame, now)
+
+    def _handle(self, out: Any, now: float) -> None:
+        if out.datagrams:
+            self._send_all(out.datagrams)
+        if out.frames:
+            self._deliver(out.frames, now)
+        for event in out.events:
+            log_event(event)
+        deadline = self.tunnel.next_deadline()
+        if deadline is not None and deadline < self.timer_at:
+            self.wake_timers.set()
+
+    # -- tasks -------------------------------------------------------------
+
+    async def tap_to_wan(self) -> None:
+        fd = self.tap_fd
+        tunnel = self.tunnel
+        counters = self.counters
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            now = self._now()
+            for _ in range(BATCH):
+                try:
+                    frame = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise BridgerError(f"tap read failed: {exc.strerror}") from exc
+                counters.lan_to_wan(frame, now)
+                self._handle(tunnel.send_frame(frame, now), now)
+            await trio.lowlevel.checkpoint()
+
+    async def wan_to_tap(self) -> None:
+        sock = self.udp.sock
+        tunnel = self.tunnel
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = self._now()
+            wall = time.time()
+            for _ in range(BATCH):
+                try:
+                    data, sockaddr = sock.recvfrom(READ_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    # ICMP errors (port unreachable) surface here; the core's timers cope.
+                    continue
+                addr = normalise_address(sockaddr)
+                self._handle(tunnel.receive_datagram(data, addr, now, wall), now)
+            await trio.lowlevel.checkpoint()
+
+    async def timers(self) -> None:
+        while True:
+            deadline = self.tunnel.next_deadline()
+            self.timer_at = math.inf if deadline is None else deadline
+            self.wake_timers = trio.Event()
+            with trio.move_on_at(self.timer_at):
+                await self.wake_timers.wait()
+            now = self._now()
+            if deadline is not None and now >= deadline:
+                self._handle(self.tunnel.tick(now, time.time()), now)
+
+    async def resolver(self, host: str, port: int) -> None:
+        """Keep the peer endpoint current for a DNS name (or set a literal once)."""
+        family = 0 if self.udp.dual_stack else socket.AF_INET
+        attempt = 0
+        while True:
+            try:
+                infos = await trio.socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+            except (socket.gaierror, OSError) as exc:
+                delay = RESOLVE_RETRY[min(attempt, len(RESOLVE_RETRY) - 1)]
+                log.warning("peer %s does not resolve (%s); retrying in %.0fs", host, exc, delay)
+                attempt += 1
+                await trio.sleep(delay)
+                continue
+            attempt = 0
+            addrs = [normalise_address(info[4]) for info in infos]
+            current = self.tunnel.endpoint
+            if current not in addrs and addrs:
+                if current is not None:
+                    log.info("peer %s now resolves to %s", host, format_address(addrs[0]))
+                now = self._now()
+                self._handle(self.tunnel.set_endpoint(addrs[0], now), now)
+            if is_ip_literal(host):
+                return
+            # Re-resolve while the link is not up (dynamic DNS); slowly otherwise.
+            await trio.sleep(10.0 if self.tunnel.stats().state != "up" else 60.0)
+
+    async def drop_summaries(self) -> None:
+        """One log line per interval summarising drops, never one per packet."""
+        while True:
+            await trio.sleep(DROP_SUMMARY_INTERVAL)
+            drops = self.snapshot()["drops"]
+            delta = {k: v - self.last_drop_log.get(k, 0) for k, v in drops.items()}
+            self.last_drop_log = dict(drops)
+            changed = {k: v for k, v in delta.items() if v}
+            if changed:
+                text = ", ".join(f"{k}={v}" for k, v in sorted(changed.items()))
+                log.info("drops in the last %.0fs: %s", DROP_SUMMARY_INTERVAL, text)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.counters.snapshot(link_info(self), self._now())
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def format_address(addr: Address | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def link_info(daemon: Daemon) -> Any:
+    """Fill the status module's LinkInfo from the core's stats."""
+    from bridger.status.counters import LinkInfo
+
+    stats = daemon.tunnel.stats()
+    now = daemon._now()
+    cfg = daemon.config
+
+    def age(t: float | None) -> float | None:
+        return None if t is None else max(0.0, now - t)
+
+    return LinkInfo(
+        state=stats.state,
+        endpoint=format_address(stats.endpoint),
+        peer_name=None if cfg.peer_host is None or is_ip_literal(cfg.peer_host) else cfg.peer_host,
+        session_age=age(stats.session_established_at),
+        last_handshake_age=age(stats.last_handshake_at),
+        handshakes=stats.handshakes,
+        rekeys=stats.rekeys,
+        rtt_ms=stats.rtt_ms,
+        path_mtu=stats.path_mtu,
+        drops=dict(stats.drops),
+        fragments=dict(stats.fragments),
+        interface=daemon.host_info,
+    )
+
+
+def log_event(event: Any) -> None:
+    """One line per meaningful protocol event."""
+    log.info("%s", event)
+
+
+def setup_logging(dashboard: bool) -> None:
+    if dashboard:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s bridger: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("bridger")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def read_psk(path: Path | None) -> bytes | None:
+    return None if path is None else read_private_key_file(path)
+
+
+async def _serve(daemon: Daemon, dashboard: bool) -> None:
+    from bridger.status.control import serve_control
+
+    cfg = daemon.config
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(serve_control, cfg.state_dir / "control.sock", daemon.snapshot)
+            nursery.start_soon(daemon.tap_to_wan)
+            nursery.start_soon(daemon.wan_to_tap)
+            nursery.start_soon(daemon.timers)
+            nursery.start_soon(daemon.drop_summaries)
+            if cfg.peer_host is not None:
+                nursery.start_soon(daemon.resolver, cfg.peer_host, cfg.peer_port)
+            if dashboard:
+                from bridger.status.dashboard import run_dashboard
+
+                nursery.start_soon(run_dashboard, daemon.snapshot)
+            else:
+                from bridger.status.dashboard import run_log_lines
+
+                nursery.start_soon(run_log_lines, daemon.snapshot)
+            log.info(
+                "up: %s + %s in bridge %s, listening on %s%s",
+                cfg.lan, cfg.tap, cfg.bridge, daemon.udp.listen,
+                f", peer {cfg.peer_host}:{cfg.peer_port}" if cfg.peer_host else
+                ", waiting for the peer",
+            )
+            async for signum in signals:
+                log.info("%s: stopping and restoring the host network", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_up(config: UpConfig) -> int:
+    """Everything `bridger up` does after the config is valid."""
+    from bridger.host import HostPlan, bring_up
+    from bridger.protocol import Tunnel, TunnelConfig
+    from bridger.status.counters import Counters
+
+    private = read_private_key_file(config.key_file)
+    psk = read_psk(config.psk_file)
+    dashboard = config.dashboard and sys.stdout.isatty()
+    setup_logging(dashboard)
+    udp = UdpEndpoint.bind(config.listen)
+    try:
+        plan = HostPlan(
+            lan=config.lan, bridge=config.bridge, tap=config.tap,
+            state_dir=config.state_dir, stp=config.stp,
+        )
+        with bring_up(plan) as host:
+            metrics_hostport = config.metrics
+            counters = Counters()
+
+            def build_daemon() -> Daemon:
+                now = trio.current_time()
+                tunnel = Tunnel(
+                    TunnelConfig(
+                        private_key=private,
+                        peer_public_key=config.peer_public_key,
+                        psk=psk,
+                        endpoint=None,
+                        persistent_keepalive=config.persistent_keepalive,
+                        wan_mtu=config.wan_mtu,
+                    ),
+                    now=now,
+                    wall_clock=time.time(),
+                )
+                return Daemon(
+                    config=config, tunnel=tunnel, counters=counters, udp=udp,
+                    tap_fd=host.tap_fd,
+                    host_info={
+                        "lan": config.lan, "bridge": host.bridge_name, "tap": host.tap_name,
+                        "listen": udp.listen,
+                    },
+                )
+
+            async def main() -> None:
+                daemon = build_daemon()
+                if metrics_hostport:
+                    from bridger.status.metrics import start_metrics_server
+
+                    start_metrics_server(metrics_hostport, daemon.snapshot)
+                await _serve(daemon, dashboard)
+
+            trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
+    finally:
+        udp.sock.close()
+    log.info("down: host network restored")
+    return 0
