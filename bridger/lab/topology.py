@@ -1,0 +1,622 @@
+"""Two sites and a WAN router in network namespaces, torn down on every exit path.
+
+Modelled on the kernel WireGuard selftest ``netns.sh``; a test harness, so it
+drives ``ip``, ``tc`` and ``nft``/``iptables`` as subprocesses (the product's
+host code uses pyroute2)::
+
+  hostA1 ─┐                                                              ┌─ hostB1
+  hostA2 ─┴ [swA] ── eth1 [gwA] wan0 ──── wA [ wan ] wB ──── wan0 [gwB] eth1 ── [swB] ┴─ hostB2
+                     .1.1    10.100.1.2   10.100.1.1  10.100.2.1   10.100.2.2   .1.2
+  nat_b=True:   wB ── wan0 [natB] lan0 ── wan0 [gwB]     natB: 10.100.2.2 outside,
+                                                         172.16.2.1 inside, gwB 172.16.2.2
+
+Impairments sit on the router's egress towards each gateway (``wA`` and
+``wB``), so each one-way trip between the gateways is impaired exactly once.
+Engines: kernel ``netem`` when the kernel has it; otherwise a userspace wire
+(:mod:`bridger.lab.wire`) between each ``w?`` and the gateway's ``wan0``.
+
+Every namespace is named ``<prefix>-<role>``; a marker file names the owning
+process so ``cleanup`` only removes labs whose owner is dead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from bridger.errors import HostError
+from bridger.lab.impair import Impairment, ImpairmentError
+
+# --- addressing plan (the README diagram shows the same numbers) -----------------
+LAN_PREFIXLEN = 24
+LAN6_PREFIXLEN = 64
+HOSTS: dict[str, tuple[str, str]] = {
+    "hostA1": ("192.168.1.11", "fd00:b::11"),
+    "hostA2": ("192.168.1.12", "fd00:b::12"),
+    "hostB1": ("192.168.1.21", "fd00:b::21"),
+    "hostB2": ("192.168.1.22", "fd00:b::22"),
+}
+GATEWAY_LAN: dict[str, tuple[str, str]] = {
+    "A": ("192.168.1.1", "fd00:b::1"),
+    "B": ("192.168.1.2", "fd00:b::2"),
+}
+#: Per site: the /24 between the router and the site's WAN attachment.
+WAN_NET = {"A": "10.100.1", "B": "10.100.2"}
+ROUTER_HOST = 1
+FIRST_WAN_HOST = 2
+NAT_INSIDE_NET = "172.16.2"
+WAN_PREFIXLEN = 24
+
+ROLES = ("gwA", "gwB", "hostA1", "hostA2", "hostB1", "hostB2", "wan", "natB", "swA", "swB")
+SITES = ("A", "B")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9]{2,16}$")
+#: Prefixes this module generates: ``bl`` + 6 hex digits.
+AUTO_PREFIX_RE = re.compile(r"^bl[0-9a-f]{6}$")
+MARKER_DIR = Path("/run/bridger-lab")
+MIN_MTU, MAX_MTU = 576, 9000
+
+
+class LabError(HostError):
+    """The lab cannot be built, changed or removed as asked."""
+
+
+@dataclass
+class LabOptions:
+    """Knobs for one lab. Impairments are one-way (an RTT sees them twice)."""
+
+    delay_ms: float = 0
+    jitter_ms: float = 0
+    loss_pct: float = 0
+    reorder_pct: float = 0
+    duplicate_pct: float = 0
+    rate_mbit: float | None = None
+    wan_mtu: int = 1500
+    nat_b: bool = False
+    prefix: str | None = None
+    #: "auto" (netem if the kernel has it), "netem", or "wire" (userspace).
+    engine: str = "auto"
+    #: Seeds the userspace wire's randomness (netem has its own).
+    seed: int = 0
+
+    def impairment(self) -> Impairment:
+        """The impairment knobs as a validated record."""
+        try:
+            return Impairment(
+                delay_ms=self.delay_ms,
+                jitter_ms=self.jitter_ms,
+                loss_pct=self.loss_pct,
+                reorder_pct=self.reorder_pct,
+                duplicate_pct=self.duplicate_pct,
+                rate_mbit=self.rate_mbit,
+            )
+        except ImpairmentError as exc:
+            raise LabError(str(exc)) from exc
+
+    def validate(self) -> None:
+        """Raise :class:`LabError` for knobs that cannot be applied."""
+        self.impairment()
+        if not MIN_MTU <= self.wan_mtu <= MAX_MTU:
+            raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
+        if self.prefix is not None and not PREFIX_RE.match(self.prefix):
+            raise LabError("prefix must be 2-16 letters or digits")
+        if self.engine not in ("auto", "netem", "wire"):
+            raise LabError("engine must be auto, netem or wire")
+
+
+# --- small subprocess helpers -----------------------------------------------------
+
+
+def _cmd(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a setup command; failures become one-line :class:`LabError`s."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"{argv[0]}: {exc}") from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError(f"`{' '.join(argv)}` failed: {detail[-1] if detail else proc.returncode}")
+    return proc
+
+
+def list_namespaces() -> list[str]:
+    """All named network namespaces on this machine."""
+    out = _cmd("ip", "netns", "list").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lab_owners() -> dict[str, int | None]:
+    """Prefix -> owning pid (None if unknown) for every lab namespace present."""
+    owners: dict[str, int | None] = {}
+    for name in list_namespaces():
+        prefix, sep, role = name.partition("-")
+        if not sep or role not in ROLES:
+            continue
+        marker = MARKER_DIR / f"{prefix}.pid"
+        pid: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(marker.read_text().strip())
+        owners[prefix] = pid
+    return owners
+
+
+def remove_lab(prefix: str) -> list[str]:
+    """Delete every namespace ``<prefix>-<role>`` and the marker; return what was removed."""
+    if not PREFIX_RE.match(prefix):
+        raise LabError("prefix must be 2-16 letters or digits")
+    removed = []
+    for name in list_namespaces():
+        head, sep, role = name.partition("-")
+        if head == prefix and sep and role in ROLES:
+            # Deleting a namespace destroys its veths, bridges and qdiscs with it.
+            if _cmd("ip", "netns", "del", name, check=False).returncode == 0:
+                removed.append(name)
+    with contextlib.suppress(FileNotFoundError):
+        (MARKER_DIR / f"{prefix}.pid").unlink()
+    return removed
+
+
+def cleanup_stale() -> list[str]:
+    """Remove labs whose owning process is gone (crashed or SIGKILLed runs)."""
+    removed: list[str] = []
+    for prefix, pid in lab_owners().items():
+        if pid is not None and _pid_alive(pid):
+            continue
+        if pid is None and not AUTO_PREFIX_RE.match(prefix):
+            continue  # not obviously ours and no marker: leave it alone
+        removed += remove_lab(prefix)
+    return removed
+
+
+_netem_available: bool | None = None
+
+
+def netem_available() -> bool:
+    """Whether ``tc qdisc ... netem`` works here (probed once, in a scratch namespace)."""
+    global _netem_available
+    if _netem_available is None:
+        ns = f"blprobe{secrets.token_hex(3)}"
+        _cmd("ip", "netns", "add", ns)
+        try:
+            _cmd("ip", "-n", ns, "link", "add", "p0", "type", "veth", "peer", "name", "p1")
+            probe = _cmd("tc", "-n", ns, "qdisc", "add", "dev", "p0", "root", "netem", check=False)
+            _netem_available = probe.returncode == 0
+        finally:
+            _cmd("ip", "netns", "del", ns, check=False)
+    return _netem_available
+
+
+def _netem_args(imp: Impairment) -> list[str]:
+    args = ["limit", "10000"]
+    if imp.delay_ms:
+        args += ["delay", f"{imp.delay_ms}ms"]
+        if imp.jitter_ms:
+            args += [f"{imp.jitter_ms}ms"]
+    if imp.loss_pct:
+        args += ["loss", f"{imp.loss_pct}%"]
+    if imp.reorder_pct:
+        args += ["reorder", f"{imp.reorder_pct}%"]
+    if imp.duplicate_pct:
+        args += ["duplicate", f"{imp.duplicate_pct}%"]
+    if imp.rate_mbit is not None:
+        args += ["rate", f"{imp.rate_mbit}mbit"]
+    return args
+
+
+# --- the lab ------------------------------------------------------------------------
+
+
+class Lab:
+    """A built topology; a context manager that always tears down what it built."""
+
+    def __init__(self, options: LabOptions | None = None) -> None:
+        self.options = replace(options) if options is not None else LabOptions()
+        self.options.validate()
+        self.prefix = self.options.prefix or f"bl{secrets.token_hex(3)}"
+        self.engine = "netem"
+        self._impairment = self.options.impairment()
+        self._wan_host = {"A": FIRST_WAN_HOST, "B": FIRST_WAN_HOST}
+        self._nat_inside_host = FIRST_WAN_HOST
+        self._wire: subprocess.Popen[str] | None = None
+        self._lock = threading.Lock()
+        self._built = False
+        self._torn_down = False
+        self._old_sigterm: Any = None
+
+    # -- names and commands
+    def ns(self, role: str) -> str:
+        """The namespace name of ``role`` (see :data:`ROLES`)."""
+        if role not in ROLES:
+            raise LabError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if role == "natB" and not self.options.nat_b:
+            raise LabError("this lab has no natB (build it with nat_b=True)")
+        return f"{self.prefix}-{role}"
+
+    def roles(self) -> list[str]:
+        """The roles present in this lab."""
+        return [r for r in ROLES if r != "natB" or self.options.nat_b]
+
+    def run(
+        self,
+        role: str,
+        *argv: str,
+        check: bool = True,
+        timeout: float | None = 30,
+        **kw: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        """``ip netns exec <ns> argv...``; output captured as text unless ``kw`` says otherwise."""
+        if not {"stdout", "stderr", "capture_output"} & kw.keys():
+            kw["capture_output"] = True
+        kw.setdefault("text", True)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.ns(role), *argv], check=check, timeout=timeout, **kw
+        )
+
+    def popen(self, role: str, *argv: str, **kw: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` inside ``role``'s namespace; the caller owns the process."""
+        return subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], **kw)
+
+    def _ip(self, role: str, *argv: str) -> None:
+        _cmd("ip", "-n", self.ns(role), *argv)
+
+    def _sysctl(self, role: str, *settings: str) -> None:
+        _cmd("ip", "netns", "exec", self.ns(role), "sysctl", "-q", "-w", *settings)
+
+    # -- addresses
+    def _wan_addr(self, site: str) -> str:
+        return f"{WAN_NET[site]}.{self._wan_host[site]}"
+
+    def _router_addr(self, site: str) -> str:
+        return f"{WAN_NET[site]}.{ROUTER_HOST}"
+
+    def _site_wan_role(self, site: str) -> str:
+        """The namespace whose ``wan0`` faces the router for ``site``."""
+        return "natB" if site == "B" and self.options.nat_b else f"gw{site}"
+
+    def gateway_wan_address(self, site: str) -> str:
+        """The address the other gateway sees for ``site``.
+
+        For B behind NAT this is the NAT's public address: packets from gwB come
+        from it, but nothing listens there, so A listens and B dials A.
+        """
+        self._check_site(site)
+        return self._wan_addr(site)
+
+    def gateway_private_address(self, site: str) -> str:
+        """gwB's own ``wan0`` address behind the NAT (equals the public one without NAT)."""
+        self._check_site(site)
+        if site == "B" and self.options.nat_b:
+            return f"{NAT_INSIDE_NET}.{self._nat_inside_host}"
+        return self._wan_addr(site)
+
+    def lan_address(self, role: str, family: int = 4) -> str:
+        """A host's (or gateway's, role ``gwA``/``gwB``) LAN address, without prefix length."""
+        if role in HOSTS:
+            pair = HOSTS[role]
+        elif role in ("gwA", "gwB"):
+            pair = GATEWAY_LAN[role[2]]
+        else:
+            raise LabError(f"{role} has no LAN address")
+        return pair[0] if family == 4 else pair[1]
+
+    @staticmethod
+    def _check_site(site: str) -> None:
+        if site not in SITES:
+            raise LabError(f"site must be 'A' or 'B', not {site!r}")
+
+    # -- lifecycle
+    def __enter__(self) -> Lab:
+        self.build()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.teardown()
+
+    def build(self) -> None:
+        """Create every namespace, link and rule; on any failure remove them again."""
+        if self._built:
+            raise LabError("lab already built")
+        self._built = True
+        atexit.register(self.teardown)
+        self._install_sigterm()
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit so ``with`` blocks and atexit run teardown."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_sigterm = signal.SIG_DFL
+            signal.signal(signal.SIGTERM, _sigterm_to_exit)
+
+    def teardown(self) -> None:
+        """Stop the wire and delete every namespace; safe to call twice or from atexit."""
+        with self._lock:
+            if self._torn_down:
+                return
+            self._torn_down = True
+        atexit.unregister(self.teardown)
+        if self._wire is not None:
+            with contextlib.suppress(OSError):
+                if self._wire.stdin:
+                    self._wire.stdin.close()
+            try:
+                self._wire.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self._wire.kill()
+                self._wire.wait()
+        remove_lab(self.prefix)
+        if (
+            self._old_sigterm is not None
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
+        ):
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+
+    def _build(self) -> None:
+        opts = self.options
+        if self.prefix in lab_owners():
+            raise LabError(f"namespaces with prefix {self.prefix} already exist")
+        if opts.engine == "auto":
+            self.engine = "netem" if netem_available() else "wire"
+        else:
+            self.engine = opts.engine
+        MARKER_DIR.mkdir(parents=True, exist_ok=True)
+        (MARKER_DIR / f"{self.prefix}.pid").write_text(f"{os.getpid()}\n")
+        for role in self.roles():
+            _cmd("ip", "netns", "add", self.ns(role))
+            self._ip(role, "link", "set", "lo", "up")
+            # DAD off before any interface exists, so IPv6 is usable at once.
+            self._sysctl(
+                role,
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv4.conf.all.promote_secondaries=1",
+                "net.ipv4.conf.default.promote_secondaries=1",
+            )
+        for site in SITES:
+            self._build_site(site)
+        self._build_wan()
+        if opts.nat_b:
+            self._build_nat()
+        self._apply_impairment(self._impairment)
+
+    def _build_site(self, site: str) -> None:
+        sw, gw = f"sw{site}", f"gw{site}"
+        self._ip(sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
+        self._ip(sw, "link", "set", "br0", "up")
+        hosts = [h for h in HOSTS if h[4] == site]
+        for index, host in enumerate(hosts, start=1):
+            port = f"h{index}"
+            self._ip(sw, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+                     "netns", self.ns(host))
+            self._ip(sw, "link", "set", port, "master", "br0", "up")
+            v4, v6 = HOSTS[host]
+            self._ip(host, "addr", "add", f"{v4}/{LAN_PREFIXLEN}", "dev", "eth0")
+            self._ip(host, "addr", "add", f"{v6}/{LAN6_PREFIXLEN}", "dev", "eth0", "nodad")
+            self._ip(host, "link", "set", "eth0", "up")
+        self._ip(sw, "link", "add", "gw", "type", "veth", "peer", "name", "eth1", "netns",
+                 self.ns(gw))
+        self._ip(sw, "link", "set", "gw", "master", "br0", "up")
+        v4, v6 = GATEWAY_LAN[site]
+        self._ip(gw, "addr", "add", f"{v4}/{LAN_PREFIXLEN}", "dev", "eth1")
+        self._ip(gw, "addr", "add", f"{v6}/{LAN6_PREFIXLEN}", "dev", "eth1", "nodad")
+        self._ip(gw, "link", "set", "eth1", "up")
+        # The sites share one subnet; only bridger may join them, never IP forwarding.
+        self._sysctl(gw, "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
+
+    def _build_wan(self) -> None:
+        mtu = str(self.options.wan_mtu)
+        self._sysctl("wan", "net.ipv4.ip_forward=1")
+        for site in SITES:
+            attach = self._site_wan_role(site)
+            rt_if = f"w{site}"
+            if self.engine == "netem":
+                self._ip("wan", "link", "add", rt_if, "mtu", mtu, "type", "veth", "peer",
+                         "name", "wan0", "netns", self.ns(attach), "mtu", mtu)
+            else:
+                # wA <-> xA inside wan; pA <-> the site's wan0; the wire joins xA and pA.
+                self._ip("wan", "link", "add", rt_if, "mtu", mtu, "type", "veth", "peer",
+                         "name", f"x{site}", "mtu", mtu)
+                self._ip("wan", "link", "add", f"p{site}", "mtu", mtu, "type", "veth", "peer",
+                         "name", "wan0", "netns", self.ns(attach), "mtu", mtu)
+                for port in (f"x{site}", f"p{site}"):
+                    self._sysctl("wan", f"net.ipv6.conf.{port}.disable_ipv6=1")
+                    self._ip("wan", "link", "set", port, "promisc", "on", "up")
+            self._ip("wan", "addr", "add", f"{self._router_addr(site)}/{WAN_PREFIXLEN}",
+                     "dev", rt_if)
+            self._ip("wan", "link", "set", rt_if, "up")
+            self._ip(attach, "addr", "add", f"{self._wan_addr(site)}/{WAN_PREFIXLEN}",
+                     "dev", "wan0")
+            self._ip(attach, "link", "set", "wan0", "up")
+            self._ip(attach, "route", "add", "default", "via", self._router_addr(site))
+        if self.engine == "wire":
+            self._offload_off("wan", "wA", "wB")
+            for site in SITES:
+                self._offload_off(self._site_wan_role(site), "wan0")
+            self._start_wire()
+
+    def _build_nat(self) -> None:
+        mtu = str(self.options.wan_mtu)
+        self._ip("natB", "link", "add", "lan0", "mtu", mtu, "type", "veth", "peer", "name",
+                 "wan0", "netns", self.ns("gwB"), "mtu", mtu)
+        self._ip("natB", "addr", "add", f"{NAT_INSIDE_NET}.1/{WAN_PREFIXLEN}", "dev", "lan0")
+        self._ip("natB", "link", "set", "lan0", "up")
+        self._sysctl("natB", "net.ipv4.ip_forward=1")
+        inside = self.gateway_private_address("B")
+        self._ip("gwB", "addr", "add", f"{inside}/{WAN_PREFIXLEN}", "dev", "wan0")
+        self._ip("gwB", "link", "set", "wan0", "up")
+        self._ip("gwB", "route", "add", "default", "via", f"{NAT_INSIDE_NET}.1")
+        if shutil.which("nft"):
+            ruleset = (
+                "table ip nat {\n"
+                " chain postrouting {\n"
+                "  type nat hook postrouting priority srcnat; policy accept;\n"
+                '  oifname "wan0" masquerade\n'
+                " }\n"
+                "}\n"
+            )
+            proc = subprocess.run(
+                ["ip", "netns", "exec", self.ns("natB"), "nft", "-f", "-"],
+                input=ruleset, capture_output=True, text=True, timeout=30, check=False,
+            )
+            if proc.returncode != 0:
+                raise LabError(f"nft in natB failed: {proc.stderr.strip()}")
+        elif shutil.which("iptables"):
+            _cmd("ip", "netns", "exec", self.ns("natB"), "iptables", "-t", "nat", "-A",
+                 "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+        else:
+            raise LabError("nat_b needs nft or iptables (apt-get install nftables)")
+
+    def _offload_off(self, role: str, *ifnames: str) -> None:
+        _cmd("ip", "netns", "exec", self.ns(role), sys.executable, "-m", "bridger.lab.wire",
+             "offload-off", *ifnames)
+
+    def _start_wire(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        self._wire = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns("wan"), sys.executable, "-m", "bridger.lab.wire",
+             "run", "--pair", "pA:xA", "--pair", "pB:xB", "--seed", str(self.options.seed),
+             "--impairment", json.dumps(asdict(self._impairment))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the wire
+        )
+        assert self._wire.stdout is not None
+        if self._wire.stdout.readline().strip() != "ready":
+            raise LabError("the userspace wire failed to start")
+
+    def wire_stats(self) -> dict[str, dict[str, int]]:
+        """Per-site counters of the userspace wire (engine ``wire`` only)."""
+        if self._wire is None or self._wire.stdin is None or self._wire.stdout is None:
+            raise LabError("this lab uses netem; there is no userspace wire")
+        self._wire.stdin.write('{"cmd": "stats"}\n')
+        self._wire.stdin.flush()
+        stats: dict[str, dict[str, int]] = json.loads(self._wire.stdout.readline())
+        return stats
+
+    # -- changes while running
+    def set_impairment(self, **netem_knobs: float | None) -> None:
+        """Replace the impairment knobs (unnamed knobs keep their current value)."""
+        known = {f.name for f in fields(Impairment)}
+        unknown = set(netem_knobs) - known
+        if unknown:
+            raise LabError(f"unknown impairment knob(s): {', '.join(sorted(unknown))}")
+        try:
+            imp = replace(self._impairment, **netem_knobs)
+        except (ImpairmentError, TypeError) as exc:
+            raise LabError(str(exc)) from exc
+        self._apply_impairment(imp)
+        self._impairment = imp
+
+    @property
+    def impairment(self) -> Impairment:
+        """The knobs in force now."""
+        return self._impairment
+
+    def _apply_impairment(self, imp: Impairment) -> None:
+        if self.engine == "wire":
+            assert self._wire is not None and self._wire.stdin is not None
+            self._wire.stdin.write(json.dumps({"impairment": asdict(imp)}) + "\n")
+            self._wire.stdin.flush()
+            return
+        for rt_if in ("wA", "wB"):
+            if imp.is_noop:
+                _cmd("tc", "-n", self.ns("wan"), "qdisc", "del", "dev", rt_if, "root",
+                     check=False)
+            else:
+                _cmd("tc", "-n", self.ns("wan"), "qdisc", "replace", "dev", rt_if, "root",
+                     "netem", *_netem_args(imp))
+
+    def change_wan_address(self, site: str) -> str:
+        """Roam: give ``site``'s gateway a new WAN address, drop the old, return the new.
+
+        For B behind NAT this changes gwB's inside address (the NAT then maps it
+        afresh); the public side is changed by :meth:`change_nat_mapping`.
+        """
+        self._check_site(site)
+        if site == "B" and self.options.nat_b:
+            old = self.gateway_private_address("B")
+            self._nat_inside_host = self._next_host(self._nat_inside_host)
+            new = self.gateway_private_address("B")
+            self._readdress("gwB", old, new, f"{NAT_INSIDE_NET}.1")
+            return new
+        old = self._wan_addr(site)
+        self._wan_host[site] = self._next_host(self._wan_host[site])
+        new = self._wan_addr(site)
+        self._readdress(f"gw{site}", old, new, self._router_addr(site))
+        return new
+
+    def change_nat_mapping(self) -> None:
+        """Give natB a new public address; masquerade forgets the old mappings with it."""
+        if not self.options.nat_b:
+            raise LabError("this lab has no NAT (build it with nat_b=True)")
+        old = self._wan_addr("B")
+        self._wan_host["B"] = self._next_host(self._wan_host["B"])
+        new = self._wan_addr("B")
+        self._readdress("natB", old, new, self._router_addr("B"))
+        # Conntrack entries bound to the old address are dropped by the kernel's
+        # masquerade address notifier; flush anyway where the tool exists.
+        if shutil.which("conntrack"):
+            _cmd("ip", "netns", "exec", self.ns("natB"), "conntrack", "-F", check=False)
+
+    @staticmethod
+    def _next_host(host: int) -> int:
+        nxt = host + 1
+        return nxt if nxt < 255 else FIRST_WAN_HOST + 1
+
+    def _readdress(self, role: str, old: str, new: str, via: str) -> None:
+        self._ip(role, "addr", "add", f"{new}/{WAN_PREFIXLEN}", "dev", "wan0")
+        # promote_secondaries=1 keeps the new address when the old primary goes.
+        self._ip(role, "addr", "del", f"{old}/{WAN_PREFIXLEN}", "dev", "wan0")
+        self._ip(role, "route", "replace", "default", "via", via, "dev", "wan0", "src", new)
+
+    # -- for humans
+    def describe(self) -> Iterator[str]:
+        """Lines naming the namespaces and showing how to use them."""
+        yield f"lab {self.prefix} up (engine: {self.engine})"
+        for role in self.roles():
+            yield f"  {role:<7} {self.ns(role)}"
+        yield f"  gwA WAN {self.gateway_wan_address('A')}, gwB WAN "\
+              f"{self.gateway_wan_address('B')}" + (" (NAT public)" if self.options.nat_b else "")
+        yield "examples:"
+        yield f"  ip netns exec {self.ns('hostA1')} ping 192.168.1.12"
+        yield f"  ip netns exec {self.ns('gwA')} ping {self.gateway_wan_address('B')}"
+        yield f"  ip netns exec {self.ns('gwA')} bash"
+
+
+def _sigterm_to_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
