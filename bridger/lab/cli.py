@@ -49,8 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--prefix", help="namespace prefix (default: bl + 6 random hex digits)")
     up.add_argument("--engine", choices=("auto", "netem", "wire"), default="auto")
     up.add_argument("--seed", type=int, default=0, help="seed of the userspace wire")
-    up.add_argument("--for", dest="duration", type=float, metavar="SECONDS",
-                    help="tear down after this long instead of waiting for a signal")
+    up.add_argument(
+        "--for",
+        dest="duration",
+        type=float,
+        metavar="SECONDS",
+        help="tear down after this long instead of waiting for a signal",
+    )
     down = sub.add_parser("down", help="remove every namespace of a lab")
     down.add_argument("--prefix", required=True)
     sub.add_parser("list", help="list labs present on this machine")
@@ -60,9 +65,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _up(args: argparse.Namespace) -> int:
     options = LabOptions(
-        delay_ms=args.delay, jitter_ms=args.jitter, loss_pct=args.loss,
-        reorder_pct=args.reorder, duplicate_pct=args.duplicate, rate_mbit=args.rate,
-        wan_mtu=args.mtu, nat_b=args.nat, prefix=args.prefix, engine=args.engine,
+        delay_ms=args.delay,
+        jitter_ms=args.jitter,
+        loss_pct=args.loss,
+        reorder_pct=args.reorder,
+        duplicate_pct=args.duplicate,
+        rate_mbit=args.rate,
+        wan_mtu=args.mtu,
+        nat_b=args.nat,
+        prefix=args.prefix,
+        engine=args.engine,
         seed=args.seed,
     )
     lab = Lab(options)
@@ -102,12 +114,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "list":
             for prefix, pid in sorted(lab_owners().items()):
-                state = "unknown owner" if pid is None else (
-                    f"pid {pid} " + ("running" if _pid_alive(pid) else "dead"))
+                state = (
+                    "unknown owner"
+                    if pid is None
+                    else (f"pid {pid} " + ("running" if _pid_alive(pid) else "dead"))
+                )
                 print(f"{prefix}\t{state}")
             return 0
         removed = cleanup_stale()
-        print(f"removed {len(removed)} namespace(s)" + (f": {' '.join(removed)}" if removed else ""))
+        listed = f": {' '.join(removed)}" if removed else ""
+        print(f"removed {len(removed)} namespace(s){listed}")
         return 0
     except BridgerError as exc:
         print(f"bridger lab: {exc}", file=sys.stderr)

@@ -52,7 +52,7 @@ class Impairment:
         if self.rate_mbit is not None and not self.rate_mbit > 0:
             raise ImpairmentError("rate_mbit must be positive")
         if self.reorder_pct > 0 and self.delay_ms <= 0:
-            raise ImpairmentError("reorder_pct needs delay_ms > 0 (reordered frames skip the delay)")
+            raise ImpairmentError("reorder_pct needs delay_ms > 0 (reordered frames skip it)")
         if self.jitter_ms > self.delay_ms:
             raise ImpairmentError("jitter_ms must not exceed delay_ms")
 

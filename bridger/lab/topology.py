@@ -68,6 +68,14 @@ PREFIX_RE = re.compile(r"^[A-Za-z0-9]{2,16}$")
 AUTO_PREFIX_RE = re.compile(r"^bl[0-9a-f]{6}$")
 MARKER_DIR = Path("/run/bridger-lab")
 MIN_MTU, MAX_MTU = 576, 9000
+NFT_MASQUERADE = """\
+table ip nat {
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan0" masquerade
+  }
+}
+"""
 
 
 class LabError(HostError):
@@ -170,10 +178,14 @@ def remove_lab(prefix: str) -> list[str]:
     removed = []
     for name in list_namespaces():
         head, sep, role = name.partition("-")
-        if head == prefix and sep and role in ROLES:
-            # Deleting a namespace destroys its veths, bridges and qdiscs with it.
-            if _cmd("ip", "netns", "del", name, check=False).returncode == 0:
-                removed.append(name)
+        # Deleting a namespace destroys its veths, bridges and qdiscs with it.
+        if (
+            head == prefix
+            and sep
+            and role in ROLES
+            and _cmd("ip", "netns", "del", name, check=False).returncode == 0
+        ):
+            removed.append(name)
     with contextlib.suppress(FileNotFoundError):
         (MARKER_DIR / f"{prefix}.pid").unlink()
     return removed
@@ -279,8 +291,9 @@ class Lab:
         """Start ``argv`` inside ``role``'s namespace; the caller owns the process."""
         return subprocess.Popen(["ip", "netns", "exec", self.ns(role), *argv], **kw)
 
-    def _ip(self, role: str, *argv: str) -> None:
-        _cmd("ip", "-n", self.ns(role), *argv)
+    def _ip(self, role: str, command: str) -> None:
+        """``ip -n <ns> command`` (our names never contain spaces)."""
+        _cmd("ip", "-n", self.ns(role), *command.split())
 
     def _sysctl(self, role: str, *settings: str) -> None:
         _cmd("ip", "netns", "exec", self.ns(role), "sysctl", "-q", "-w", *settings)
@@ -397,7 +410,7 @@ class Lab:
         (MARKER_DIR / f"{self.prefix}.pid").write_text(f"{os.getpid()}\n")
         for role in self.roles():
             _cmd("ip", "netns", "add", self.ns(role))
-            self._ip(role, "link", "set", "lo", "up")
+            self._ip(role, "link set lo up")
             # DAD off before any interface exists, so IPv6 is usable at once.
             self._sysctl(
                 role,
@@ -415,53 +428,53 @@ class Lab:
 
     def _build_site(self, site: str) -> None:
         sw, gw = f"sw{site}", f"gw{site}"
-        self._ip(sw, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
-        self._ip(sw, "link", "set", "br0", "up")
+        self._ip(sw, "link add br0 type bridge mcast_snooping 0")
+        self._ip(sw, "link set br0 up")
         hosts = [h for h in HOSTS if h[4] == site]
         for index, host in enumerate(hosts, start=1):
-            port = f"h{index}"
-            self._ip(sw, "link", "add", port, "type", "veth", "peer", "name", "eth0",
-                     "netns", self.ns(host))
-            self._ip(sw, "link", "set", port, "master", "br0", "up")
+            self._ip(sw, f"link add h{index} type veth peer name eth0 netns {self.ns(host)}")
+            self._ip(sw, f"link set h{index} master br0 up")
             v4, v6 = HOSTS[host]
-            self._ip(host, "addr", "add", f"{v4}/{LAN_PREFIXLEN}", "dev", "eth0")
-            self._ip(host, "addr", "add", f"{v6}/{LAN6_PREFIXLEN}", "dev", "eth0", "nodad")
-            self._ip(host, "link", "set", "eth0", "up")
-        self._ip(sw, "link", "add", "gw", "type", "veth", "peer", "name", "eth1", "netns",
-                 self.ns(gw))
-        self._ip(sw, "link", "set", "gw", "master", "br0", "up")
+            self._ip(host, f"addr add {v4}/{LAN_PREFIXLEN} dev eth0")
+            self._ip(host, f"addr add {v6}/{LAN6_PREFIXLEN} dev eth0 nodad")
+            self._ip(host, "link set eth0 up")
+        self._ip(sw, f"link add gw type veth peer name eth1 netns {self.ns(gw)}")
+        self._ip(sw, "link set gw master br0 up")
         v4, v6 = GATEWAY_LAN[site]
-        self._ip(gw, "addr", "add", f"{v4}/{LAN_PREFIXLEN}", "dev", "eth1")
-        self._ip(gw, "addr", "add", f"{v6}/{LAN6_PREFIXLEN}", "dev", "eth1", "nodad")
-        self._ip(gw, "link", "set", "eth1", "up")
+        self._ip(gw, f"addr add {v4}/{LAN_PREFIXLEN} dev eth1")
+        self._ip(gw, f"addr add {v6}/{LAN6_PREFIXLEN} dev eth1 nodad")
+        self._ip(gw, "link set eth1 up")
         # The sites share one subnet; only bridger may join them, never IP forwarding.
         self._sysctl(gw, "net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0")
 
     def _build_wan(self) -> None:
-        mtu = str(self.options.wan_mtu)
+        mtu = self.options.wan_mtu
         self._sysctl("wan", "net.ipv4.ip_forward=1")
         for site in SITES:
             attach = self._site_wan_role(site)
             rt_if = f"w{site}"
             if self.engine == "netem":
-                self._ip("wan", "link", "add", rt_if, "mtu", mtu, "type", "veth", "peer",
-                         "name", "wan0", "netns", self.ns(attach), "mtu", mtu)
+                self._ip(
+                    "wan",
+                    f"link add {rt_if} mtu {mtu} type veth"
+                    f" peer name wan0 netns {self.ns(attach)} mtu {mtu}",
+                )
             else:
                 # wA <-> xA inside wan; pA <-> the site's wan0; the wire joins xA and pA.
-                self._ip("wan", "link", "add", rt_if, "mtu", mtu, "type", "veth", "peer",
-                         "name", f"x{site}", "mtu", mtu)
-                self._ip("wan", "link", "add", f"p{site}", "mtu", mtu, "type", "veth", "peer",
-                         "name", "wan0", "netns", self.ns(attach), "mtu", mtu)
+                self._ip("wan", f"link add {rt_if} mtu {mtu} type veth peer name x{site} mtu {mtu}")
+                self._ip(
+                    "wan",
+                    f"link add p{site} mtu {mtu} type veth"
+                    f" peer name wan0 netns {self.ns(attach)} mtu {mtu}",
+                )
                 for port in (f"x{site}", f"p{site}"):
                     self._sysctl("wan", f"net.ipv6.conf.{port}.disable_ipv6=1")
-                    self._ip("wan", "link", "set", port, "promisc", "on", "up")
-            self._ip("wan", "addr", "add", f"{self._router_addr(site)}/{WAN_PREFIXLEN}",
-                     "dev", rt_if)
-            self._ip("wan", "link", "set", rt_if, "up")
-            self._ip(attach, "addr", "add", f"{self._wan_addr(site)}/{WAN_PREFIXLEN}",
-                     "dev", "wan0")
-            self._ip(attach, "link", "set", "wan0", "up")
-            self._ip(attach, "route", "add", "default", "via", self._router_addr(site))
+                    self._ip("wan", f"link set {port} promisc on up")
+            self._ip("wan", f"addr add {self._router_addr(site)}/{WAN_PREFIXLEN} dev {rt_if}")
+            self._ip("wan", f"link set {rt_if} up")
+            self._ip(attach, f"addr add {self._wan_addr(site)}/{WAN_PREFIXLEN} dev wan0")
+            self._ip(attach, "link set wan0 up")
+            self._ip(attach, f"route add default via {self._router_addr(site)}")
         if self.engine == "wire":
             self._offload_off("wan", "wA", "wB")
             for site in SITES:
@@ -469,50 +482,53 @@ class Lab:
             self._start_wire()
 
     def _build_nat(self) -> None:
-        mtu = str(self.options.wan_mtu)
-        self._ip("natB", "link", "add", "lan0", "mtu", mtu, "type", "veth", "peer", "name",
-                 "wan0", "netns", self.ns("gwB"), "mtu", mtu)
-        self._ip("natB", "addr", "add", f"{NAT_INSIDE_NET}.1/{WAN_PREFIXLEN}", "dev", "lan0")
-        self._ip("natB", "link", "set", "lan0", "up")
+        mtu = self.options.wan_mtu
+        self._ip(
+            "natB",
+            f"link add lan0 mtu {mtu} type veth peer name wan0 netns {self.ns('gwB')} mtu {mtu}",
+        )
+        self._ip("natB", f"addr add {NAT_INSIDE_NET}.1/{WAN_PREFIXLEN} dev lan0")
+        self._ip("natB", "link set lan0 up")
         self._sysctl("natB", "net.ipv4.ip_forward=1")
-        inside = self.gateway_private_address("B")
-        self._ip("gwB", "addr", "add", f"{inside}/{WAN_PREFIXLEN}", "dev", "wan0")
-        self._ip("gwB", "link", "set", "wan0", "up")
-        self._ip("gwB", "route", "add", "default", "via", f"{NAT_INSIDE_NET}.1")
+        self._ip("gwB", f"addr add {self.gateway_private_address('B')}/{WAN_PREFIXLEN} dev wan0")
+        self._ip("gwB", "link set wan0 up")
+        self._ip("gwB", f"route add default via {NAT_INSIDE_NET}.1")
+        natb = ["ip", "netns", "exec", self.ns("natB")]
         if shutil.which("nft"):
-            ruleset = (
-                "table ip nat {\n"
-                " chain postrouting {\n"
-                "  type nat hook postrouting priority srcnat; policy accept;\n"
-                '  oifname "wan0" masquerade\n'
-                " }\n"
-                "}\n"
-            )
             proc = subprocess.run(
-                ["ip", "netns", "exec", self.ns("natB"), "nft", "-f", "-"],
-                input=ruleset, capture_output=True, text=True, timeout=30, check=False,
+                [*natb, "nft", "-f", "-"],
+                input=NFT_MASQUERADE,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             if proc.returncode != 0:
                 raise LabError(f"nft in natB failed: {proc.stderr.strip()}")
         elif shutil.which("iptables"):
-            _cmd("ip", "netns", "exec", self.ns("natB"), "iptables", "-t", "nat", "-A",
-                 "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+            masquerade = "iptables -t nat -A POSTROUTING -o wan0 -j MASQUERADE"
+            _cmd(*natb, *masquerade.split())
         else:
             raise LabError("nat_b needs nft or iptables (apt-get install nftables)")
 
     def _offload_off(self, role: str, *ifnames: str) -> None:
-        _cmd("ip", "netns", "exec", self.ns(role), sys.executable, "-m", "bridger.lab.wire",
-             "offload-off", *ifnames)
+        argv = [sys.executable, "-m", "bridger.lab.wire", "offload-off", *ifnames]
+        _cmd("ip", "netns", "exec", self.ns(role), *argv)
 
     def _start_wire(self) -> None:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         self._wire = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns("wan"), sys.executable, "-m", "bridger.lab.wire",
-             "run", "--pair", "pA:xA", "--pair", "pB:xB", "--seed", str(self.options.seed),
-             "--impairment", json.dumps(asdict(self._impairment))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            [
+                *("ip", "netns", "exec", self.ns("wan"), sys.executable, "-m", "bridger.lab.wire"),
+                *("run", "--pair", "pA:xA", "--pair", "pB:xB", "--seed", str(self.options.seed)),
+                *("--impairment", json.dumps(asdict(self._impairment))),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
             start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the wire
         )
         assert self._wire.stdout is not None
@@ -529,7 +545,7 @@ class Lab:
         return stats
 
     # -- changes while running
-    def set_impairment(self, **netem_knobs: float | None) -> None:
+    def set_impairment(self, **netem_knobs: Any) -> None:
         """Replace the impairment knobs (unnamed knobs keep their current value)."""
         known = {f.name for f in fields(Impairment)}
         unknown = set(netem_knobs) - known
@@ -553,13 +569,12 @@ class Lab:
             self._wire.stdin.write(json.dumps({"impairment": asdict(imp)}) + "\n")
             self._wire.stdin.flush()
             return
+        tc = ("tc", "-n", self.ns("wan"), "qdisc")
         for rt_if in ("wA", "wB"):
             if imp.is_noop:
-                _cmd("tc", "-n", self.ns("wan"), "qdisc", "del", "dev", rt_if, "root",
-                     check=False)
+                _cmd(*tc, "del", "dev", rt_if, "root", check=False)
             else:
-                _cmd("tc", "-n", self.ns("wan"), "qdisc", "replace", "dev", rt_if, "root",
-                     "netem", *_netem_args(imp))
+                _cmd(*tc, "replace", "dev", rt_if, "root", "netem", *_netem_args(imp))
 
     def change_wan_address(self, site: str) -> str:
         """Roam: give ``site``'s gateway a new WAN address, drop the old, return the new.
@@ -599,10 +614,10 @@ class Lab:
         return nxt if nxt < 255 else FIRST_WAN_HOST + 1
 
     def _readdress(self, role: str, old: str, new: str, via: str) -> None:
-        self._ip(role, "addr", "add", f"{new}/{WAN_PREFIXLEN}", "dev", "wan0")
+        self._ip(role, f"addr add {new}/{WAN_PREFIXLEN} dev wan0")
         # promote_secondaries=1 keeps the new address when the old primary goes.
-        self._ip(role, "addr", "del", f"{old}/{WAN_PREFIXLEN}", "dev", "wan0")
-        self._ip(role, "route", "replace", "default", "via", via, "dev", "wan0", "src", new)
+        self._ip(role, f"addr del {old}/{WAN_PREFIXLEN} dev wan0")
+        self._ip(role, f"route replace default via {via} dev wan0 src {new}")
 
     # -- for humans
     def describe(self) -> Iterator[str]:
@@ -610,8 +625,9 @@ class Lab:
         yield f"lab {self.prefix} up (engine: {self.engine})"
         for role in self.roles():
             yield f"  {role:<7} {self.ns(role)}"
-        yield f"  gwA WAN {self.gateway_wan_address('A')}, gwB WAN "\
-              f"{self.gateway_wan_address('B')}" + (" (NAT public)" if self.options.nat_b else "")
+        nat = " (NAT public address)" if self.options.nat_b else ""
+        yield f"  gwA WAN {self.gateway_wan_address('A')}"
+        yield f"  gwB WAN {self.gateway_wan_address('B')}{nat}"
         yield "examples:"
         yield f"  ip netns exec {self.ns('hostA1')} ping 192.168.1.12"
         yield f"  ip netns exec {self.ns('gwA')} ping {self.gateway_wan_address('B')}"

@@ -87,6 +87,7 @@ class _Pair:
     router: _Port
     link: ImpairedLink  # router -> gateway direction
     send_errors: int = 0
+    passed: int = 0  # frames forwarded without impairment (either direction)
 
 
 def _open(ifname: str) -> _Port:
@@ -115,8 +116,10 @@ def _drain(pair: _Pair, port: _Port, now: float) -> None:
         if addr[2] == socket.PACKET_OUTGOING:
             continue
         if port is pair.gw:
+            pair.passed += 1
             _send(pair, pair.router, frame)
         elif pair.link.impairment.is_noop and not pair.link:
+            pair.passed += 1
             _send(pair, pair.gw, frame)
         else:
             pair.link.submit(frame, now)
@@ -125,7 +128,12 @@ def _drain(pair: _Pair, port: _Port, now: float) -> None:
 def _stats(pairs: list[_Pair]) -> str:
     return json.dumps(
         {
-            p.gw.name: {**vars(p.link.counters), "send_errors": p.send_errors, "queued": len(p.link)}
+            p.gw.name: {
+                **vars(p.link.counters),
+                "passed": p.passed,
+                "send_errors": p.send_errors,
+                "queued": len(p.link),
+            }
             for p in pairs
         }
     )
