@@ -1,0 +1,53 @@
+"""Sans-I/O secure tunnel protocol core (Noise IKpsk2, WireGuard-style).
+
+Bytes in, bytes and events out; time is passed in.  See docs/protocol.md.
+"""
+
+from .constants import DEFAULT_MAX_FRAME, DEFAULT_PERSISTENT_KEEPALIVE
+from .events import (
+    Address,
+    CookieReceived,
+    DropReason,
+    EndpointChanged,
+    Event,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    HandshakeInitiated,
+    Output,
+    PathMtuChanged,
+    PeerUnreachable,
+    SessionExpired,
+)
+from .noise import public_key
+from .tunnel import (
+    Tunnel,
+    TunnelConfig,
+    TunnelStats,
+    frame_overhead,
+    ip_overhead_for,
+    max_unfragmented_frame,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DEFAULT_PERSISTENT_KEEPALIVE",
+    "Address",
+    "CookieReceived",
+    "DropReason",
+    "EndpointChanged",
+    "Event",
+    "HandshakeCompleted",
+    "HandshakeGaveUp",
+    "HandshakeInitiated",
+    "Output",
+    "PathMtuChanged",
+    "PeerUnreachable",
+    "SessionExpired",
+    "Tunnel",
+    "TunnelConfig",
+    "TunnelStats",
+    "frame_overhead",
+    "ip_overhead_for",
+    "max_unfragmented_frame",
+    "public_key",
+]

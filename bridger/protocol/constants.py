@@ -1,0 +1,74 @@
+"""Protocol constants.
+
+Specification constants are part of the wire protocol (docs/protocol.md): both
+peers must agree on them.  Implementation constants are local choices (memory
+caps, rate limits) that a second implementation may pick differently.
+"""
+
+from __future__ import annotations
+
+# --- Specification constants -------------------------------------------------
+
+#: Noise protocol name; the initial chaining key / hash (Noise section 5.2).
+CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b"
+#: Noise prologue: binds handshakes to this protocol and version.
+IDENTIFIER = b"bridger v1 tunnel"
+LABEL_MAC1 = b"mac1----"
+LABEL_COOKIE = b"cookie--"
+
+HASH_LEN = 64  # BLAKE2b-512
+BLOCK_LEN = 128  # BLAKE2b block, for HMAC (RFC 2104)
+KEY_LEN = 32
+MAC_LEN = 16
+AEAD_TAG_LEN = 16
+TIMESTAMP_LEN = 12  # TAI64N
+
+REKEY_AFTER_MESSAGES = 1 << 60
+REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
+REKEY_AFTER_TIME = 120.0
+REJECT_AFTER_TIME = 180.0
+REKEY_ATTEMPT_TIME = 90.0
+REKEY_TIMEOUT = 5.0
+REKEY_TIMEOUT_JITTER_MAX = 1.0 / 3.0
+KEEPALIVE_TIMEOUT = 10.0
+#: Dead-peer detection: data sent but nothing authenticated received for this long.
+NEW_HANDSHAKE_TIMEOUT = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
+#: Initiator re-handshakes on receive when its session is this old.
+REKEY_ON_RECEIVE_TIME = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
+COOKIE_REFRESH_TIME = 120.0
+DEFAULT_PERSISTENT_KEEPALIVE = 25.0
+
+#: Transport: type/reserved word, receiver index, counter (little endian).
+TRANSPORT_HEADER_LEN = 16
+TRANSPORT_OVERHEAD = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
+#: Outer IP+UDP header sizes.
+IPV4_UDP_OVERHEAD = 20 + 8
+IPV6_UDP_OVERHEAD = 40 + 8
+
+# --- Implementation constants -------------------------------------------------
+
+#: Replay window bitmap (RFC 6479): blocks of 64 bits; usable window is
+#: (REPLAY_BLOCKS - 1) * 64 = 8128 packets.
+REPLAY_BLOCKS = 128
+#: Frames held while no session is up; oldest dropped beyond this.
+MAX_QUEUED_FRAMES = 256
+#: Reassembly bounds.
+REASSEMBLY_MAX_FRAMES = 64
+REASSEMBLY_MAX_BYTES = 256 * 1024
+REASSEMBLY_TIMEOUT = 3.0
+#: Default / hard cap on an Ethernet frame (1514 + 802.1Q + QinQ tags).
+DEFAULT_MAX_FRAME = 1522
+HARD_MAX_FRAME = 9216
+MIN_WAN_MTU = 576
+#: Keys are wiped after this long without a new handshake.
+ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
+#: Path-MTU probing: attempts, spacing, and how long a verdict holds.
+PMTU_PROBE_ATTEMPTS = 3
+PMTU_PROBE_INTERVAL = 1.0
+PMTU_REPROBE_INTERVAL = 600.0
+#: Handshake rate limits (token buckets, messages per second and burst).
+HANDSHAKE_GLOBAL_RATE = 20.0
+HANDSHAKE_GLOBAL_BURST = 40.0
+HANDSHAKE_SOURCE_RATE = 2.0
+HANDSHAKE_SOURCE_BURST = 5.0
+RATE_LIMIT_MAX_SOURCES = 4096

@@ -1,0 +1,128 @@
+"""What the core hands back to its caller: drop reasons, events and Output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+Address = tuple[str, int]
+
+
+class DropReason(StrEnum):
+    """Why a datagram, frame or fragment was dropped; each has a counter."""
+
+    #: Too short, unknown type, nonzero reserved bytes, bad inner header.
+    MALFORMED = "malformed"
+    #: Transport/response/cookie for a receiver index we do not hold.
+    UNKNOWN_INDEX = "unknown_index"
+    #: AEAD or handshake authentication failed.
+    AUTH_FAILED = "auth_failed"
+    #: Counter already seen inside the replay window.
+    REPLAY = "replay"
+    #: Counter older than the replay window.
+    TOO_OLD = "too_old"
+    #: Session past REJECT_AFTER_TIME / REJECT_AFTER_MESSAGES.
+    STALE_SESSION = "stale_session"
+    #: Incomplete frame timed out.
+    REASSEMBLY_TIMEOUT = "reassembly_timeout"
+    #: Reassembly memory cap reached; oldest partial frame evicted.
+    REASSEMBLY_OVERFLOW = "reassembly_overflow"
+    #: Fragment disagreeing with a partial frame of the same id (peer restart).
+    REASSEMBLY_CONFLICT = "reassembly_conflict"
+    #: Handshake over the per-source rate limit.
+    RATE_LIMITED = "rate_limited"
+    #: Handshake message with a wrong mac1 (sender does not know our key).
+    HANDSHAKE_MAC1 = "handshake_mac1"
+    #: Under load without a valid mac2, or with a wrong nonzero mac2: cookie sent.
+    HANDSHAKE_MAC2 = "handshake_mac2"
+    #: Initiation whose timestamp is not newer than the last one accepted.
+    HANDSHAKE_REPLAY = "handshake_replay"
+    #: Peer's initiation crossing ours; the tie-break let ours win.
+    HANDSHAKE_RACE = "handshake_race"
+    #: Cookie reply that does not match our latest handshake message.
+    COOKIE_INVALID = "cookie_invalid"
+    #: Outbound frame dropped because the pre-session queue was full.
+    QUEUE_FULL = "queue_full"
+    #: Outbound frame empty or larger than max_frame.
+    FRAME_SIZE = "frame_size"
+    #: Outbound frames discarded when the handshake gave up.
+    HANDSHAKE_GAVE_UP = "handshake_gave_up"
+    #: A bug: an unexpected exception caught at the receive boundary.
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeInitiated:
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    rekey: bool
+    initiator: bool
+    rtt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeGaveUp:
+    after: float
+    frames_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointChanged:
+    old: Address | None
+    new: Address
+
+
+@dataclass(frozen=True, slots=True)
+class PeerUnreachable:
+    """Data was sent but nothing authenticated came back for ``silent_for`` s."""
+
+    silent_for: float
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    """All keys wiped after long silence; the tunnel is down."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuChanged:
+    old: int
+    new: int
+
+
+@dataclass(frozen=True, slots=True)
+class CookieReceived:
+    """The peer is under load; our next handshake will carry mac2."""
+
+
+Event = (
+    HandshakeInitiated
+    | HandshakeCompleted
+    | HandshakeGaveUp
+    | EndpointChanged
+    | PeerUnreachable
+    | SessionExpired
+    | PathMtuChanged
+    | CookieReceived
+)
+
+
+@dataclass(slots=True)
+class Output:
+    """Work for the I/O shell. Append-only; ``extend`` merges batches cheaply."""
+
+    frames: list[bytes] = field(default_factory=list)
+    datagrams: list[tuple[bytes, Address]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    def extend(self, other: Output) -> Output:
+        self.frames += other.frames
+        self.datagrams += other.datagrams
+        self.events += other.events
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.frames or self.datagrams or self.events)
