@@ -66,6 +66,9 @@ ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
 PMTU_PROBE_ATTEMPTS = 3
 PMTU_PROBE_INTERVAL = 1.0
 PMTU_REPROBE_INTERVAL = 600.0
+#: While a raised path MTU is in use it is re-confirmed this often, so a
+#: shrunken path (black hole for large datagrams) is noticed within ~33 s.
+PMTU_CONFIRM_INTERVAL = 30.0
 #: Handshake rate limits (token buckets, messages per second and burst).
 HANDSHAKE_GLOBAL_RATE = 20.0
 HANDSHAKE_GLOBAL_BURST = 40.0

@@ -48,6 +48,7 @@ from .constants import (
     MAX_QUEUED_FRAMES,
     MIN_WAN_MTU,
     PMTU_PROBE_ATTEMPTS,
+    PMTU_CONFIRM_INTERVAL,
     PMTU_PROBE_INTERVAL,
     PMTU_REPROBE_INTERVAL,
     REJECT_AFTER_MESSAGES,
@@ -796,8 +797,9 @@ class Tunnel:
         self._probe_attempts += 1
         self._probe_id = int(U32.unpack(self._random(4))[0])
         plaintext_len = target - self._ip_overhead - TRANSPORT_OVERHEAD
+        # Not an "authenticated send" for the timers: a probe may well be lost,
+        # so it must not stand in for a keepalive.
         self._seal(kp, encode_probe(self._probe_id, plaintext_len), out)
-        self._sent_on(kp, now, out)
         self.timers.pmtu_probe = now + PMTU_PROBE_INTERVAL
 
     def _on_probe_ack(self, probe_id: int, acked: int, now: float, out: Output) -> None:
@@ -809,7 +811,7 @@ class Tunnel:
         if self._path_mtu != target:
             out.events.append(PathMtuChanged(self._path_mtu, target))
             self._path_mtu = target
-        self.timers.pmtu_probe = now + PMTU_REPROBE_INTERVAL
+        self.timers.pmtu_probe = now + PMTU_CONFIRM_INTERVAL
 
     def _reset_path_mtu(self, out: Output) -> None:
         if self._path_mtu != self.config.wan_mtu:

@@ -1,0 +1,194 @@
+"""Two tunnels over a lossy in-memory link with a virtual clock.
+
+BRIDGER_SIM_HOURS (default 1) sets how much simulated time the long runs cover.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from bridger.protocol import (
+    DropReason,
+    EndpointChanged,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    PathMtuChanged,
+    PeerUnreachable,
+)
+from tests.protocol.simnet import LinkParams, Sim
+
+HOURS = float(os.environ.get("BRIDGER_SIM_HOURS", "1"))
+
+
+def assert_clean(sim: Sim) -> None:
+    for peer in sim.peers:
+        assert peer.duplicates == 0
+        stats = peer.tunnel.stats(sim.now)
+        assert stats.drops[DropReason.INTERNAL_ERROR] == 0
+        assert stats.drops[DropReason.AUTH_FAILED] == 0
+
+
+def test_clean_link_rekeys_lose_no_frame() -> None:
+    sim = Sim(seed=1, link=LinkParams(delay=0.03, jitter=0.02))
+    sim.traffic(HOURS * 3600, rate=2.0)
+    sim.run_until(sim.now + 5)
+    assert sim.delivered_ratio(0) == 1.0
+    assert sim.delivered_ratio(1) == 1.0
+    for peer in sim.peers:
+        stats = peer.tunnel.stats(sim.now)
+        assert stats.state == "up"
+        # a rekey roughly every REKEY_AFTER_TIME
+        assert stats.rekeys >= HOURS * 3600 / 180
+    assert_clean(sim)
+
+
+def test_lossy_duplicating_reordering_link() -> None:
+    sim = Sim(seed=2, link=LinkParams(loss=0.2, duplicate=0.05, delay=0.03, jitter=0.08))
+    sim.traffic(HOURS * 3600, rate=2.0)
+    assert_clean(sim)
+    for i in (0, 1):
+        # unfragmented frames survive with p=0.8, two-fragment frames with 0.64
+        assert sim.delivered_ratio(i) > 0.65
+        stats = sim.peers[i].tunnel.stats(sim.now)
+        assert stats.rekeys >= HOURS * 3600 / 180
+        assert stats.drops[DropReason.REPLAY] > 0  # duplicates were seen and dropped
+        assert stats.reassembled > 0
+    # recovery: a quiet lossless period afterwards delivers everything
+    sim.link.loss = sim.link.duplicate = 0.0
+    start = [p.next_seq for p in sim.peers]
+    sim.run_until(sim.now + 30)
+    sim.traffic(sim.now + 300, rate=2.0)
+    sim.run_until(sim.now + 5)
+    assert sim.delivered_ratio(0, start[0]) == 1.0
+    assert sim.delivered_ratio(1, start[1]) == 1.0
+
+
+def test_simultaneous_initiation_converges_to_one_session() -> None:
+    sim = Sim(seed=3, keepalive=0)
+    sim.send(0, 100)
+    sim.send(1, 100)  # both initiate at t=0
+    sim.run_until(10)
+    a, b = (p.tunnel for p in sim.peers)
+    assert a.current is not None and b.current is not None
+    assert a.current.send_key == b.current.receive_key
+    assert a.current.receive_key == b.current.send_key
+    assert a.stats().handshakes == b.stats().handshakes == 1
+    assert sim.delivered_ratio(0) == sim.delivered_ratio(1) == 1.0
+    races = a.drops[DropReason.HANDSHAKE_RACE] + b.drops[DropReason.HANDSHAKE_RACE]
+    assert races == 1
+    sim.run_until(60)  # no handshake loop
+    assert a.stats().handshakes == 1
+
+
+def test_peer_restart_with_fresh_state_recovers() -> None:
+    sim = Sim(seed=4, link=LinkParams(loss=0.05, jitter=0.02))
+    sim.traffic(600, rate=2.0)
+    for victim in (1, 0):
+        sim.restart(victim)
+        restart_at = sim.now
+        start = [p.next_seq for p in sim.peers]
+        sim.traffic(sim.now + 600, rate=2.0)
+        assert_clean(sim)
+        # frames sent once dead-peer detection had time to act get through
+        late = [
+            min((s for s in sim.peers[i].sent if s >= start[i]), default=0) + 60
+            for i in (0, 1)
+        ]
+        assert sim.delivered_ratio(0, late[0]) > 0.85
+        assert sim.delivered_ratio(1, late[1]) > 0.85
+        assert sim.peers[victim].tunnel.stats(sim.now).state == "up"
+        assert any(t > restart_at for t, _ in sim.events_of(1 - victim, HandshakeCompleted))
+
+
+def test_endpoint_change_is_learned_from_authenticated_packets() -> None:
+    sim = Sim(seed=5)
+    sim.traffic(60, rate=2.0)
+    new_addr = ("203.0.113.9", 40000)
+    sim.move(0, new_addr)
+    start = sim.peers[0].next_seq
+    sim.traffic(sim.now + 120, rate=2.0)
+    b = sim.peers[1].tunnel
+    assert b.endpoint == new_addr
+    changes = [e for _, e in sim.events_of(1, EndpointChanged)]
+    assert changes and changes[-1].new == new_addr
+    assert sim.delivered_ratio(0, start) == 1.0
+    assert sim.delivered_ratio(1, sim.peers[1].next_seq - 100) == 1.0
+    assert_clean(sim)
+
+
+def test_outage_gives_up_reports_unreachable_and_recovers() -> None:
+    sim = Sim(seed=6)
+    sim.traffic(60, rate=2.0)
+    sim.link.up = False
+    sim.traffic(sim.now + 200, rate=1.0)
+    assert sim.events_of(0, PeerUnreachable)
+    assert sim.events_of(0, HandshakeGaveUp) or sim.events_of(1, HandshakeGaveUp)
+    assert sim.peers[0].tunnel.stats(sim.now).state != "up"
+    sim.link.up = True
+    sim.run_until(sim.now + 30)  # persistent keepalive re-handshakes
+    assert sim.peers[0].tunnel.stats(sim.now).state == "up"
+    start = [p.next_seq for p in sim.peers]
+    sim.traffic(sim.now + 60, rate=2.0)
+    sim.run_until(sim.now + 5)
+    assert sim.delivered_ratio(0, start[0]) == 1.0
+    assert sim.delivered_ratio(1, start[1]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("link_mtu", "expect_mtu", "fragments"),
+    [(1500, 1500, True), (1600, 1583, False), (9000, 1583, False)],
+)
+def test_path_mtu_probing(link_mtu: int, expect_mtu: int, fragments: bool) -> None:
+    sim = Sim(seed=7, link=LinkParams(mtu=link_mtu))
+    sim.send(0, 60)
+    sim.run_until(5)
+    before = [p.tunnel.fragments_sent for p in sim.peers]
+    for _ in range(20):
+        sim.send(0, 1514)
+        sim.send(1, 1514)
+    sim.run_until(10)
+    for i, peer in enumerate(sim.peers):
+        assert peer.tunnel.path_mtu == expect_mtu
+        assert (peer.tunnel.fragments_sent > before[i]) == fragments
+    assert sim.delivered_ratio(0) == sim.delivered_ratio(1) == 1.0
+    if not fragments:
+        assert sim.events_of(0, PathMtuChanged)
+
+
+def test_path_shrinks_falls_back_to_fragments() -> None:
+    sim = Sim(seed=8, link=LinkParams(mtu=1600))
+    sim.traffic(60, rate=2.0)
+    assert sim.peers[0].tunnel.path_mtu == 1583
+    sim.link.mtu = 1500  # path shrinks: large datagrams now vanish
+    sim.traffic(sim.now + 120, rate=2.0)
+    assert sim.peers[0].tunnel.path_mtu == 1500
+    start = [p.next_seq for p in sim.peers]
+    sim.traffic(sim.now + 60, rate=2.0)
+    sim.run_until(sim.now + 5)
+    assert sim.delivered_ratio(0, start[0]) == 1.0
+    assert sim.delivered_ratio(1, start[1]) == 1.0
+
+
+def test_cookie_under_load_still_connects() -> None:
+    sim = Sim(seed=9, keepalive=0)
+    sim.peers[1].tunnel.set_under_load(True)
+    sim.send(0, 100)
+    sim.run_until(20)
+    b = sim.peers[1].tunnel
+    assert b.stats().cookies_sent >= 1
+    assert b.drops[DropReason.HANDSHAKE_MAC2] >= 1
+    assert sim.delivered_ratio(0) == 1.0
+    assert sim.peers[0].tunnel.stats(sim.now).state == "up"
+
+
+def test_psk_mismatch_never_connects() -> None:
+    sim = Sim(seed=10, psk=bytes(range(32)), keepalive=0)
+    sim.peers[1] = sim._make_peer(1)  # same config...
+    sim.psk = bytes(32)
+    sim.peers[0] = sim._make_peer(0)  # ...but peer 0 uses a different PSK
+    sim.send(0, 100)
+    sim.run_until(30)
+    assert sim.delivered_ratio(0) == 0.0
+    assert sim.peers[0].tunnel.drops[DropReason.AUTH_FAILED] >= 1
