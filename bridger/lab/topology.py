@@ -256,7 +256,7 @@ class Lab:
         self._lock = threading.Lock()
         self._built = False
         self._torn_down = False
-        self._old_sigterm: Any = None
+        self._holds_sigterm = False
 
     # -- names and commands
     def ns(self, role: str) -> str:
@@ -367,36 +367,60 @@ class Lab:
             raise
 
     def _install_sigterm(self) -> None:
-        """Turn SIGTERM into SystemExit so ``with`` blocks and atexit run teardown."""
+        """Turn SIGTERM into SystemExit so ``with`` blocks and atexit run teardown.
+
+        Only when nobody else handles SIGTERM; shared by all live labs (counted).
+        """
+        global _sigterm_holders
         if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._old_sigterm = signal.SIG_DFL
+        if _sigterm_holders == 0 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        if signal.getsignal(signal.SIGTERM) is _sigterm_to_exit:
+            _sigterm_holders += 1
+            self._holds_sigterm = True
 
     def teardown(self) -> None:
-        """Stop the wire and delete every namespace; safe to call twice or from atexit."""
+        """Stop the wire and delete every namespace; safe to call twice or from atexit.
+
+        A SIGTERM arriving meanwhile is held back until the namespaces are gone.
+        """
+        global _sigterm_holders, _sigterm_pending
         with self._lock:
             if self._torn_down:
                 return
             self._torn_down = True
         atexit.unregister(self.teardown)
-        if self._wire is not None:
-            with contextlib.suppress(OSError):
-                if self._wire.stdin:
-                    self._wire.stdin.close()
-            try:
-                self._wire.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                self._wire.kill()
-                self._wire.wait()
-        remove_lab(self.prefix)
-        if (
-            self._old_sigterm is not None
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
-        ):
-            signal.signal(signal.SIGTERM, self._old_sigterm)
+        main = threading.current_thread() is threading.main_thread()
+        deferring = main and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
+        if deferring:
+            signal.signal(signal.SIGTERM, _sigterm_record)
+        try:
+            self._stop_wire()
+            remove_lab(self.prefix)
+        finally:
+            if self._holds_sigterm:
+                self._holds_sigterm = False
+                _sigterm_holders -= 1
+            if deferring:
+                signal.signal(
+                    signal.SIGTERM, _sigterm_to_exit if _sigterm_holders else signal.SIG_DFL
+                )
+                if _sigterm_pending:
+                    _sigterm_pending = False
+                    raise SystemExit(128 + signal.SIGTERM)
+
+    def _stop_wire(self) -> None:
+        if self._wire is None:
+            return
+        with contextlib.suppress(OSError):
+            if self._wire.stdin:
+                self._wire.stdin.close()
+        try:
+            self._wire.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self._wire.kill()
+            self._wire.wait()
 
     def _build(self) -> None:
         opts = self.options
@@ -404,6 +428,8 @@ class Lab:
             raise LabError(f"namespaces with prefix {self.prefix} already exist")
         if opts.engine == "auto":
             self.engine = "netem" if netem_available() else "wire"
+        elif opts.engine == "netem" and not netem_available():
+            raise LabError("engine netem asked for, but this kernel has no sch_netem")
         else:
             self.engine = opts.engine
         MARKER_DIR.mkdir(parents=True, exist_ok=True)
@@ -634,5 +660,16 @@ class Lab:
         yield f"  ip netns exec {self.ns('gwA')} bash"
 
 
+#: Live labs relying on :func:`_sigterm_to_exit`; the last one restores SIG_DFL.
+_sigterm_holders = 0
+#: A SIGTERM arrived while a teardown was running; re-raised when it is done.
+_sigterm_pending = False
+
+
 def _sigterm_to_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def _sigterm_record(signum: int, frame: FrameType | None) -> None:
+    global _sigterm_pending
+    _sigterm_pending = True

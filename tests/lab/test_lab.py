@@ -277,3 +277,44 @@ def test_cleanup_removes_labs_of_killed_processes() -> None:
             check=False,
             capture_output=True,
         )
+
+
+LIBRARY_USER = """
+import time
+from bridger.lab import Lab, LabOptions
+with Lab(LabOptions(prefix=__import__("sys").argv[1])) as lab:
+    print("built", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_library_user_killed_by_sigterm_cleans_up() -> None:
+    prefix = f"bt{os.urandom(3).hex()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIBRARY_USER, prefix], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "built"
+        assert len(lab_namespaces(prefix)) == 9
+        proc.terminate()
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        assert lab_namespaces(prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(
+            [sys.executable, "-m", "bridger.lab", "down", "--prefix", prefix],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+        )
+
+
+@pytest.mark.skipif(ENGINES != ["wire"], reason="this kernel has netem")
+def test_asking_for_missing_netem_is_a_clear_error() -> None:
+    lab = Lab(LabOptions(engine="netem"))
+    with pytest.raises(LabError, match="sch_netem"):
+        lab.build()
+    assert lab_namespaces(lab.prefix) == []
