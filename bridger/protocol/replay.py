@@ -47,7 +47,7 @@ class ReplayWindow:
                 for i in range(1, min(diff, REPLAY_BLOCKS) + 1):
                     blocks[(current + i) & _BLOCK_MASK] = 0
             self._last = counter
-        elif last - counter >= WINDOW_SIZE:
+        elif last - counter > WINDOW_SIZE:
             return Verdict.TOO_OLD
         slot = index & _BLOCK_MASK
         bit = 1 << (counter & _BIT_MASK)
