@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
+from pathlib import Path
 
 import pytest
 
 from bridger.status.counters import KINDS, Counters, LinkInfo, MacTable
-from bridger.status.schema import SchemaError, validate
+from bridger.status.schema import STATUS_SCHEMA, SchemaError, validate
 
 LOCAL = bytes.fromhex("020000000001")
 REMOTE = bytes.fromhex("020000000002")
@@ -175,3 +177,22 @@ def test_validator_rejects(mutate, message: str) -> None:
     mutate(snap)
     with pytest.raises(SchemaError, match=message.replace("$", r"\$").replace("[", r"\[")):
         validate(snap)
+
+
+def _property_names(schema: dict) -> set[str]:
+    names = set(schema.get("properties", {}))
+    children = list(schema.get("properties", {}).values())
+    if isinstance(schema.get("additionalProperties"), dict):
+        children.append(schema["additionalProperties"])
+    if "items" in schema:
+        children.append(schema["items"])
+    for child in children:
+        names |= _property_names(child)
+    return names
+
+
+def test_every_schema_field_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "status.md").read_text()
+    missing = [name for name in sorted(_property_names(STATUS_SCHEMA))
+               if not re.search(rf"[`.]{re.escape(name)}[`.\[]", doc)]
+    assert not missing, f"fields missing from docs/status.md: {missing}"
