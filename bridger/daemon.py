@@ -50,6 +50,11 @@ BATCH = 128
 READ_SIZE = 65536
 #: Seconds between re-resolutions of a peer name while the link is not up.
 RESOLVE_RETRY = (2.0, 5.0, 10.0, 30.0)
+# Linux socket options missing from Python's socket module on some versions.
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+PMTUDISC_DO = 2  # set DF, never fragment locally: the core fragments itself
+
 #: Seconds between drop summaries in the log.
 DROP_SUMMARY_INTERVAL = 30.0
 
@@ -86,8 +91,8 @@ class UdpEndpoint:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             # Outer packets must never be fragmented by IP: the core fragments itself.
             if dual:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MTU_DISCOVER, 2)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, 2)  # IP_PMTUDISC_DO
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_DO)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_DO)
             sock.bind(("::" if dual else "0.0.0.0", port))
         except OSError as exc:
             sock.close()
