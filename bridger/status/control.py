@@ -148,16 +148,17 @@ async def serve_control(
         try:
             async with stream:
                 with trio.move_on_after(REQUEST_TIMEOUT * 5):
-                    uid = peer_uid(stream.socket)
-                    if uid not in allowed:
-                        log.warning("control socket: refused a client with uid %d", uid)
-                        await stream.send_all(_line({"error": "permission denied (root only)"}))
-                        return
+                    # Read the request even from a client about to be refused: closing with
+                    # its bytes unread would reset the connection and lose our error line.
                     request = b""
                     with trio.move_on_after(REQUEST_TIMEOUT):
                         request = await _read_request(stream)
+                    uid = peer_uid(stream.socket)
                     reply: dict[str, Any]
-                    if request == REQUEST_STATUS:
+                    if uid not in allowed:
+                        log.warning("control socket: refused a client with uid %d", uid)
+                        reply = {"error": "permission denied (root only)"}
+                    elif request == REQUEST_STATUS:
                         try:
                             reply = get_snapshot()
                         except Exception:
