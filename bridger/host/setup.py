@@ -6,10 +6,11 @@ Flow of :func:`bring_up` (each numbered change is one journaled step):
    state-directory lock, refuse if an old journal is still pending.
 1. Create the bridge (forward delay 0, STP as asked) -- or reuse the existing
    bridge the NIC is already in.
-2. Open the tap (non-persistent), set its MTU to the NIC's, enslave it, up.
-3. Remove the NIC's routes (through-gateway routes first), then its addresses.
-4. Enslave the NIC to the bridge, up.
-5. Give the bridge the NIC's MTU and MAC (neighbours' ARP caches stay right), up.
+2. Give the bridge the NIC's MTU and MAC (neighbours' ARP caches stay right),
+   up, before any port joins (else it would briefly take the lowest port MAC).
+3. Open the tap (non-persistent), set its MTU to the NIC's, enslave it, up.
+4. Remove the NIC's routes (through-gateway routes first), then its addresses.
+5. Enslave the NIC to the bridge, up.
 6. Add the NIC's addresses, then its routes (on-link routes first) to the bridge.
 
 Before each step its undo record goes to the journal; undo runs in reverse,
@@ -244,7 +245,14 @@ def _apply(
             lambda: nl.set_link(ipr, bridge, {"stp": 1}),
         )
 
-    # 2. the tap
+    # 2. bridge MTU and MAC before any port joins (a port's MAC must never show)
+    br = nl.require_link(ipr, bridge)
+    step(f"configure {bridge}",
+         {"op": "set_link", "ifname": bridge,
+          "attrs": {"mtu": br.mtu, "address": br.address, "up": br.up}},
+         lambda: nl.set_link(ipr, bridge, {"mtu": lan.mtu, "address": lan.address, "up": True}))
+
+    # 3. the tap
     def make_tap() -> None:
         session.tap_fd, session.tap_name = open_tap(plan.tap, netns=plan.netns)
         nl.set_link(ipr, session.tap_name, {"mtu": lan.mtu, "master": bridge, "up": True})
@@ -252,7 +260,7 @@ def _apply(
     step(f"create tap {plan.tap}", {"op": "del_link", "ifname": plan.tap, "kind": TAP_KIND},
          make_tap)
 
-    # 3.-4. take the NIC's routes and addresses, enslave it
+    # 4.-5. take the NIC's routes and addresses, enslave it
     if not facts.lan_in_bridge:
         for rec in reversed(routes):
             step(f"remove route {nl.describe_route(rec)}",
@@ -265,13 +273,6 @@ def _apply(
         step(f"enslave {lan.name} to {bridge}",
              {"op": "set_link", "ifname": lan.name, "attrs": {"master": None, "up": lan.up}},
              lambda: nl.set_link(ipr, lan.name, {"master": bridge, "up": True}))
-
-    # 5. bridge MTU, MAC, up
-    br = nl.require_link(ipr, bridge)
-    step(f"configure {bridge}",
-         {"op": "set_link", "ifname": bridge,
-          "attrs": {"mtu": br.mtu, "address": br.address, "up": br.up}},
-         lambda: nl.set_link(ipr, bridge, {"mtu": lan.mtu, "address": lan.address, "up": True}))
 
     # 6. addresses and routes onto the bridge
     for rec in addrs:
