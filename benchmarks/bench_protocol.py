@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridger.protocol import Output, Tunnel, TunnelConfig, public_key  # noqa: E402
+from bridger.protocol import Output, Tunnel, TunnelConfig, public_key
 
 A_ADDR, B_ADDR = ("192.0.2.1", 55555), ("198.51.100.2", 55555)
 
