@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,20 @@ import trio
 from bridger.config import UpConfig
 from bridger.errors import BridgerError, ConfigError
 from bridger.keys import read_private_key_file
+from bridger.protocol import (
+    EndpointChanged,
+    Event,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    HandshakeInitiated,
+    Output,
+    PathMtuChanged,
+    PeerUnreachable,
+    SessionExpired,
+    Tunnel,
+    TunnelConfig,
+)
+from bridger.status.counters import Counters, LinkInfo
 
 log = logging.getLogger("bridger")
 
@@ -53,7 +68,8 @@ RESOLVE_RETRY = (2.0, 5.0, 10.0, 30.0)
 # Linux socket options missing from Python's socket module on some versions.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
-PMTUDISC_DO = 2  # set DF, never fragment locally: the core fragments itself
+#: Set DF and ignore the kernel's path-MTU cache: the core fragments and probes itself.
+PMTUDISC_PROBE = 3
 
 #: Seconds between drop summaries in the log.
 DROP_SUMMARY_INTERVAL = 30.0
@@ -91,8 +107,8 @@ class UdpEndpoint:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             # Outer packets must never be fragmented by IP: the core fragments itself.
             if dual:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_DO)
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_DO)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
             sock.bind(("::" if dual else "0.0.0.0", port))
         except OSError as exc:
             sock.close()
@@ -114,8 +130,8 @@ class Daemon:
     """The running daemon's state shared by its tasks."""
 
     config: UpConfig
-    tunnel: Any
-    counters: Any
+    tunnel: Tunnel
+    counters: Counters
     udp: UdpEndpoint
     tap_fd: int
     host_info: dict[str, str]
@@ -126,7 +142,7 @@ class Daemon:
     # -- helpers -----------------------------------------------------------
 
     def _now(self) -> float:
-        return trio.current_time()
+        return float(trio.current_time())
 
     def _send_all(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
         """Send without waiting; a full socket buffer is a counted drop (UDP may lose)."""
@@ -152,7 +168,7 @@ class Daemon:
                 continue
             self.counters.wan_to_lan(frame, now)
 
-    def _handle(self, out: Any, now: float) -> None:
+    def _handle(self, out: Output, now: float) -> None:
         if out.datagrams:
             self._send_all(out.datagrams)
         if out.frames:
@@ -172,6 +188,7 @@ class Daemon:
         while True:
             await trio.lowlevel.wait_readable(fd)
             now = self._now()
+            out = Output()
             for _ in range(BATCH):
                 try:
                     frame = os.read(fd, READ_SIZE)
@@ -180,7 +197,8 @@ class Daemon:
                 except OSError as exc:
                     raise BridgerError(f"tap read failed: {exc.strerror}") from exc
                 counters.lan_to_wan(frame, now)
-                self._handle(tunnel.send_frame(frame, now), now)
+                tunnel.send_frame(frame, now, out)
+            self._handle(out, now)
             await trio.lowlevel.checkpoint()
 
     async def wan_to_tap(self) -> None:
@@ -270,12 +288,10 @@ def format_address(addr: Address | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def link_info(daemon: Daemon) -> Any:
+def link_info(daemon: Daemon) -> LinkInfo:
     """Fill the status module's LinkInfo from the core's stats."""
-    from bridger.status.counters import LinkInfo
-
-    stats = daemon.tunnel.stats()
     now = daemon._now()
+    stats = daemon.tunnel.stats(now)
     cfg = daemon.config
 
     def age(t: float | None) -> float | None:
@@ -289,24 +305,59 @@ def link_info(daemon: Daemon) -> Any:
         last_handshake_age=age(stats.last_handshake_at),
         handshakes=stats.handshakes,
         rekeys=stats.rekeys,
-        rtt_ms=stats.rtt_ms,
+        rtt_ms=None if stats.rtt is None else stats.rtt * 1000.0,
         path_mtu=stats.path_mtu,
         drops=dict(stats.drops),
-        fragments=dict(stats.fragments),
+        fragments={
+            "sent": stats.fragments_sent,
+            "received": stats.fragments_received,
+            "reassembled": stats.reassembled,
+            "in_progress": stats.reassembly_in_progress,
+        },
         interface=daemon.host_info,
     )
 
 
-def log_event(event: Any) -> None:
-    """One line per meaningful protocol event."""
-    log.info("%s", event)
+def log_event(event: Event) -> None:
+    """One line per meaningful protocol event (retries and cookies stay quiet)."""
+    match event:
+        case HandshakeCompleted(rekey=True):
+            log.debug("rekeyed")
+        case HandshakeCompleted(rtt=rtt):
+            rtt_text = "" if rtt is None else f" (rtt {rtt * 1000:.1f} ms)"
+            log.info("handshake complete: link up%s", rtt_text)
+        case HandshakeInitiated(retry=False):
+            log.info("handshake: contacting peer")
+        case HandshakeGaveUp(after=after, frames_dropped=n):
+            log.warning("peer unreachable: no handshake answer for %.0fs (%d frames dropped)",
+                        after, n)
+        case EndpointChanged(old=old, new=new):
+            log.info("peer endpoint %s -> %s", format_address(old) or "unknown",
+                     format_address(new))
+        case PeerUnreachable(silent_for=silent):
+            log.warning("peer silent for %.0fs: re-handshaking", silent)
+        case SessionExpired():
+            log.warning("session expired after long silence: link down")
+        case PathMtuChanged(old=old_mtu, new=new_mtu):
+            log.info("path MTU %d -> %d", old_mtu, new_mtu)
+        case _:
+            log.debug("%s", event)
 
 
-def setup_logging(dashboard: bool) -> None:
+def setup_logging(dashboard: bool) -> Any:
+    """Log lines to stderr, or through the dashboard's console so they print above it.
+
+    Returns that shared rich Console (or None without a dashboard).
+    """
+    console = None
     if dashboard:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        console = Console()
+        handler: logging.Handler = RichHandler(
+            console=console, show_path=False, rich_tracebacks=False
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -315,33 +366,34 @@ def setup_logging(dashboard: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    return console
 
 
 def read_psk(path: Path | None) -> bytes | None:
     return None if path is None else read_private_key_file(path)
 
 
-async def _serve(daemon: Daemon, dashboard: bool) -> None:
-    from bridger.status.control import serve_control
+async def _serve(daemon: Daemon, console: Any) -> None:
+    from bridger.status.control import control_path, serve_control
 
     cfg = daemon.config
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await nursery.start(serve_control, cfg.state_dir / "control.sock", daemon.snapshot)
+            await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
             nursery.start_soon(daemon.tap_to_wan)
             nursery.start_soon(daemon.wan_to_tap)
             nursery.start_soon(daemon.timers)
             nursery.start_soon(daemon.drop_summaries)
             if cfg.peer_host is not None:
                 nursery.start_soon(daemon.resolver, cfg.peer_host, cfg.peer_port)
-            if dashboard:
+            if console is not None:
                 from bridger.status.dashboard import run_dashboard
 
-                nursery.start_soon(run_dashboard, daemon.snapshot)
+                nursery.start_soon(partial(run_dashboard, daemon.snapshot, console=console))
             else:
                 from bridger.status.dashboard import run_log_lines
 
-                nursery.start_soon(run_log_lines, daemon.snapshot)
+                nursery.start_soon(partial(run_log_lines, daemon.snapshot, log=log))
             log.info(
                 "up: %s + %s in bridge %s, listening on %s%s",
                 cfg.lan, cfg.tap, cfg.bridge, daemon.udp.listen,
@@ -356,14 +408,22 @@ async def _serve(daemon: Daemon, dashboard: bool) -> None:
 
 def run_up(config: UpConfig) -> int:
     """Everything `bridger up` does after the config is valid."""
-    from bridger.host import HostPlan, bring_up
-    from bridger.protocol import Tunnel, TunnelConfig
-    from bridger.status.counters import Counters
+    from bridger.host import HostPlan, bring_up, drop_privileges
 
     private = read_private_key_file(config.key_file)
     psk = read_psk(config.psk_file)
     dashboard = config.dashboard and sys.stdout.isatty()
-    setup_logging(dashboard)
+    try:
+        tunnel_config = TunnelConfig(
+            private_key=private,
+            peer_public_key=config.peer_public_key,
+            psk=psk,
+            persistent_keepalive=config.persistent_keepalive,
+            wan_mtu=config.wan_mtu,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"tunnel settings: {exc}") from None
+    console = setup_logging(dashboard)
     udp = UdpEndpoint.bind(config.listen)
     try:
         plan = HostPlan(
@@ -375,19 +435,8 @@ def run_up(config: UpConfig) -> int:
             counters = Counters()
 
             def build_daemon() -> Daemon:
-                now = trio.current_time()
-                tunnel = Tunnel(
-                    TunnelConfig(
-                        private_key=private,
-                        peer_public_key=config.peer_public_key,
-                        psk=psk,
-                        endpoint=None,
-                        persistent_keepalive=config.persistent_keepalive,
-                        wan_mtu=config.wan_mtu,
-                    ),
-                    now=now,
-                    wall_clock=time.time(),
-                )
+                now = float(trio.current_time())
+                tunnel = Tunnel(tunnel_config, now=now, wall_clock=time.time())
                 return Daemon(
                     config=config, tunnel=tunnel, counters=counters, udp=udp,
                     tap_fd=host.tap_fd,
@@ -403,7 +452,9 @@ def run_up(config: UpConfig) -> int:
                     from bridger.status.metrics import start_metrics_server
 
                     start_metrics_server(metrics_hostport, daemon.snapshot)
-                await _serve(daemon, dashboard)
+                # From here on only the tap fd, the UDP socket and the restore are needed.
+                drop_privileges()
+                await _serve(daemon, console)
 
             trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
     finally:

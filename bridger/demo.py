@@ -37,10 +37,10 @@ class Gateway:
     log_path: Path
 
     def snapshot(self) -> dict[str, Any] | None:
-        from bridger.status.control import query_status
+        from bridger.status.control import control_path, query_status
 
         try:
-            return query_status(self.state_dir / "control.sock", timeout=1.0)
+            return query_status(control_path(self.state_dir), timeout=1.0)
         except BridgerError:
             return None
 
