@@ -62,11 +62,11 @@ def test_lossy_delayed_reordering_wan_transfer_is_byte_exact(make_bridged) -> No
 
 def test_gateway_restart_recovers_without_touching_the_peer(make_bridged) -> None:  # type: ignore[no-untyped-def]
     link = make_bridged(LabOptions())
-    link.start_all()
     lab = link.lab
+    before = snapshot_host(lab, "gwB")
+    link.start_all()
     b1 = host_address(lab, "hostB1")
     wait_ping(lab, "hostA1", b1)
-    before = snapshot_host(lab, "gwB")
     peer_pid = link.procs["A"].pid
     assert link.stop("B", signal.SIGTERM) == 0
     assert snapshot_host(lab, "gwB") == before  # SIGTERM restored the host
