@@ -64,7 +64,7 @@ BATCH = 128
 #: Largest datagram or frame read in one call.
 READ_SIZE = 65536
 #: Seconds between re-resolutions of a peer name while the link is not up.
-RESOLVE_RETRY = (2.0, 5.0, 10.0, 30.0)
+RESOLVE_RETRY = (2.0, 5.0, 10.0)
 # Linux socket options missing from Python's socket module on some versions.
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)

@@ -20,13 +20,15 @@ class BridgedLab:
     """Two gateways of one lab running bridger; sites are "A" and "B"."""
 
     def __init__(self, lab: Lab, workdir: Path, *, b_dials_only: bool = False,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None,
+                 peers: dict[str, str] | None = None) -> None:
         self.lab = lab
         self.workdir = workdir
         self.keys = {"A": generate_private_key(), "B": generate_private_key()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.b_dials_only = b_dials_only
         self.extra_args = extra_args or []
+        self.peers = peers or {}
         workdir.mkdir(parents=True, exist_ok=True)
         for site, key in self.keys.items():
             write_private_key_file(self.key_path(site), key)
@@ -47,7 +49,9 @@ class BridgedLab:
             "--peer-key", encode_key(public_key(self.keys[other])),
             "--state-dir", str(self.state_dir(site)), "--no-dashboard", *self.extra_args,
         ]
-        if site == "B" or not self.b_dials_only:
+        if site in self.peers:
+            argv += ["--peer", self.peers[site]]
+        elif site == "B" or not self.b_dials_only:
             argv += ["--peer", self.lab.gateway_wan_address(other)]
         return argv
 

@@ -1,0 +1,135 @@
+"""What an operator relies on: exact counters, metrics, peers given by DNS name."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridger.lab import Lab, LabOptions
+from bridger.status.schema import validate
+from tests.e2e.bridged import BridgedLab, host_address, host_ifname, wait_ping
+from tests.e2e.test_bridge_traffic import RAW, mac_of
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(LabOptions()) as lab:
+        yield lab
+
+
+def test_counters_equal_the_frames_actually_sent(lab: Lab, tmp_path: Path) -> None:
+    link = BridgedLab(lab, tmp_path / "w")
+    try:
+        link.start_all()
+        before_a, before_b = link.status("A"), link.status("B")
+        assert before_a is not None and before_b is not None
+        # N frames of a local experimental ethertype: nothing else on the LAN uses it.
+        n = 250
+        dst = mac_of(lab, "hostB1").replace(":", "")
+        src = mac_of(lab, "hostA1").replace(":", "")
+        frames = [f"{dst}{src}88b5{i:08x}" + "00" * (46 + i % 1400) for i in range(n)]
+        sent_bytes = sum(len(f) // 2 for f in frames)
+        for chunk in range(0, n, 50):
+            lab.run("hostA1", sys.executable, RAW, "send", host_ifname(lab, "hostA1"),
+                    *frames[chunk:chunk + 50])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            after_a, after_b = link.status("A"), link.status("B")
+            assert after_a is not None and after_b is not None
+            if after_b["kinds"]["rx"]["other"] - before_b["kinds"]["rx"]["other"] >= n:
+                break
+            time.sleep(0.2)
+        validate(after_a)
+        validate(after_b)
+        assert after_a["kinds"]["tx"]["other"] - before_a["kinds"]["tx"]["other"] == n
+        assert after_b["kinds"]["rx"]["other"] - before_b["kinds"]["rx"]["other"] == n
+        # byte counters moved by at least the frames' own bytes
+        assert after_a["bytes"]["tx"] - before_a["bytes"]["tx"] >= sent_bytes
+        assert after_b["bytes"]["rx"] - before_b["bytes"]["rx"] >= sent_bytes
+        # site A's MAC table saw hostA1 on the local side; B saw it on the remote side
+        assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_a["macs"]["local"]["top"])
+        assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_b["macs"]["remote"]["top"])
+    finally:
+        link.kill_everything()
+
+
+SCRAPE = """
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+"""
+
+
+def test_metrics_endpoint_is_scraped_and_parsed(lab: Lab, tmp_path: Path) -> None:
+    link = BridgedLab(lab, tmp_path / "w", extra_args=["--metrics", "127.0.0.1:9555"])
+    try:
+        link.start_all()
+        wait_ping(lab, "hostA1", host_address(lab, "hostB1"))
+        text = lab.run("gwA", sys.executable, "-c", SCRAPE, "http://127.0.0.1:9555/metrics").stdout
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("bridger_link_up", ())] == 1
+        tx = samples[("bridger_frames_total", (("direction", "lan_to_wan"),))]
+        rx = samples[("bridger_frames_total", (("direction", "wan_to_lan"),))]
+        assert tx >= 1 and rx >= 1
+        assert ("bridger_drops_total", (("reason", "replay"),)) in samples
+    finally:
+        link.kill_everything()
+
+
+def hosts_file(lab: Lab, role: str) -> Path:
+    """`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts."""
+    path = Path("/etc/netns") / lab.ns(role) / "hosts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("127.0.0.1 localhost\n")
+    return path
+
+
+def test_peer_by_dns_name_unresolvable_then_resolving(lab: Lab, tmp_path: Path) -> None:
+    hosts = hosts_file(lab, "gwB")
+    link = BridgedLab(lab, tmp_path / "w", b_dials_only=True,
+                      peers={"B": "site-a.bridger-lab.test:55555"})
+    try:
+        link.start("A")
+        link.start("B")
+        # the name does not resolve yet: B keeps running and says so
+        deadline = time.monotonic() + 10
+        while "does not resolve" not in link.log_path("B").read_text():
+            assert time.monotonic() < deadline, link.logs()
+            assert link.procs["B"].poll() is None, link.logs()
+            time.sleep(0.2)
+        # dynamic DNS catches up: the same file, rewritten in place
+        with hosts.open("w") as f:
+            address = lab.gateway_wan_address("A")
+            f.write(f"127.0.0.1 localhost\n{address} site-a.bridger-lab.test\n")
+        took = link.wait_up(timeout=20)
+        wait_ping(lab, "hostB1", host_address(lab, "hostA1"))
+        status = link.status("B")
+        assert status is not None and status["link"]["peer_name"] == "site-a.bridger-lab.test"
+        print(f"link up {took:.1f}s after the name started resolving")
+        assert "Traceback" not in link.logs()
+    finally:
+        link.kill_everything()
+        hosts.unlink(missing_ok=True)
+        hosts.parent.rmdir()
+
+
+def test_missing_nic_is_one_line_error_and_host_untouched(lab: Lab, tmp_path: Path) -> None:
+    link = BridgedLab(lab, tmp_path / "w")
+    argv = link.argv("A")
+    argv[argv.index("eth1")] = "eth7"
+    before = lab.run("gwA", "ip", "-j", "addr").stdout
+    out = lab.run("gwA", *argv, check=False)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "eth7" in lines[0], out.stderr
+    assert lab.run("gwA", "ip", "-j", "addr").stdout == before
