@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--mtu", type=int, default=1500, help="WAN link MTU")
     up.add_argument("--nat", action="store_true", help="put site B behind a NAT namespace")
     up.add_argument("--prefix", help="namespace prefix (default: bl + 6 random hex digits)")
-    up.add_argument("--engine", choices=("auto", "netem", "wire"), default="auto")
+    up.add_argument("--engine", choices=("auto", "netem", "wire", "direct"), default="auto")
     up.add_argument("--seed", type=int, default=0, help="seed of the userspace wire")
     up.add_argument(
         "--for",

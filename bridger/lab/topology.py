@@ -14,6 +14,8 @@ Impairments sit on the router's egress towards each gateway (``wA`` and
 ``wB``), so each one-way trip between the gateways is impaired exactly once.
 Engines: kernel ``netem`` when the kernel has it; otherwise a userspace wire
 (:mod:`bridger.lab.wire`) between each ``w?`` and the gateway's ``wan0``.
+``direct`` routes in-kernel with no impairment at all, so a benchmark measures
+the tunnel and not the userspace wire (which caps near 275 Mbit/s).
 
 Every namespace is named ``<prefix>-<role>``; a marker file names the owning
 process so ``cleanup`` only removes labs whose owner is dead.
@@ -61,6 +63,7 @@ FIRST_WAN_HOST = 2
 NAT_INSIDE_NET = "172.16.2"
 WAN_PREFIXLEN = 24
 
+ENGINES = ("auto", "netem", "wire", "direct")
 ROLES = ("gwA", "gwB", "hostA1", "hostA2", "hostB1", "hostB2", "wan", "natB", "swA", "swB")
 SITES = ("A", "B")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9]{2,16}$")
@@ -95,7 +98,8 @@ class LabOptions:
     wan_mtu: int = 1500
     nat_b: bool = False
     prefix: str | None = None
-    #: "auto" (netem if the kernel has it), "netem", or "wire" (userspace).
+    #: "auto" (netem if the kernel has it), "netem", "wire" (userspace), or
+    #: "direct": plain veths routed in-kernel, no impairment possible (benchmarks).
     engine: str = "auto"
     #: Seeds the userspace wire's randomness (netem has its own).
     seed: int = 0
@@ -121,8 +125,10 @@ class LabOptions:
             raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
         if self.prefix is not None and not PREFIX_RE.match(self.prefix):
             raise LabError("prefix must be 2-16 letters or digits")
-        if self.engine not in ("auto", "netem", "wire"):
-            raise LabError("engine must be auto, netem or wire")
+        if self.engine not in ENGINES:
+            raise LabError("engine must be auto, netem, wire or direct")
+        if self.engine == "direct" and not self.impairment().is_noop:
+            raise LabError("engine direct cannot impair the WAN; use netem or wire")
 
 
 # --- small subprocess helpers -----------------------------------------------------
@@ -479,7 +485,7 @@ class Lab:
         for site in SITES:
             attach = self._site_wan_role(site)
             rt_if = f"w{site}"
-            if self.engine == "netem":
+            if self.engine in ("netem", "direct"):
                 self._ip(
                     "wan",
                     f"link add {rt_if} mtu {mtu} type veth"
@@ -590,6 +596,10 @@ class Lab:
         return self._impairment
 
     def _apply_impairment(self, imp: Impairment) -> None:
+        if self.engine == "direct":
+            if not imp.is_noop:
+                raise LabError("engine direct cannot impair the WAN; use netem or wire")
+            return
         if self.engine == "wire":
             assert self._wire is not None and self._wire.stdin is not None
             self._wire.stdin.write(json.dumps({"impairment": asdict(imp)}) + "\n")
