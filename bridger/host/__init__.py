@@ -3,8 +3,9 @@
 See docs/host.md. The CLI and daemon use only these names.
 """
 
+from bridger.config import default_state_dir
 from bridger.host.privileges import drop_privileges
-from bridger.host.setup import HostPlan, HostSession, bring_down, bring_up, default_state_dir
+from bridger.host.setup import HostPlan, HostSession, bring_down, bring_up
 
 __all__ = [
     "HostPlan",

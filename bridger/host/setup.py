@@ -24,27 +24,22 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from bridger.config import DEFAULT_BRIDGE, DEFAULT_TAP, default_state_dir
 from bridger.errors import HostError
 from bridger.host import netlink as nl
 from bridger.host.checks import Facts, check_links, check_process
 from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.tap import open_tap
 
-RUN_DIR = Path("/run/bridger")
 STP_FORWARD_DELAY = 200  # centiseconds: the kernel's minimum (2 s) while STP runs
 TAP_KIND = "tun"
-
-
-def default_state_dir(bridge: str) -> Path:
-    """Where the journal and lock for ``bridge`` live: /run/bridger/<bridge>."""
-    return RUN_DIR / bridge
 
 
 @dataclass(frozen=True)
@@ -52,9 +47,9 @@ class HostPlan:
     """What to set up; see docs/host.md."""
 
     lan: str
-    bridge: str = "bridger0"
-    tap: str = "bridger-tap0"
-    state_dir: Path = RUN_DIR / "bridger0"
+    bridge: str = DEFAULT_BRIDGE
+    tap: str = DEFAULT_TAP
+    state_dir: Path = field(default_factory=lambda: default_state_dir(DEFAULT_BRIDGE))
     stp: bool = False
     netns: str | None = None
 
