@@ -53,19 +53,25 @@ def decode_key(text: str, where: str) -> bytes:
 
 def read_private_key_file(path: Path) -> bytes:
     """Load a private key file, refusing one that group or others can read."""
+    # The mode is checked on the opened file (no stat/open race) and before its
+    # contents are looked at, so a too-open file is refused whatever it holds.
     try:
-        st = path.stat()
-        text = path.read_text(encoding="ascii")
+        with path.open("rb") as f:
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+            if mode & 0o077:
+                raise KeyFileError(
+                    f"{path}: permissions {mode:04o} are too open: a private key must not be"
+                    f" readable by group or others (run: chmod 600 {path})"
+                )
+            raw = f.read(4096)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file (make one with `bridger genkey`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc}") from exc
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{path}: permissions {mode:04o} are too open: a private key must not be"
-            f" readable by group or others (run: chmod 600 {path})"
-        )
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFileError(f"{path}: not a key file (expected one line of base64)") from None
     return decode_key(text, str(path))
 
 
