@@ -33,9 +33,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import Runner, make  # noqa: E402
+from peers import Runner, make
 
-from bridger.lab import Lab, LabOptions  # noqa: E402
+from bridger.lab import Lab, LabOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
