@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridger.lab import Lab, LabOptions
 from bridger.status.schema import validate
-from tests.e2e.bridged import BridgedLab, host_address, host_ifname, wait_ping
+from tests.e2e.bridged import BRIDGER, BridgedLab, host_address, host_ifname, wait_ping
 from tests.e2e.test_bridge_traffic import RAW, mac_of
 
 pytestmark = pytest.mark.netns
@@ -133,3 +133,27 @@ def test_missing_nic_is_one_line_error_and_host_untouched(lab: Lab, tmp_path: Pa
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "eth7" in lines[0], out.stderr
     assert lab.run("gwA", "ip", "-j", "addr").stdout == before
+
+
+def test_second_up_on_same_state_dir_refused_and_down_idempotent(lab: Lab, tmp_path: Path) -> None:
+    link = BridgedLab(lab, tmp_path / "w")
+    try:
+        link.start_all()
+        # a second daemon on the same state dir (another listen port, so only the lock decides)
+        argv = [*link.argv("A"), "--listen", "55556", "--bridge", "br-second",
+                "--tap", "tap-second"]
+        out = lab.run("gwA", *argv, check=False, timeout=30)
+        assert out.returncode == 2
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert f"another bridger (pid {link.procs['A'].pid}" in out.stderr, out.stderr
+        # `down` while the daemon lives refuses too, and changes nothing
+        down = lab.run("gwA", *BRIDGER, "down", "--state-dir", str(link.state_dir("A")),
+                       check=False)
+        assert down.returncode == 2, down.stdout + down.stderr
+        wait_ping(lab, "hostA1", host_address(lab, "hostB1"))
+        assert link.stop("A") == 0
+        # nothing left to undo: says so, exit 0
+        down = lab.run("gwA", *BRIDGER, "down", "--state-dir", str(link.state_dir("A")))
+        assert "nothing to restore" in down.stdout
+    finally:
+        link.kill_everything()
