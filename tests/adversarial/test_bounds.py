@@ -213,8 +213,8 @@ def test_mac_tables_are_bounded_under_a_mac_flood() -> None:
 
     def attack(i: int) -> None:
         frame[6:12] = (0x020000000000 | i).to_bytes(6, "big")
-        counters.lan_to_wan(frame, 0.0)
-        counters.wan_to_lan(frame, 0.0)
+        counters.lan_to_wan(bytes(frame), 0.0)
+        counters.wan_to_lan(bytes(frame), 0.0)
 
     _, growth = heap_growth(attack, 5_000, 40_000)
     macs = counters._local
