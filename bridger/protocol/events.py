@@ -117,8 +117,16 @@ class Output:
     frames: list[bytes] = field(default_factory=list)
     datagrams: list[tuple[bytes, Address]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    #: Index in ``frames`` -> (csum_start, csum_offset) for frames whose L4
+    #: checksum the peer left partial (FRAME_CSUM): the shell completes it, or
+    #: hands it to the kernel with VIRTIO_NET_HDR_F_NEEDS_CSUM.
+    csum: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def extend(self, other: Output) -> Output:
+        if other.csum:
+            base = len(self.frames)
+            for index, value in other.csum.items():
+                self.csum[base + index] = value
         self.frames += other.frames
         self.datagrams += other.datagrams
         self.events += other.events

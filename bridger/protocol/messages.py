@@ -44,6 +44,11 @@ class InnerType(IntEnum):
     PROBE = 3
     #: Acknowledges a probe: probe id and the datagram size received.
     PROBE_ACK = 4
+    #: A whole Ethernet frame whose L4 checksum is partial (pseudo-header sum
+    #: only): FRAME_CSUM_HEADER (csum_start, csum_offset) then the frame.  The
+    #: receiver completes the checksum over frame[csum_start:] and stores it at
+    #: csum_start + csum_offset (virtio-net NEEDS_CSUM semantics).
+    FRAME_CSUM = 5
 
 
 INITIATION = struct.Struct("<II32s48s28s16s16s")
@@ -53,6 +58,7 @@ TRANSPORT_HEADER = struct.Struct("<IIQ")
 FRAGMENT_HEADER = struct.Struct("<BIBBH")
 PROBE_HEADER = struct.Struct("<BI")
 PROBE_ACK = struct.Struct("<BIH")
+FRAME_CSUM_HEADER = struct.Struct("<BHH")
 #: ChaCha20-Poly1305 IETF nonce for transport: 4 zero bytes + 64-bit counter.
 TRANSPORT_NONCE = struct.Struct("<4xQ")
 U32 = struct.Struct("<I")
@@ -63,6 +69,9 @@ COOKIE_REPLY_LEN = COOKIE_REPLY.size  # 64
 INITIATION_MAC1_OFFSET = INITIATION_LEN - 2 * MAC_LEN
 RESPONSE_MAC1_OFFSET = RESPONSE_LEN - 2 * MAC_LEN
 FRAGMENT_HEADER_LEN = FRAGMENT_HEADER.size  # 9
+FRAME_CSUM_HEADER_LEN = FRAME_CSUM_HEADER.size  # 5
+#: Smallest csum_start: after an Ethernet header.
+MIN_CSUM_START = 14
 MIN_TRANSPORT_LEN = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
 MAX_UDP_PAYLOAD = 65507
 
@@ -221,3 +230,18 @@ def decode_probe_ack_untrusted(plaintext: bytes) -> tuple[int, int]:
         raise BadPacket("bad probe ack")
     _, probe_id, size = PROBE_ACK.unpack(plaintext)
     return int(probe_id), int(size)
+
+
+def encode_frame_csum(frame: bytes, csum_start: int, csum_offset: int) -> bytes:
+    return FRAME_CSUM_HEADER.pack(InnerType.FRAME_CSUM, csum_start, csum_offset) + frame
+
+
+def decode_frame_csum_untrusted(plaintext: bytes) -> tuple[bytes, int, int]:
+    """(frame, csum_start, csum_offset); the checksum field must lie inside the frame."""
+    if len(plaintext) <= FRAME_CSUM_HEADER_LEN:
+        raise BadPacket("short frame")
+    _, start, offset = FRAME_CSUM_HEADER.unpack_from(plaintext, 0)
+    frame = plaintext[FRAME_CSUM_HEADER_LEN:]
+    if start < MIN_CSUM_START or start + offset + 2 > len(frame):
+        raise BadPacket("checksum position outside the frame")
+    return frame, int(start), int(offset)

@@ -27,13 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import nacl.exceptions
 import nacl.utils
-from nacl.bindings import (
-    crypto_aead_chacha20poly1305_ietf_decrypt,
-    crypto_aead_chacha20poly1305_ietf_encrypt,
-)
 
+from .aead import open_transport, seal_transport
+from .checksum import complete_checksum
 from .constants import (
     DEFAULT_MAX_FRAME,
     DEFAULT_PERSISTENT_KEEPALIVE,
@@ -78,11 +75,11 @@ from .events import (
 )
 from .fragment import Reassembler, split
 from .messages import (
+    FRAME_CSUM_HEADER_LEN,
     INITIATION_LEN,
     INITIATION_MAC1_OFFSET,
     RESPONSE_LEN,
     RESPONSE_MAC1_OFFSET,
-    TRANSPORT_HEADER,
     TRANSPORT_NONCE,
     U32,
     BadPacket,
@@ -90,11 +87,13 @@ from .messages import (
     MessageType,
     decode_cookie_reply_untrusted,
     decode_fragment_untrusted,
+    decode_frame_csum_untrusted,
     decode_initiation_untrusted,
     decode_probe_ack_untrusted,
     decode_probe_untrusted,
     decode_response_untrusted,
     decode_transport_header_untrusted,
+    encode_frame_csum,
     encode_probe,
     encode_probe_ack,
 )
@@ -113,9 +112,7 @@ from .timers import Timers
 _TRANSPORT = int(MessageType.TRANSPORT)
 _FRAME_BYTE = bytes([InnerType.FRAME])
 _ZERO_MAC = bytes(MAC_LEN)
-_seal = crypto_aead_chacha20poly1305_ietf_encrypt
-_open = crypto_aead_chacha20poly1305_ietf_decrypt
-_pack_header = TRANSPORT_HEADER.pack
+_FRAME_CSUM = int(InnerType.FRAME_CSUM)
 _pack_nonce = TRANSPORT_NONCE.pack
 
 
@@ -303,10 +300,19 @@ class Tunnel:
                 self._initiate(now, out, retry=False)
         return out
 
-    def send_frame(self, frame: bytes, now: float, out: Output | None = None) -> Output:
+    def send_frame(
+        self,
+        frame: bytes,
+        now: float,
+        out: Output | None = None,
+        csum: tuple[int, int] | None = None,
+    ) -> Output:
         """Encrypt one Ethernet frame for the peer (or queue it until a session is up).
 
         Pass ``out`` to append to an existing batch instead of allocating.
+        ``csum`` = (csum_start, csum_offset) marks a frame whose L4 checksum is
+        partial (the local kernel left it to "hardware"); it travels as
+        FRAME_CSUM and the peer completes it.
         """
         if out is None:
             out = Output()
@@ -316,11 +322,13 @@ class Tunnel:
             return out
         kp = self._sendable(self.current, now)
         if kp is None:
+            if csum is not None:
+                frame = complete_checksum(frame, csum[0], csum[1])
             self._enqueue(frame)
             if self._handshake is None:
                 self._initiate(now, out, retry=False)
             return out
-        self._send_on(kp, frame, now, out)
+        self._send_on(kp, frame, now, out, csum)
         return out
 
     def receive_datagram(self, data: bytes, addr: Address, now: float, wall_clock: float) -> Output:
@@ -478,19 +486,30 @@ class Tunnel:
     def _seal(self, kp: Keypair, plaintext: bytes, out: Output) -> None:
         counter = kp.send_counter
         kp.send_counter = counter + 1
-        datagram = _pack_header(_TRANSPORT, kp.remote_index, counter) + _seal(
-            plaintext, None, _pack_nonce(counter), kp.send_key
+        datagram = seal_transport(
+            _TRANSPORT, kp.remote_index, counter, plaintext, _pack_nonce(counter), kp.send_key
         )
         assert self._endpoint is not None
         out.datagrams.append((datagram, self._endpoint))
         self.tx_datagrams += 1
         self.tx_bytes += len(datagram)
 
-    def _send_on(self, kp: Keypair, frame: bytes, now: float, out: Output) -> None:
+    def _send_on(
+        self,
+        kp: Keypair,
+        frame: bytes,
+        now: float,
+        out: Output,
+        csum: tuple[int, int] | None = None,
+    ) -> None:
         room = self._max_plaintext()
-        if len(frame) < room:
+        if csum is None and len(frame) < room:
             self._seal(kp, _FRAME_BYTE + frame, out)
+        elif csum is not None and len(frame) + FRAME_CSUM_HEADER_LEN <= room:
+            self._seal(kp, encode_frame_csum(frame, csum[0], csum[1]), out)
         else:
+            if csum is not None:  # fragments carry plain frames: complete it here
+                frame = complete_checksum(frame, csum[0], csum[1])
             self._frame_id = (self._frame_id + 1) & 0xFFFFFFFF
             pieces = split(frame, self._frame_id, room)
             for piece in pieces:
@@ -711,11 +730,8 @@ class Tunnel:
         if now - kp.created >= REJECT_AFTER_TIME or counter >= REJECT_AFTER_MESSAGES:
             self.drops[DropReason.STALE_SESSION] += 1
             return
-        try:
-            plaintext = _open(
-                data[TRANSPORT_HEADER_LEN:], None, _pack_nonce(counter), kp.receive_key
-            )
-        except (nacl.exceptions.CryptoError, ValueError):
+        plaintext = open_transport(data, _pack_nonce(counter), kp.receive_key)
+        if plaintext is None:
             self.drops[DropReason.AUTH_FAILED] += 1
             return
         verdict = kp.replay.check(counter)
@@ -750,13 +766,19 @@ class Tunnel:
             out.frames.append(plaintext[1:])
             self.frames_received += 1
             self.timers.data_received(now)
+        elif kind == _FRAME_CSUM:
+            frame, start, offset = decode_frame_csum_untrusted(plaintext)
+            out.csum[len(out.frames)] = (start, offset)
+            out.frames.append(frame)
+            self.frames_received += 1
+            self.timers.data_received(now)
         elif kind == InnerType.FRAGMENT:
             frag = decode_fragment_untrusted(plaintext)
             self.fragments_received += 1
             self.timers.data_received(now)
-            frame = self._reassembler.add(frag, now)
-            if frame is not None:
-                out.frames.append(frame)
+            whole = self._reassembler.add(frag, now)
+            if whole is not None:
+                out.frames.append(whole)
                 self.frames_received += 1
         elif kind == InnerType.PROBE:
             probe_id = decode_probe_untrusted(plaintext)
