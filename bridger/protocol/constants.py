@@ -70,6 +70,9 @@ PMTU_REPROBE_INTERVAL = 600.0
 #: shrunken path (black hole for large datagrams) is noticed within ~33 s.
 PMTU_CONFIRM_INTERVAL = 30.0
 #: Handshake rate limits (token buckets, messages per second and burst).
+#: Seconds after which our pending initiation, crossed by the peer's, counts as
+#: lost and is re-sent at once (one per peer initiation, which is rate-limited).
+HANDSHAKE_RACE_RESEND = 1.0
 HANDSHAKE_GLOBAL_RATE = 20.0
 HANDSHAKE_GLOBAL_BURST = 40.0
 HANDSHAKE_SOURCE_RATE = 2.0

@@ -36,6 +36,7 @@ from .constants import (
     DEFAULT_PERSISTENT_KEEPALIVE,
     HANDSHAKE_GLOBAL_BURST,
     HANDSHAKE_GLOBAL_RATE,
+    HANDSHAKE_RACE_RESEND,
     HANDSHAKE_SOURCE_BURST,
     HANDSHAKE_SOURCE_RATE,
     HARD_MAX_FRAME,
@@ -692,6 +693,12 @@ class Tunnel:
             # Crossing initiations: the side with the greater public key keeps
             # its own; the other answers it. Exactly one session results.
             self.drops[DropReason.HANDSHAKE_RACE] += 1
+            if now - self._handshake_sent_at >= HANDSHAKE_RACE_RESEND:
+                # Ours has had time to arrive and was not answered: it was lost
+                # (typically: the peer was not running yet). Send it again now
+                # instead of waiting out REKEY_TIMEOUT; the peer, which loses
+                # the tie-break, answers it.
+                self._initiate(now, out, retry=True)
             return
         try:
             state = consume_initiation(self._ident, msg)

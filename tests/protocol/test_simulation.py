@@ -191,3 +191,29 @@ def test_psk_mismatch_never_connects() -> None:
     sim.run_until(30)
     assert sim.delivered_ratio(0) == 0.0
     assert sim.peers[0].tunnel.drops[DropReason.AUTH_FAILED] >= 1
+
+
+def test_staggered_start_when_winners_initiation_was_lost_connects_at_once() -> None:
+    """The side that wins crossing initiations re-sends at once if its own was lost.
+
+    Start-up order on real gateways: the first daemon's initiation hits a peer
+    that is not running yet; the second daemon's initiation then crosses the
+    first's still-pending one. Without re-sending, the link waits a full
+    REKEY_TIMEOUT for the retransmit.
+    """
+    sim = Sim(seed=7, keepalive=0, link=LinkParams(up=False))
+    winner = 0 if sim.keys[0][1] > sim.keys[1][1] else 1
+    loser = 1 - winner
+    sim.send(winner, 100)  # initiation lost: the peer is not up yet
+    sim.run_until(2.0)
+    sim.link.up = True
+    sim.send(loser, 100)
+    sim.run_until(2.5)
+    for peer in sim.peers:
+        assert peer.tunnel.stats(sim.now).state == "up"
+        assert peer.tunnel.stats(sim.now).handshakes == 1
+    assert sim.peers[winner].tunnel.drops[DropReason.HANDSHAKE_RACE] == 1
+    sim.run_until(60)  # and no extra handshake or loop afterwards
+    assert sim.peers[winner].tunnel.stats(sim.now).handshakes == 1
+    assert sim.peers[loser].tunnel.stats(sim.now).handshakes == 1
+    assert sim.delivered_ratio(loser) == 1.0
