@@ -6,9 +6,14 @@ Outbound and inbound flow:
    bound on the listen port (dual-stack where the kernel allows).
 2. ``_tap_to_wan``: drain the tap until EAGAIN (bounded batch), count each
    frame, hand it to ``Tunnel.send_frame`` and send the datagrams it returns.
-3. ``_wan_to_tap``: drain the UDP socket the same way, feed each datagram to
-   ``Tunnel.receive_datagram``, write delivered frames to the tap, send any
-   replies (handshake responses, keepalives).
+   With the fast path (bridger.fastpath) a read may be a TCP superframe: it is
+   cut into segments that each fit one datagram, their checksums left partial;
+   datagrams of one size leave in one UDP_SEGMENT ``sendmsg``.
+3. ``_wan_to_tap``: drain the UDP socket the same way (UDP_GRO: one receive
+   may hold many datagrams), feed each datagram to ``Tunnel.receive_datagram``,
+   write delivered frames to the tap (fast path: TCP segments re-joined into
+   superframes, partial checksums left to the kernel), send any replies
+   (handshake responses, keepalives).
 4. ``_timers``: sleep until ``Tunnel.next_deadline()``, then ``tick``; woken
    early when a data path moved the deadline.
 5. ``_resolver``: resolves a peer DNS name off the data path, again when the
@@ -41,6 +46,9 @@ import trio
 
 from bridger.config import UpConfig
 from bridger.errors import BridgerError, ConfigError
+from bridger.fastpath import udp as fast_udp
+from bridger.fastpath.segment import SegmentError, coalesce, segment_tcp
+from bridger.fastpath.vnet import VNET_HDR_LEN, GsoType, VnetError, decode_vnet_hdr_untrusted
 from bridger.keys import read_private_key_file
 from bridger.protocol import (
     EndpointChanged,
@@ -55,14 +63,19 @@ from bridger.protocol import (
     Tunnel,
     TunnelConfig,
 )
+from bridger.protocol.checksum import complete_checksum
 from bridger.status.counters import Counters, LinkInfo
 
 log = logging.getLogger("bridger")
 
 #: Frames or datagrams handled per wake-up before yielding to other tasks.
 BATCH = 128
-#: Largest datagram or frame read in one call.
-READ_SIZE = 65536
+#: Largest datagram, frame or (fast path) superframe plus virtio-net header read in one call.
+READ_SIZE = 65536 + 1024
+#: TSO superframe types the fast path segments (ECN bit masked off).
+_TCP_GSO = (GsoType.TCPV4, GsoType.TCPV6)
+_GSO_NONE = int(GsoType.NONE)
+_NEEDS_CSUM = 1
 #: Seconds between re-resolutions of a peer name while the link is not up.
 RESOLVE_RETRY = (2.0, 5.0, 10.0)
 # Linux socket options missing from Python's socket module on some versions.
@@ -92,6 +105,10 @@ class UdpEndpoint:
     sock: socket.socket
     dual_stack: bool
     listen: str
+    #: Fast path: datagrams of one size leave in one sendmsg (UDP_SEGMENT).
+    gso: bool = False
+    #: Fast path: the kernel may join received datagrams (UDP_GRO).
+    gro: bool = False
 
     @classmethod
     def bind(cls, port: int) -> UdpEndpoint:
@@ -135,6 +152,8 @@ class Daemon:
     udp: UdpEndpoint
     tap_fd: int
     host_info: dict[str, str]
+    #: The tap carries a virtio-net header on every read and write.
+    vnet: bool = False
     wake_timers: trio.Event = field(default_factory=trio.Event)
     timer_at: float = math.inf
     last_drop_log: dict[str, int] = field(default_factory=dict)
@@ -144,8 +163,36 @@ class Daemon:
     def _now(self) -> float:
         return float(trio.current_time())
 
-    def _send_all(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
+    def _send_all(self, datagrams: list[tuple[bytes, Address]]) -> None:
         """Send without waiting; a full socket buffer is a counted drop (UDP may lose)."""
+        if self.udp.gso and len(datagrams) > 1:
+            self._send_gso(datagrams)
+            return
+        self._send_each(datagrams)
+
+    def _send_gso(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        sock = self.udp.sock
+        for group, addr, size in fast_udp.gso_batches(datagrams):
+            if len(group) == 1:
+                self._send_each([(group[0], addr)])
+                continue
+            try:
+                sock.sendmsg(group, fast_udp.gso_cmsg(size), 0, self.udp.sockaddr(addr))
+            except BlockingIOError:
+                self.counters.drop("udp_send_blocked")
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    # The egress device cannot segment (no checksum offload): send singly.
+                    log.warning("UDP GSO refused (%s): sending datagrams one by one",
+                                exc.strerror)
+                    self.udp.gso = False
+                    self._send_each([(d, addr) for d in group])
+                elif exc.errno == errno.EMSGSIZE:
+                    self.counters.drop("udp_send_too_big")
+                else:
+                    self.counters.drop("udp_send_failed")
+
+    def _send_each(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
         sock = self.udp.sock
         for data, addr in datagrams:
             try:
@@ -158,21 +205,34 @@ class Daemon:
                 else:
                     self.counters.drop("udp_send_failed")
 
-    def _deliver(self, frames: Iterable[bytes], now: float) -> None:
+    def _deliver(self, frames: list[bytes], csum: dict[int, tuple[int, int]], now: float) -> None:
         fd = self.tap_fd
-        for frame in frames:
+        counters = self.counters
+        if self.vnet:
+            for frame in frames:
+                counters.wan_to_lan(frame, now)
+            for hdr, frame in coalesce(frames, csum):
+                try:
+                    os.writev(fd, (hdr, frame))
+                except OSError:
+                    counters.tap_write_failed()
+            return
+        for index, frame in enumerate(frames):
+            meta = csum.get(index) if csum else None
+            if meta is not None:
+                frame = complete_checksum(frame, meta[0], meta[1])
             try:
                 os.write(fd, frame)
             except OSError:
-                self.counters.tap_write_failed()
+                counters.tap_write_failed()
                 continue
-            self.counters.wan_to_lan(frame, now)
+            counters.wan_to_lan(frame, now)
 
     def _handle(self, out: Output, now: float) -> None:
         if out.datagrams:
             self._send_all(out.datagrams)
         if out.frames:
-            self._deliver(out.frames, now)
+            self._deliver(out.frames, out.csum, now)
         for event in out.events:
             log_event(event)
         deadline = self.tunnel.next_deadline()
@@ -181,10 +241,41 @@ class Daemon:
 
     # -- tasks -------------------------------------------------------------
 
+    def _from_tap(self, data: bytes, now: float, out: Output) -> None:
+        """Fast path: one tap read with its virtio-net header, maybe a TCP superframe."""
+        try:
+            hdr = decode_vnet_hdr_untrusted(data)
+        except VnetError:
+            self.counters.drop("tap_short_read")
+            return
+        frame = data[VNET_HDR_LEN:]
+        tunnel = self.tunnel
+        counters = self.counters
+        if hdr.gso_type == _GSO_NONE:
+            counters.lan_to_wan(frame, now)
+            if hdr.flags & _NEEDS_CSUM:
+                tunnel.send_frame(frame, now, out, (hdr.csum_start, hdr.csum_offset))
+            else:
+                tunnel.send_frame(frame, now, out)
+            return
+        if hdr.gso_type & 0x7F not in _TCP_GSO:
+            counters.drop("gso_unsupported")
+            return
+        try:
+            segments, csum_start = segment_tcp(frame, hdr, tunnel.frame_room(csum=True))
+        except SegmentError:
+            counters.drop("gso_malformed")
+            return
+        csum = (csum_start, 16)
+        for segment in segments:
+            counters.lan_to_wan(segment, now)
+            tunnel.send_frame(segment, now, out, csum)
+
     async def tap_to_wan(self) -> None:
         fd = self.tap_fd
         tunnel = self.tunnel
         counters = self.counters
+        vnet = self.vnet
         while True:
             await trio.lowlevel.wait_readable(fd)
             now = self._now()
@@ -196,6 +287,12 @@ class Daemon:
                     break
                 except OSError as exc:
                     raise BridgerError(f"tap read failed: {exc.strerror}") from exc
+                if vnet:
+                    self._from_tap(frame, now, out)
+                    if len(out.datagrams) >= BATCH:
+                        self._handle(out, now)
+                        out = Output()
+                    continue
                 counters.lan_to_wan(frame, now)
                 tunnel.send_frame(frame, now, out)
             self._handle(out, now)
@@ -204,20 +301,35 @@ class Daemon:
     async def wan_to_tap(self) -> None:
         sock = self.udp.sock
         tunnel = self.tunnel
+        gro = self.udp.gro
+        split = fast_udp.split_gro
+        cmsg_space = fast_udp.GRO_CMSG_SPACE
         while True:
             await trio.lowlevel.wait_readable(sock)
             now = self._now()
             wall = time.time()
+            out = Output()
             for _ in range(BATCH):
                 try:
-                    data, sockaddr = sock.recvfrom(READ_SIZE)
+                    if gro:
+                        data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)
+                    else:
+                        data, sockaddr = sock.recvfrom(READ_SIZE)
                 except BlockingIOError:
                     break
                 except OSError:
                     # ICMP errors (port unreachable) surface here; the core's timers cope.
                     continue
                 addr = normalise_address(sockaddr)
-                self._handle(tunnel.receive_datagram(data, addr, now, wall), now)
+                if gro and ancdata:
+                    for datagram in split(data, ancdata):
+                        out.extend(tunnel.receive_datagram(datagram, addr, now, wall))
+                else:
+                    out.extend(tunnel.receive_datagram(data, addr, now, wall))
+                if len(out.frames) >= BATCH:
+                    self._handle(out, now)
+                    out = Output()
+            self._handle(out, now)
             await trio.lowlevel.checkpoint()
 
     async def timers(self) -> None:
@@ -271,6 +383,32 @@ class Daemon:
 
     def snapshot(self) -> dict[str, Any]:
         return self.counters.snapshot(link_info(self), self._now())
+
+
+def setup_fast_path(daemon: Daemon) -> None:
+    """Turn on the offloads this kernel has (BRIDGER_OFFLOAD=0: none); one log line."""
+    from bridger.host.tap import IFF_VNET_HDR, enable_offloads, offload_requested, tap_flags
+
+    if not offload_requested():
+        log.info("fast path off (BRIDGER_OFFLOAD=0)")
+        return
+    udp = daemon.udp
+    udp.gso = fast_udp.gso_supported(udp.sock)
+    udp.gro = fast_udp.enable_gro(udp.sock)
+    try:
+        vnet = bool(tap_flags(daemon.tap_fd) & IFF_VNET_HDR)
+    except OSError:
+        vnet = False
+    offloads = enable_offloads(daemon.tap_fd) if vnet else 0
+    daemon.vnet = vnet
+    names = [name for bit, name in ((1, "csum"), (2, "tso4"), (4, "tso6"), (8, "tso-ecn"))
+             if offloads & bit]
+    log.info(
+        "fast path: tap %s, UDP GSO %s, UDP GRO %s",
+        ("offloads " + ",".join(names)) if names else
+        ("virtio-net header without offloads" if vnet else "without virtio-net header"),
+        "on" if udp.gso else "unavailable", "on" if udp.gro else "unavailable",
+    )
 
 
 def is_ip_literal(host: str) -> bool:
@@ -448,6 +586,7 @@ def run_up(config: UpConfig) -> int:
 
             async def main() -> None:
                 daemon = build_daemon()
+                setup_fast_path(daemon)
                 if metrics_hostport:
                     from bridger.status.metrics import start_metrics_server
 

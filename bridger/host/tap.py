@@ -3,6 +3,10 @@
 The tap is *not* persistent: the kernel deletes it when the last fd closes, so
 a crashed daemon never leaves a tap behind. The fd is non-blocking so the
 daemon can own it under trio (``os.read`` + ``wait_readable``).
+
+Unless ``BRIDGER_OFFLOAD=0`` is in the environment the tap is opened with
+IFF_VNET_HDR, so that the daemon can later turn on TUNSETOFFLOAD (checksum and
+TSO offloads, see bridger.fastpath); :func:`tap_flags` tells what was granted.
 """
 
 from __future__ import annotations
@@ -26,29 +30,88 @@ IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100  # reserved for later: one fd per queue
 IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000  # reserved for later: virtio-net header for offloads
+IFF_VNET_HDR = 0x4000  # every read/write carries a struct virtio_net_hdr
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
+TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+#: Offload sets tried in order; the first the kernel accepts wins.
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6,
+    TUN_F_CSUM,
+)
+VNET_HDR_SIZE = 10  # struct virtio_net_hdr
+OFFLOAD_ENV = "BRIDGER_OFFLOAD"
 
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, union padding
 CLONE_NEWNET = 0x40000000
 
 
-def open_tap(name: str, *, extra_flags: int = 0, netns: str | None = None) -> tuple[int, str]:
-    """Create tap ``name`` and return (non-blocking fd, actual name)."""
+def offload_requested() -> bool:
+    """The fast path is on unless BRIDGER_OFFLOAD is 0/off/no/false."""
+    return os.environ.get(OFFLOAD_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
+
+
+def open_tap(
+    name: str, *, extra_flags: int | None = None, netns: str | None = None
+) -> tuple[int, str]:
+    """Create tap ``name`` and return (non-blocking fd, actual name).
+
+    ``extra_flags`` None: IFF_VNET_HDR when :func:`offload_requested`, dropped
+    again if the kernel refuses it.
+    """
+    if extra_flags is None:
+        extra_flags = IFF_VNET_HDR if offload_requested() else 0
     with _in_netns(netns):
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise HostError(f"cannot open {TUN_PATH} for tap {name}: {exc.strerror}") from exc
         try:
-            ifr = _IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | extra_flags)
-            out = fcntl.ioctl(fd, TUNSETIFF, ifr)
+            try:
+                ifr = _IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | extra_flags)
+                out = fcntl.ioctl(fd, TUNSETIFF, ifr)
+            except OSError as exc:
+                if not extra_flags & IFF_VNET_HDR or exc.errno != errno.EINVAL:
+                    raise
+                ifr = _IFREQ.pack(name.encode(), IFF_TAP | IFF_NO_PI | extra_flags & ~IFF_VNET_HDR)
+                out = fcntl.ioctl(fd, TUNSETIFF, ifr)
         except OSError as exc:
             os.close(fd)
             why = "name in use" if exc.errno == errno.EBUSY else exc.strerror
             raise HostError(f"cannot create tap {name}: {why}") from exc
     actual = _IFREQ.unpack(out)[0].rstrip(b"\0").decode()
     return fd, actual
+
+
+def tap_flags(fd: int) -> int:
+    """The IFF_* flags the kernel granted this tap fd (TUNGETIFF)."""
+    out = fcntl.ioctl(fd, TUNGETIFF, _IFREQ.pack(b"", 0))
+    return int(_IFREQ.unpack(out)[1])
+
+
+def enable_offloads(fd: int) -> int:
+    """Turn on the largest set of OFFLOAD_CHOICES the kernel accepts; 0 if none.
+
+    Needs a tap with IFF_VNET_HDR: the kernel then hands superframes with
+    partial checksums, which only a virtio-net header can describe.
+    """
+    try:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VNET_HDR_SIZE))
+    except OSError:
+        return 0
+    for choice in OFFLOAD_CHOICES:
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, choice)
+        except OSError:
+            continue
+        return choice
+    return 0
 
 
 @contextlib.contextmanager

@@ -277,6 +277,12 @@ class Tunnel:
     def path_mtu(self) -> int:
         return self._path_mtu
 
+    def frame_room(self, csum: bool = False) -> int:
+        """Largest frame ``send_frame`` carries in one datagram on the current path
+        (``csum``: as FRAME_CSUM); larger frames are fragmented."""
+        overhead = FRAME_CSUM_HEADER_LEN if csum else 1
+        return min(self._max_plaintext() - overhead, self.config.max_frame)
+
     def set_under_load(self, under_load: bool) -> None:
         """The shell's hint that handshakes arrive faster than it can serve."""
         self._under_load = under_load

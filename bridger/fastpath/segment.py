@@ -1,0 +1,261 @@
+"""TCP superframes cut into wire-sized segments, and joined again on the far side.
+
+Segmenting works like the kernel's tcp_gso_segment: every segment gets the
+superframe's headers with the IP length (and IPv4 id and header checksum),
+the TCP sequence number and flags rewritten (CWR only on the first segment,
+FIN/PSH only on the last), and the TCP checksum left *partial*: the field
+holds the pseudo-header sum and the receiver completes it (FRAME_CSUM).
+
+Coalescing is the inverse (a small GRO): consecutive partial-checksum TCP
+segments of one flow with contiguous sequence numbers and identical headers
+become one superframe written to the tap with gso_type set.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from bridger.fastpath.vnet import GSO_ECN, PLAIN_HDR, VNET_HDR, GsoType, VnetFlag, VnetHdr, csum_hdr
+from bridger.protocol.checksum import ones_sum
+
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+#: 802.1Q, 802.1ad (QinQ) and the old QinQ tag protocol ids.
+VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100))
+VLAN_HLEN = 4
+MAX_VLAN_TAGS = 2
+IPPROTO_TCP = 6
+TCP_CSUM_OFFSET = 16
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_CWR = 1, 2, 4, 8, 0x10, 0x20, 0x80
+#: Largest superframe coalesce builds (IPv4 total length is 16 bits).
+MAX_SUPERFRAME = 65000
+#: Most segments joined into one superframe (the kernel's UDP/TCP GSO limit).
+MAX_SEGMENTS = 64
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_pack_u16 = _U16.pack_into
+_pack_u32 = _U32.pack_into
+
+
+class SegmentError(Exception):
+    """A frame that cannot be segmented (the caller counts it as a drop)."""
+
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def l3_offset_untrusted(frame: bytes) -> tuple[int, int]:
+    """(offset of the network header, ethertype), skipping up to two VLAN tags."""
+    offset = ETH_HLEN - 2
+    for _ in range(MAX_VLAN_TAGS + 1):
+        if len(frame) < offset + 2:
+            raise SegmentError("truncated Ethernet header")
+        (ethertype,) = _U16.unpack_from(frame, offset)
+        if ethertype not in VLAN_TPIDS:
+            return offset + 2, ethertype
+        offset += VLAN_HLEN
+    raise SegmentError("too many VLAN tags")
+
+
+def _tcp_layout(frame: bytes, csum_start: int | None) -> tuple[int, int, int, bool]:
+    """(l3, l4, header length, is IPv4) of a TCP/IP frame."""
+    l3, ethertype = l3_offset_untrusted(frame)
+    if ethertype == ETH_P_IP:
+        if len(frame) < l3 + 20 or frame[l3] >> 4 != 4 or frame[l3 + 9] != IPPROTO_TCP:
+            raise SegmentError("not TCP over IPv4")
+        l4 = l3 + (frame[l3] & 0x0F) * 4
+        v4 = True
+    elif ethertype == ETH_P_IPV6:
+        if len(frame) < l3 + 40 or frame[l3] >> 4 != 6:
+            raise SegmentError("bad IPv6 header")
+        if csum_start is None:
+            if frame[l3 + 6] != IPPROTO_TCP:
+                raise SegmentError("IPv6 extension headers without csum_start")
+            csum_start = l3 + 40
+        l4 = csum_start
+        v4 = False
+    else:
+        raise SegmentError("not IP")
+    if csum_start is not None and csum_start != l4:
+        raise SegmentError("csum_start is not the TCP header")
+    if len(frame) < l4 + 20:
+        raise SegmentError("truncated TCP header")
+    hdrlen = l4 + (frame[l4 + 12] >> 4) * 4
+    if hdrlen < l4 + 20 or hdrlen > len(frame):
+        raise SegmentError("bad TCP data offset")
+    return l3, l4, hdrlen, v4
+
+
+def _addr_sum(frame: bytes, l3: int, v4: bool) -> int:
+    """Ones' complement sum of the pseudo-header addresses plus the protocol."""
+    addrs = frame[l3 + 12:l3 + 20] if v4 else frame[l3 + 8:l3 + 40]
+    return ones_sum(addrs) + IPPROTO_TCP
+
+
+def _set_ipv4_csum(h: bytearray, l3: int, l4: int) -> None:
+    h[l3 + 10] = h[l3 + 11] = 0
+    _pack_u16(h, l3 + 10, (~ones_sum(h[l3:l4])) & 0xFFFF)
+
+
+def segment_tcp(frame: bytes, hdr: VnetHdr, max_frame: int) -> tuple[list[bytes], int]:
+    """Cut a TSO superframe into frames of at most ``max_frame`` bytes.
+
+    Returns (segments, csum_start); each segment's TCP checksum is partial at
+    csum_start + 16. Segments carry at most ``hdr.gso_size`` payload bytes (the
+    sender's MSS), fewer when ``max_frame`` demands it.
+    """
+    csum_start = hdr.csum_start if hdr.flags & VnetFlag.NEEDS_CSUM else None
+    l3, l4, hdrlen, v4 = _tcp_layout(frame, csum_start)
+    mss = min(hdr.gso_size or max_frame, max_frame - hdrlen)
+    if mss <= 0:
+        raise SegmentError("headers leave no room for payload")
+    payload_len = len(frame) - hdrlen
+    base = _addr_sum(frame, l3, v4) + hdrlen - l4
+    h = bytearray(frame[:hdrlen])
+    ip_fixed = hdrlen - l3 if v4 else hdrlen - l3 - 40
+    (ip_id,) = _U16.unpack_from(frame, l3 + 4)
+    (seq,) = _U32.unpack_from(frame, l4 + 4)
+    flags = frame[l4 + 13]
+    first_flags = flags & ~(TCP_FIN | TCP_PSH)
+    middle_flags = first_flags & ~TCP_CWR
+    out: list[bytes] = []
+    offset = 0
+    index = 0
+    while True:
+        n = min(mss, payload_len - offset)
+        last = offset + n >= payload_len
+        if v4:
+            _pack_u16(h, l3 + 2, ip_fixed + n)
+            _pack_u16(h, l3 + 4, (ip_id + index) & 0xFFFF)
+            _set_ipv4_csum(h, l3, l4)
+        else:
+            _pack_u16(h, l3 + 4, ip_fixed + n)
+        _pack_u32(h, l4 + 4, (seq + offset) & 0xFFFFFFFF)
+        f = flags if last else first_flags
+        h[l4 + 13] = f if index == 0 else f & ~TCP_CWR if last else middle_flags
+        _pack_u16(h, l4 + TCP_CSUM_OFFSET, _fold(base + n))
+        out.append(bytes(h) + frame[hdrlen + offset:hdrlen + offset + n])
+        offset += n
+        index += 1
+        if last:
+            return out, l4
+
+
+class _Run:
+    """Segments of one flow waiting to be joined."""
+
+    __slots__ = (
+        "first",
+        "hdrlen",
+        "key",
+        "l3",
+        "l4",
+        "last_flags",
+        "next_seq",
+        "open",
+        "payloads",
+        "size",
+        "total",
+        "v4",
+    )
+
+    def __init__(self, frame: bytes, key: bytes, l3: int, l4: int, hdrlen: int, v4: bool) -> None:
+        self.first = frame
+        self.key = key
+        self.l3, self.l4, self.hdrlen, self.v4 = l3, l4, hdrlen, v4
+        self.size = len(frame) - hdrlen
+        self.next_seq = (_U32.unpack_from(frame, l4 + 4)[0] + self.size) & 0xFFFFFFFF
+        self.payloads = [frame[hdrlen:]]
+        self.total = self.size
+        self.open = not frame[l4 + 13] & (TCP_FIN | TCP_PSH)
+        self.last_flags = frame[l4 + 13]
+
+    def build(self) -> tuple[bytes, bytes]:
+        frame, l3, l4, hdrlen = self.first, self.l3, self.l4, self.hdrlen
+        if len(self.payloads) == 1:
+            return csum_hdr(l4, TCP_CSUM_OFFSET), frame
+        h = bytearray(frame[:hdrlen])
+        total = self.total
+        if self.v4:
+            _pack_u16(h, l3 + 2, hdrlen - l3 + total)
+            _set_ipv4_csum(h, l3, l4)
+        else:
+            _pack_u16(h, l3 + 4, hdrlen - l3 - 40 + total)
+        h[l4 + 13] = frame[l4 + 13] | (self.last_flags & (TCP_FIN | TCP_PSH))
+        pseudo = _addr_sum(frame, l3, self.v4) + hdrlen - l4 + total
+        _pack_u16(h, l4 + TCP_CSUM_OFFSET, _fold(pseudo))
+        gso = int(GsoType.TCPV4 if self.v4 else GsoType.TCPV6)
+        if frame[l4 + 13] & TCP_CWR:
+            gso |= GSO_ECN
+        vh = VNET_HDR.pack(VnetFlag.NEEDS_CSUM, gso, hdrlen, self.size, l4, TCP_CSUM_OFFSET)
+        return vh, bytes(h) + b"".join(self.payloads)
+
+
+_JOINABLE = TCP_ACK | TCP_PSH | TCP_FIN
+
+
+def _flow_key(frame: bytes, l3: int, l4: int, hdrlen: int, v4: bool) -> bytes:
+    """Every header byte that must match for two segments to join (not lengths,
+    ids, checksums, sequence numbers or flags)."""
+    ip = (frame[l3:l3 + 2] + frame[l3 + 6:l3 + 10] + frame[l3 + 12:l4] if v4
+          else frame[l3:l3 + 4] + frame[l3 + 6:l4])
+    return (frame[:l3] + ip + frame[l4:l4 + 4] + frame[l4 + 8:l4 + 13]
+            + frame[l4 + 14:l4 + 16] + frame[l4 + 18:hdrlen])
+
+
+def coalesce(
+    frames: list[bytes], csum: dict[int, tuple[int, int]]
+) -> Iterator[tuple[bytes, bytes]]:
+    """(virtio-net header, frame) pairs to write, with TCP segment runs joined.
+
+    Only frames whose checksum is partial (``csum``) are joined: their sender
+    vouched for the data and the kernel completes the sum of the whole.
+    Complete frames pass through unchanged, in order.
+    """
+    run: _Run | None = None
+    for index, frame in enumerate(frames):
+        meta = csum.get(index)
+        if meta is None or meta[1] != TCP_CSUM_OFFSET:
+            if run is not None:
+                yield run.build()
+                run = None
+            yield (PLAIN_HDR if meta is None else csum_hdr(*meta)), frame
+            continue
+        try:
+            l3, l4, hdrlen, v4 = _tcp_layout(frame, meta[0])
+        except SegmentError:
+            if run is not None:
+                yield run.build()
+                run = None
+            yield csum_hdr(*meta), frame
+            continue
+        flags = frame[l4 + 13]
+        size = len(frame) - hdrlen
+        if run is not None:
+            if (run.open and size and size <= run.size and not flags & ~_JOINABLE
+                    and run.total + size <= MAX_SUPERFRAME - hdrlen
+                    and len(run.payloads) < MAX_SEGMENTS
+                    and len(run.payloads[-1]) == run.size
+                    and _U32.unpack_from(frame, l4 + 4)[0] == run.next_seq
+                    and l4 == run.l4 and hdrlen == run.hdrlen
+                    and _flow_key(frame, l3, l4, hdrlen, v4) == run.key):
+                run.payloads.append(frame[hdrlen:])
+                run.total += size
+                run.next_seq = (run.next_seq + size) & 0xFFFFFFFF
+                run.last_flags = flags
+                run.open = not flags & (TCP_FIN | TCP_PSH) and size == run.size
+                continue
+            yield run.build()
+            run = None
+        if size and not flags & ~(_JOINABLE | TCP_CWR):
+            run = _Run(frame, _flow_key(frame, l3, l4, hdrlen, v4), l3, l4, hdrlen, v4)
+        else:
+            yield csum_hdr(*meta), frame
+    if run is not None:
+        yield run.build()
