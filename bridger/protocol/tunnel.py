@@ -691,6 +691,19 @@ class Tunnel:
         msg = decode_initiation_untrusted(data)
         if not self._admit_handshake(data, INITIATION_MAC1_OFFSET, msg.sender, addr, now, out):
             return
+        try:
+            state = consume_initiation(self._ident, msg)
+        except BadPacket:
+            self.drops[DropReason.AUTH_FAILED] += 1
+            return
+        if state.timestamp <= self._greatest_timestamp:
+            self.drops[DropReason.HANDSHAKE_REPLAY] += 1
+            return
+        self._greatest_timestamp = state.timestamp
+        # The tie-break comes after authentication and after the timestamp is
+        # recorded: an initiation dropped for the race must not stay fresh for a
+        # later replay (which would be answered and move the endpoint), and
+        # someone who only knows our public key must not trigger the re-send.
         if (
             self._handshake is not None
             and now - self._handshake_sent_at < REKEY_TIMEOUT
@@ -706,15 +719,6 @@ class Tunnel:
                 # the tie-break, answers it.
                 self._initiate(now, out, retry=True)
             return
-        try:
-            state = consume_initiation(self._ident, msg)
-        except BadPacket:
-            self.drops[DropReason.AUTH_FAILED] += 1
-            return
-        if state.timestamp <= self._greatest_timestamp:
-            self.drops[DropReason.HANDSHAKE_REPLAY] += 1
-            return
-        self._greatest_timestamp = state.timestamp
         if self._handshake is not None:  # we yield: the peer's handshake wins
             self._handshake = None
             self.timers.handshake_complete()
