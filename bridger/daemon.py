@@ -266,10 +266,9 @@ class Daemon:
         except SegmentError:
             counters.drop("gso_malformed")
             return
-        csum = (csum_start, 16)
         for segment in segments:
             counters.lan_to_wan(segment, now)
-            tunnel.send_frame(segment, now, out, csum)
+        tunnel.send_frames(segments, now, out, (csum_start, 16))
 
     async def tap_to_wan(self) -> None:
         fd = self.tap_fd
@@ -322,10 +321,9 @@ class Daemon:
                     continue
                 addr = normalise_address(sockaddr)
                 if gro and ancdata:
-                    for datagram in split(data, ancdata):
-                        out.extend(tunnel.receive_datagram(datagram, addr, now, wall))
+                    tunnel.receive_datagrams(split(data, ancdata), addr, now, wall, out)
                 else:
-                    out.extend(tunnel.receive_datagram(data, addr, now, wall))
+                    tunnel.receive_datagrams([data], addr, now, wall, out)
                 if len(out.frames) >= BATCH:
                     self._handle(out, now)
                     out = Output()

@@ -124,23 +124,31 @@ def segment_tcp(frame: bytes, hdr: VnetHdr, max_frame: int) -> tuple[list[bytes]
     flags = frame[l4 + 13]
     first_flags = flags & ~(TCP_FIN | TCP_PSH)
     middle_flags = first_flags & ~TCP_CWR
+    if v4:
+        # IPv4 header checksum per segment from a sum taken once with the
+        # length, id and checksum fields zeroed (RFC 1624 style).
+        h[l3 + 2:l3 + 6] = bytes(4)
+        h[l3 + 10:l3 + 12] = bytes(2)
+        ip_base = ones_sum(h[l3:l4])
     out: list[bytes] = []
     offset = 0
     index = 0
+    view = memoryview(frame)
     while True:
         n = min(mss, payload_len - offset)
         last = offset + n >= payload_len
         if v4:
+            ident = (ip_id + index) & 0xFFFF
             _pack_u16(h, l3 + 2, ip_fixed + n)
-            _pack_u16(h, l3 + 4, (ip_id + index) & 0xFFFF)
-            _set_ipv4_csum(h, l3, l4)
+            _pack_u16(h, l3 + 4, ident)
+            _pack_u16(h, l3 + 10, ~_fold(ip_base + ip_fixed + n + ident) & 0xFFFF)
         else:
             _pack_u16(h, l3 + 4, ip_fixed + n)
         _pack_u32(h, l4 + 4, (seq + offset) & 0xFFFFFFFF)
         f = flags if last else first_flags
         h[l4 + 13] = f if index == 0 else f & ~TCP_CWR if last else middle_flags
         _pack_u16(h, l4 + TCP_CSUM_OFFSET, _fold(base + n))
-        out.append(bytes(h) + frame[hdrlen + offset:hdrlen + offset + n])
+        out.append(b"".join((h, view[hdrlen + offset:hdrlen + offset + n])))
         offset += n
         index += 1
         if last:
@@ -227,6 +235,23 @@ def coalesce(
                 run = None
             yield (PLAIN_HDR if meta is None else csum_hdr(*meta)), frame
             continue
+        if run is not None and meta[0] == run.l4 and len(frame) > run.hdrlen:
+            l3, l4, hdrlen, v4 = run.l3, run.l4, run.hdrlen, run.v4
+            flags = frame[l4 + 13]
+            size = len(frame) - hdrlen
+            # The key holds the Ethernet header (tags, ethertype), the IP version
+            # / header length and the TCP data offset: equal keys, equal layout.
+            if (run.open and size <= run.size and not flags & ~_JOINABLE
+                    and run.total + size <= MAX_SUPERFRAME - hdrlen
+                    and len(run.payloads) < MAX_SEGMENTS
+                    and _U32.unpack_from(frame, l4 + 4)[0] == run.next_seq
+                    and _flow_key(frame, l3, l4, hdrlen, v4) == run.key):
+                run.payloads.append(frame[hdrlen:])
+                run.total += size
+                run.next_seq = (run.next_seq + size) & 0xFFFFFFFF
+                run.last_flags = flags
+                run.open = not flags & (TCP_FIN | TCP_PSH) and size == run.size
+                continue
         try:
             l3, l4, hdrlen, v4 = _tcp_layout(frame, meta[0])
         except SegmentError:
@@ -238,19 +263,6 @@ def coalesce(
         flags = frame[l4 + 13]
         size = len(frame) - hdrlen
         if run is not None:
-            if (run.open and size and size <= run.size and not flags & ~_JOINABLE
-                    and run.total + size <= MAX_SUPERFRAME - hdrlen
-                    and len(run.payloads) < MAX_SEGMENTS
-                    and len(run.payloads[-1]) == run.size
-                    and _U32.unpack_from(frame, l4 + 4)[0] == run.next_seq
-                    and l4 == run.l4 and hdrlen == run.hdrlen
-                    and _flow_key(frame, l3, l4, hdrlen, v4) == run.key):
-                run.payloads.append(frame[hdrlen:])
-                run.total += size
-                run.next_seq = (run.next_seq + size) & 0xFFFFFFFF
-                run.last_flags = flags
-                run.open = not flags & (TCP_FIN | TCP_PSH) and size == run.size
-                continue
             yield run.build()
             run = None
         if size and not flags & ~(_JOINABLE | TCP_CWR):

@@ -338,9 +338,70 @@ class Tunnel:
         self._send_on(kp, frame, now, out, csum)
         return out
 
+    def send_frames(
+        self,
+        frames: list[bytes],
+        now: float,
+        out: Output,
+        csum: tuple[int, int] | None = None,
+    ) -> Output:
+        """``send_frame`` for a batch sharing one ``csum`` (segments of one superframe).
+
+        Same wire result as calling ``send_frame`` for each, in order; the key,
+        limits and timers are looked up once per batch instead of per frame.
+        """
+        kp = self._sendable(self.current, now)
+        overhead = 1 if csum is None else FRAME_CSUM_HEADER_LEN
+        fits = min(self._max_plaintext() - overhead, self.config.max_frame)
+        if (
+            kp is None
+            or kp.send_counter + len(frames) >= REJECT_AFTER_MESSAGES
+            or not all(0 < len(f) <= fits for f in frames)
+        ):
+            for frame in frames:
+                self.send_frame(frame, now, out, csum)
+            return out
+        head = _FRAME_BYTE if csum is None else encode_frame_csum(b"", csum[0], csum[1])
+        endpoint = self._endpoint
+        assert endpoint is not None
+        remote, key, counter = kp.remote_index, kp.send_key, kp.send_counter
+        append = out.datagrams.append
+        tx_bytes = 0
+        for frame in frames:
+            datagram = seal_transport(
+                _TRANSPORT, remote, counter, head + frame, _pack_nonce(counter), key
+            )
+            counter += 1
+            append((datagram, endpoint))
+            tx_bytes += len(datagram)
+        kp.send_counter = counter
+        self.tx_datagrams += len(frames)
+        self.tx_bytes += tx_bytes
+        self.frames_sent += len(frames)
+        self.timers.data_sent(now)
+        self._sent_on(kp, now, out)
+        return out
+
+    def receive_datagrams(
+        self, datagrams: list[bytes], addr: Address, now: float, wall_clock: float,
+        out: Output | None = None,
+    ) -> Output:
+        """``receive_datagram`` for a batch from one address (a UDP GRO receive)."""
+        if out is None:
+            out = Output()
+        for data in datagrams:
+            self._receive(data, addr, now, wall_clock, out)
+        return out
+
     def receive_datagram(self, data: bytes, addr: Address, now: float, wall_clock: float) -> Output:
         """Process one UDP payload from ``addr``. Never raises."""
         out = Output()
+        self._receive(data, addr, now, wall_clock, out)
+        return out
+
+    def _receive(
+        self, data: bytes, addr: Address, now: float, wall_clock: float, out: Output
+    ) -> None:
         self._wall_offset = wall_clock - now
         self.rx_datagrams += 1
         self.rx_bytes += len(data)
@@ -363,7 +424,6 @@ class Tunnel:
             self.drops[DropReason.MALFORMED] += 1
         except Exception:  # a bug must not take the receive loop down
             self.drops[DropReason.INTERNAL_ERROR] += 1
-        return out
 
     def tick(self, now: float, wall_clock: float) -> Output:
         """Run the timers whose deadline has passed."""
