@@ -279,10 +279,12 @@ class Daemon:
             await trio.lowlevel.wait_readable(fd)
             now = self._now()
             out = Output()
+            drained = False
             for _ in range(BATCH):
                 try:
                     frame = os.read(fd, READ_SIZE)
                 except BlockingIOError:
+                    drained = True
                     break
                 except OSError as exc:
                     raise BridgerError(f"tap read failed: {exc.strerror}") from exc
@@ -295,7 +297,8 @@ class Daemon:
                 counters.lan_to_wan(frame, now)
                 tunnel.send_frame(frame, now, out)
             self._handle(out, now)
-            await trio.lowlevel.checkpoint()
+            if not drained:  # wait_readable is a checkpoint too; a full batch yields here
+                await trio.lowlevel.checkpoint()
 
     async def wan_to_tap(self) -> None:
         sock = self.udp.sock
@@ -308,6 +311,7 @@ class Daemon:
             now = self._now()
             wall = time.time()
             out = Output()
+            drained = False
             for _ in range(BATCH):
                 try:
                     if gro:
@@ -315,6 +319,7 @@ class Daemon:
                     else:
                         data, sockaddr = sock.recvfrom(READ_SIZE)
                 except BlockingIOError:
+                    drained = True
                     break
                 except OSError:
                     # ICMP errors (port unreachable) surface here; the core's timers cope.
@@ -328,7 +333,8 @@ class Daemon:
                     self._handle(out, now)
                     out = Output()
             self._handle(out, now)
-            await trio.lowlevel.checkpoint()
+            if not drained:
+                await trio.lowlevel.checkpoint()
 
     async def timers(self) -> None:
         while True:
