@@ -47,7 +47,13 @@ import trio
 from bridger.config import UpConfig
 from bridger.errors import BridgerError, ConfigError
 from bridger.fastpath import udp as fast_udp
-from bridger.fastpath.segment import SegmentError, coalesce, segment_tcp
+from bridger.fastpath.segment import (
+    MAX_SYN_FRAME,
+    SegmentError,
+    clamp_mss,
+    coalesce,
+    segment_tcp,
+)
 from bridger.fastpath.vnet import VNET_HDR_LEN, GsoType, VnetError, decode_vnet_hdr_untrusted
 from bridger.keys import read_private_key_file
 from bridger.protocol import (
@@ -252,6 +258,11 @@ class Daemon:
         tunnel = self.tunnel
         counters = self.counters
         if hdr.gso_type == _GSO_NONE:
+            if len(frame) <= MAX_SYN_FRAME:
+                clamped = clamp_mss(frame, tunnel.frame_room(csum=True),
+                                    bool(hdr.flags & _NEEDS_CSUM))
+                if clamped is not None:
+                    frame = clamped
             counters.lan_to_wan(frame, now)
             if hdr.flags & _NEEDS_CSUM:
                 tunnel.send_frame(frame, now, out, (hdr.csum_start, hdr.csum_offset))

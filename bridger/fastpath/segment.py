@@ -271,3 +271,60 @@ def coalesce(
             yield csum_hdr(*meta), frame
     if run is not None:
         yield run.build()
+
+
+#: TCP option kinds (RFC 9293).
+TCPOPT_EOL, TCPOPT_NOP, TCPOPT_MSS = 0, 1, 2
+#: Frames longer than this are never SYNs worth parsing (60-byte TCP header max).
+MAX_SYN_FRAME = ETH_HLEN + 2 * VLAN_HLEN + 40 + 60
+
+
+def clamp_mss(frame: bytes, room: int, partial: bool) -> bytes | None:
+    """A TCP SYN with its MSS option lowered so that full segments fit ``room``
+    bytes of frame (one datagram); None when ``frame`` needs no change.
+
+    Like OpenVPN's ``mssfix``: the hosts then send segments the tunnel never
+    has to cut smaller than their own MSS, so a lost datagram is exactly one of
+    the sender's segments.  A ``partial`` checksum holds only the pseudo-header
+    sum, which the option does not enter; a complete one is recomputed.
+    """
+    if len(frame) > MAX_SYN_FRAME:
+        return None
+    try:
+        l3, l4, hdrlen, v4 = _tcp_layout(frame, None)
+    except SegmentError:
+        return None
+    if not frame[l4 + 13] & TCP_SYN:
+        return None
+    # Linux MSS counts from after a 20-byte TCP header (options come out of it).
+    limit = room - l4 - 20
+    i = l4 + 20
+    while i < hdrlen:
+        kind = frame[i]
+        if kind == TCPOPT_EOL:
+            return None
+        if kind == TCPOPT_NOP:
+            i += 1
+            continue
+        if i + 1 >= hdrlen or frame[i + 1] < 2:
+            return None
+        if kind == TCPOPT_MSS and frame[i + 1] == 4 and i + 4 <= hdrlen:
+            (mss,) = _U16.unpack_from(frame, i + 2)
+            if mss <= limit or limit <= 0:
+                return None
+            out = bytearray(frame)
+            _pack_u16(out, i + 2, limit)
+            if not partial:
+                _set_tcp_csum(out, l3, l4, v4)
+            return bytes(out)
+        i += frame[i + 1]
+    return None
+
+
+def _set_tcp_csum(f: bytearray, l3: int, l4: int, v4: bool) -> None:
+    """Full TCP checksum of a frame whose IP header gives the segment length."""
+    ip_len = _U16.unpack_from(f, l3 + 2)[0] if v4 else 40 + _U16.unpack_from(f, l3 + 4)[0]
+    end = min(l3 + ip_len, len(f))
+    f[l4 + TCP_CSUM_OFFSET:l4 + TCP_CSUM_OFFSET + 2] = bytes(2)
+    total = _addr_sum(bytes(f), l3, v4) + (end - l4) + ones_sum(f[l4:end])
+    _pack_u16(f, l4 + TCP_CSUM_OFFSET, (~_fold(total) & 0xFFFF) or 0xFFFF)

@@ -156,3 +156,38 @@ def test_ones_sum_matches_rfc1071(data: bytes) -> None:
 @given(st.lists(st.binary(min_size=1, max_size=100), max_size=20))
 def test_coalesce_passes_unknown_frames_in_order(frames: list[bytes]) -> None:
     assert [f for _, f in coalesce(frames, {})] == frames
+
+
+MSS_OPTIONS = bytes([2, 4, 0x05, 0xB4, 4, 2, 8, 10]) + bytes(8) + bytes([1, 3, 3, 7])  # MSS 1460
+
+
+def syn(v4: bool, *, partial: bool, options: bytes = MSS_OPTIONS) -> bytes:
+    src, dst = V4 if v4 else V6
+    tcp = ref.with_tcp_checksum(ref.tcp_header(40000, 5201, 1, 0, 0x02, options), src, dst,
+                                partial=partial)
+    ip = ref.ipv4_header(src, dst, len(tcp), 1) if v4 else ref.ipv6_header(src, dst, len(tcp))
+    return ethernet(0x0800 if v4 else 0x86DD, ()) + ip + tcp
+
+
+@pytest.mark.parametrize("v4", [True, False], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("partial", [True, False], ids=["partial", "complete"])
+def test_clamp_mss_lowers_the_option_and_keeps_the_checksum_right(v4: bool,
+                                                                  partial: bool) -> None:
+    from bridger.fastpath.segment import clamp_mss
+
+    frame = syn(v4, partial=partial)
+    l4 = 34 if v4 else 54
+    out = clamp_mss(frame, 1435, partial)
+    assert out is not None
+    want = 1435 - l4 - 20  # 1381 over IPv4: 1369 payload bytes with timestamps
+    assert struct.unpack_from(">H", out, l4 + 22)[0] == want
+    assert out[:l4 + 22] == frame[:l4 + 22] if partial else out[:l4 + 16] == frame[:l4 + 16]
+    if partial:
+        assert out[l4 + 16:l4 + 18] == frame[l4 + 16:l4 + 18]
+    else:
+        assert ref.tcp_checksum_ok(out, 14, v4)
+    # already small enough, not a SYN, or no MSS option: untouched
+    assert clamp_mss(out, 1435, partial) is None
+    assert clamp_mss(syn(v4, partial=partial, options=bytes([1, 1, 1, 1])), 1435, partial) is None
+    data = build(b"x" * 10, v4=v4, flags=ACK, seq=1, ident=1, partial=partial)
+    assert clamp_mss(data, 1435, partial) is None
