@@ -43,10 +43,13 @@ def main(argv: list[str] | None = None) -> int:
                     stp=args.stp, netns=args.netns)
     try:
         with bring_up(plan, fail_after_step=args.fail_after_step) as session:
-            if args.drop_privileges:
-                drop_privileges()
-            print(f"ready {session.tap_name} fd={session.tap_fd} mtu={session.mtu}", flush=True)
+            # The try starts before "ready" is printed: a signal sent the moment the
+            # caller reads it must still count as a clean stop, not as "during setup".
             try:
+                if args.drop_privileges:
+                    drop_privileges()
+                print(f"ready {session.tap_name} fd={session.tap_fd} mtu={session.mtu}",
+                      flush=True)
                 while True:
                     signal.pause()
             except _Stop:
