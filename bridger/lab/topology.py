@@ -62,6 +62,9 @@ ROUTER_HOST = 1
 FIRST_WAN_HOST = 2
 NAT_INSIDE_NET = "172.16.2"
 WAN_PREFIXLEN = 24
+#: Per site: the IPv6 /64 of the WAN link (sites not behind NAT have both families).
+WAN6_NET = {"A": "fd00:100:1", "B": "fd00:100:2"}
+WAN6_PREFIXLEN = 64
 
 ENGINES = ("auto", "netem", "wire", "direct")
 ROLES = ("gwA", "gwB", "hostA1", "hostA2", "hostB1", "hostB2", "wan", "natB", "swA", "swB")
@@ -324,6 +327,13 @@ class Lab:
         self._check_site(site)
         return self._wan_addr(site)
 
+    def gateway_wan_address6(self, site: str) -> str:
+        """The gateway's IPv6 WAN address (not for B behind NAT: the NAT is IPv4 only)."""
+        self._check_site(site)
+        if site == "B" and self.options.nat_b:
+            raise LabError("site B behind NAT has no IPv6 WAN address")
+        return f"{WAN6_NET[site]}::{FIRST_WAN_HOST}"
+
     def gateway_private_address(self, site: str) -> str:
         """gwB's own ``wan0`` address behind the NAT (equals the public one without NAT)."""
         self._check_site(site)
@@ -481,7 +491,7 @@ class Lab:
 
     def _build_wan(self) -> None:
         mtu = self.options.wan_mtu
-        self._sysctl("wan", "net.ipv4.ip_forward=1")
+        self._sysctl("wan", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
         for site in SITES:
             attach = self._site_wan_role(site)
             rt_if = f"w{site}"
@@ -507,6 +517,11 @@ class Lab:
             self._ip(attach, f"addr add {self._wan_addr(site)}/{WAN_PREFIXLEN} dev wan0")
             self._ip(attach, "link set wan0 up")
             self._ip(attach, f"route add default via {self._router_addr(site)}")
+            if attach == f"gw{site}":  # IPv6 underlay too (the NAT box is IPv4 only)
+                self._ip("wan", f"addr add {WAN6_NET[site]}::1/{WAN6_PREFIXLEN} dev {rt_if} nodad")
+                self._ip(attach, f"addr add {self.gateway_wan_address6(site)}/{WAN6_PREFIXLEN}"
+                                 " dev wan0 nodad")
+                self._ip(attach, f"-6 route add default via {WAN6_NET[site]}::1")
         if self.engine == "wire":
             self._offload_off("wan", "wA", "wB")
             for site in SITES:

@@ -157,3 +157,26 @@ def test_second_up_on_same_state_dir_refused_and_down_idempotent(lab: Lab, tmp_p
         assert "nothing to restore" in down.stdout
     finally:
         link.kill_everything()
+
+
+def test_ipv6_underlay(lab: Lab, tmp_path: Path) -> None:
+    """Gateways that talk over IPv6 on the WAN: handshake, full-size frames, endpoint."""
+    peer_a = f"[{lab.gateway_wan_address6('A')}]:55555"
+    peer_b = f"[{lab.gateway_wan_address6('B')}]:55555"
+    link = BridgedLab(lab, tmp_path / "w", peers={"A": peer_b, "B": peer_a})
+    try:
+        link.start_all()
+        b1 = host_address(lab, "hostB1")
+        wait_ping(lab, "hostA1", b1)
+        assert ping_df(lab, "hostA1", b1)
+        status = link.status("A")
+        assert status is not None
+        assert status["link"]["endpoint"] == peer_b
+    finally:
+        link.kill_everything()
+
+
+def ping_df(lab: Lab, role: str, dst: str) -> bool:
+    """A 1500-byte IP packet with DF set: fragments over an IPv6 underlay (48-byte headers)."""
+    out = lab.run(role, "ping", "-c", "3", "-W", "2", "-M", "do", "-s", "1472", dst, check=False)
+    return out.returncode == 0
