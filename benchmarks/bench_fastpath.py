@@ -58,11 +58,13 @@ def main() -> int:
     got = b.receive_datagrams(datagrams, A_ADDR, 1.0, 1e9)
     assert len(got.frames) == n
 
-    # A fresh receiver per round (the replay window rejects repeats), made untimed.
-    receivers = iter([pair()[1] for _ in range(rounds)])
+    # Fresh counters for every round (the replay window rejects repeats), sealed untimed.
+    batches = iter([[d for d, _ in a.send_frames(segs, 1.0, Output(), (start, 16)).datagrams]
+                    for _ in range(rounds)])
 
     def receive() -> None:
-        next(receivers).receive_datagrams(datagrams, A_ADDR, 1.0, 1e9)
+        got = b.receive_datagrams(next(batches), A_ADDR, 1.0, 1e9)
+        assert len(got.frames) == n
 
     def count() -> None:
         for s in segs:
