@@ -59,3 +59,32 @@ def test_send_frames_falls_back_for_frames_that_need_fragments() -> None:
     got = b.receive_datagrams([d for d, _ in out.datagrams], B_ADDR, 1.0, 1e9)
     assert [len(f) for f in got.frames] == [1500, 100]
     assert got.csum == {1: (34, 16)}
+
+
+def test_batch_receive_matches_one_by_one_on_a_mixed_batch() -> None:
+    from bridger.protocol.messages import TRANSPORT_HEADER
+
+    def mixed(a: Tunnel) -> list[bytes]:
+        out = a.send_frames(FRAMES[:3], 1.0, Output(), (34, 16))
+        a.send_frame(b"f" * 1500, 1.0, out)  # two FRAGMENT datagrams
+        data = [d for d, _ in out.datagrams]
+        tampered = bytearray(data[0])
+        tampered[-1] ^= 1
+        unknown = TRANSPORT_HEADER.pack(4, 12345, 99) + bytes(40)
+        return [*data, bytes(tampered), unknown, data[1], b"\x01\x00"]
+
+    a1, b1 = pair(4)
+    a2, b2 = pair(4)
+    batch = b1.receive_datagrams(mixed(a1), B_ADDR, 1.0, 1e9)
+    single = Output()
+    for d in mixed(a2):
+        single.extend(b2.receive_datagram(d, B_ADDR, 1.0, 1e9))
+    assert batch.frames == single.frames
+    assert batch.csum == single.csum
+    assert [len(f) for f in batch.frames] == [len(f) for f in FRAMES[:3]] + [1500]
+    s1, s2 = b1.stats(), b2.stats()
+    assert s1.drops == s2.drops
+    assert s1.drops["auth_failed"] == 1 and s1.drops["replay"] == 1
+    assert s1.drops["unknown_index"] == 1 and s1.drops["malformed"] == 1
+    assert (s1.rx_datagrams, s1.rx_bytes, s1.frames_received) == (
+        s2.rx_datagrams, s2.rx_bytes, s2.frames_received)
