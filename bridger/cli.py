@@ -51,6 +51,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         "stp": args.stp,
         "dashboard": False if args.no_dashboard else None,
         "metrics": args.metrics,
+        "offload": False if args.no_offload else None,
     }
     config = build_up_config(cli_values, Path(args.config) if args.config else None)
     from bridger.daemon import run_up
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wan-mtu", metavar="BYTES", type=_int, help="underlay path MTU (1500)")
     p.add_argument("--stp", action="store_const", const=True, help="enable STP on the bridge")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
+    p.add_argument("--no-offload", action="store_true",
+                   help="no tap offloads (TSO superframes); one frame per read")
     p.set_defaults(func=_cmd_up)
 
     for name, func, text in (

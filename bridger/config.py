@@ -53,6 +53,7 @@ class UpConfig:
     stp: bool = False
     dashboard: bool = True
     metrics: str | None = None
+    offload: bool = True
 
 
 # One row per setting: (TOML section, TOML key, command-line option, UpConfig field).
@@ -68,6 +69,7 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "wan_mtu", "--wan-mtu", "wan_mtu"),
     ("local", "dashboard", "--no-dashboard", "dashboard"),
     ("local", "metrics", "--metrics", "metrics"),
+    ("local", "offload", "--no-offload", "offload"),
     ("peer", "host", "--peer", "peer_host"),
     ("peer", "port", "--peer", "peer_port"),
     ("peer", "public_key", "--peer-key", "peer_public_key"),
@@ -299,7 +301,7 @@ def build_up_config(cli: Mapping[str, Any], config_path: Path | None) -> UpConfi
         )
     if "wan_mtu" in values:
         out["wan_mtu"] = _check_mtu(values["wan_mtu"], where("wan_mtu"))
-    for fld in ("stp", "dashboard"):
+    for fld in ("stp", "dashboard", "offload"):
         if fld in values:
             out[fld] = _check_bool(values[fld], where(fld))
     if values.get("metrics") is not None:

@@ -576,6 +576,11 @@ def run_up(config: UpConfig) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"tunnel settings: {exc}") from None
+    if not config.offload:
+        # One switch read by both the host module (tap flags) and the fast path.
+        from bridger.host.tap import OFFLOAD_ENV
+
+        os.environ[OFFLOAD_ENV] = "0"
     console = setup_logging(dashboard)
     udp = UdpEndpoint.bind(config.listen)
     try:

@@ -11,22 +11,28 @@ from the core itself (32-byte keys, 12-byte nonces), so they need no checks.
 
 from __future__ import annotations
 
-import nacl.bindings  # noqa: F401  (runs sodium_init: picks the SIMD implementations)
-from nacl._sodium import ffi, lib
+import nacl.bindings  # runs sodium_init: picks the SIMD implementations
+import nacl.exceptions
 
 from .messages import TRANSPORT_HEADER
 
-_encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
-_decrypt = lib.crypto_aead_chacha20poly1305_ietf_decrypt
-_from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
+try:
+    from nacl._sodium import ffi, lib
+except ImportError:  # a PyNaCl without that module: use its public wrappers (slower)
+    ffi = lib = None
+
+if lib is not None:
+    _encrypt = lib.crypto_aead_chacha20poly1305_ietf_encrypt
+    _decrypt = lib.crypto_aead_chacha20poly1305_ietf_decrypt
+    _from_buffer = ffi.from_buffer
+    _NULL = ffi.NULL
 _pack_header_into = TRANSPORT_HEADER.pack_into
 _HEADER_LEN = TRANSPORT_HEADER.size
 TAG_LEN = 16
 
 
-def seal_transport(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
-                   key: bytes) -> bytes:
+def _seal_direct(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
+                 key: bytes) -> bytes:
     """A whole transport datagram: header, then ``plaintext`` sealed under ``key``."""
     n = len(plaintext)
     buf = bytearray(_HEADER_LEN + n + TAG_LEN)
@@ -35,7 +41,7 @@ def seal_transport(word: int, receiver: int, counter: int, plaintext: bytes, non
     return bytes(buf)
 
 
-def open_transport(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
+def _open_direct(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
     """The plaintext of a transport datagram, or None if authentication fails."""
     clen = len(datagram) - _HEADER_LEN
     if clen < TAG_LEN:
@@ -45,3 +51,26 @@ def open_transport(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
     if _decrypt(_from_buffer(out), _NULL, _NULL, src, clen, _NULL, 0, nonce, key) != 0:
         return None
     return bytes(out)
+
+
+def _seal_public(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
+                 key: bytes) -> bytes:
+    header = TRANSPORT_HEADER.pack(word, receiver, counter)
+    return header + nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
+        plaintext, None, nonce, key
+    )
+
+
+def _open_public(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    if len(datagram) - _HEADER_LEN < TAG_LEN:
+        return None
+    try:
+        return nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
+            bytes(datagram[_HEADER_LEN:]), None, nonce, key
+        )
+    except nacl.exceptions.CryptoError:
+        return None
+
+
+seal_transport = _seal_direct if lib is not None else _seal_public
+open_transport = _open_direct if lib is not None else _open_public

@@ -183,3 +183,13 @@ def test_up_config_error_via_cli_is_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert out.stderr.strip() == f"bridger: {path}: peer.port: must be 1..65535"
+
+
+def test_offload_option_from_file_and_command_line(tmp_path: Path) -> None:
+    assert build_up_config(cli(), None).offload is True
+    path = write(tmp_path, "[local]\noffload = false\n")
+    assert build_up_config(cli(), path).offload is False
+    assert build_up_config(cli(offload=False), None).offload is False
+    path = write(tmp_path, "[local]\noffload = 1\n")
+    with pytest.raises(ConfigError, match="x.toml: local.offload: must be true or false"):
+        build_up_config(cli(), path)
