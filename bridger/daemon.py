@@ -90,6 +90,9 @@ IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 #: Set DF and ignore the kernel's path-MTU cache: the core fragments and probes itself.
 PMTUDISC_PROBE = 3
 
+#: The smallest outer header: a datagram this much under the path MTU should fit.
+IPV4_UDP_HEADERS = 28
+
 #: Seconds between drop summaries in the log.
 DROP_SUMMARY_INTERVAL = 30.0
 
@@ -206,10 +209,11 @@ class Daemon:
             except BlockingIOError:
                 self.counters.drop("udp_send_blocked")
             except OSError as exc:
-                if exc.errno == errno.EMSGSIZE:
-                    self.counters.drop("udp_send_too_big")
-                else:
+                if exc.errno != errno.EMSGSIZE:
                     self.counters.drop("udp_send_failed")
+                elif len(data) + IPV4_UDP_HEADERS <= self.tunnel.path_mtu:
+                    self.counters.drop("udp_send_too_big")
+                # else: a path-MTU probe beyond the current path MTU; its loss is the answer
 
     def _deliver(self, frames: list[bytes], csum: dict[int, tuple[int, int]], now: float) -> None:
         fd = self.tap_fd
