@@ -1,7 +1,7 @@
-"""Byte-exact TCP transfer helper, run inside lab namespaces.
+"""Byte-exact TCP transfer over IPv4 or IPv6, run inside lab namespaces.
 
-    python3 tcpxfer.py recv PORT            -> prints "<bytes> <sha256>" after EOF
-    python3 tcpxfer.py send HOST PORT N     -> sends N pseudo-random bytes, prints the same
+    python3 tcpxfer.py recv PORT              -> prints "<bytes> <sha256>" after EOF
+    python3 tcpxfer.py send HOST PORT N       -> sends N seeded bytes, prints the same
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ CHUNK = 1 << 16
 
 
 def recv(port: int) -> None:
-    srv = socket.create_server(("", port), family=socket.AF_INET, reuse_port=True)
+    srv = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
     print("listening", flush=True)
     conn, _ = srv.accept()
     digest = hashlib.sha256()

@@ -24,7 +24,7 @@ from tests.fastpath import reference as ref
 
 pytestmark = pytest.mark.netns
 
-XFER = str(Path(__file__).with_name("xfer.py"))
+XFER = str(Path(__file__).parents[1] / "e2e" / "tcpxfer.py")
 ROOT = str(Path(__file__).resolve().parents[2])
 
 

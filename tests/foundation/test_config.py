@@ -191,5 +191,5 @@ def test_offload_option_from_file_and_command_line(tmp_path: Path) -> None:
     assert build_up_config(cli(), path).offload is False
     assert build_up_config(cli(offload=False), None).offload is False
     path = write(tmp_path, "[local]\noffload = 1\n")
-    with pytest.raises(ConfigError, match="x.toml: local.offload: must be true or false"):
+    with pytest.raises(ConfigError, match=r"x\.toml: local\.offload: must be true or false"):
         build_up_config(cli(), path)
