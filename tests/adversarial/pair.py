@@ -12,19 +12,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt, crypto_scalarmult_base
+from nacl.bindings import crypto_aead_chacha20poly1305_ietf_encrypt
 
 from bridger.protocol import Address, Output, Tunnel, TunnelConfig
 from bridger.protocol.messages import TRANSPORT_NONCE, encode_transport
+from tests.protocol.simnet import keypair
 
 WALL_EPOCH = 1_700_000_000.0
 ADDR_A: Address = ("192.0.2.1", 55555)
 ADDR_B: Address = ("198.51.100.2", 55555)
-
-
-def keypair(rng: random.Random) -> tuple[bytes, bytes]:
-    private = rng.randbytes(32)
-    return private, crypto_scalarmult_base(private)
 
 
 @dataclass
