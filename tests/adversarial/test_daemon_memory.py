@@ -24,12 +24,8 @@ TRAINS = 60_000
 
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions()) as lab:
-        bridged = BridgedLab(lab, tmp_path / "lab")
-        try:
-            yield bridged
-        finally:
-            bridged.kill_everything()
+    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path / "lab") as bridged:
+        yield bridged
 
 
 def _fake_b(link: BridgedLab, count: int) -> dict[str, float]:

@@ -51,12 +51,8 @@ SILENT = ("junk", "flip", "replay", "hs_badmac")
 
 @pytest.fixture
 def bridged(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions()) as lab:
-        link = BridgedLab(lab, tmp_path / "lab")
-        try:
-            yield link
-        finally:
-            link.kill_everything()
+    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path / "lab") as link:
+        yield link
 
 
 def _drops(link: BridgedLab) -> dict[str, int]:

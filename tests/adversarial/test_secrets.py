@@ -36,11 +36,8 @@ def lab_link(tmp_path: Path) -> Iterator[BridgedLab]:
         psk = tmp_path / "lab" / "psk.key"
         psk.parent.mkdir(parents=True)
         write_private_key_file(psk, PSK)
-        link = BridgedLab(lab, tmp_path / "lab", extra_args=["--psk-file", str(psk)])
-        try:
+        with BridgedLab(lab, tmp_path / "lab", extra_args=["--psk-file", str(psk)]) as link:
             yield link
-        finally:
-            link.kill_everything()
 
 
 #: A status client with no imports beyond the standard library (run as nobody).

@@ -33,6 +33,12 @@ class BridgedLab:
         for site, key in self.keys.items():
             write_private_key_file(self.key_path(site), key)
 
+    def __enter__(self) -> BridgedLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_everything()
+
     def key_path(self, site: str) -> Path:
         return self.workdir / f"gw{site}.key"
 

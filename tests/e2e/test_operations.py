@@ -25,8 +25,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def test_counters_equal_the_frames_actually_sent(lab: Lab, tmp_path: Path) -> None:
-    link = BridgedLab(lab, tmp_path / "w")
-    try:
+    with BridgedLab(lab, tmp_path / "w") as link:
         link.start_all()
         before_a, before_b = link.status("A"), link.status("B")
         assert before_a is not None and before_b is not None
@@ -56,8 +55,6 @@ def test_counters_equal_the_frames_actually_sent(lab: Lab, tmp_path: Path) -> No
         # site A's MAC table saw hostA1 on the local side; B saw it on the remote side
         assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_a["macs"]["local"]["top"])
         assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_b["macs"]["remote"]["top"])
-    finally:
-        link.kill_everything()
 
 
 SCRAPE = """
@@ -67,8 +64,7 @@ print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
 
 
 def test_metrics_endpoint_is_scraped_and_parsed(lab: Lab, tmp_path: Path) -> None:
-    link = BridgedLab(lab, tmp_path / "w", extra_args=["--metrics", "127.0.0.1:9555"])
-    try:
+    with BridgedLab(lab, tmp_path / "w", extra_args=["--metrics", "127.0.0.1:9555"]) as link:
         link.start_all()
         wait_ping(lab, "hostA1", host_address(lab, "hostB1"))
         text = lab.run("gwA", sys.executable, "-c", SCRAPE, "http://127.0.0.1:9555/metrics").stdout
@@ -82,8 +78,6 @@ def test_metrics_endpoint_is_scraped_and_parsed(lab: Lab, tmp_path: Path) -> Non
         rx = samples[("bridger_frames_total", (("direction", "wan_to_lan"),))]
         assert tx >= 1 and rx >= 1
         assert ("bridger_drops_total", (("reason", "replay"),)) in samples
-    finally:
-        link.kill_everything()
 
 
 def hosts_file(lab: Lab, role: str) -> Path:
@@ -96,29 +90,29 @@ def hosts_file(lab: Lab, role: str) -> Path:
 
 def test_peer_by_dns_name_unresolvable_then_resolving(lab: Lab, tmp_path: Path) -> None:
     hosts = hosts_file(lab, "gwB")
-    link = BridgedLab(lab, tmp_path / "w", b_dials_only=True,
-                      peers={"B": "site-a.bridger-lab.test:55555"})
     try:
-        link.start("A")
-        link.start("B")
-        # the name does not resolve yet: B keeps running and says so
-        deadline = time.monotonic() + 10
-        while "does not resolve" not in link.log_path("B").read_text():
-            assert time.monotonic() < deadline, link.logs()
-            assert link.procs["B"].poll() is None, link.logs()
-            time.sleep(0.2)
-        # dynamic DNS catches up: the same file, rewritten in place
-        with hosts.open("w") as f:
-            address = lab.gateway_wan_address("A")
-            f.write(f"127.0.0.1 localhost\n{address} site-a.bridger-lab.test\n")
-        took = link.wait_up(timeout=20)
-        wait_ping(lab, "hostB1", host_address(lab, "hostA1"))
-        status = link.status("B")
-        assert status is not None and status["link"]["peer_name"] == "site-a.bridger-lab.test"
-        print(f"link up {took:.1f}s after the name started resolving")
-        assert "Traceback" not in link.logs()
+        with BridgedLab(lab, tmp_path / "w", b_dials_only=True,
+                        peers={"B": "site-a.bridger-lab.test:55555"}) as link:
+            link.start("A")
+            link.start("B")
+            # the name does not resolve yet: B keeps running and says so
+            deadline = time.monotonic() + 10
+            while "does not resolve" not in link.log_path("B").read_text():
+                assert time.monotonic() < deadline, link.logs()
+                assert link.procs["B"].poll() is None, link.logs()
+                time.sleep(0.2)
+            # dynamic DNS catches up: the same file, rewritten in place
+            with hosts.open("w") as f:
+                address = lab.gateway_wan_address("A")
+                f.write(f"127.0.0.1 localhost\n{address} site-a.bridger-lab.test\n")
+            took = link.wait_up(timeout=20)
+            wait_ping(lab, "hostB1", host_address(lab, "hostA1"))
+            status = link.status("B")
+            assert status is not None
+            assert status["link"]["peer_name"] == "site-a.bridger-lab.test"
+            print(f"link up {took:.1f}s after the name started resolving")
+            assert "Traceback" not in link.logs()
     finally:
-        link.kill_everything()
         hosts.unlink(missing_ok=True)
         hosts.parent.rmdir()
 
@@ -136,8 +130,7 @@ def test_missing_nic_is_one_line_error_and_host_untouched(lab: Lab, tmp_path: Pa
 
 
 def test_second_up_on_same_state_dir_refused_and_down_idempotent(lab: Lab, tmp_path: Path) -> None:
-    link = BridgedLab(lab, tmp_path / "w")
-    try:
+    with BridgedLab(lab, tmp_path / "w") as link:
         link.start_all()
         # a second daemon on the same state dir (another listen port, so only the lock decides)
         argv = [*link.argv("A"), "--listen", "55556", "--bridge", "br-second",
@@ -155,16 +148,13 @@ def test_second_up_on_same_state_dir_refused_and_down_idempotent(lab: Lab, tmp_p
         # nothing left to undo: says so, exit 0
         down = lab.run("gwA", *BRIDGER, "down", "--state-dir", str(link.state_dir("A")))
         assert "nothing to restore" in down.stdout
-    finally:
-        link.kill_everything()
 
 
 def test_ipv6_underlay(lab: Lab, tmp_path: Path) -> None:
     """Gateways that talk over IPv6 on the WAN: handshake, full-size frames, endpoint."""
     peer_a = f"[{lab.gateway_wan_address6('A')}]:55555"
     peer_b = f"[{lab.gateway_wan_address6('B')}]:55555"
-    link = BridgedLab(lab, tmp_path / "w", peers={"A": peer_b, "B": peer_a})
-    try:
+    with BridgedLab(lab, tmp_path / "w", peers={"A": peer_b, "B": peer_a}) as link:
         link.start_all()
         b1 = host_address(lab, "hostB1")
         wait_ping(lab, "hostA1", b1)
@@ -172,8 +162,6 @@ def test_ipv6_underlay(lab: Lab, tmp_path: Path) -> None:
         status = link.status("A")
         assert status is not None
         assert status["link"]["endpoint"] == peer_b
-    finally:
-        link.kill_everything()
 
 
 def ping_df(lab: Lab, role: str, dst: str) -> bool:
