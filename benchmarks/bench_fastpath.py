@@ -70,6 +70,9 @@ def main() -> int:
         for s in segs:
             counters.lan_to_wan(s, 1.0)
 
+    def count_run() -> None:
+        counters.lan_to_wan(segs[0], 1.0, len(segs), sum(map(len, segs)))
+
     key, nonce = bytes(32), bytes(12)
     out = bytearray(1500)
     seg = segs[0]
@@ -81,7 +84,8 @@ def main() -> int:
 
     rows = [
         ("segment_tcp (cut + headers)", lambda: segment_tcp(frame, hdr, 1435)),
-        ("Counters.lan_to_wan", count),
+        ("Counters.lan_to_wan, each segment", count),
+        ("Counters.lan_to_wan, once a superframe", count_run),
         ("Tunnel.send_frames (seal)", lambda: a.send_frames(segs, 1.0, Output(), (start, 16))),
         ("Tunnel.receive_datagrams (open)", receive),
         ("coalesce (join)", lambda: list(coalesce(got.frames, got.csum))),

@@ -151,6 +151,33 @@ class UdpEndpoint:
         return (host, port)
 
 
+class _SmallFrames:
+    """Consecutive plain (non-superframe) tap frames with the same checksum
+    state, sealed together by one ``Tunnel.send_frames`` call: the core then
+    looks up the key, limits and timers once per run instead of per frame."""
+
+    __slots__ = ("csum", "frames", "now", "out", "tunnel")
+
+    def __init__(self, tunnel: Tunnel, now: float, out: Output) -> None:
+        self.tunnel = tunnel
+        self.now = now
+        self.out = out
+        self.frames: list[bytes] = []
+        self.csum: tuple[int, int] | None = None
+
+    def add(self, frame: bytes, csum: tuple[int, int] | None) -> None:
+        if self.frames and csum != self.csum:
+            self.flush()
+        self.frames.append(frame)
+        self.csum = csum
+
+    def flush(self) -> None:
+        """Seal the waiting frames into ``out``."""
+        if self.frames:
+            self.tunnel.send_frames(self.frames, self.now, self.out, self.csum)
+            self.frames = []
+
+
 @dataclass
 class Daemon:
     """The running daemon's state shared by its tasks."""
@@ -219,13 +246,13 @@ class Daemon:
         fd = self.tap_fd
         counters = self.counters
         if self.vnet:
-            for frame in frames:
-                counters.wan_to_lan(frame, now)
-            for hdr, frame in coalesce(frames, csum):
+            for hdr, frame, count, nbytes in coalesce(frames, csum):
                 try:
                     os.writev(fd, (hdr, frame))
                 except OSError:
                     counters.tap_write_failed()
+                    continue
+                counters.wan_to_lan(frame, now, count, nbytes)
             return
         for index, frame in enumerate(frames):
             meta = csum.get(index) if csum else None
@@ -251,39 +278,39 @@ class Daemon:
 
     # -- tasks -------------------------------------------------------------
 
-    def _from_tap(self, data: bytes, now: float, out: Output) -> None:
-        """Fast path: one tap read with its virtio-net header, maybe a TCP superframe."""
+    def _from_tap(self, data: bytes, now: float, room: int, small: _SmallFrames) -> None:
+        """Fast path: one tap read with its virtio-net header, maybe a TCP superframe.
+
+        Plain frames wait in ``small`` so that a run of them is sealed in one
+        ``send_frames`` call; a superframe first flushes them (order is kept).
+        """
         try:
             hdr = decode_vnet_hdr_untrusted(data)
         except VnetError:
             self.counters.drop("tap_short_read")
             return
         frame = data[VNET_HDR_LEN:]
-        tunnel = self.tunnel
         counters = self.counters
         if hdr.gso_type == _GSO_NONE:
+            partial = bool(hdr.flags & _NEEDS_CSUM)
             if len(frame) <= MAX_SYN_FRAME:
-                clamped = clamp_mss(frame, tunnel.frame_room(csum=True),
-                                    bool(hdr.flags & _NEEDS_CSUM))
+                clamped = clamp_mss(frame, room, partial)
                 if clamped is not None:
                     frame = clamped
             counters.lan_to_wan(frame, now)
-            if hdr.flags & _NEEDS_CSUM:
-                tunnel.send_frame(frame, now, out, (hdr.csum_start, hdr.csum_offset))
-            else:
-                tunnel.send_frame(frame, now, out)
+            small.add(frame, (hdr.csum_start, hdr.csum_offset) if partial else None)
             return
+        small.flush()
         if hdr.gso_type & 0x7F not in _TCP_GSO:
             counters.drop("gso_unsupported")
             return
         try:
-            segments, csum_start = segment_tcp(frame, hdr, tunnel.frame_room(csum=True))
+            segments, csum_start = segment_tcp(frame, hdr, room)
         except SegmentError:
             counters.drop("gso_malformed")
             return
-        for segment in segments:
-            counters.lan_to_wan(segment, now)
-        tunnel.send_frames(segments, now, out, (csum_start, 16))
+        counters.lan_to_wan(segments[0], now, len(segments), sum(map(len, segments)))
+        self.tunnel.send_frames(segments, now, small.out, (csum_start, 16))
 
     async def tap_to_wan(self) -> None:
         fd = self.tap_fd
@@ -294,6 +321,8 @@ class Daemon:
             await trio.lowlevel.wait_readable(fd)
             now = self._now()
             out = Output()
+            small = _SmallFrames(tunnel, now, out)
+            room = tunnel.frame_room(csum=True)
             drained = False
             for _ in range(BATCH):
                 try:
@@ -304,13 +333,15 @@ class Daemon:
                 except OSError as exc:
                     raise BridgerError(f"tap read failed: {exc.strerror}") from exc
                 if vnet:
-                    self._from_tap(frame, now, out)
-                    if len(out.datagrams) >= BATCH:
+                    self._from_tap(frame, now, room, small)
+                    if len(out.datagrams) + len(small.frames) >= BATCH:
+                        small.flush()
                         self._handle(out, now)
-                        out = Output()
+                        out = small.out = Output()
                     continue
                 counters.lan_to_wan(frame, now)
                 tunnel.send_frame(frame, now, out)
+            small.flush()
             self._handle(out, now)
             if not drained:  # wait_readable is a checkpoint too; a full batch yields here
                 await trio.lowlevel.checkpoint()

@@ -184,10 +184,11 @@ class _Run:
         self.open = not frame[l4 + 13] & (TCP_FIN | TCP_PSH)
         self.last_flags = frame[l4 + 13]
 
-    def build(self) -> tuple[bytes, bytes]:
+    def build(self) -> tuple[bytes, bytes, int, int]:
         frame, l3, l4, hdrlen = self.first, self.l3, self.l4, self.hdrlen
-        if len(self.payloads) == 1:
-            return csum_hdr(l4, TCP_CSUM_OFFSET), frame
+        count = len(self.payloads)
+        if count == 1:
+            return csum_hdr(l4, TCP_CSUM_OFFSET), frame, 1, len(frame)
         h = bytearray(frame[:hdrlen])
         total = self.total
         if self.v4:
@@ -202,7 +203,7 @@ class _Run:
         if frame[l4 + 13] & TCP_CWR:
             gso |= GSO_ECN
         vh = VNET_HDR.pack(VnetFlag.NEEDS_CSUM, gso, hdrlen, self.size, l4, TCP_CSUM_OFFSET)
-        return vh, bytes(h) + b"".join(self.payloads)
+        return vh, bytes(h) + b"".join(self.payloads), count, count * hdrlen + total
 
 
 _JOINABLE = TCP_ACK | TCP_PSH | TCP_FIN
@@ -219,12 +220,14 @@ def _flow_key(frame: bytes, l3: int, l4: int, hdrlen: int, v4: bool) -> bytes:
 
 def coalesce(
     frames: list[bytes], csum: dict[int, tuple[int, int]]
-) -> Iterator[tuple[bytes, bytes]]:
-    """(virtio-net header, frame) pairs to write, with TCP segment runs joined.
+) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """(virtio-net header, frame, count, nbytes) to write, with TCP segment runs joined.
 
     Only frames whose checksum is partial (``csum``) are joined: their sender
     vouched for the data and the kernel completes the sum of the whole.
-    Complete frames pass through unchanged, in order.
+    Complete frames pass through unchanged, in order. ``count`` and ``nbytes``
+    are how many of ``frames`` went into the written frame and their total
+    length, so the caller counts a run once instead of once per segment.
     """
     run: _Run | None = None
     for index, frame in enumerate(frames):
@@ -233,7 +236,7 @@ def coalesce(
             if run is not None:
                 yield run.build()
                 run = None
-            yield (PLAIN_HDR if meta is None else csum_hdr(*meta)), frame
+            yield (PLAIN_HDR if meta is None else csum_hdr(*meta)), frame, 1, len(frame)
             continue
         if run is not None and meta[0] == run.l4 and len(frame) > run.hdrlen:
             l3, l4, hdrlen, v4 = run.l3, run.l4, run.hdrlen, run.v4
@@ -258,7 +261,7 @@ def coalesce(
             if run is not None:
                 yield run.build()
                 run = None
-            yield csum_hdr(*meta), frame
+            yield csum_hdr(*meta), frame, 1, len(frame)
             continue
         flags = frame[l4 + 13]
         size = len(frame) - hdrlen
@@ -268,7 +271,7 @@ def coalesce(
         if size and not flags & ~(_JOINABLE | TCP_CWR):
             run = _Run(frame, _flow_key(frame, l3, l4, hdrlen, v4), l3, l4, hdrlen, v4)
         else:
-            yield csum_hdr(*meta), frame
+            yield csum_hdr(*meta), frame, 1, len(frame)
     if run is not None:
         yield run.build()
 
@@ -288,7 +291,7 @@ def clamp_mss(frame: bytes, room: int, partial: bool) -> bytes | None:
     the sender's segments.  A ``partial`` checksum holds only the pseudo-header
     sum, which the option does not enter; a complete one is recomputed.
     """
-    if len(frame) > MAX_SYN_FRAME:
+    if len(frame) > MAX_SYN_FRAME or not _may_be_tcp(frame):
         return None
     try:
         l3, l4, hdrlen, v4 = _tcp_layout(frame, None)
@@ -319,6 +322,24 @@ def clamp_mss(frame: bytes, room: int, partial: bool) -> bytes | None:
             return bytes(out)
         i += frame[i + 1]
     return None
+
+
+#: Untagged ethertypes (as bytes) and the IPv6 next headers that are never TCP.
+_IPV4_TYPE, _IPV6_TYPE = b"\x08\x00", b"\x86\xdd"
+_VLAN_TYPES = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
+_NOT_TCP_V6 = frozenset((17, 58))  # UDP, ICMPv6
+
+
+def _may_be_tcp(frame: bytes) -> bool:
+    """Cheap look at an untagged frame so that UDP, ICMP and ARP skip the TCP
+    parser (and its exception) on the small-packet path; tagged frames and
+    IPv6 with extension headers are left to the full parser."""
+    ethertype = frame[12:14]
+    if ethertype == _IPV4_TYPE:
+        return len(frame) > 23 and frame[23] == IPPROTO_TCP
+    if ethertype == _IPV6_TYPE:
+        return len(frame) > 20 and frame[20] not in _NOT_TCP_V6
+    return ethertype in _VLAN_TYPES
 
 
 def _set_tcp_csum(f: bytearray, l3: int, l4: int, v4: bool) -> None:

@@ -93,8 +93,9 @@ def test_coalesce_rebuilds_the_superframe(v4: bool, vlans: tuple[int, ...], size
     segments, start = segment_tcp(frame, superframe_hdr(frame, v4, vlans, mss), max_frame)
     out = list(coalesce(segments, dict.fromkeys(range(len(segments)), (start, 16))))
     assert len(out) == 1
-    vh, joined = out[0]
+    vh, joined, count, nbytes = out[0]
     assert joined == frame
+    assert (count, nbytes) == (len(segments), sum(map(len, segments)))
     flags, gso, hdr_len, gso_size, cstart, coff = VNET_HDR.unpack(vh)
     assert flags == VnetFlag.NEEDS_CSUM and (cstart, coff) == (start, 16)
     if len(segments) > 1:
@@ -114,14 +115,16 @@ def test_coalesce_keeps_flows_gaps_and_complete_frames_apart() -> None:
     frames = [*a, gap, complete, bytes(other_flow)]
     csum = {0: (34, 16), 1: (34, 16), 2: (34, 16), 3: (34, 16), 5: (34, 16)}
     out = list(coalesce(frames, csum))
-    assert [len(f) for _, f in out] == [len(a[0]) + 200, len(gap), len(complete), len(a[0])]
-    assert out[2] == (bytes(10), complete)  # complete frames pass unchanged, plain header
+    assert [len(f) for _, f, _, _ in out] == [len(a[0]) + 200, len(gap), len(complete), len(a[0])]
+    assert [count for _, _, count, _ in out] == [3, 1, 1, 1]
+    assert out[0][3] == sum(map(len, a))  # what a counter adds for the joined run
+    assert out[2] == (bytes(10), complete, 1, len(complete))  # unchanged, plain header
 
 
 def test_ack_without_payload_is_not_joined() -> None:
     acks = [build(b"", v4=True, flags=ACK, seq=5, ident=i, partial=True) for i in range(3)]
     out = list(coalesce(acks, dict.fromkeys(range(3), (34, 16))))
-    assert [f for _, f in out] == acks
+    assert [f for _, f, _, _ in out] == acks
 
 
 def test_segment_refuses_what_it_cannot_cut() -> None:
@@ -155,7 +158,7 @@ def test_ones_sum_matches_rfc1071(data: bytes) -> None:
 
 @given(st.lists(st.binary(min_size=1, max_size=100), max_size=20))
 def test_coalesce_passes_unknown_frames_in_order(frames: list[bytes]) -> None:
-    assert [f for _, f in coalesce(frames, {})] == frames
+    assert [f for _, f, _, _ in coalesce(frames, {})] == frames
 
 
 MSS_OPTIONS = bytes([2, 4, 0x05, 0xB4, 4, 2, 8, 10]) + bytes(8) + bytes([1, 3, 3, 7])  # MSS 1460
@@ -191,3 +194,27 @@ def test_clamp_mss_lowers_the_option_and_keeps_the_checksum_right(v4: bool,
     assert clamp_mss(syn(v4, partial=partial, options=bytes([1, 1, 1, 1])), 1435, partial) is None
     data = build(b"x" * 10, v4=v4, flags=ACK, seq=1, ident=1, partial=partial)
     assert clamp_mss(data, 1435, partial) is None
+
+
+def test_clamp_mss_looks_through_vlan_tags() -> None:
+    from bridger.fastpath.segment import clamp_mss
+
+    frame = syn(True, partial=True)
+    tagged = frame[:12] + struct.pack(">HH", 0x8100, 7) + frame[12:]
+    out = clamp_mss(tagged, 1435, True)
+    assert out is not None
+    assert struct.unpack_from(">H", out, 4 + 34 + 22)[0] == 1435 - 4 - 34 - 20
+
+
+@given(st.binary(min_size=14, max_size=120), st.sampled_from([b"\x08\x00", b"\x86\xdd",
+                                                              b"\x81\x00", b"\x08\x06"]))
+def test_quick_tcp_filter_never_hides_what_the_parser_calls_tcp(body: bytes,
+                                                                ethertype: bytes) -> None:
+    """clamp_mss skips the full parser for frames the quick look calls non-TCP;
+    the full parser must agree that each of those is not a TCP frame."""
+    from bridger.fastpath.segment import _may_be_tcp, _tcp_layout
+
+    frame = body[:12] + ethertype + body[14:]
+    if not _may_be_tcp(frame):
+        with pytest.raises(SegmentError):
+            _tcp_layout(frame, None)

@@ -91,6 +91,22 @@ def test_mac_sides_follow_direction() -> None:
     ]
 
 
+def test_a_run_counted_at_once_equals_its_frames_counted_one_by_one() -> None:
+    """The fast path counts a superframe's segments in one call; totals must not change."""
+    segments = [eth(REMOTE, LOCAL, 0x8100, b"\x00\x05\x08\x00" + bytes(size))
+                for size in (1400, 1400, 321)]
+    one_by_one, at_once = Counters(), Counters()
+    for segment in segments:
+        one_by_one.lan_to_wan(segment, 1.0)
+        one_by_one.wan_to_lan(segment, 1.0)
+    at_once.lan_to_wan(segments[0], 1.0, len(segments), sum(map(len, segments)))
+    at_once.wan_to_lan(segments[0], 1.0, len(segments), sum(map(len, segments)))
+    expected = one_by_one.snapshot(LinkInfo(state="up"), 2.0)
+    assert at_once.snapshot(LinkInfo(state="up"), 2.0) == expected
+    assert expected["frames"] == {"tx": 3, "rx": 3}
+    assert expected["kinds"]["tx"]["vlan"] == expected["kinds"]["tx"]["ipv4"] == 3
+
+
 def test_top_talkers_ranked_by_bytes() -> None:
     c = Counters()
     for i in range(20):
