@@ -320,8 +320,7 @@ class Daemon:
         while True:
             await trio.lowlevel.wait_readable(fd)
             now = self._now()
-            out = Output()
-            small = _SmallFrames(tunnel, now, out)
+            small = _SmallFrames(tunnel, now, Output())
             room = tunnel.frame_room(csum=True)
             drained = False
             for _ in range(BATCH):
@@ -334,15 +333,15 @@ class Daemon:
                     raise BridgerError(f"tap read failed: {exc.strerror}") from exc
                 if vnet:
                     self._from_tap(frame, now, room, small)
-                    if len(out.datagrams) + len(small.frames) >= BATCH:
+                    if len(small.out.datagrams) + len(small.frames) >= BATCH:
                         small.flush()
-                        self._handle(out, now)
-                        out = small.out = Output()
+                        self._handle(small.out, now)
+                        small.out = Output()
                     continue
                 counters.lan_to_wan(frame, now)
-                tunnel.send_frame(frame, now, out)
+                tunnel.send_frame(frame, now, small.out)
             small.flush()
-            self._handle(out, now)
+            self._handle(small.out, now)
             if not drained:  # wait_readable is a checkpoint too; a full batch yields here
                 await trio.lowlevel.checkpoint()
 
@@ -385,7 +384,7 @@ class Daemon:
                 else:
                     batch.append(data)
                 if len(batch) + len(out.frames) >= BATCH:
-                    tunnel.receive_datagrams(batch, normalise_address(sockaddr), now, wall, out)
+                    tunnel.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
                     batch = []
                     self._handle(out, now)
                     out = Output()
