@@ -76,7 +76,7 @@ def _device(private: bytes, seed: int) -> Device:
 
 def test_initiation_from_an_unconfigured_key_gets_no_answer_and_no_state() -> None:
     rng = random.Random(5)
-    (a_priv, a_pub), (b_priv, b_pub), (m_priv, _m_pub) = keypair(rng), keypair(rng), keypair(rng)
+    (_a_priv, a_pub), (b_priv, b_pub), (m_priv, _m_pub) = keypair(rng), keypair(rng), keypair(rng)
     b = _device(b_priv, 1)
     b.add_peer(PeerConfig(a_pub, endpoint=("192.0.2.1", 55555), name="a"), 0.0)
     mallory = _device(m_priv, 2)  # knows b's public key, b does not know hers
@@ -167,7 +167,7 @@ def test_batch_equals_one_by_one_datagrams_events_frames_and_counters(seed: int)
     rng = random.Random(seed)
     results = []
     for batch in (True, False):
-        a, b, pa, pb, _ = _established_pair(seed)
+        _a, b, pa, pb, _ = _established_pair(seed)
         frames = [make_frame(0, 1, i, rng.randint(60, 3000)) for i in range(20)]
         rng.seed(seed)
         sealed = pa.send_frames(frames, 1.0, Output()).datagrams
@@ -189,7 +189,7 @@ def test_batch_equals_one_by_one_datagrams_events_frames_and_counters(seed: int)
 
 
 def test_oversized_whole_frame_from_the_peer_is_a_counted_drop() -> None:
-    a, b, pa, pb, a_addr = _established_pair(3)
+    _a, b, pa, pb, a_addr = _established_pair(3)
     kp = pa.current
     assert kp is not None
     from bridger.protocol.aead import seal_transport
@@ -206,7 +206,7 @@ def test_oversized_whole_frame_from_the_peer_is_a_counted_drop() -> None:
 def test_an_exception_in_the_core_is_counted_and_reported_with_its_traceback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    a, b, pa, pb, a_addr = _established_pair(4)
+    _a, b, pa, pb, a_addr = _established_pair(4)
 
     def broken(*args: object) -> int:
         raise RuntimeError("boom in payload handling")
