@@ -230,6 +230,8 @@ def _check_mtu(value: Any, where: str) -> int:
 
 
 def _check_path(value: Any, where: str, base: Path | None) -> Path:
+    if isinstance(value, Path):
+        value = str(value)
     if not isinstance(value, str) or not value or "\0" in value:
         raise ConfigError(f"{where}: must be a file path")
     path = Path(value)
@@ -374,6 +376,10 @@ class _Placed:
 
 
 def _normal_host(host: str) -> str:
+    """A host as compared: DNS names ignore case and a final dot; addresses compare as such."""
+    if _is_ip(host):
+        address, _, zone = host.partition("%")
+        return str(ipaddress.ip_address(address)) + (f"%{zone}" if zone else "")
     return host.lower().rstrip(".")
 
 
@@ -436,7 +442,7 @@ def build_up_config(
     if "bridge" in given:
         bridge = out["bridge"] = _check_ifname(given["bridge"].value, where("bridge"))
     if lan == bridge:
-        other = where("bridge") if "bridge" in given else "the default bridge name; see --bridge"
+        other = where("bridge") if "bridge" in given else "the default; pick another with --bridge"
         raise ConfigError(f'{where("lan")}: "{lan}" is also the bridge name ({other})')
     if "state_dir" in given:
         g = given["state_dir"]

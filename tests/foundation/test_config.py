@@ -194,7 +194,7 @@ def test_command_line_wins_over_file(tmp_path: Path, own: tuple[Path, str], etc:
         ("[local]\nmode = \"star\"\n", "{path}: local.mode: must be \"mesh\" or \"hub\""),
         ("[local]\nlan = \"bridger0\"\n",
          "{path}: local.lan: \"bridger0\" is also the bridge name"
-         " (the default bridge name; see --bridge)"),
+         " (the default; pick another with --bridge)"),
         ("[local]\nlan = \"br0\"\nbridge = \"br0\"\n",
          "{path}: local.lan: \"br0\" is also the bridge name ({path}: local.bridge)"),
         ("[local]\ntap = \"eth1\"\n",
@@ -388,6 +388,7 @@ MESH = (
     + entry("berlin", KEYS[0], host="berlin.example")
     + entry("paris", KEYS[1], host="Paris.Example", port=4000)
     + entry("rome", KEYS[2])
+    + entry("oslo", encode_key(public_key(generate_private_key())), host="2001:db8::7")
 )
 
 
@@ -409,7 +410,7 @@ def names(cfg: UpConfig) -> list[tuple[str, str | None, int]]:
 
 
 ALL = [("berlin", "berlin.example", 55555), ("paris", "Paris.Example", 4000),
-       ("rome", None, 55555)]
+       ("rome", None, 55555), ("oslo", "2001:db8::7", 55555)]
 
 
 @pytest.mark.parametrize(
@@ -420,8 +421,10 @@ ALL = [("berlin", "berlin.example", 55555), ("paris", "Paris.Example", 4000),
         ("paris.example", ALL),
         ("berlin", ALL),  # by name
         ("rome", ALL),  # by name, a peer that has no host
+        ("2001:db8:0::7", ALL),  # addresses compare as addresses
         ("berlin.example:4444", [("berlin", "berlin.example", 4444), *ALL[1:]]),
-        ("rome:4444", [*ALL[:2], ("rome", None, 4444)]),
+        ("rome:4444", [*ALL[:2], ("rome", None, 4444), ALL[3]]),
+        ("[2001:db8::7]:9", [*ALL[:3], ("oslo", "2001:db8::7", 9)]),
     ],
 )
 def test_mission_command_with_default_config(
@@ -431,7 +434,7 @@ def test_mission_command_with_default_config(
     cfg = mission(gateway, "--lan", "eth1", "--peer", peer)
     assert cfg.key_file == gateway / "private.key"
     assert names(cfg) == expected
-    assert [p.tap for p in cfg.peers] == ["berlin", "paris", "rome"]
+    assert [p.tap for p in cfg.peers] == ["berlin", "paris", "rome", "oslo"]
 
 
 def test_etc_dir_comes_from_the_environment(
@@ -491,7 +494,7 @@ def test_explicit_config_replaces_the_default(gateway: Path, tmp_path: Path) -> 
 
 def test_peer_key_picks_a_configured_peer_and_peer_gives_its_address(gateway: Path) -> None:
     cfg = mission(gateway, "--peer-key", KEYS[2], "--peer", "10.9.9.9:7000")
-    assert names(cfg) == [*ALL[:2], ("rome", "10.9.9.9", 7000)]
+    assert names(cfg) == [*ALL[:2], ("rome", "10.9.9.9", 7000), ALL[3]]
     cfg = mission(gateway, "--peer-key", KEYS[0], "--peer", "berlin")  # its name: no change
     assert names(cfg) == ALL
 
