@@ -607,63 +607,81 @@ async def _serve(daemon: Daemon, console: Any) -> None:
 
 
 def run_up(config: UpConfig) -> int:
-    """Everything `bridger up` does after the config is valid."""
-    from bridger.host import HostPlan, bring_up, drop_privileges
+    """Everything `bridger up` does after the config is valid.
 
-    private = read_private_key_file(config.key_file)
-    psk = read_psk(config.psk_file)
-    dashboard = config.dashboard and sys.stdout.isatty()
-    try:
-        tunnel_config = TunnelConfig(
-            private_key=private,
-            peer_public_key=config.peer_public_key,
-            psk=psk,
-            persistent_keepalive=config.persistent_keepalive,
-            wan_mtu=config.wan_mtu,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"tunnel settings: {exc}") from None
-    if not config.offload:
-        # One switch read by both the host module (tap flags) and the fast path.
-        from bridger.host.tap import OFFLOAD_ENV
+    SIGINT/SIGTERM are only recorded (``StopSignals``) for the whole of it:
+    during host set-up a signal rolls back, before the serve loop's own
+    receiver exists it stops the Trio run at once, and the restore after the
+    run is never cut short.
+    """
+    from bridger.host import HostPlan, StopSignals, bring_up, drop_privileges
+    from bridger.host.tap import OFFLOAD_ENV, offload_requested
 
-        os.environ[OFFLOAD_ENV] = "0"
-    console = setup_logging(dashboard)
-    udp = UdpEndpoint.bind(config.listen)
-    try:
-        plan = HostPlan(
-            lan=config.lan, bridge=config.bridge, tap=config.tap,
-            state_dir=config.state_dir, stp=config.stp,
-        )
-        with bring_up(plan) as host:
-            metrics_hostport = config.metrics
-            counters = Counters()
+    with StopSignals() as stop:
+        private = read_private_key_file(config.key_file)
+        psk = read_psk(config.psk_file)
+        dashboard = config.dashboard and sys.stdout.isatty()
+        try:
+            tunnel_config = TunnelConfig(
+                private_key=private,
+                peer_public_key=config.peer_public_key,
+                psk=psk,
+                persistent_keepalive=config.persistent_keepalive,
+                wan_mtu=config.wan_mtu,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"tunnel settings: {exc}") from None
+        # The taps get the value; setup_fast_path still reads the environment.
+        offload = config.offload and offload_requested()
+        if not offload:
+            os.environ[OFFLOAD_ENV] = "0"
+        console = setup_logging(dashboard)
+        udp = UdpEndpoint.bind(config.listen)
+        try:
+            plan = HostPlan(
+                lan=config.lan, bridge=config.bridge, tap=config.tap,
+                state_dir=config.state_dir, stp=config.stp, offload=offload,
+            )
+            with bring_up(plan, interrupted=stop.check) as host:
+                metrics_hostport = config.metrics
+                counters = Counters()
 
-            def build_daemon() -> Daemon:
-                now = float(trio.current_time())
-                tunnel = Tunnel(tunnel_config, now=now, wall_clock=time.time())
-                return Daemon(
-                    config=config, tunnel=tunnel, counters=counters, udp=udp,
-                    tap_fd=host.tap_fd,
-                    host_info={
-                        "lan": config.lan, "bridge": host.bridge_name, "tap": host.tap_name,
-                        "listen": udp.listen,
-                    },
-                )
+                def build_daemon() -> Daemon:
+                    now = float(trio.current_time())
+                    tunnel = Tunnel(tunnel_config, now=now, wall_clock=time.time())
+                    return Daemon(
+                        config=config, tunnel=tunnel, counters=counters, udp=udp,
+                        tap_fd=host.tap_fd,
+                        host_info={
+                            "lan": config.lan, "bridge": host.bridge_name,
+                            "tap": host.tap_name, "listen": udp.listen,
+                        },
+                    )
 
-            async def main() -> None:
-                daemon = build_daemon()
-                setup_fast_path(daemon)
-                if metrics_hostport:
-                    from bridger.status.metrics import start_metrics_server
+                async def main() -> None:
+                    # A signal before _serve's receiver exists reaches StopSignals:
+                    # it cancels this scope (run_sync_soon is signal-safe).
+                    token = trio.lowlevel.current_trio_token()
+                    with trio.CancelScope() as scope, stop.notify(
+                        lambda: token.run_sync_soon(scope.cancel)
+                    ):
+                        if stop.received:
+                            return
+                        daemon = build_daemon()
+                        setup_fast_path(daemon)
+                        if metrics_hostport:
+                            from bridger.status.metrics import start_metrics_server
 
-                    start_metrics_server(metrics_hostport, daemon.snapshot)
-                # From here on only the tap fd, the UDP socket and the restore are needed.
-                drop_privileges()
-                await _serve(daemon, console)
+                            start_metrics_server(metrics_hostport, daemon.snapshot)
+                        # From here on only the tap fd, the UDP socket and the restore
+                        # are needed.
+                        drop_privileges()
+                        await _serve(daemon, console)
 
-            trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
-    finally:
-        udp.sock.close()
+                trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
+                if stop.first is not None:
+                    log.info("%s: stopping and restoring the host network", stop.first.name)
+        finally:
+            udp.sock.close()
     log.info("down: host network restored")
     return 0
