@@ -93,6 +93,8 @@ class Topo:
     def plan(self, **kw: Any) -> HostPlan:
         base: dict[str, Any] = {"lan": "lan0", "bridge": self.bridge, "tap": self.tap,
                                 "state_dir": self.state_dir, "netns": self.gw}
+        if "taps" in kw:
+            del base["tap"]
         base.update(kw)
         return HostPlan(**base)
 
