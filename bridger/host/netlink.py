@@ -412,7 +412,7 @@ def set_port_isolated(ipr: IPRoute, ifname: str, isolated: bool) -> None:
 
 
 def bridge_stp_state(ipr: IPRoute, link: Link) -> int:
-    msgs = dump(f"bridge {link.name}", lambda: ipr.link("get", index=link.index))
+    msgs = dump(f"the settings of bridge {link.name}", lambda: ipr.link("get", index=link.index))
     msg = msgs[0]
     data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
     return int(data.get_attr("IFLA_BR_STP_STATE") or 0) if data is not None else 0
