@@ -1,7 +1,8 @@
 """Keep a peer's endpoint current for a configured DNS name, off the data path.
 
 The name is resolved at start (retried until it resolves). After that it is
-re-resolved only while the peer is silent (not ``up``): the endpoint of a live
+re-resolved only while the peer is silent (not ``up``), and an answer is only
+applied to a peer that is not ``up``: the endpoint of a live
 peer is the address its authenticated packets come from, which a NAT that
 rewrites ports or a roaming peer may have moved away from the DNS answer, and
 must not be overwritten. A silent peer may have a new address (dynamic DNS).
@@ -51,7 +52,8 @@ async def resolve_peer(fwd: Forwarder, peer: Peer, host: str, port: int) -> None
             continue
         failures = 0
         addrs = [normalise_address(info[4]) for info in infos]
-        if addrs and peer.endpoint not in addrs:
+        # A live peer's endpoint is where its authenticated packets come from.
+        if addrs and peer.endpoint not in addrs and peer.stats().state != "up":
             if resolved_once:
                 log.info("%s now resolves to %s", who, format_address(addrs[0]))
             now = fwd.now()

@@ -109,7 +109,7 @@ def test_peer_by_dns_name_unresolvable_then_resolving(lab: Lab, tmp_path: Path) 
             wait_ping(lab, "hostB1", host_address(lab, "hostA1"))
             status = link.status("B")
             assert status is not None
-            assert status["link"]["peer_name"] == "site-a.bridger-lab.test"
+            assert status["peers"][0]["host"] == "site-a.bridger-lab.test"
             print(f"link up {took:.1f}s after the name started resolving")
             assert "Traceback" not in link.logs()
     finally:
@@ -161,7 +161,7 @@ def test_ipv6_underlay(lab: Lab, tmp_path: Path) -> None:
         assert ping_df(lab, "hostA1", b1)
         status = link.status("A")
         assert status is not None
-        assert status["link"]["endpoint"] == peer_b
+        assert status["peers"][0]["endpoint"] == peer_b
 
 
 def ping_df(lab: Lab, role: str, dst: str) -> bool:
