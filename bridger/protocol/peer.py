@@ -503,6 +503,12 @@ class Peer:
     def _initiate(self, now: float, out: Output, *, retry: bool) -> None:
         if self._endpoint is None:
             return
+        if not retry and self.next is not None and now - self.next.created < REKEY_TIMEOUT:
+            # We just answered the peer's initiation: its first transport message
+            # confirms that session within a round trip (frames wait in the
+            # queue). Initiating now would make a second, needless handshake
+            # (as in WireGuard, a response counts as a recent handshake).
+            return
         if not retry:
             self._handshake_first = now
         device = self.device
