@@ -126,7 +126,10 @@ class Sender:
                     self.udp.gso = False
                     self._send_each([(d, addr) for d in group])
                 elif exc.errno == errno.EMSGSIZE:
-                    self._too_big(size, addr)
+                    # One of them is too big for the path (a path-MTU probe that
+                    # shares the group's size): send singly, so the others still
+                    # leave and each refusal is judged on its own.
+                    self._send_each([(d, addr) for d in group])
                 else:
                     self.counters.drop("udp_send_failed")
 
