@@ -323,9 +323,14 @@ def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
     return text
 
 
+#: Peer states from the best to the worst, the order the header counts them in.
+_STATE_ORDER = ("up", "handshaking", "stale", "down")
+assert set(_STATE_ORDER) == set(PEER_STATES)
+
+
 def state_counts(snap: dict[str, Any]) -> dict[str, int]:
-    """How many peers are in each state, in PEER_STATES order (zero states left out)."""
-    counts = dict.fromkeys(PEER_STATES, 0)
+    """How many peers are in each state, best state first (zero states left out)."""
+    counts = dict.fromkeys(_STATE_ORDER, 0)
     for peer in snap["peers"]:
         counts[peer["state"]] = counts.get(peer["state"], 0) + 1
     return {state: n for state, n in counts.items() if n}
@@ -339,9 +344,8 @@ def _header(snap: dict[str, Any], width: int) -> Text:
     if not peers:
         text.append("no peers", style="bold red")
     for i, (state, n) in enumerate(state_counts(snap).items()):
-        text.append(", " if i else "")
+        text.append(" " if i else "")
         text.append(f"{n} {state.upper()}", style=_STATE_STYLE.get(state, "bold"))
-    text.append(f" of {len(peers)}" if peers else "")
     text.append("  ")
     parts = [("", str(snap["mode"]))]
     parts += [(f"{k} ", v) for k, v in snap["interface"].items()]
