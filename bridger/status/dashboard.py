@@ -190,13 +190,15 @@ class History:
 
 @dataclass(frozen=True)
 class _Column:
-    """One table column: ``width`` 0 means it takes the room left (at least ``flex_min``)."""
+    """One table column: ``width`` 0 means it takes the room left, at least ``flex_min``
+    and at most ``flex_max`` cells."""
 
     key: str
     header: str
     width: int
     justify: str = "right"
     flex_min: int = 0
+    flex_max: int = 0
 
 
 def _table() -> Table:
@@ -219,6 +221,7 @@ def _fit(columns: list[_Column], width: int, drop_order: Iterable[str]) -> list[
         if not flex and room >= 0:
             return shown
         if flex and room >= flex[0].flex_min:
+            room = min(room, flex[0].flex_max)
             return [c if c.width else _Column(c.key, c.header, room, c.justify) for c in shown]
     return shown[:1]
 
@@ -244,7 +247,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
     columns = [
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
-        _Column("endpoint", "endpoint", 0, "left", flex_min=9),
+        _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
         _Column("rtt", "rtt ms", 6),
         _Column("tx", "tx fr", 5),
         _Column("rx", "rx fr", 5),
@@ -287,7 +290,7 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
         _Column("mtu", "MTU", 5),
         _Column("macs", "MACs", 5),
         _Column("fragments", "frags", 5),
-        _Column("key", "public key", 0, "left", flex_min=10),
+        _Column("key", "public key", 0, "left", flex_min=10, flex_max=44),  # base64
     ]
     columns = _fit(columns, width, ("key", "fragments", "handshakes", "macs", "handshake",
                                     "rekeys", "session", "mtu"))
@@ -522,8 +525,9 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
     if shown < n:
         peers.sort(key=history.busyness, reverse=True)
     peers = peers[:shown]
+    # the MAC table needs its title, header and rule, and one row to be worth showing
     for name, lines in (("details", 2 + shown if shown else 99), ("kinds", 4), ("macs", 3)):
-        if lines <= budget:
+        if lines + (name == "macs") <= budget:
             admitted.add(name)
             budget -= lines
     parts: list[RenderableType] = [_header(snapshot, width)]
