@@ -39,6 +39,9 @@ from bridger.status.counters import KINDS, PEER_STATES
 #: Display names of the two directions, keyed by the snapshot's direction keys.
 DIRECTIONS = (("tx", "LAN→WAN"), ("rx", "WAN→LAN"))
 
+#: Seconds the dashboard waits, when stopped, for the terminal to take its last frame.
+STOP_TIMEOUT = 2.0
+
 #: Peer rows the layout keeps before it gives lines to the less important sections.
 MIN_PEER_ROWS = 4
 
@@ -566,21 +569,29 @@ async def run_dashboard(
     console = console or Console(markup=False, emoji=False, highlight=False)
     history = History()
     period = 1.0 / refresh_per_second
-    with Live(console=console, auto_refresh=False, transient=False) as live:
+    live = Live(console=console, auto_refresh=False, transient=False)
 
-        def draw(snap: dict[str, Any]) -> None:
-            width, height = console.size
-            # one spare line: the cursor sits below a non-screen Live region
-            live.update(render(snap, history, width, height - 1), refresh=True)
+    def draw(snap: dict[str, Any]) -> None:
+        width, height = console.size
+        # one spare line: the cursor sits below a non-screen Live region
+        live.update(render(snap, history, width, height - 1), refresh=True)
 
+    # Even starting and stopping write to the terminal (cursor codes): all of it runs in
+    # worker threads, abandoned on cancel, so a stuck terminal cannot hold up shutdown
+    # (and with it the host network's restore).
+    await trio.to_thread.run_sync(live.start, abandon_on_cancel=True)
+    try:
         drawn = 0
         while frames is None or drawn < frames:
             if drawn:
                 await trio.sleep(period)
             snap = get_snapshot()
             history.sample(snap, trio.current_time())
-            await trio.to_thread.run_sync(draw, snap)
+            await trio.to_thread.run_sync(draw, snap, abandon_on_cancel=True)
             drawn += 1
+    finally:
+        with trio.move_on_after(STOP_TIMEOUT, shield=True):
+            await trio.to_thread.run_sync(live.stop, abandon_on_cancel=True)
 
 
 def _drops_delta(drops: dict[str, int], previous: dict[str, int]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
+from functools import partial
 from typing import Any
 
 import pytest
@@ -27,7 +29,17 @@ from bridger.status.dashboard import (
     sparkline,
     summary_lines,
 )
-from tests.status.samples import BERLIN, DEVICE, LOCAL, PARIS, REMOTE, arp_broadcast, ipv4, peer
+from tests.status.samples import (
+    BERLIN,
+    DEVICE,
+    LOCAL,
+    PARIS,
+    REMOTE,
+    StuckTerminal,
+    arp_broadcast,
+    ipv4,
+    peer,
+)
 
 FOUR = [BERLIN, PARIS, peer("rome"), peer("oslo", "handshaking", endpoint="192.0.2.77:51820")]
 
@@ -339,3 +351,31 @@ def test_run_dashboard_redraws_on_the_virtual_clock() -> None:
         assert f"berlin up 203.0.113.5:55555 14.2 {total}" in re.sub(r" +", " ", text), total
     # 4000 frames/s of 125 B = 4.00 Mbit/s, computed on virtual time
     assert re.search(r"berlin +up .* 4\.00 +0\.00 ", text)
+
+
+def test_stuck_terminal_does_not_hold_up_cancellation() -> None:
+    """The daemon restores the host network only after its nursery exits: a terminal
+    that stopped taking output must not keep the dashboard task alive."""
+    terminal = StuckTerminal()
+    console = Console(file=terminal, width=80, height=24, force_terminal=True,
+                      color_system=None, markup=False, emoji=False)
+    c = Counters()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_dashboard, lambda: c.snapshot(DEVICE, [BERLIN], 0.0),
+                                       console=console))
+            await trio.to_thread.run_sync(terminal.entered.wait, 5)
+            nursery.cancel_scope.cancel()  # SIGTERM while the terminal is stuck
+
+    finished = threading.Event()
+
+    def run() -> None:
+        trio.run(main)
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        assert finished.wait(10), "cancelling the dashboard waited for the stuck terminal"
+    finally:
+        terminal.release.set()

@@ -20,27 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from bridger.status.logs import QUEUE_SIZE, setup_logging, shutdown_logging
-
-
-class StuckTerminal(io.TextIOBase):
-    """A stream whose writes block until released, like a terminal nobody drains."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.parts: list[str] = []
-
-    def write(self, text: str) -> int:
-        self.entered.set()
-        self.release.wait()
-        self.parts.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def text(self) -> str:
-        return "".join(self.parts)
+from tests.status.samples import StuckTerminal
 
 
 @pytest.fixture
