@@ -39,6 +39,9 @@ from bridger.status.counters import KINDS, PEER_STATES
 #: Display names of the two directions, keyed by the snapshot's direction keys.
 DIRECTIONS = (("tx", "LAN→WAN"), ("rx", "WAN→LAN"))
 
+#: Seconds the dashboard waits, when stopped, for the terminal to take its last frame.
+STOP_TIMEOUT = 2.0
+
 #: Peer rows the layout keeps before it gives lines to the less important sections.
 MIN_PEER_ROWS = 4
 
@@ -190,13 +193,15 @@ class History:
 
 @dataclass(frozen=True)
 class _Column:
-    """One table column: ``width`` 0 means it takes the room left (at least ``flex_min``)."""
+    """One table column: ``width`` 0 means it takes the room left, at least ``flex_min``
+    and at most ``flex_max`` cells."""
 
     key: str
     header: str
     width: int
     justify: str = "right"
     flex_min: int = 0
+    flex_max: int = 0
 
 
 def _table() -> Table:
@@ -219,6 +224,7 @@ def _fit(columns: list[_Column], width: int, drop_order: Iterable[str]) -> list[
         if not flex and room >= 0:
             return shown
         if flex and room >= flex[0].flex_min:
+            room = min(room, flex[0].flex_max)
             return [c if c.width else _Column(c.key, c.header, room, c.justify) for c in shown]
     return shown[:1]
 
@@ -244,7 +250,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
     columns = [
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
-        _Column("endpoint", "endpoint", 0, "left", flex_min=9),
+        _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
         _Column("rtt", "rtt ms", 6),
         _Column("tx", "tx fr", 5),
         _Column("rx", "rx fr", 5),
@@ -287,7 +293,7 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
         _Column("mtu", "MTU", 5),
         _Column("macs", "MACs", 5),
         _Column("fragments", "frags", 5),
-        _Column("key", "public key", 0, "left", flex_min=10),
+        _Column("key", "public key", 0, "left", flex_min=10, flex_max=44),  # base64
     ]
     columns = _fit(columns, width, ("key", "fragments", "handshakes", "macs", "handshake",
                                     "rekeys", "session", "mtu"))
@@ -323,9 +329,14 @@ def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
     return text
 
 
+#: Peer states from the best to the worst, the order the header counts them in.
+_STATE_ORDER = ("up", "handshaking", "stale", "down")
+assert set(_STATE_ORDER) == set(PEER_STATES)
+
+
 def state_counts(snap: dict[str, Any]) -> dict[str, int]:
-    """How many peers are in each state, in PEER_STATES order (zero states left out)."""
-    counts = dict.fromkeys(PEER_STATES, 0)
+    """How many peers are in each state, best state first (zero states left out)."""
+    counts = dict.fromkeys(_STATE_ORDER, 0)
     for peer in snap["peers"]:
         counts[peer["state"]] = counts.get(peer["state"], 0) + 1
     return {state: n for state, n in counts.items() if n}
@@ -339,9 +350,8 @@ def _header(snap: dict[str, Any], width: int) -> Text:
     if not peers:
         text.append("no peers", style="bold red")
     for i, (state, n) in enumerate(state_counts(snap).items()):
-        text.append(", " if i else "")
+        text.append(" " if i else "")
         text.append(f"{n} {state.upper()}", style=_STATE_STYLE.get(state, "bold"))
-    text.append(f" of {len(peers)}" if peers else "")
     text.append("  ")
     parts = [("", str(snap["mode"]))]
     parts += [(f"{k} ", v) for k, v in snap["interface"].items()]
@@ -518,8 +528,9 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
     if shown < n:
         peers.sort(key=history.busyness, reverse=True)
     peers = peers[:shown]
+    # the MAC table needs its title, header and rule, and one row to be worth showing
     for name, lines in (("details", 2 + shown if shown else 99), ("kinds", 4), ("macs", 3)):
-        if lines <= budget:
+        if lines + (name == "macs") <= budget:
             admitted.add(name)
             budget -= lines
     parts: list[RenderableType] = [_header(snapshot, width)]
@@ -558,21 +569,29 @@ async def run_dashboard(
     console = console or Console(markup=False, emoji=False, highlight=False)
     history = History()
     period = 1.0 / refresh_per_second
-    with Live(console=console, auto_refresh=False, transient=False) as live:
+    live = Live(console=console, auto_refresh=False, transient=False)
 
-        def draw(snap: dict[str, Any]) -> None:
-            width, height = console.size
-            # one spare line: the cursor sits below a non-screen Live region
-            live.update(render(snap, history, width, height - 1), refresh=True)
+    def draw(snap: dict[str, Any]) -> None:
+        width, height = console.size
+        # one spare line: the cursor sits below a non-screen Live region
+        live.update(render(snap, history, width, height - 1), refresh=True)
 
+    # Even starting and stopping write to the terminal (cursor codes): all of it runs in
+    # worker threads, abandoned on cancel, so a stuck terminal cannot hold up shutdown
+    # (and with it the host network's restore).
+    await trio.to_thread.run_sync(live.start, abandon_on_cancel=True)
+    try:
         drawn = 0
         while frames is None or drawn < frames:
             if drawn:
                 await trio.sleep(period)
             snap = get_snapshot()
             history.sample(snap, trio.current_time())
-            await trio.to_thread.run_sync(draw, snap)
+            await trio.to_thread.run_sync(draw, snap, abandon_on_cancel=True)
             drawn += 1
+    finally:
+        with trio.move_on_after(STOP_TIMEOUT, shield=True):
+            await trio.to_thread.run_sync(live.stop, abandon_on_cancel=True)
 
 
 def _drops_delta(drops: dict[str, int], previous: dict[str, int]) -> str:

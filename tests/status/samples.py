@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import struct
+import threading
 
 from bridger.status.counters import DeviceInfo, PeerInfo
 
@@ -48,3 +50,24 @@ def peer(name: str, state: str = "up", **fields: object) -> PeerInfo:
     }
     values.update(fields)
     return PeerInfo(name=name, **values)  # type: ignore[arg-type]
+
+
+class StuckTerminal(io.TextIOBase):
+    """A stream whose writes block until released, like a terminal nobody drains."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        self.release.wait()
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def text(self) -> str:
+        return "".join(self.parts)
