@@ -123,7 +123,7 @@ def replay(ipr: IPRoute, journal: Journal) -> int:
             journal.records = failed[::-1]
             journal.save()
             raise HostError(
-                f"restore incomplete ({'; '.join(messages)}); journal kept: run "
+                f"restore incomplete ({'; '.join(dict.fromkeys(messages))}); journal kept: run "
                 f"`bridger down --state-dir {journal.state_dir}`"
             )
     return done

@@ -238,3 +238,27 @@ def test_missing_dev_net_tun_refuses(topo: Topo) -> None:
     assert res.returncode == 2, res.stderr
     assert "/dev/net/tun is missing" in res.stderr
     assert not diff(before, snapshot(topo.gw))
+
+
+def test_failed_restore_is_not_marked_done_and_can_be_retried(topo: Topo) -> None:
+    """Issue 12 item 1: ``restore`` called itself restored before it was.
+
+    A restore that failed half-way (here: the NIC renamed away meanwhile) left
+    the session marked restored, so the retry from ``__exit__`` or the caller
+    did nothing. Now the journal keeps the failed records, the error names
+    `bridger down`, and a second ``restore()`` finishes the job.
+    """
+    before = snapshot(topo.gw)
+    session = bring_up(topo.plan())
+    sh("ip", "-n", topo.gw, "link", "set", "lan0", "down")
+    sh("ip", "-n", topo.gw, "link", "set", "lan0", "name", "lanaway")
+    with pytest.raises(HostError, match=r"restore incomplete.*bridger down --state-dir") as info:
+        session.restore()
+    assert "\n" not in str(info.value)
+    assert not session.restored
+    assert (topo.state_dir / "journal.json").exists()
+    sh("ip", "-n", topo.gw, "link", "set", "lanaway", "name", "lan0")
+    session.restore()
+    assert session.restored
+    assert not (topo.state_dir / "journal.json").exists()
+    assert not diff(before, snapshot(topo.gw))
