@@ -45,20 +45,10 @@ OFFLOAD_CHOICES = (
     TUN_F_CSUM,
 )
 VNET_HDR_SIZE = 10  # struct virtio_net_hdr
-OFFLOAD_ENV = "BRIDGER_OFFLOAD"
 
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, union padding
 CLONE_NEWNET = 0x40000000
-
-
-def offload_requested() -> bool:
-    """The fast path is on unless BRIDGER_OFFLOAD is 0/off/no/false.
-
-    Read only by the daemon (``setup_fast_path``, ``run_up``), which turns it
-    into ``HostPlan.offload``; opening a tap never looks at the environment.
-    """
-    return os.environ.get(OFFLOAD_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
 
 
 def open_tap(name: str, *, vnet: bool, netns: str | None = None) -> tuple[int, str]:
