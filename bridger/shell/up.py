@@ -240,6 +240,15 @@ def _one_error(exc: BaseExceptionGroup[Any]) -> BaseException:
 
 def run_up(config: UpConfig) -> int:
     """Everything `bridger up` does after the config is valid."""
+    from bridger.status.logs import shutdown_logging
+
+    try:
+        return _run_up(config)
+    finally:
+        shutdown_logging()  # the last lines are written before the CLI's own error line
+
+
+def _run_up(config: UpConfig) -> int:
     from bridger.host import HostPlan, StopSignals, TapPlan, bring_up, drop_privileges
     from bridger.status.logs import setup_logging
 
