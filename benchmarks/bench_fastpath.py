@@ -51,7 +51,7 @@ def main() -> int:
     hdr = VnetHdr(VnetFlag.NEEDS_CSUM, GsoType.TCPV4, 66, 1448, 34, 16)
     segs, start = segment_tcp(frame, hdr, 1435)
     n = len(segs)
-    counters = Counters()
+    peer = Counters().peer("b")
     a, b = pair()
     sealed = a.send_frames(segs, 1.0, Output(), (start, 16))
     datagrams = [d for d, _ in sealed.datagrams]
@@ -68,10 +68,10 @@ def main() -> int:
 
     def count() -> None:
         for s in segs:
-            counters.lan_to_wan(s, 1.0)
+            peer.lan_to_wan(s, 1.0)
 
     def count_run() -> None:
-        counters.lan_to_wan(segs[0], 1.0, len(segs), sum(map(len, segs)))
+        peer.lan_to_wan(segs[0], 1.0, len(segs), sum(map(len, segs)))
 
     key, nonce = bytes(32), bytes(12)
     out = bytearray(1500)
@@ -84,8 +84,8 @@ def main() -> int:
 
     rows = [
         ("segment_tcp (cut + headers)", lambda: segment_tcp(frame, hdr, 1435)),
-        ("Counters.lan_to_wan, each segment", count),
-        ("Counters.lan_to_wan, once a superframe", count_run),
+        ("PeerCounters.lan_to_wan, each segment", count),
+        ("PeerCounters.lan_to_wan, once a superframe", count_run),
         ("Tunnel.send_frames (seal)", lambda: a.send_frames(segs, 1.0, Output(), (start, 16))),
         ("Tunnel.receive_datagrams (open)", receive),
         ("coalesce (join)", lambda: list(coalesce(got.frames, got.csum))),

@@ -76,7 +76,7 @@ class Runner:
 
 
 class Bridger(Runner):
-    """``bridger up`` on each gateway; ``offload`` toggles the fast path (BRIDGER_OFFLOAD)."""
+    """``bridger up`` on each gateway; ``offload`` toggles the fast path (--no-offload)."""
 
     def __init__(self, lab: Lab, workdir: Path, *, offload: bool = True) -> None:
         super().__init__(lab, workdir, name="bridger" if offload else "bridger-nooffload")
@@ -88,7 +88,6 @@ class Bridger(Runner):
     def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        env["BRIDGER_OFFLOAD"] = "1" if self.offload else "0"
         for s in SITES:
             self._popen(
                 s, sys.executable, "-m", "bridger", "up", "--lan", "eth1",
@@ -96,7 +95,7 @@ class Bridger(Runner):
                 "--peer-key", encode_key(public_key(self.keys[other(s)])),
                 "--peer", self.lab.gateway_wan_address(other(s)),
                 "--state-dir", str(self.workdir / f"{self.name}-state{s}"),
-                "--no-dashboard", env=env,
+                "--no-dashboard", "--offload" if self.offload else "--no-offload", env=env,
             )
 
 

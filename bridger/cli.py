@@ -11,10 +11,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bridger import __version__
-from bridger.config import DEFAULT_BRIDGE, default_state_dir
-from bridger.errors import BridgerError
+from bridger.config import DEFAULT_BRIDGE, MODES
+from bridger.errors import BridgerError, ConfigError
 
 
 def _cmd_genkey(args: argparse.Namespace) -> int:
@@ -33,14 +34,17 @@ def _cmd_pubkey(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    from bridger.config import build_up_config
+def up_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line mapping :func:`bridger.config.build_up_config` takes, from `up`'s args.
 
-    cli_values = {
+    Options not given are None, so the config file (or the default) decides.
+    """
+    return {
         "lan": args.lan,
         "peer": args.peer,
         "key_file": args.key,
         "peer_public_key": args.peer_key,
+        "mode": args.mode,
         "listen": args.listen,
         "bridge": args.bridge,
         "tap": args.tap,
@@ -49,20 +53,57 @@ def _cmd_up(args: argparse.Namespace) -> int:
         "persistent_keepalive": args.persistent_keepalive,
         "wan_mtu": args.wan_mtu,
         "stp": args.stp,
-        "dashboard": False if args.no_dashboard else None,
+        "dashboard": args.dashboard,
         "metrics": args.metrics,
-        "offload": False if args.no_offload else None,
+        "offload": args.offload,
     }
-    config = build_up_config(cli_values, Path(args.config) if args.config else None)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from bridger.config import build_up_config
+
+    config = build_up_config(up_values(args), Path(args.config) if args.config else None)
     from bridger.daemon import run_up
 
     return run_up(config)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    """A new private key (never overwriting one) and a config skeleton beside it."""
+    from bridger.config import CONFIG_NAME, KEY_NAME, config_skeleton, etc_dir
+    from bridger.keys import create_private_key_file, encode_key, generate_private_key, public_key
+
+    directory = Path(args.dir) if args.dir else etc_dir()
+    try:
+        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot create directory: {exc.strerror or exc}") from None
+    key_path = directory / KEY_NAME
+    private = generate_private_key()
+    create_private_key_file(key_path, private)
+    public = encode_key(public_key(private))
+    skeleton = config_skeleton(public)
+    config_path = directory / CONFIG_NAME
+    try:
+        with config_path.open("x", encoding="utf-8") as f:
+            f.write(skeleton)
+        config_note = "new: edit [local] lan and the [[peers]] entry"
+    except FileExistsError:
+        config_note = "exists, left unchanged; a skeleton to compare with follows"
+    except OSError as exc:
+        config_note = f"not written ({exc.strerror or exc}); the skeleton follows"
+    print(f"private key: {key_path} (new, mode 0600)")
+    print(f"public key:  {public}")
+    print(f"config:      {config_path} ({config_note})")
+    print()
+    print(skeleton, end="")
+    return 0
+
+
 def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir:
-        return Path(args.state_dir)
-    return default_state_dir(args.bridge or DEFAULT_BRIDGE)
+    from bridger.config import state_dir_for
+
+    return state_dir_for(args.state_dir, args.bridge, Path(args.config) if args.config else None)
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
@@ -120,27 +161,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     p.set_defaults(func=_cmd_pubkey)
 
-    p = sub.add_parser("up", help="bridge a LAN NIC to the peer site")
+    p = sub.add_parser("init", help="make this site's key and a bridger.toml skeleton")
+    p.add_argument("--dir", metavar="DIR",
+                   help="where to write private.key and bridger.toml (/etc/bridger)")
+    p.set_defaults(func=_cmd_init)
+
+    on_off = argparse.BooleanOptionalAction
+    p = sub.add_parser("up", help="bridge a LAN NIC to the peer sites")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file with any of these options (/etc/bridger/bridger.toml if it"
+                        " exists)")
     p.add_argument("--lan", metavar="IF", help="the LAN NIC to bridge (e.g. eth1)")
-    p.add_argument("--peer", metavar="HOST[:PORT]", help="the peer gateway (omit to only listen)")
-    p.add_argument("--key", metavar="FILE", help="this site's private key file (mode 0600)")
+    p.add_argument("--peer", metavar="HOST[:PORT]",
+                   help="the peer gateway (omit to only listen); with [[peers]] in the config,"
+                        " the host or name of one of them")
+    p.add_argument("--key", metavar="FILE",
+                   help="this site's private key file, mode 0600 (/etc/bridger/private.key)")
     p.add_argument("--peer-key", metavar="PUBKEY", help="the peer's public key (base64)")
+    p.add_argument("--mode", choices=MODES,
+                   help="mesh: peers reach each other only over their own links (default);"
+                        " hub: this site also forwards between its peers")
     p.add_argument("--listen", metavar="PORT", type=_port, help="UDP port to listen on (55555)")
     p.add_argument("--bridge", metavar="NAME", help=f"bridge to create or use ({DEFAULT_BRIDGE})")
-    p.add_argument("--tap", metavar="NAME", help="tap interface name (bridger-tap0)")
+    p.add_argument("--tap", metavar="NAME", help="tap interface of the single peer (bridger-tap0)")
     p.add_argument("--state-dir", metavar="DIR", help="journal and control socket directory")
-    p.add_argument("--config", metavar="FILE", help="TOML file with any of these options")
-    p.add_argument("--no-dashboard", action="store_true", help="plain log lines, no live view")
+    p.add_argument("--dashboard", action=on_off,
+                   help="live view on a terminal (default), or plain log lines")
     p.add_argument("--psk-file", metavar="FILE", help="optional pre-shared key file (base64)")
     p.add_argument(
         "--persistent-keepalive", metavar="SECONDS", type=_seconds,
         help="keepalive interval for NAT (25, 0 disables)",
     )
     p.add_argument("--wan-mtu", metavar="BYTES", type=_int, help="underlay path MTU (1500)")
-    p.add_argument("--stp", action="store_const", const=True, help="enable STP on the bridge")
-    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics")
-    p.add_argument("--no-offload", action="store_true",
-                   help="no tap offloads (TSO superframes); one frame per read")
+    p.add_argument("--stp", action=on_off, help="spanning tree on the bridge (off)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="serve Prometheus metrics (:PORT for all addresses)")
+    p.add_argument("--offload", action=on_off,
+                   help="tap offloads, TSO superframes (on); off: one frame per read")
     p.set_defaults(func=_cmd_up)
 
     for name, func, text in (
@@ -150,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--state-dir", metavar="DIR", help="state directory of the daemon")
         p.add_argument("--bridge", metavar="NAME", help="bridge name (picks the default state dir)")
+        p.add_argument("--config", metavar="FILE",
+                       help="take the state dir from this config (/etc/bridger/bridger.toml)")
         if name == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
             p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")

@@ -1,32 +1,68 @@
 """The settings of `bridger up`, from a TOML file and the command line.
 
-Every option can come from ``--config FILE``; an option given on the command
-line wins. Errors are one line naming the file (or the option) and the key,
-e.g. ``configs/x.toml: peer.port: must be 1..65535``.
+1. The file is ``--config FILE``, else ``/etc/bridger/bridger.toml`` when it
+   exists (the directory is :func:`etc_dir`); the key defaults to
+   ``/etc/bridger/private.key``.
+2. Every ``[local]`` option can come from the file; one given on the command
+   line wins.
+3. The peers are either ``[[peers]]`` entries (one per other site, each with
+   its own tap) or the legacy single peer: a ``[peer]`` table and/or
+   ``--peer``/``--peer-key``, whose tap is ``local.tap``/``--tap``.
+4. With ``[[peers]]``, ``--peer HOST`` and ``--peer-key KEY`` only pick one of
+   the configured peers (and may give it a new address); all of them run.
+5. Last come the checks across settings: unique names, keys and interface
+   names, and no peer holding our own public key (read from the key file).
+
+Errors are one line naming the file (or the option) and the key, e.g.
+``configs/x.toml: peers[2].name: duplicate name "berlin" (also peers[1])``.
+``[[peers]]`` entries are counted from 1, in file order.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bridger.errors import ConfigError
-from bridger.keys import decode_key
+from bridger.keys import decode_key, public_key, read_private_key_file
 
 DEFAULT_PORT = 55555
 DEFAULT_BRIDGE = "bridger0"
 DEFAULT_TAP = "bridger-tap0"
 DEFAULT_PERSISTENT_KEEPALIVE = 25.0
+DEFAULT_MODE = "mesh"
+MODES = ("mesh", "hub")
 STATE_ROOT = Path("/run/bridger")
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
 
+ETC_DIR = Path("/etc/bridger")
+ETC_ENV = "BRIDGER_ETC"  # overrides ETC_DIR (tests, unusual layouts)
+CONFIG_NAME = "bridger.toml"
+KEY_NAME = "private.key"
+
+PEER_NAME_RE = r"^[a-z0-9][a-z0-9-]*$"  # at most PEER_NAME_MAX characters
+PEER_NAME_MAX = 15  # a peer's name is also its default tap name (IFNAMSIZ)
+LEGACY_PEER_NAME = "peer"
+
+_PEER_NAME = re.compile(PEER_NAME_RE)
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-@:]+$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+
+
+def etc_dir() -> Path:
+    """Where the default config and key live: ``$BRIDGER_ETC``, else /etc/bridger.
+
+    (``ip netns exec NAME`` also bind-mounts ``/etc/netns/NAME/bridger`` over
+    an existing ``/etc/bridger``, which gives each namespace its own.)
+    """
+    return Path(os.environ.get(ETC_ENV) or ETC_DIR)
 
 
 def default_state_dir(bridge: str) -> Path:
@@ -35,47 +71,90 @@ def default_state_dir(bridge: str) -> Path:
 
 
 @dataclass(frozen=True)
+class PeerSettings:
+    """One other site: who it is (its key), where it is, and its tap interface."""
+
+    name: str
+    public_key: bytes  # 32 bytes
+    host: str | None = None  # None: wait to be contacted
+    port: int = DEFAULT_PORT
+    psk_file: Path | None = None
+    persistent_keepalive: float = DEFAULT_PERSISTENT_KEEPALIVE
+    tap: str = DEFAULT_TAP  # this peer's tap interface name
+
+
+@dataclass(frozen=True)
 class UpConfig:
     """Everything `bridger up` needs, validated."""
 
     lan: str
     key_file: Path
-    peer_public_key: bytes
-    peer_host: str | None = None
-    peer_port: int = DEFAULT_PORT
+    peers: tuple[PeerSettings, ...]  # at least one; names, keys and taps unique
+    mode: str = DEFAULT_MODE  # "mesh": peer taps isolated from each other; "hub": not
     listen: int = DEFAULT_PORT
     bridge: str = DEFAULT_BRIDGE
-    tap: str = DEFAULT_TAP
     state_dir: Path = field(default_factory=lambda: default_state_dir(DEFAULT_BRIDGE))
-    psk_file: Path | None = None
-    persistent_keepalive: float = DEFAULT_PERSISTENT_KEEPALIVE
     wan_mtu: int = 1500
     stp: bool = False
     dashboard: bool = True
     metrics: str | None = None
     offload: bool = True
 
+    # Transitional, read-only: the single-peer daemon reads these. They describe
+    # peers[0] only; remove them once the multi-peer daemon reads `peers`.
+    @property
+    def peer_public_key(self) -> bytes:
+        return self.peers[0].public_key
 
-# One row per setting: (TOML section, TOML key, command-line option, UpConfig field).
-# The table is the single source of truth for naming in error messages.
+    @property
+    def peer_host(self) -> str | None:
+        return self.peers[0].host
+
+    @property
+    def peer_port(self) -> int:
+        return self.peers[0].port
+
+    @property
+    def psk_file(self) -> Path | None:
+        return self.peers[0].psk_file
+
+    @property
+    def persistent_keepalive(self) -> float:
+        return self.peers[0].persistent_keepalive
+
+    @property
+    def tap(self) -> str:
+        return self.peers[0].tap
+
+
+# One row per setting outside [[peers]]: (TOML section, TOML key, command-line
+# option, name in the command-line mapping of build_up_config). The table is
+# the single source of truth for naming in error messages; [peer] is the
+# legacy single-peer table.
 SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "lan", "--lan", "lan"),
     ("local", "key", "--key", "key_file"),
+    ("local", "mode", "--mode", "mode"),
     ("local", "listen", "--listen", "listen"),
     ("local", "bridge", "--bridge", "bridge"),
     ("local", "tap", "--tap", "tap"),
     ("local", "state_dir", "--state-dir", "state_dir"),
     ("local", "stp", "--stp", "stp"),
     ("local", "wan_mtu", "--wan-mtu", "wan_mtu"),
-    ("local", "dashboard", "--no-dashboard", "dashboard"),
+    ("local", "dashboard", "--dashboard", "dashboard"),
     ("local", "metrics", "--metrics", "metrics"),
-    ("local", "offload", "--no-offload", "offload"),
+    ("local", "offload", "--offload", "offload"),
     ("peer", "host", "--peer", "peer_host"),
     ("peer", "port", "--peer", "peer_port"),
     ("peer", "public_key", "--peer-key", "peer_public_key"),
     ("peer", "psk_file", "--psk-file", "psk_file"),
     ("peer", "persistent_keepalive", "--persistent-keepalive", "persistent_keepalive"),
 )
+
+#: The keys of one ``[[peers]]`` entry.
+PEERS_KEYS = ("name", "public_key", "host", "port", "psk_file", "persistent_keepalive", "tap")
+
+_OPTION = {fld: option for _section, _key, option, fld in SETTINGS}
 
 
 def split_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int | None]:
@@ -102,18 +181,6 @@ def split_host_port(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
     return host, int(port_text)
 
 
-class _Source:
-    """Where a value came from, for error messages."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def where(self, section: str, key: str, option: str) -> str:
-        if self.path is None:
-            return option
-        return f"{self.path}: {section}.{key}"
-
-
 def _check_port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise ConfigError(f"{where}: must be 1..65535")
@@ -134,8 +201,6 @@ def _check_host(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: must be a host name or IP address")
     if ":" in value:  # IPv6 literal
-        import ipaddress
-
         try:
             ipaddress.IPv6Address(value.split("%")[0])
         except ValueError:
@@ -165,7 +230,9 @@ def _check_mtu(value: Any, where: str) -> int:
 
 
 def _check_path(value: Any, where: str, base: Path | None) -> Path:
-    if not isinstance(value, str) or not value:
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str) or not value or "\0" in value:
         raise ConfigError(f"{where}: must be a file path")
     path = Path(value)
     if base is not None and not path.is_absolute():
@@ -173,17 +240,69 @@ def _check_path(value: Any, where: str, base: Path | None) -> Path:
     return path
 
 
+def _check_mode(value: Any, where: str) -> str:
+    if value not in MODES:
+        raise ConfigError(f"{where}: must be \"mesh\" or \"hub\"")
+    mode: str = value
+    return mode
+
+
+def _check_peer_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a name like \"berlin\"")
+    if len(value) > PEER_NAME_MAX or not _PEER_NAME.match(value):
+        raise ConfigError(
+            f"{where}: {value!r} is not a valid peer name (lowercase letters, digits and '-',"
+            f" not starting with '-', at most {PEER_NAME_MAX} characters)"
+        )
+    return value
+
+
+def _check_public_key(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: must be a base64 string")
+    return decode_key(value, where)
+
+
 def _check_metrics(value: Any, where: str) -> str:
+    """``HOST:PORT``, ``[v6]:PORT``, or ``:PORT`` for all addresses."""
     if not isinstance(value, str):
         raise ConfigError(f"{where}: must be HOST:PORT")
-    try:
-        _host, port = split_host_port(value)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    text = value.strip()
+    if text.startswith(":") and text.count(":") == 1:
+        host, port_text = "", text[1:]
+        if not port_text.isdigit():
+            raise ConfigError(f"{where}: port {port_text!r} is not a number")
+        port: int | None = int(port_text)
+    else:
+        try:
+            host, port = split_host_port(text)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if port is None:
-        raise ConfigError(f"{where}: must be HOST:PORT, e.g. 127.0.0.1:9555")
+        raise ConfigError(f"{where}: must be HOST:PORT, e.g. 127.0.0.1:9555 (or :9555 for all)")
     _check_port(port, where)
+    if host:
+        _check_host(host, where)
     return value
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return True
+
+
+def legacy_peer_name(host: str | None) -> str:
+    """The name of the single legacy peer: its host's first DNS label, else "peer"."""
+    if host is None or _is_ip(host):
+        return LEGACY_PEER_NAME
+    label = host.split(".")[0]
+    if len(label) <= PEER_NAME_MAX and _PEER_NAME.match(label):
+        return label
+    return LEGACY_PEER_NAME
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -203,107 +322,404 @@ def read_toml(path: Path) -> dict[str, Any]:
     for section, key, _option, _field in SETTINGS:
         known.setdefault(section, set()).add(key)
     for section, table in data.items():
+        if section == "peers":
+            _check_peers_array(path, table)
+            continue
         if section not in known:
-            raise ConfigError(f"{path}: [{section}]: unknown section (expected [local] or [peer])")
+            raise ConfigError(
+                f"{path}: [{section}]: unknown section (expected [local] and [[peers]] or [peer])"
+            )
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section}: must be a table [{section}]")
         for key in table:
             if key not in known[section]:
                 raise ConfigError(f"{path}: {section}.{key}: unknown key")
+    if "peer" in data and "peers" in data:
+        raise ConfigError(
+            f"{path}: peer: [peer] and [[peers]] both given: use [[peers]] entries only"
+            " (a [peer] table is one [[peers]] entry with a name)"
+        )
     return data
 
 
-def build_up_config(cli: Mapping[str, Any], config_path: Path | None) -> UpConfig:
+def _check_peers_array(path: Path, entries: Any) -> None:
+    if isinstance(entries, dict):
+        raise ConfigError(
+            f"{path}: [peers]: write [[peers]] (double brackets, one per peer), or [peer]"
+        )
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{path}: peers: must be [[peers]] tables, one per peer")
+    if not entries:
+        raise ConfigError(f"{path}: peers: needs at least one [[peers]] entry")
+    for number, entry in enumerate(entries, 1):
+        for key in entry:
+            if key not in PEERS_KEYS:
+                raise ConfigError(f"{path}: peers[{number}].{key}: unknown key")
+
+
+@dataclass(frozen=True)
+class _Given:
+    """One setting's value and where it came from, for error messages."""
+
+    value: Any
+    where: str  # "x.toml: local.lan" or "--lan"
+    base: Path | None = None  # the config file's directory, for relative paths
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A peer plus how to name each of its keys in an error message."""
+
+    peer: PeerSettings
+    label: str  # "peers[2]" or "the peer"
+    where: Callable[[str], str]  # PEERS_KEYS key -> "x.toml: peers[2].tap", "--tap", ...
+
+
+def _normal_host(host: str) -> str:
+    """A host as compared: DNS names ignore case and a final dot; addresses compare as such."""
+    if _is_ip(host):
+        address, _, zone = host.partition("%")
+        return str(ipaddress.ip_address(address)) + (f"%{zone}" if zone else "")
+    return host.lower().rstrip(".")
+
+
+def build_up_config(
+    cli: Mapping[str, Any], config_path: Path | None, *, etc: Path | None = None
+) -> UpConfig:
     """Merge the TOML file (if any) with command-line values (which win) and validate.
 
-    ``cli`` maps UpConfig field names to values given on the command line
-    (absent or None when not given); ``peer`` holds the raw ``HOST[:PORT]``.
+    ``cli`` maps the last column of :data:`SETTINGS` to values given on the
+    command line (absent or None when not given); ``peer`` holds the raw
+    ``HOST[:PORT]`` of ``--peer``. Without ``config_path``, ``etc``/bridger.toml
+    is read when it exists (``etc`` defaults to :func:`etc_dir`). Reads the
+    private key file, to refuse our own public key listed as a peer.
     """
-    file_values: dict[str, Any] = {}
-    if config_path is not None:
-        data = read_toml(config_path)
-        for section, key, _option, fld in SETTINGS:
-            table = data.get(section, {})
-            if key in table:
-                file_values[fld] = table[key]
-    file_src = _Source(config_path)
-    cli_src = _Source(None)
+    etc = etc_dir() if etc is None else etc
+    if config_path is None and (etc / CONFIG_NAME).exists():
+        config_path = etc / CONFIG_NAME
+    data = read_toml(config_path) if config_path is not None else {}
     base = config_path.parent if config_path is not None else None
 
-    values: dict[str, Any] = {}
-    origin: dict[str, _Source] = {}
-    for fld, value in file_values.items():
-        values[fld] = value
-        origin[fld] = file_src
-
-    peer_arg = cli.get("peer")
-    if peer_arg is not None:
+    given: dict[str, _Given] = {}
+    for section, key, _option, fld in SETTINGS:
+        table = data.get(section, {})
+        if key in table:
+            given[fld] = _Given(table[key], f"{config_path}: {section}.{key}", base)
+    peer_arg: tuple[str, int | None] | None = None
+    if cli.get("peer") is not None:
+        raw = cli["peer"]
         try:
-            host, port = split_host_port(peer_arg)
+            peer_arg = split_host_port(raw)
         except ValueError as exc:
-            raise ConfigError(f"--peer: {peer_arg!r}: {exc}") from None
-        values["peer_host"] = host
-        origin["peer_host"] = cli_src
-        if port is not None:
-            values["peer_port"] = port
-            origin["peer_port"] = cli_src
+            raise ConfigError(f"--peer: {raw!r}: {exc}") from None
+        _check_host(peer_arg[0], "--peer")
     for fld, value in cli.items():
-        if fld == "peer" or value is None:
-            continue
-        values[fld] = value
-        origin[fld] = cli_src
+        if fld != "peer" and value is not None:
+            given[fld] = _Given(value, _OPTION[fld])
 
     def where(fld: str) -> str:
-        for section, key, option, f in SETTINGS:
-            if f == fld:
-                return origin.get(fld, cli_src).where(section, key, option)
-        raise AssertionError(fld)
+        return given[fld].where if fld in given else _OPTION[fld]
 
-    def path_base(fld: str) -> Path | None:
-        return base if origin.get(fld) is file_src else None
-
-    for fld, option in (("lan", "--lan"), ("key_file", "--key"), ("peer_public_key", "--peer-key")):
-        if fld not in values:
-            hint = f" (or {where(fld)} in --config)" if config_path is None else ""
-            raise ConfigError(f"{option}: required{hint}")
-
-    out: dict[str, Any] = {
-        "lan": _check_ifname(values["lan"], where("lan")),
-        "key_file": _check_path(values["key_file"], where("key_file"), path_base("key_file")),
-    }
-    pub = values["peer_public_key"]
-    if not isinstance(pub, str):
-        raise ConfigError(f"{where('peer_public_key')}: must be a base64 string")
-    out["peer_public_key"] = decode_key(pub, where("peer_public_key"))
-    if "peer_host" in values:
-        out["peer_host"] = _check_host(values["peer_host"], where("peer_host"))
-    if "peer_port" in values:
-        out["peer_port"] = _check_port(values["peer_port"], where("peer_port"))
-    if "listen" in values:
-        out["listen"] = _check_port(values["listen"], where("listen"))
-    for fld in ("bridge", "tap"):
-        if fld in values:
-            out[fld] = _check_ifname(values[fld], where(fld))
-    bridge = out.get("bridge", DEFAULT_BRIDGE)
-    if out.get("tap", DEFAULT_TAP) in (bridge, out["lan"]) or bridge == out["lan"]:
-        raise ConfigError(f"{where('tap')}: lan, bridge and tap must be three different names")
-    if "state_dir" in values:
-        out["state_dir"] = _check_path(
-            values["state_dir"], where("state_dir"), path_base("state_dir")
-        )
+    if "lan" not in given:
+        in_file = config_path if config_path is not None else f"{etc / CONFIG_NAME} or --config"
+        raise ConfigError(f"--lan: required (or local.lan in {in_file})")
+    lan = _check_ifname(given["lan"].value, where("lan"))
+    if "key_file" in given:
+        g = given["key_file"]
+        key_file = _check_path(g.value, g.where, g.base)
+    else:
+        key_file = etc / KEY_NAME
+        if not key_file.exists():
+            raise ConfigError(
+                f"--key: required: no {key_file} (make it with `bridger init`), or give --key FILE"
+            )
+    out: dict[str, Any] = {"lan": lan, "key_file": key_file}
+    if "mode" in given:
+        out["mode"] = _check_mode(given["mode"].value, where("mode"))
+    if "listen" in given:
+        out["listen"] = _check_port(given["listen"].value, where("listen"))
+    bridge = DEFAULT_BRIDGE
+    if "bridge" in given:
+        bridge = out["bridge"] = _check_ifname(given["bridge"].value, where("bridge"))
+    if lan == bridge:
+        other = where("bridge") if "bridge" in given else "the default; pick another with --bridge"
+        raise ConfigError(f'{where("lan")}: "{lan}" is also the bridge name ({other})')
+    if "state_dir" in given:
+        g = given["state_dir"]
+        out["state_dir"] = _check_path(g.value, g.where, g.base)
     else:
         out["state_dir"] = default_state_dir(bridge)
-    if values.get("psk_file") is not None:
-        out["psk_file"] = _check_path(values["psk_file"], where("psk_file"), path_base("psk_file"))
-    if "persistent_keepalive" in values:
-        out["persistent_keepalive"] = _check_seconds(
-            values["persistent_keepalive"], where("persistent_keepalive")
-        )
-    if "wan_mtu" in values:
-        out["wan_mtu"] = _check_mtu(values["wan_mtu"], where("wan_mtu"))
+    if "wan_mtu" in given:
+        out["wan_mtu"] = _check_mtu(given["wan_mtu"].value, where("wan_mtu"))
     for fld in ("stp", "dashboard", "offload"):
-        if fld in values:
-            out[fld] = _check_bool(values[fld], where(fld))
-    if values.get("metrics") is not None:
-        out["metrics"] = _check_metrics(values["metrics"], where("metrics"))
-    return UpConfig(**out)
+        if fld in given:
+            out[fld] = _check_bool(given[fld].value, where(fld))
+    if "metrics" in given:
+        out["metrics"] = _check_metrics(given["metrics"].value, where("metrics"))
+
+    if "peers" in data:
+        assert config_path is not None
+        placed = _peers_from_entries(data["peers"], config_path, given, peer_arg)
+    else:
+        placed = [_legacy_peer(given, peer_arg, config_path, "peer" in data, etc)]
+    _check_across_peers(placed, lan, bridge, where("lan"), where("bridge"))
+    own = public_key(read_private_key_file(key_file))
+    for p in placed:
+        if p.peer.public_key == own:
+            raise ConfigError(
+                f"{p.where('public_key')}: this is our own public key (of {key_file}),"
+                " not a peer's"
+            )
+    return UpConfig(peers=tuple(p.peer for p in placed), **out)
+
+
+def _legacy_peer(
+    given: dict[str, _Given],
+    peer_arg: tuple[str, int | None] | None,
+    config_path: Path | None,
+    has_peer_table: bool,
+    etc: Path,
+) -> _Placed:
+    """The single peer of a [peer] table and/or --peer/--peer-key (the form before [[peers]])."""
+    in_file = config_path if config_path is not None else etc / CONFIG_NAME
+    if "peer_public_key" not in given:
+        if has_peer_table:
+            raise ConfigError(f"{config_path}: peer.public_key: required (or --peer-key)")
+        if peer_arg is not None:
+            host = peer_arg[0]
+            raise ConfigError(
+                f"--peer {host}: no public key: add a [[peers]] entry with host = \"{host}\""
+                f" and public_key to {in_file}, or give --peer-key"
+            )
+        raise ConfigError(f"--peer-key: required (or a [[peers]] entry in {in_file})")
+    names = {"public_key": "peer_public_key", "host": "peer_host", "port": "peer_port",
+             "psk_file": "psk_file", "persistent_keepalive": "persistent_keepalive",
+             "tap": "tap", "name": "peer_host"}
+
+    def where(key: str) -> str:
+        fld = names[key]
+        if key in ("host", "port") and peer_arg is not None:
+            return "--peer"
+        return given[fld].where if fld in given else _OPTION[fld]
+
+    pub = given["peer_public_key"]
+    kw: dict[str, Any] = {"public_key": _check_public_key(pub.value, pub.where)}
+    if "peer_host" in given:
+        kw["host"] = _check_host(given["peer_host"].value, given["peer_host"].where)
+    if "peer_port" in given:
+        kw["port"] = _check_port(given["peer_port"].value, given["peer_port"].where)
+    if peer_arg is not None:
+        kw["host"] = peer_arg[0]
+        if peer_arg[1] is not None:
+            kw["port"] = _check_port(peer_arg[1], "--peer")
+    if given.get("psk_file") is not None:
+        g = given["psk_file"]
+        kw["psk_file"] = _check_path(g.value, g.where, g.base)
+    if "persistent_keepalive" in given:
+        g = given["persistent_keepalive"]
+        kw["persistent_keepalive"] = _check_seconds(g.value, g.where)
+    if "tap" in given:
+        kw["tap"] = _check_ifname(given["tap"].value, given["tap"].where)
+    peer = PeerSettings(name=legacy_peer_name(kw.get("host")), **kw)
+    return _Placed(peer, "the peer", where)
+
+
+def _peers_from_entries(
+    entries: list[dict[str, Any]],
+    path: Path,
+    given: dict[str, _Given],
+    peer_arg: tuple[str, int | None] | None,
+) -> list[_Placed]:
+    """The [[peers]] entries, with --peer/--peer-key picking one of them."""
+    for key in ("tap", "psk_file", "persistent_keepalive"):
+        if key in given:
+            raise ConfigError(
+                f"{given[key].where}: not used with [[peers]] in {path}:"
+                f" set peers[N].{key} per peer there"
+            )
+    placed: list[_Placed] = []
+    for number, entry in enumerate(entries, 1):
+        label = f"peers[{number}]"
+
+        def where(key: str, label: str = label, entry: dict[str, Any] = entry) -> str:
+            if key == "tap" and "tap" not in entry:
+                key = "name"  # the tap defaults to the name
+            return f"{path}: {label}.{key}"
+
+        for required in ("name", "public_key"):
+            if required not in entry:
+                raise ConfigError(f"{path}: {label}.{required}: required")
+        name = _check_peer_name(entry["name"], where("name"))
+        kw: dict[str, Any] = {
+            "name": name,
+            "public_key": _check_public_key(entry["public_key"], where("public_key")),
+            "tap": name,
+        }
+        if "host" in entry:
+            kw["host"] = _check_host(entry["host"], where("host"))
+        if "port" in entry:
+            kw["port"] = _check_port(entry["port"], where("port"))
+        if "psk_file" in entry:
+            kw["psk_file"] = _check_path(entry["psk_file"], where("psk_file"), path.parent)
+        if "persistent_keepalive" in entry:
+            kw["persistent_keepalive"] = _check_seconds(
+                entry["persistent_keepalive"], where("persistent_keepalive")
+            )
+        if "tap" in entry:
+            kw["tap"] = _check_ifname(entry["tap"], where("tap"))
+        placed.append(_Placed(PeerSettings(**kw), label, where))
+    if "peer_public_key" in given:
+        g = given["peer_public_key"]
+        wanted_key = _check_public_key(g.value, g.where)
+        chosen = [i for i, p in enumerate(placed) if p.peer.public_key == wanted_key]
+        if not chosen:
+            raise ConfigError(
+                f"{g.where}: not the public_key of any [[peers]] entry in {path}:"
+                " add the peer there"
+            )
+        _readdress(placed, chosen[0], peer_arg, by_key=True)
+    elif peer_arg is not None:
+        host, port = peer_arg
+        wanted = _normal_host(host)
+        chosen = [i for i, p in enumerate(placed)
+                  if p.peer.host is not None and _normal_host(p.peer.host) == wanted]
+        if len(chosen) > 1 and port is not None:
+            chosen = [i for i in chosen if placed[i].peer.port == port] or chosen
+        if not chosen:
+            chosen = [i for i, p in enumerate(placed) if p.peer.name == host]
+        if not chosen:
+            raise ConfigError(
+                f"--peer {host}: no public key: add a [[peers]] entry with host = \"{host}\""
+                f" and public_key to {path}, or give --peer-key"
+            )
+        if len(chosen) > 1:
+            raise ConfigError(
+                f"--peer {host}: matches {placed[chosen[0]].label} and"
+                f" {placed[chosen[1]].label} in {path}: give the peer's name"
+            )
+        _readdress(placed, chosen[0], peer_arg, by_key=False)
+    return placed
+
+
+def _readdress(
+    placed: list[_Placed], index: int, peer_arg: tuple[str, int | None] | None, *, by_key: bool
+) -> None:
+    """Apply --peer HOST[:PORT] to the [[peers]] entry it picked (or --peer-key picked)."""
+    if peer_arg is None:
+        return
+    p = placed[index]
+    host, port = peer_arg
+    changes: dict[str, Any] = {}
+    if by_key and host != p.peer.name and (
+        p.peer.host is None or _normal_host(p.peer.host) != _normal_host(host)
+    ):
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = _check_port(port, "--peer")
+    if not changes:
+        return
+    peer = replace(p.peer, **changes)
+
+    def where(key: str) -> str:
+        return "--peer" if key in changes else p.where(key)
+
+    placed[index] = _Placed(peer, p.label, where)
+
+
+def _check_across_peers(
+    placed: list[_Placed], lan: str, bridge: str, lan_where: str, bridge_where: str
+) -> None:
+    """Names, public keys and tap interfaces are unique; a tap is not the LAN NIC or bridge."""
+    names: dict[str, str] = {}
+    keys: dict[bytes, _Placed] = {}
+    taps: dict[str, str] = {}
+    for p in placed:
+        peer = p.peer
+        if peer.name in names:
+            raise ConfigError(
+                f'{p.where("name")}: duplicate name "{peer.name}" (also {names[peer.name]})'
+            )
+        names[peer.name] = p.label
+        if peer.public_key in keys:
+            first = keys[peer.public_key]
+            raise ConfigError(
+                f'{p.where("public_key")}: same key as {first.label} ("{first.peer.name}")'
+            )
+        keys[peer.public_key] = p
+        tap = peer.tap
+        if tap == lan:
+            raise ConfigError(
+                f'{p.where("tap")}: tap "{tap}" is also the LAN interface ({lan_where})'
+            )
+        if tap == bridge:
+            raise ConfigError(
+                f'{p.where("tap")}: tap "{tap}" is also the bridge name ({bridge_where})'
+            )
+        if tap in taps:
+            raise ConfigError(f'{p.where("tap")}: tap "{tap}" is also the tap of {taps[tap]}')
+        taps[tap] = p.label
+
+
+def state_dir_for(
+    state_dir: str | None, bridge: str | None, config_path: Path | None,
+    *, etc: Path | None = None,
+) -> Path:
+    """The state directory `bridger down`/`status` look in.
+
+    ``--state-dir``, else ``--bridge``'s default, else what the config file
+    (``--config``, or the default file when it exists) sets, else the default.
+    """
+    if state_dir:
+        return Path(state_dir)
+    if bridge:
+        return default_state_dir(_check_ifname(bridge, "--bridge"))
+    etc = etc_dir() if etc is None else etc
+    if config_path is None and (etc / CONFIG_NAME).exists():
+        config_path = etc / CONFIG_NAME
+    if config_path is None:
+        return default_state_dir(DEFAULT_BRIDGE)
+    local = read_toml(config_path).get("local", {})
+    if "state_dir" in local:
+        return _check_path(local["state_dir"], f"{config_path}: local.state_dir",
+                           config_path.parent)
+    if "bridge" in local:
+        return default_state_dir(_check_ifname(local["bridge"], f"{config_path}: local.bridge"))
+    return default_state_dir(DEFAULT_BRIDGE)
+
+
+_SKELETON = """\
+# bridger.toml, written by `bridger init`. Every key: configs/README.md.
+# Command-line options override these. Check with: bridger up (Ctrl-C stops).
+#
+# This gateway's public key; each other site lists it in its [[peers]]:
+#   {public}
+
+[local]
+lan = "eth1"              # the LAN NIC to bridge; its addresses move to the bridge
+key = "private.key"       # this site's private key (mode 0600), beside this file
+# mode = "mesh"           # "mesh": peers reach each other only over their own
+#                         # links; "hub": this site also forwards between peers
+# listen = 55555          # UDP port, all addresses
+# bridge = "bridger0"
+# wan_mtu = 1500
+# stp = false
+# metrics = "127.0.0.1:9555"
+
+# One [[peers]] entry per other site.
+[[peers]]
+name = "berlin"           # a-z, 0-9 and '-', at most 15; also its tap interface
+public_key = "PASTE-THE-PEER-PUBLIC-KEY"   # `bridger init` printed it there
+host = "berlin.example"   # name or address; omit to wait to be contacted
+# port = 55555
+# persistent_keepalive = 25   # seconds; keeps a NAT mapping open (0: off)
+# psk_file = "berlin.psk"     # optional pre-shared key (base64, mode 0600)
+"""
+
+
+def config_skeleton(public: str) -> str:
+    """A commented bridger.toml with [local] and one [[peers]] entry to fill in.
+
+    ``public`` is this gateway's public key (base64), quoted in a comment; the
+    key file is ``private.key`` beside the config file.
+    """
+    return _SKELETON.format(public=public)

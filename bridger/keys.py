@@ -65,7 +65,9 @@ def read_private_key_file(path: Path) -> bytes:
                 )
             raw = f.read(4096)
     except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file (make one with `bridger genkey`)") from None
+        raise KeyFileError(
+            f"{path}: no such key file (make one with `bridger init` or `bridger genkey`)"
+        ) from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from exc
     try:
@@ -80,3 +82,20 @@ def write_private_key_file(path: Path, key: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(encode_key(key) + "\n")
+
+
+def create_private_key_file(path: Path, key: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``key``; an existing file is never overwritten."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(
+            f"{path}: exists; a key is never overwritten (remove it first for a new identity)"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot create key file: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        os.fchmod(f.fileno(), 0o600)  # whatever the umask
+        f.write(encode_key(key) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

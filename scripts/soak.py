@@ -90,8 +90,8 @@ class Soak:
                 row[f"rss_kib_{site}"] = vm_rss_kib(proc.pid)
                 status = self.link.status(site)
                 if status is not None:
-                    row[f"handshakes_{site}"] = status["link"]["handshakes"]
-                    row[f"rekeys_{site}"] = status["link"]["rekeys"]
+                    row[f"handshakes_{site}"] = status["peers"][0]["handshakes"]
+                    row[f"rekeys_{site}"] = status["peers"][0]["rekeys"]
         self.rss.append(row)
 
     def recover(self, label: str, t_event: float) -> dict[str, Any]:
@@ -190,7 +190,8 @@ class Soak:
                            "mean": round(sum(times) / len(times), 2) if times else None},
             "samples": self.rss,
             "final": {s: {"drops": {k: v for k, v in (st or {}).get("drops", {}).items() if v},
-                          "link": (st or {}).get("link")} for s, st in statuses.items()},
+                          "peer": ((st or {}).get("peers") or [None])[0]}
+                      for s, st in statuses.items()},
             "failures": self.failures,
         }
 
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
           f"max {times['max']}s mean {times['mean']}s")
     print("RSS KiB over time (t, A, B): " + ", ".join(f"({t}, {a}, {b})" for t, a, b in rss))
     for site, final in report["final"].items():
-        link = final["link"] or {}
+        link = final["peer"] or {}
         print(f"gw{site}: handshakes {link.get('handshakes')}, rekeys {link.get('rekeys')}, "
               f"drops {final['drops']}")
     print("failures: " + ("; ".join(report["failures"]) or "none"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -64,12 +65,20 @@ class Facts:
     lan_in_bridge: bool  # the NIC already is a port of that bridge
 
 
-def check_links(ipr: IPRoute, lan: str, bridge: str, tap: str) -> Facts:
-    """Validate the LAN NIC, the bridge name and the tap name."""
-    for name, role in ((lan, "LAN interface"), (bridge, "bridge"), (tap, "tap")):
-        check_name(name, role)
-    if len({lan, bridge, tap}) != 3:
-        raise HostError(f"LAN interface {lan}, bridge {bridge} and tap {tap} must differ")
+def check_links(ipr: IPRoute, lan: str, bridge: str, taps: Sequence[str]) -> Facts:
+    """Validate the LAN NIC, the bridge name and the tap names."""
+    check_name(lan, "LAN interface")
+    check_name(bridge, "bridge")
+    if lan == bridge:
+        raise HostError(f"LAN interface {lan} and bridge {bridge} must differ")
+    if not taps:
+        raise HostError("no tap planned: bridger needs at least one tap port")
+    seen: set[str] = set()
+    for tap in taps:
+        if tap in seen:
+            raise HostError(f"tap name {tap} is planned twice")
+        seen.add(tap)
+        _check_tap_name(tap, lan, bridge)
     nic = get_link(ipr, lan)
     if nic is None:
         raise HostError(f"LAN interface {lan} does not exist")
@@ -92,7 +101,32 @@ def check_links(ipr: IPRoute, lan: str, bridge: str, tap: str) -> Facts:
             what = f"{master.name} ({master.kind or 'master'})" if master else "another device"
             raise HostError(f"LAN interface {lan} is already enslaved to {what}")
         lan_in_bridge = True
+    for tap in taps:
+        _check_tap_free(ipr, tap)
+    return Facts(lan=nic, bridge=br, lan_in_bridge=lan_in_bridge)
+
+
+def check_new_tap(
+    ipr: IPRoute, tap: str, lan: str, bridge: str, existing: Collection[str]
+) -> None:
+    """A tap added at run time: a valid name, not one of ours, not taken."""
+    _check_tap_name(tap, lan, bridge)
+    if tap in existing:
+        raise HostError(f"tap {tap} already exists in this session")
+    _check_tap_free(ipr, tap)
+
+
+def _check_tap_name(tap: str, lan: str, bridge: str) -> None:
+    check_name(tap, "tap")
+    if "%" in tap:  # the kernel would pick a name; the journal must know it beforehand
+        raise HostError(f"tap name {tap!r} must not contain '%'")
+    if tap == lan:
+        raise HostError(f"tap name {tap} is the LAN interface")
+    if tap == bridge:
+        raise HostError(f"tap name {tap} is the bridge")
+
+
+def _check_tap_free(ipr: IPRoute, tap: str) -> None:
     other = get_link(ipr, tap)
     if other is not None:
         raise HostError(f"tap name {tap} is taken by an existing {other.kind or 'plain'} device")
-    return Facts(lan=nic, bridge=br, lan_in_bridge=lan_in_bridge)

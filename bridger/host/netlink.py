@@ -9,7 +9,9 @@ adding what exists), which makes replay idempotent.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -73,6 +75,16 @@ def open_ipr(netns: str | None) -> IPRoute:
         raise HostError(f"cannot open netlink in {where}: {exc}") from exc
 
 
+def dump(what: str, request: Callable[[], Iterable[Any]]) -> list[Any]:
+    """Run a netlink dump to the end; a failure is a one-line HostError naming ``what``."""
+    try:
+        return list(request())
+    except NetlinkError as exc:
+        raise HostError(f"cannot list {what}: {exc}") from exc
+    except OSError as exc:
+        raise HostError(f"cannot list {what}: {exc.strerror or exc}") from exc
+
+
 def _link_from_msg(msg: Any) -> Link:
     info = msg.get_attr("IFLA_LINKINFO")
     kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
@@ -129,7 +141,9 @@ def address_records(ipr: IPRoute, link: Link) -> list[Record]:
     """The movable addresses of ``link`` in kernel order (IPv4 primaries first)."""
     records = []
     for family in (AF_INET, AF_INET6):
-        for msg in ipr.addr("dump", family=family, index=link.index):
+        msgs = dump(f"the addresses of {link.name}",
+                    partial(ipr.addr, "dump", family=family, index=link.index))
+        for msg in msgs:
             if msg["index"] != link.index or is_kernel_address(msg):
                 continue
             flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
@@ -231,7 +245,8 @@ def route_records(ipr: IPRoute, link: Link) -> list[Record]:
     names = {}
     records = []
     for family in (AF_INET, AF_INET6):
-        for msg in ipr.route("dump", family=family):
+        msgs = dump("the routes", partial(ipr.route, "dump", family=family))
+        for msg in msgs:
             if not _uses(msg, link.index) or msg["proto"] in (RTPROT_KERNEL, RTPROT_RA):
                 continue
             dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
@@ -387,7 +402,17 @@ def set_link(ipr: IPRoute, ifname: str, rec: Record) -> None:
         raise HostError(f"cannot configure {ifname}: {exc}") from exc
 
 
+def set_port_isolated(ipr: IPRoute, ifname: str, isolated: bool) -> None:
+    """Set the bridge-port flag ``isolated`` (IFLA_BRPORT_ISOLATED) of port ``ifname``."""
+    link = require_link(ipr, ifname)
+    try:
+        ipr.brport("set", index=link.index, isolated=1 if isolated else 0)
+    except NetlinkError as exc:
+        raise HostError(f"cannot mark bridge port {ifname} isolated: {exc}") from exc
+
+
 def bridge_stp_state(ipr: IPRoute, link: Link) -> int:
-    msg = ipr.link("get", index=link.index)[0]
+    msgs = dump(f"the settings of bridge {link.name}", lambda: ipr.link("get", index=link.index))
+    msg = msgs[0]
     data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
     return int(data.get_attr("IFLA_BR_STP_STATE") or 0) if data is not None else 0

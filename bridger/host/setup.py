@@ -8,23 +8,25 @@ Flow of :func:`bring_up` (each numbered change is one journaled step):
    bridge the NIC is already in.
 2. Give the bridge the NIC's MTU and MAC (neighbours' ARP caches stay right),
    up, before any port joins (else it would briefly take the lowest port MAC).
-3. Open the tap (non-persistent), set its MTU to the NIC's, enslave it, up.
+3. Open each planned tap (non-persistent), set its MTU to the NIC's, enslave
+   it, mark the port ``isolated`` if planned, up.
 4. Remove the NIC's routes (through-gateway routes first), then its addresses.
 5. Enslave the NIC to the bridge, up.
 6. Add the NIC's addresses, then its routes (on-link routes first) to the bridge.
 
 Before each step its undo record goes to the journal; undo runs in reverse,
-on :meth:`HostSession.restore`, on a failed setup, or from a fresh process via
-:func:`bring_down` after a crash.
+on :meth:`HostSession.restore`, on a failed or interrupted setup, or from a
+fresh process via :func:`bring_down` after a crash. Taps added or removed at
+run time (:meth:`HostSession.add_tap`, :meth:`HostSession.remove_tap`) are
+journaled the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -34,8 +36,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from bridger.config import DEFAULT_BRIDGE, DEFAULT_TAP, default_state_dir
 from bridger.errors import HostError
 from bridger.host import netlink as nl
-from bridger.host.checks import Facts, check_links, check_process
+from bridger.host.checks import Facts, check_links, check_new_tap, check_process
 from bridger.host.journal import Journal, Record, StateLock
+from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.tap import open_tap
 
 STP_FORWARD_DELAY = 200  # centiseconds: the kernel's minimum (2 s) while STP runs
@@ -43,25 +46,39 @@ TAP_KIND = "tun"
 
 
 @dataclass(frozen=True)
+class TapPlan:
+    """One tap port of the bridge (one per peer)."""
+
+    name: str
+    #: Bridge-port flag ``isolated``: no frame from this port goes to another
+    #: isolated port (split horizon between peers in mode "mesh").
+    isolated: bool = False
+
+
+@dataclass(frozen=True)
 class HostPlan:
-    """What to set up; see docs/host.md."""
+    """What to set up; see docs/host.md.
+
+    ``tap="name"`` is shorthand for ``taps=(TapPlan("name"),)``.
+    """
 
     lan: str
     bridge: str = DEFAULT_BRIDGE
-    tap: str = DEFAULT_TAP
+    taps: tuple[TapPlan, ...] = (TapPlan(DEFAULT_TAP),)
     state_dir: Path = field(default_factory=lambda: default_state_dir(DEFAULT_BRIDGE))
     stp: bool = False
     netns: str | None = None
+    #: Open the taps with a virtio-net header (the fast path's offloads).
+    offload: bool = True
+    tap: InitVar[str | None] = None
 
-
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM while undoing, so a second Ctrl-C cannot cut a restore short."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    def __post_init__(self, tap: str | None) -> None:
+        taps = tuple(self.taps)
+        if tap is not None:
+            if taps != (TapPlan(DEFAULT_TAP),) and taps != (TapPlan(tap),):
+                raise ValueError("HostPlan: give tap= or taps=, not both")
+            taps = (TapPlan(tap),)
+        object.__setattr__(self, "taps", taps)
 
 
 def apply_undo(ipr: IPRoute, rec: Record) -> None:
@@ -92,7 +109,7 @@ def replay(ipr: IPRoute, journal: Journal) -> int:
     failed: list[Record] = []
     messages: list[str] = []
     done = 0
-    with _signals_blocked():
+    with signals_blocked():
         while journal.records:
             rec = journal.records[-1]
             try:
@@ -106,38 +123,121 @@ def replay(ipr: IPRoute, journal: Journal) -> int:
             journal.records = failed[::-1]
             journal.save()
             raise HostError(
-                f"restore incomplete ({'; '.join(messages)}); journal kept in {journal.state_dir}"
+                f"restore incomplete ({'; '.join(dict.fromkeys(messages))}); journal kept: run "
+                f"`bridger down --state-dir {journal.state_dir}`"
             )
     return done
 
 
+def _tap_record(name: str) -> Record:
+    return {"op": "del_link", "ifname": name, "kind": TAP_KIND}
+
+
 class HostSession:
-    """A bridged host: holds the tap fd, the lock and the journal until :meth:`restore`."""
+    """A bridged host: holds the tap fds, the lock and the journal until :meth:`restore`."""
 
     def __init__(self, plan: HostPlan, ipr: IPRoute, lock: StateLock, journal: Journal) -> None:
         self.plan = plan
-        self.tap_fd = -1
-        self.tap_name = plan.tap
+        #: Tap name -> non-blocking fd, in the order the taps were created.
+        self.taps: dict[str, int] = {}
         self.bridge_name = plan.bridge
         self.mtu = 0
+        self._lan = plan.lan
         self._ipr = ipr
         self._lock = lock
         self._journal = journal
         self._restored = False
 
+    # The first tap, for callers of the one-tap era.
+    @property
+    def tap_name(self) -> str:
+        return next(iter(self.taps), self.plan.taps[0].name if self.plan.taps else "")
+
+    @property
+    def tap_fd(self) -> int:
+        return next(iter(self.taps.values()), -1)
+
+    @property
+    def restored(self) -> bool:
+        """True once every change has been undone."""
+        return self._restored
+
+    # -- taps ----------------------------------------------------------------
+
+    def _create_tap(self, tap: TapPlan) -> None:
+        """Open ``tap``, enslave it with the NIC's MTU, flag it; the record is journaled."""
+        fd, actual = open_tap(tap.name, vnet=self.plan.offload, netns=self.plan.netns)
+        self.taps[actual] = fd
+        nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name})
+        if tap.isolated:
+            nl.set_port_isolated(self._ipr, actual, True)
+        nl.set_link(self._ipr, actual, {"up": True})
+
+    def _close_tap(self, name: str) -> None:
+        fd = self.taps.pop(name, -1)
+        if fd >= 0:
+            os.close(fd)  # a non-persistent tap: the kernel deletes it now
+
+    def add_tap(self, tap: TapPlan) -> int:
+        """Create one more tap port at run time (journaled); returns its fd."""
+        if self._restored:
+            raise HostError(f"cannot add tap {tap.name}: the host was already restored")
+        check_new_tap(self._ipr, tap.name, self._lan, self.bridge_name, self.taps)
+        self._journal.push(_tap_record(tap.name))
+        try:
+            self._create_tap(tap)
+        except BaseException as exc:
+            with signals_blocked():
+                self._close_tap(tap.name)
+                try:
+                    nl.del_link(self._ipr, tap.name, TAP_KIND)
+                    self._forget(tap.name)
+                except HostError as undo_exc:
+                    raise HostError(f"{_why(exc)}; undo failed: {undo_exc}") from exc
+            if isinstance(exc, (NetlinkError, OSError)):
+                raise HostError(f"cannot create tap {tap.name}: {_why(exc)}") from exc
+            raise
+        return self.taps[tap.name]
+
+    def remove_tap(self, name: str) -> None:
+        """Delete a tap port at run time and drop its journal record."""
+        if name not in self.taps:
+            raise HostError(f"tap {name} is not one of this session's taps")
+        with signals_blocked():
+            self._close_tap(name)
+            nl.del_link(self._ipr, name, TAP_KIND)
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        rec = _tap_record(name)
+        records = self._journal.records
+        for i in range(len(records) - 1, -1, -1):
+            if records[i] == rec:
+                del records[i]
+                self._journal.save()
+                return
+
+    # -- restore -------------------------------------------------------------
+
     def restore(self) -> None:
-        """Close the tap and undo every change in reverse (idempotent)."""
+        """Close the taps and undo every change in reverse (idempotent).
+
+        Runs with SIGINT/SIGTERM blocked. Only a complete restore counts: if it
+        raises, the journal keeps what is left (for ``bridger down``) and a
+        second call tries again.
+        """
         if self._restored:
             return
-        self._restored = True
-        try:
-            if self.tap_fd >= 0:
-                os.close(self.tap_fd)
-                self.tap_fd = -1
+        with signals_blocked():
+            for name in list(self.taps):
+                self._close_tap(name)
             replay(self._ipr, self._journal)
-        finally:
-            self._ipr.close()
-            self._lock.release()
+            self._restored = True
+            self._release()
+
+    def _release(self) -> None:
+        self._ipr.close()
+        self._lock.release()
 
     def __enter__(self) -> HostSession:
         return self
@@ -151,15 +251,33 @@ class HostSession:
         self.restore()
 
 
-class _Steps:
-    """Runs (undo, do) pairs: journal the undo, then do; optional injected failure."""
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
-    def __init__(self, journal: Journal, fail_after_step: int | None) -> None:
+
+class _Steps:
+    """Runs (undo, do) pairs: journal the undo, then do.
+
+    Before each step: ``interrupted()`` (raises to abort) and the optional
+    injected failure of the tests.
+    """
+
+    def __init__(
+        self,
+        journal: Journal,
+        fail_after_step: int | None,
+        interrupted: Callable[[], None] | None,
+    ) -> None:
         self.journal = journal
         self.fail_after_step = fail_after_step
+        self.interrupted = interrupted
         self.count = 0
 
     def __call__(self, what: str, undo: Record, do: Callable[[], None]) -> None:
+        if self.interrupted is not None:
+            self.interrupted()
         if self.fail_after_step is not None and self.count >= self.fail_after_step:
             raise HostError(f"injected failure after step {self.count} (before: {what})")
         self.journal.push(undo)
@@ -172,11 +290,20 @@ class _Steps:
         self.count += 1
 
 
-def bring_up(plan: HostPlan, *, fail_after_step: int | None = None) -> HostSession:
+def bring_up(
+    plan: HostPlan,
+    *,
+    fail_after_step: int | None = None,
+    interrupted: Callable[[], None] | None = None,
+) -> HostSession:
     """Check, lock, journal and apply; on any failure roll back and raise.
 
-    ``fail_after_step`` is for tests: raise after that many steps succeeded.
+    ``interrupted`` runs before the checks and before every journaled step; it
+    raises (e.g. :meth:`StopSignals.check`) to abort, and the host is rolled
+    back. ``fail_after_step`` is for tests: raise after that many steps succeeded.
     """
+    if interrupted is not None:
+        interrupted()
     check_process(plan.netns)
     lock = StateLock(plan.state_dir)
     try:
@@ -189,24 +316,32 @@ def bring_up(plan: HostPlan, *, fail_after_step: int | None = None) -> HostSessi
     except BaseException:
         lock.release()
         raise
-    meta = {"netns": plan.netns, "lan": plan.lan, "bridge": plan.bridge, "tap": plan.tap,
-            "pid": os.getpid()}
+    meta = {"netns": plan.netns, "lan": plan.lan, "bridge": plan.bridge,
+            "tap": plan.taps[0].name if plan.taps else None,
+            "taps": [t.name for t in plan.taps], "pid": os.getpid()}
     session = HostSession(plan, ipr, lock, Journal(plan.state_dir, meta, []))
     try:
-        facts = check_links(ipr, plan.lan, plan.bridge, plan.tap)
+        facts = check_links(ipr, plan.lan, plan.bridge, [t.name for t in plan.taps])
         addrs: list[Record] = []
         routes: list[Record] = []
         if not facts.lan_in_bridge:
             addrs = nl.address_records(ipr, facts.lan)
             routes = nl.route_records(ipr, facts.lan)
         session.mtu = facts.lan.mtu
-        _apply(plan, session, ipr, facts, addrs, routes,
-               _Steps(session._journal, fail_after_step))
+        step = _Steps(session._journal, fail_after_step, interrupted)
+        _apply(plan, session, ipr, facts, addrs, routes, step)
+        if interrupted is not None:
+            interrupted()
     except BaseException as exc:
         try:
             session.restore()
         except HostError as undo_exc:
+            with contextlib.suppress(Exception):
+                session._release()
             raise HostError(f"{exc}; rollback failed: {undo_exc}") from exc
+        if isinstance(exc, Interrupted):
+            raise Interrupted(f"{exc} during host set-up; every change was undone",
+                              exc.signum) from exc
         raise
     return session
 
@@ -247,13 +382,10 @@ def _apply(
           "attrs": {"mtu": br.mtu, "address": br.address, "up": br.up}},
          lambda: nl.set_link(ipr, bridge, {"mtu": lan.mtu, "address": lan.address, "up": True}))
 
-    # 3. the tap
-    def make_tap() -> None:
-        session.tap_fd, session.tap_name = open_tap(plan.tap, netns=plan.netns)
-        nl.set_link(ipr, session.tap_name, {"mtu": lan.mtu, "master": bridge, "up": True})
-
-    step(f"create tap {plan.tap}", {"op": "del_link", "ifname": plan.tap, "kind": TAP_KIND},
-         make_tap)
+    # 3. the taps
+    for tap in plan.taps:
+        step(f"create tap {tap.name}", _tap_record(tap.name),
+             lambda tap=tap: session._create_tap(tap))  # type: ignore[misc]
 
     # 4.-5. take the NIC's routes and addresses, enslave it
     if not facts.lan_in_bridge:

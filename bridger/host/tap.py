@@ -4,9 +4,9 @@ The tap is *not* persistent: the kernel deletes it when the last fd closes, so
 a crashed daemon never leaves a tap behind. The fd is non-blocking so the
 daemon can own it under trio (``os.read`` + ``wait_readable``).
 
-Unless ``BRIDGER_OFFLOAD=0`` is in the environment the tap is opened with
-IFF_VNET_HDR, so that the daemon can later turn on TUNSETOFFLOAD (checksum and
-TSO offloads, see bridger.fastpath); :func:`tap_flags` tells what was granted.
+``open_tap(name, vnet=True)`` opens the tap with IFF_VNET_HDR, so that the
+daemon can later turn on TUNSETOFFLOAD (checksum and TSO offloads, see
+bridger.fastpath); :func:`tap_flags` tells what was granted.
 """
 
 from __future__ import annotations
@@ -45,28 +45,19 @@ OFFLOAD_CHOICES = (
     TUN_F_CSUM,
 )
 VNET_HDR_SIZE = 10  # struct virtio_net_hdr
-OFFLOAD_ENV = "BRIDGER_OFFLOAD"
 
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name, ifr_flags, union padding
 CLONE_NEWNET = 0x40000000
 
 
-def offload_requested() -> bool:
-    """The fast path is on unless BRIDGER_OFFLOAD is 0/off/no/false."""
-    return os.environ.get(OFFLOAD_ENV, "1").strip().lower() not in ("0", "off", "no", "false")
-
-
-def open_tap(
-    name: str, *, extra_flags: int | None = None, netns: str | None = None
-) -> tuple[int, str]:
+def open_tap(name: str, *, vnet: bool, netns: str | None = None) -> tuple[int, str]:
     """Create tap ``name`` and return (non-blocking fd, actual name).
 
-    ``extra_flags`` None: IFF_VNET_HDR when :func:`offload_requested`, dropped
-    again if the kernel refuses it.
+    ``vnet``: ask for IFF_VNET_HDR (the fast path), dropped again if the kernel
+    refuses it; :func:`tap_flags` tells what was granted.
     """
-    if extra_flags is None:
-        extra_flags = IFF_VNET_HDR if offload_requested() else 0
+    extra_flags = IFF_VNET_HDR if vnet else 0
     with _in_netns(netns):
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -4,6 +4,7 @@ Bytes in, bytes and events out; time is passed in.  See docs/protocol.md.
 """
 
 from .constants import DEFAULT_MAX_FRAME, DEFAULT_PERSISTENT_KEEPALIVE
+from .device import Device, DeviceConfig
 from .events import (
     Address,
     CookieReceived,
@@ -13,12 +14,14 @@ from .events import (
     HandshakeCompleted,
     HandshakeGaveUp,
     HandshakeInitiated,
+    InternalError,
     Output,
     PathMtuChanged,
     PeerUnreachable,
     SessionExpired,
 )
 from .noise import public_key
+from .peer import Peer, PeerConfig, PeerStats
 from .tunnel import (
     Tunnel,
     TunnelConfig,
@@ -33,14 +36,20 @@ __all__ = [
     "DEFAULT_PERSISTENT_KEEPALIVE",
     "Address",
     "CookieReceived",
+    "Device",
+    "DeviceConfig",
     "DropReason",
     "EndpointChanged",
     "Event",
     "HandshakeCompleted",
     "HandshakeGaveUp",
     "HandshakeInitiated",
+    "InternalError",
     "Output",
     "PathMtuChanged",
+    "Peer",
+    "PeerConfig",
+    "PeerStats",
     "PeerUnreachable",
     "SessionExpired",
     "Tunnel",

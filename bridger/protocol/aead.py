@@ -5,8 +5,10 @@ their arguments with eagerly formatted messages and copy through temporary
 cffi buffers: about 9 us of Python per call, three times the cost of the
 cipher itself on a 1400-byte frame.  Here the same libsodium functions (the
 ``nacl._sodium`` module PyNaCl itself calls, initialised by importing
-``nacl.bindings``) write straight into the datagram buffer.  Arguments come
-from the core itself (32-byte keys, 12-byte nonces), so they need no checks.
+``nacl.bindings``) write straight into the datagram buffer.  libsodium reads
+exactly 32 key bytes and 12 nonce bytes through raw pointers, so a shorter
+key or nonce would be read past its end: both lengths are checked first (one
+``len`` each) and a wrong one is a ValueError.
 """
 
 from __future__ import annotations
@@ -29,11 +31,21 @@ if lib is not None:
 _pack_header_into = TRANSPORT_HEADER.pack_into
 _HEADER_LEN = TRANSPORT_HEADER.size
 TAG_LEN = 16
+KEY_LEN = 32  # crypto_aead_chacha20poly1305_ietf_KEYBYTES
+NONCE_LEN = 12  # crypto_aead_chacha20poly1305_ietf_NPUBBYTES
+
+
+def _check(nonce: bytes, key: bytes) -> None:
+    if len(key) != KEY_LEN:
+        raise ValueError(f"AEAD key must be {KEY_LEN} bytes, not {len(key)}")
+    if len(nonce) != NONCE_LEN:
+        raise ValueError(f"AEAD nonce must be {NONCE_LEN} bytes, not {len(nonce)}")
 
 
 def _seal_direct(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
                  key: bytes) -> bytes:
     """A whole transport datagram: header, then ``plaintext`` sealed under ``key``."""
+    _check(nonce, key)
     n = len(plaintext)
     buf = bytearray(_HEADER_LEN + n + TAG_LEN)
     _pack_header_into(buf, 0, word, receiver, counter)
@@ -43,6 +55,7 @@ def _seal_direct(word: int, receiver: int, counter: int, plaintext: bytes, nonce
 
 def _open_direct(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
     """The plaintext of a transport datagram, or None if authentication fails."""
+    _check(nonce, key)
     clen = len(datagram) - _HEADER_LEN
     if clen < TAG_LEN:
         return None
@@ -55,6 +68,7 @@ def _open_direct(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
 
 def _seal_public(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
                  key: bytes) -> bytes:
+    _check(nonce, key)
     header = TRANSPORT_HEADER.pack(word, receiver, counter)
     return header + nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
         plaintext, None, nonce, key
@@ -62,6 +76,7 @@ def _seal_public(word: int, receiver: int, counter: int, plaintext: bytes, nonce
 
 
 def _open_public(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    _check(nonce, key)
     if len(datagram) - _HEADER_LEN < TAG_LEN:
         return None
     try:

@@ -78,3 +78,5 @@ HANDSHAKE_GLOBAL_BURST = 40.0
 HANDSHAKE_SOURCE_RATE = 2.0
 HANDSHAKE_SOURCE_BURST = 5.0
 RATE_LIMIT_MAX_SOURCES = 4096
+#: At most one InternalError event (a traceback for the log) per this many seconds.
+INTERNAL_ERROR_REPORT_INTERVAL = 10.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 Address = tuple[str, int]
 
@@ -49,11 +50,17 @@ class DropReason(StrEnum):
     HANDSHAKE_GAVE_UP = "handshake_gave_up"
     #: A bug: an unexpected exception caught at the receive boundary.
     INTERNAL_ERROR = "internal_error"
+    #: Initiation (valid mac1) from a static key that is not a configured peer.
+    UNKNOWN_PEER = "unknown_peer"
+    #: Inbound whole frame from a peer larger than max_frame (never reaches the tap).
+    FRAME_TOO_BIG = "frame_too_big"
 
 
 @dataclass(frozen=True, slots=True)
 class HandshakeInitiated:
     retry: bool
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,18 +68,24 @@ class HandshakeCompleted:
     rekey: bool
     initiator: bool
     rtt: float | None
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class HandshakeGaveUp:
     after: float
     frames_dropped: int
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class EndpointChanged:
     old: Address | None
     new: Address
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,22 +93,41 @@ class PeerUnreachable:
     """Data was sent but nothing authenticated came back for ``silent_for`` s."""
 
     silent_for: float
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class SessionExpired:
     """All keys wiped after long silence; the tunnel is down."""
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PathMtuChanged:
     old: int
     new: int
+    #: Name of the peer this event is about.
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class CookieReceived:
     """The peer is under load; our next handshake will carry mac2."""
+    #: Name of the peer this event is about.
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InternalError:
+    """A bug: an exception escaped the processing of one datagram (counted as
+    ``internal_error``). ``detail`` is the formatted traceback; the core emits at
+    most one per INTERNAL_ERROR_REPORT_INTERVAL and counts the rest in ``suppressed``."""
+
+    detail: str
+    suppressed: int = 0
+    peer: str = ""
 
 
 Event = (
@@ -107,6 +139,7 @@ Event = (
     | SessionExpired
     | PathMtuChanged
     | CookieReceived
+    | InternalError
 )
 
 
@@ -121,12 +154,19 @@ class Output:
     #: checksum the peer left partial (FRAME_CSUM): the shell completes it, or
     #: hands it to the kernel with VIRTIO_NET_HDR_F_NEEDS_CSUM.
     csum: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: Which peer each received frame came from: (peer, index of its first frame
+    #: in ``frames``), in order; a run lasts until the next entry. Filled by
+    #: ``Device.receive_datagrams`` (empty where only one peer can deliver).
+    runs: list[tuple[Any, int]] = field(default_factory=list)
 
     def extend(self, other: Output) -> Output:
         if other.csum:
             base = len(self.frames)
             for index, value in other.csum.items():
                 self.csum[base + index] = value
+        if other.runs:
+            base = len(self.frames)
+            self.runs += [(peer, base + start) for peer, start in other.runs]
         self.frames += other.frames
         self.datagrams += other.datagrams
         self.events += other.events

@@ -119,33 +119,42 @@ INITIAL_CHAINING_KEY, INITIAL_HASH = _initial_state()
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Our static key pair, the peer's static public key, the PSK and values
-    derived from them once (static-static DH, hash with the responder key)."""
+    """This device's static key pair and the hash mixed with it once (device-wide)."""
 
     private: bytes
     public: bytes
-    peer_public: bytes
-    psk: bytes
-    static_static: bytes
-    #: INITIAL_HASH mixed with the responder's static key, for each role.
-    hash_as_initiator: bytes
+    #: INITIAL_HASH mixed with our static key: the responder's starting hash.
     hash_as_responder: bytes
 
     @classmethod
-    def create(cls, private: bytes, peer_public: bytes, psk: bytes | None) -> Identity:
-        if len(private) != 32 or len(peer_public) != 32:
+    def create(cls, private: bytes) -> Identity:
+        if len(private) != 32:
+            raise ValueError("X25519 keys are 32 bytes")
+        pub = public_key(private)
+        return cls(private=private, public=pub, hash_as_responder=hash_(INITIAL_HASH + pub))
+
+
+@dataclass(frozen=True, slots=True)
+class PeerKeys:
+    """One peer's static public key, the PSK and what is derived from them with
+    our key once (static-static DH, the initiator's starting hash)."""
+
+    peer_public: bytes
+    psk: bytes
+    static_static: bytes
+    hash_as_initiator: bytes
+
+    @classmethod
+    def create(cls, ident: Identity, peer_public: bytes, psk: bytes | None) -> PeerKeys:
+        if len(peer_public) != 32:
             raise ValueError("X25519 keys are 32 bytes")
         if psk is not None and len(psk) != 32:
             raise ValueError("pre-shared key is 32 bytes")
-        pub = public_key(private)
         return cls(
-            private=private,
-            public=pub,
             peer_public=peer_public,
             psk=psk if psk is not None else bytes(32),
-            static_static=dh(private, peer_public),
+            static_static=dh(ident.private, peer_public),
             hash_as_initiator=hash_(INITIAL_HASH + peer_public),
-            hash_as_responder=hash_(INITIAL_HASH + pub),
         )
 
 
@@ -177,41 +186,49 @@ class SessionKeys:
 
 
 def create_initiation(
-    ident: Identity, local_index: int, ephemeral_private: bytes, timestamp: bytes
+    ident: Identity, peer: PeerKeys, local_index: int, ephemeral_private: bytes, timestamp: bytes
 ) -> tuple[Initiation, InitiatorState]:
     """Message 1 with zero macs (cookie.py adds mac1/mac2)."""
-    ck, h = INITIAL_CHAINING_KEY, ident.hash_as_initiator
+    ck, h = INITIAL_CHAINING_KEY, peer.hash_as_initiator
     e_pub = public_key(ephemeral_private)
     (ck,) = kdf(ck, e_pub, 1)
     h = hash_(h + e_pub)
-    ck, k = kdf(ck, dh(ephemeral_private, ident.peer_public), 2)
+    ck, k = kdf(ck, dh(ephemeral_private, peer.peer_public), 2)
     enc_static = aead_encrypt(k, ident.public, h)
     h = hash_(h + enc_static)
-    ck, k = kdf(ck, ident.static_static, 2)
+    ck, k = kdf(ck, peer.static_static, 2)
     enc_ts = aead_encrypt(k, timestamp, h)
     h = hash_(h + enc_ts)
     msg = Initiation(local_index, e_pub, enc_static, enc_ts, _ZERO_MAC, _ZERO_MAC)
     return msg, InitiatorState(local_index, ephemeral_private, ck, h)
 
 
-def consume_initiation(ident: Identity, msg: Initiation) -> ResponderState:
-    """Authenticate message 1: it must come from the configured peer's static key."""
+def decrypt_initiator_static(ident: Identity, msg: Initiation) -> tuple[bytes, bytes, bytes]:
+    """First half of consuming message 1: the initiator's static public key (which
+    selects the peer), with the chaining key and hash to continue from."""
     ck, h = INITIAL_CHAINING_KEY, ident.hash_as_responder
     (ck,) = kdf(ck, msg.ephemeral, 1)
     h = hash_(h + msg.ephemeral)
     ck, k = kdf(ck, dh(ident.private, msg.ephemeral), 2)
     peer_static = aead_decrypt(k, msg.encrypted_static, h)
-    if peer_static != ident.peer_public:
-        raise HandshakeError("unknown static key")
+    return peer_static, ck, h
+
+
+def consume_initiation(
+    peer: PeerKeys, msg: Initiation, chaining_key: bytes, hash_value: bytes
+) -> ResponderState:
+    """Second half: authenticate message 1 as coming from ``peer`` (whose static key
+    :func:`decrypt_initiator_static` returned) and read its timestamp."""
+    ck, h = chaining_key, hash_value
     h = hash_(h + msg.encrypted_static)
-    ck, k = kdf(ck, ident.static_static, 2)
+    ck, k = kdf(ck, peer.static_static, 2)
     timestamp = aead_decrypt(k, msg.encrypted_timestamp, h)
     h = hash_(h + msg.encrypted_timestamp)
     return ResponderState(msg.sender, msg.ephemeral, ck, h, timestamp)
 
 
 def create_response(
-    ident: Identity, state: ResponderState, local_index: int, ephemeral_private: bytes
+    peer: PeerKeys, state: ResponderState, local_index: int, ephemeral_private: bytes
 ) -> tuple[Response, SessionKeys]:
     """Message 2 (zero macs) and the responder's transport keys."""
     ck, h = state.chaining_key, state.hash
@@ -219,8 +236,8 @@ def create_response(
     (ck,) = kdf(ck, e_pub, 1)
     h = hash_(h + e_pub)
     (ck,) = kdf(ck, dh(ephemeral_private, state.remote_ephemeral), 1)
-    (ck,) = kdf(ck, dh(ephemeral_private, ident.peer_public), 1)
-    ck, tau, k = kdf(ck, ident.psk, 3)
+    (ck,) = kdf(ck, dh(ephemeral_private, peer.peer_public), 1)
+    ck, tau, k = kdf(ck, peer.psk, 3)
     h = hash_(h + tau)
     enc_nothing = aead_encrypt(k, b"", h)
     t_initiator, t_responder = kdf(ck, b"", 2)
@@ -228,14 +245,16 @@ def create_response(
     return msg, SessionKeys(send=t_responder[:KEY_LEN], receive=t_initiator[:KEY_LEN])
 
 
-def consume_response(ident: Identity, state: InitiatorState, msg: Response) -> SessionKeys:
+def consume_response(
+    ident: Identity, peer: PeerKeys, state: InitiatorState, msg: Response
+) -> SessionKeys:
     """Authenticate message 2 for our pending initiation; the initiator's keys."""
     ck, h = state.chaining_key, state.hash
     (ck,) = kdf(ck, msg.ephemeral, 1)
     h = hash_(h + msg.ephemeral)
     (ck,) = kdf(ck, dh(state.ephemeral_private, msg.ephemeral), 1)
     (ck,) = kdf(ck, dh(ident.private, msg.ephemeral), 1)
-    ck, tau, k = kdf(ck, ident.psk, 3)
+    ck, tau, k = kdf(ck, peer.psk, 3)
     h = hash_(h + tau)
     aead_decrypt(k, msg.encrypted_nothing, h)
     t_initiator, t_responder = kdf(ck, b"", 2)

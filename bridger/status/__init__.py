@@ -1,9 +1,9 @@
-"""Status views of a running bridger: counters, dashboard, control socket, metrics.
+"""Status views of a running bridger: counters, dashboard, control socket, metrics, logs.
 
-The data plane only bumps :class:`Counters`; everything else reads
-:meth:`Counters.snapshot` documents (``docs/status.md``).
+The data plane only bumps :class:`Counters` / :class:`PeerCounters`; everything
+else reads :meth:`Counters.snapshot` documents (``docs/status.md``).
 """
 
-from bridger.status.counters import Counters, LinkInfo
+from bridger.status.counters import Counters, DeviceInfo, PeerCounters, PeerInfo
 
-__all__ = ["Counters", "LinkInfo"]
+__all__ = ["Counters", "DeviceInfo", "PeerCounters", "PeerInfo"]

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.live import Live
 
 from bridger.errors import AlreadyRunning, BridgerError, HostError
+from bridger.status.counters import SCHEMA_VERSION
 from bridger.status.dashboard import History, render
 
 log = logging.getLogger("bridger.status.control")
@@ -221,6 +222,19 @@ def query_status(path: Path, timeout: float = 2.0) -> dict[str, Any]:
     return doc
 
 
+def _renderable(doc: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``doc`` if this version of bridger can draw it (``--json`` prints any version)."""
+    if doc.get("version") != SCHEMA_VERSION:
+        raise BridgerError(f"bridger at {path} sends status version {doc.get('version')!r}, "
+                           f"this bridger shows version {SCHEMA_VERSION}; use --json")
+    return doc
+
+
+def static_height(doc: dict[str, Any]) -> int:
+    """Lines for printing ``doc`` whole: every peer gets its rows, top talkers included."""
+    return STATIC_HEIGHT + 2 * len(doc.get("peers", ()))
+
+
 def status_main(state_dir: Path, as_json: bool, watch: bool, *, interval: float = 1.0) -> int:
     """``bridger status``: print the daemon's status once, or every ``interval`` with --watch.
 
@@ -228,7 +242,8 @@ def status_main(state_dir: Path, as_json: bool, watch: bool, *, interval: float 
     watching).  Errors are :class:`BridgerError` for the CLI to print.
     """
     path = control_path(state_dir)
-    console = Console()
+    # Nothing printed here is markup: names and addresses must show verbatim.
+    console = Console(markup=False, emoji=False, highlight=False)
     try:
         if as_json:
             if not watch:
@@ -239,19 +254,19 @@ def status_main(state_dir: Path, as_json: bool, watch: bool, *, interval: float 
                 time.sleep(interval)
         history = History()
         if not watch:
-            doc = query_status(path)
-            console.print(render(doc, history, console.width, STATIC_HEIGHT))
+            doc = _renderable(query_status(path), path)
+            console.print(render(doc, history, console.width, static_height(doc)))
             return 0
         if not console.is_terminal:
             while True:
-                doc = query_status(path)
+                doc = _renderable(query_status(path), path)
                 history.sample(doc, time.monotonic())
-                console.print(render(doc, history, console.width, STATIC_HEIGHT))
+                console.print(render(doc, history, console.width, static_height(doc)))
                 console.print()
                 time.sleep(interval)
         with Live(console=console, auto_refresh=False) as live:
             while True:
-                doc = query_status(path)
+                doc = _renderable(query_status(path), path)
                 history.sample(doc, time.monotonic())
                 width, height = console.size
                 live.update(render(doc, history, width, height - 1), refresh=True)

@@ -1,28 +1,36 @@
 """Traffic counters bumped by the data plane and read by every status view.
 
-The forwarding loop calls :meth:`Counters.lan_to_wan` / :meth:`Counters.wan_to_lan`
-once per frame, so those two methods are the hot path: a handful of integer
-attribute increments, one bounded MAC-table update, no locks (everything runs
-on the single trio thread) and no per-frame allocation beyond the 6-byte MAC
-key.  Views (dashboard, ``bridger status``, Prometheus) never touch the
-counters directly: they take a :meth:`Counters.snapshot`, a plain JSON-able
-dict whose layout is the stable document described in ``docs/status.md``.
+The daemon keeps one :class:`Counters` for the device and, through it, one
+:class:`PeerCounters` per peer.  The forwarding loop calls
+:meth:`PeerCounters.lan_to_wan` / :meth:`PeerCounters.wan_to_lan` once per frame
+(or once per run of segments sharing a header), so those two methods are the
+hot path: a handful of integer attribute increments, one bounded MAC-table
+update, no locks (everything runs on the single trio thread) and no per-frame
+allocation beyond the 6-byte MAC key.  Views (dashboard, ``bridger status``,
+Prometheus) never touch the counters directly: they take a
+:meth:`Counters.snapshot`, a plain JSON-able dict whose layout is the stable
+document described in ``docs/status.md``.
 
-Direction names: ``tx`` is LAN->WAN (read from the tap, sent to the peer) and
-``rx`` is WAN->LAN (received from the peer, written to the tap).
+Direction names: ``tx`` is LAN->WAN (read from a peer's tap, sent to that
+peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Version of the snapshot document; bumped only on incompatible changes.
-SCHEMA_VERSION = 1
+#: Version of the snapshot document; bumped only on incompatible changes
+#: (2: one ``peers`` element per peer instead of one ``link``).
+SCHEMA_VERSION = 2
 
-#: Link states the daemon may report (``LinkInfo.state``).
-LINK_STATES = ("down", "handshaking", "up", "stale")
+#: Peer states the daemon may report (``PeerInfo.state``).
+PEER_STATES = ("down", "handshaking", "up", "stale")
+
+#: Forwarding modes (``DeviceInfo.mode``).
+MODES = ("mesh", "hub")
 
 # Ethernet constants (IEEE 802.3 / IANA ethertypes).
 ETH_HEADER_LEN = 14
@@ -40,21 +48,47 @@ _BROADCAST = b"\xff\xff\xff\xff\xff\xff"
 #: Ethernet header) are counted in neither partition.
 KINDS = ("unicast", "broadcast", "multicast", "arp", "ipv4", "ipv6", "vlan", "other", "runt")
 
-#: Daemon-level drop reasons that always appear in a snapshot, even at zero,
-#: so dashboards and alerts can rely on them.
-DAEMON_DROP_REASONS = ("tap_write_failed", "udp_send_failed")
+#: Every drop reason the daemon (the I/O shell, not the protocol core) may
+#: count, with its meaning.  This table is the single source of those names:
+#: ``docs/status.md`` lists exactly these plus the core's ``DropReason``
+#: values (a test compares them), and every snapshot carries all of them,
+#: zero-valued ones included, so dashboards and alerts can rely on them.
+DAEMON_DROP_REASONS: dict[str, str] = {
+    "tap_write_failed": "a frame from the peer could not be written to its tap",
+    "tap_short_read": "a tap read shorter than its virtio-net header",
+    "frame_too_big": "a whole frame from the peer larger than its tap accepts, "
+                     "dropped before the tap",
+    "gso_unsupported": "a tap superframe of a segmentation type other than TCP",
+    "gso_malformed": "a tap TCP superframe that could not be segmented",
+    "udp_send_failed": "a datagram could not be sent (an error other than the two below)",
+    "udp_send_blocked": "a datagram dropped because the UDP socket buffer was full",
+    "udp_send_too_big": "a datagram refused by the kernel as larger than the path MTU",
+}
 
-#: How many top talkers per side a snapshot lists.
+#: How many top talkers per MAC table a snapshot lists.
 TOP_TALKERS = 10
 
 
 @dataclass
-class LinkInfo:
-    """What the daemon knows about the tunnel at snapshot time (filled from the core)."""
+class DeviceInfo:
+    """What the daemon knows about the whole device at snapshot time."""
 
-    state: str  # one of LINK_STATES
+    mode: str = "mesh"  # one of MODES
+    data_path: str = "python"  # which forwarding implementation runs, e.g. "python"
+    interface: dict[str, str] = field(default_factory=dict)  # lan / bridge / listen
+    drops: dict[str, int] = field(default_factory=dict)  # core drops not tied to a peer
+
+
+@dataclass
+class PeerInfo:
+    """What the daemon knows about one peer at snapshot time (filled from the core)."""
+
+    name: str
+    public_key: str  # base64, as in the config
+    state: str = "down"  # one of PEER_STATES
+    host: str | None = None  # configured host name or address; None: waits to be contacted
+    tap: str = ""  # this peer's tap interface
     endpoint: str | None = None  # "203.0.113.5:55555"
-    peer_name: str | None = None  # DNS name given by the user, if any
     session_age: float | None = None  # seconds since the current session started
     last_handshake_age: float | None = None
     handshakes: int = 0
@@ -63,7 +97,6 @@ class LinkInfo:
     path_mtu: int = 0
     drops: dict[str, int] = field(default_factory=dict)  # from the core, every reason
     fragments: dict[str, int] = field(default_factory=dict)  # e.g. sent/received/reassembled
-    interface: dict[str, str] = field(default_factory=dict)  # lan/bridge/tap/listen
 
 
 class _Direction:
@@ -182,20 +215,34 @@ def _account(
     macs.seen(bytes(frame[6:12]), nbytes, now, count)
 
 
-class Counters:
-    """All data-plane counters of one daemon; see the module docstring for the rules."""
+def _count_drop(drops: dict[str, int], reason: str) -> None:
+    # Unregistered names are still counted (a drop is never lost, nothing raises
+    # in the data plane); tests check the daemon only uses registered ones.
+    drops[reason] = drops.get(reason, 0) + 1
 
-    def __init__(self, mac_table_size: int = 1024) -> None:
+
+def _merge(into: dict[str, int], drops: dict[str, int]) -> None:
+    for reason, value in drops.items():
+        into[reason] = into.get(reason, 0) + int(value)
+
+
+class PeerCounters:
+    """The data-plane counters of one peer: traffic both ways, its MACs, its drops."""
+
+    __slots__ = ("_drops", "_local", "_remote", "_rx", "_tx", "name")
+
+    def __init__(self, name: str, local: MacTable, mac_table_size: int) -> None:
+        self.name = name
         self._tx = _Direction()
         self._rx = _Direction()
-        self._local = MacTable(mac_table_size)
-        self._remote = MacTable(mac_table_size)
+        self._local = local  # the device's table, shared by every peer
+        self._remote = MacTable(mac_table_size)  # MACs behind this peer
         self._drops: dict[str, int] = dict.fromkeys(DAEMON_DROP_REASONS, 0)
 
     def lan_to_wan(
         self, frame: bytes | memoryview, now: float, count: int = 1, nbytes: int = -1
     ) -> None:
-        """Count a frame read from the tap and sent to the peer; its source MAC is local.
+        """Count a frame read from this peer's tap and sent to it; its source MAC is local.
 
         ``count``/``nbytes``: count that many frames of that total length which
         share ``frame``'s Ethernet header at once (the segments of one
@@ -206,45 +253,126 @@ class Counters:
     def wan_to_lan(
         self, frame: bytes | memoryview, now: float, count: int = 1, nbytes: int = -1
     ) -> None:
-        """Count a frame received from the peer and written to the tap; its source MAC is
-        remote. ``count``/``nbytes`` as for :meth:`lan_to_wan`."""
+        """Count a frame received from this peer and written to its tap; its source MAC
+        is behind this peer. ``count``/``nbytes`` as for :meth:`lan_to_wan`."""
         _account(self._rx, self._remote, frame, now, count, len(frame) if nbytes < 0 else nbytes)
 
     def tap_write_failed(self) -> None:
-        """A frame from the peer could not be written to the tap."""
+        """A frame from this peer could not be written to its tap."""
         self._drops["tap_write_failed"] += 1
 
     def drop(self, reason: str) -> None:
-        """Count a daemon-level drop (the core counts its own; both show in snapshots)."""
-        self._drops[reason] = self._drops.get(reason, 0) + 1
+        """Count a daemon-level drop for this peer; ``reason`` from DAEMON_DROP_REASONS."""
+        _count_drop(self._drops, reason)
 
-    def snapshot(self, link: LinkInfo, now: float, *, top: int = TOP_TALKERS) -> dict[str, Any]:
-        """The stable status document (``docs/status.md``); ``now`` is on the same clock
-        as the per-frame ``now`` values.  Core and daemon drops with the same reason are summed."""
-        drops = dict(self._drops)
-        for reason, value in link.drops.items():
-            drops[reason] = drops.get(reason, 0) + int(value)
+    def _add_into(self, tx: _Direction, rx: _Direction, drops: dict[str, int]) -> None:
+        """Add this peer's counts to totals (snapshot totals, or the retired peers)."""
+        for mine, total in ((self._tx, tx), (self._rx, rx)):
+            for slot in _Direction.__slots__:
+                setattr(total, slot, getattr(total, slot) + getattr(mine, slot))
+        _merge(drops, self._drops)
+
+
+class Counters:
+    """All data-plane counters of one daemon; see the module docstring for the rules.
+
+    ``Counters`` itself holds what belongs to the device: the table of local
+    MACs (source MACs read from any tap), drops not tied to a peer, and the
+    per-peer counters, created on first use by :meth:`peer`.
+    """
+
+    def __init__(self, mac_table_size: int = 1024) -> None:
+        self._mac_table_size = mac_table_size
+        self._local = MacTable(mac_table_size)
+        self._peers: dict[str, PeerCounters] = {}
+        self._drops: dict[str, int] = dict.fromkeys(DAEMON_DROP_REASONS, 0)
+        # Counts of removed peers, so device totals never go backwards.
+        self._retired_tx = _Direction()
+        self._retired_rx = _Direction()
+        self._retired_drops: dict[str, int] = {}
+
+    def peer(self, name: str) -> PeerCounters:
+        """The counters of peer ``name``, created at zero on first use."""
+        counters = self._peers.get(name)
+        if counters is None:
+            counters = self._peers[name] = PeerCounters(name, self._local, self._mac_table_size)
+        return counters
+
+    def remove_peer(self, name: str) -> None:
+        """Forget a peer (config reload); its counts stay in the device totals."""
+        counters = self._peers.pop(name, None)
+        if counters is not None:
+            counters._add_into(self._retired_tx, self._retired_rx, self._retired_drops)
+
+    def drop(self, reason: str) -> None:
+        """Count a daemon-level drop not tied to a peer; ``reason`` from DAEMON_DROP_REASONS."""
+        _count_drop(self._drops, reason)
+
+    def snapshot(
+        self, device: DeviceInfo, peers: Iterable[PeerInfo], now: float, *,
+        top: int = TOP_TALKERS,
+    ) -> dict[str, Any]:
+        """The stable status document (``docs/status.md``), version 2.
+
+        ``peers`` lists the peers in display (config) order; a peer without
+        counters yet shows zeros.  ``now`` is on the same clock as the
+        per-frame ``now`` values.  Core and daemon drops with the same reason
+        are summed; the top level sums the device and every peer (removed
+        peers included), ``device_drops`` holds the device's own.
+        """
+        tx, rx = _Direction(), _Direction()
+        for slot in _Direction.__slots__:
+            setattr(tx, slot, getattr(self._retired_tx, slot))
+            setattr(rx, slot, getattr(self._retired_rx, slot))
+        device_drops = dict(self._drops)
+        _merge(device_drops, device.drops)
+        drops = dict(device_drops)
+        _merge(drops, self._retired_drops)
+        for counters in self._peers.values():
+            counters._add_into(tx, rx, drops)
+        elements = []
+        for info in peers:
+            counters = self._peers.get(info.name) or PeerCounters(
+                info.name, self._local, self._mac_table_size)
+            peer_drops = dict(counters._drops)
+            _merge(peer_drops, info.drops)
+            _merge(drops, info.drops)
+            elements.append(_peer_element(info, counters, peer_drops, now, top))
         return {
             "version": SCHEMA_VERSION,
-            "link": {
-                "state": link.state,
-                "endpoint": link.endpoint,
-                "peer_name": link.peer_name,
-                "session_age": link.session_age,
-                "last_handshake_age": link.last_handshake_age,
-                "handshakes": int(link.handshakes),
-                "rekeys": int(link.rekeys),
-                "rtt_ms": link.rtt_ms,
-                "path_mtu": int(link.path_mtu),
-            },
-            "interface": {str(k): str(v) for k, v in link.interface.items()},
-            "frames": {"tx": self._tx.frames, "rx": self._rx.frames},
-            "bytes": {"tx": self._tx.bytes, "rx": self._rx.bytes},
-            "kinds": {"tx": self._tx.as_kinds(), "rx": self._rx.as_kinds()},
+            "mode": device.mode,
+            "data_path": device.data_path,
+            "interface": {str(k): str(v) for k, v in device.interface.items()},
+            "frames": {"tx": tx.frames, "rx": rx.frames},
+            "bytes": {"tx": tx.bytes, "rx": rx.bytes},
+            "kinds": {"tx": tx.as_kinds(), "rx": rx.as_kinds()},
             "drops": dict(sorted(drops.items())),
-            "fragments": {str(k): int(v) for k, v in sorted(link.fragments.items())},
-            "macs": {
-                "local": self._local.as_dict(now, top),
-                "remote": self._remote.as_dict(now, top),
-            },
+            "device_drops": dict(sorted(device_drops.items())),
+            "macs": {"local": self._local.as_dict(now, top)},
+            "peers": elements,
         }
+
+
+def _peer_element(
+    info: PeerInfo, counters: PeerCounters, drops: dict[str, int], now: float, top: int
+) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "public_key": info.public_key,
+        "host": info.host,
+        "tap": info.tap,
+        "state": info.state,
+        "endpoint": info.endpoint,
+        "session_age": info.session_age,
+        "last_handshake_age": info.last_handshake_age,
+        "handshakes": int(info.handshakes),
+        "rekeys": int(info.rekeys),
+        "rtt_ms": info.rtt_ms,
+        "path_mtu": int(info.path_mtu),
+        "frames": {"tx": counters._tx.frames, "rx": counters._rx.frames},
+        "bytes": {"tx": counters._tx.bytes, "rx": counters._rx.bytes},
+        "kinds": {"tx": counters._tx.as_kinds(), "rx": counters._rx.as_kinds()},
+        "drops": dict(sorted(drops.items())),
+        "fragments": {str(k): int(v) for k, v in sorted(info.fragments.items())},
+        "macs": {"remote": counters._remote.as_dict(now, top)},
+    }

@@ -1,11 +1,17 @@
 """The live terminal dashboard and its plain log-line fallback.
 
-1. The data plane only bumps :class:`~bridger.status.counters.Counters`.
+1. The data plane only bumps :class:`~bridger.status.counters.PeerCounters`.
 2. Every refresh, :func:`run_dashboard` takes one snapshot (a plain dict) on
    the trio thread and feeds it to :class:`History` for rates and sparklines.
 3. :func:`render` (pure: snapshot in, renderable out) lays the sections out in
-   the console's size, dropping the least important ones when space is short.
+   the console's size, dropping the least important ones when space is short:
+   one row per peer (the busiest first when not all fit, then "+N more").
 4. Drawing happens in a worker thread so a slow terminal never stalls forwarding.
+
+Every string that comes from the network, the host or the config (peer names,
+endpoints, interface names, drop reasons, MACs) reaches rich as a
+:class:`~rich.text.Text`, never as a ``str``: rich would parse a ``str`` for
+markup (``[bold]``) and emoji codes (``:cd:`` in a MAC address).
 
 ``bridger status`` reuses :func:`render`, so the daemon's screen and the
 status command always show the same thing.
@@ -17,6 +23,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
@@ -27,10 +34,16 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from bridger.status.counters import KINDS
+from bridger.status.counters import KINDS, PEER_STATES
 
 #: Display names of the two directions, keyed by the snapshot's direction keys.
 DIRECTIONS = (("tx", "LAN→WAN"), ("rx", "WAN→LAN"))
+
+#: Seconds the dashboard waits, when stopped, for the terminal to take its last frame.
+STOP_TIMEOUT = 2.0
+
+#: Peer rows the layout keeps before it gives lines to the less important sections.
+MIN_PEER_ROWS = 4
 
 _STATE_STYLE = {"up": "bold green", "handshaking": "bold yellow", "stale": "bold dark_orange",
                 "down": "bold red"}
@@ -42,7 +55,7 @@ _KIND_LABELS = {"unicast": "ucast", "broadcast": "bcast", "multicast": "mcast", 
 # -- formatting helpers (shared with `bridger status` and the log lines) --------------------------
 
 def fmt_count(n: float) -> str:
-    """Compact count: 999, 1.2k, 34.5M."""
+    """Compact count: 999, 1.2k, 34.5M (at most 5 characters)."""
     if n < 1000:
         return f"{n:.0f}"
     for unit in ("k", "M", "G", "T"):
@@ -71,12 +84,20 @@ def fmt_age(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def fmt_peer(link: dict[str, Any]) -> str:
-    """'berlin.example (203.0.113.5:55555)', or whatever part of that is known."""
-    name, endpoint = link.get("peer_name"), link.get("endpoint")
-    if name and endpoint:
-        return f"{name} ({endpoint})"
-    return str(name or endpoint or "no peer endpoint")
+def fmt_number(value: float | None) -> str:
+    """A measurement in at most 5 characters: 0.44, 14.2, 950; '—' when unknown."""
+    if value is None:
+        return "—"
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def fmt_mbit(bytes_per_second: float | None) -> str:
+    """A byte rate as Mbit/s, see :func:`fmt_number`."""
+    return fmt_number(None if bytes_per_second is None else bytes_per_second * 8 / 1e6)
 
 
 def sparkline(values: Iterable[float], width: int) -> str:
@@ -89,51 +110,70 @@ def sparkline(values: Iterable[float], width: int) -> str:
     return "".join(_SPARK[min(last, round(v / top * last))] for v in data)
 
 
+def _plain(value: object, style: str = "") -> Text:
+    """Any value as literal text: never parsed for markup or emoji."""
+    return Text(str(value), style=style, no_wrap=True, overflow="ellipsis")
+
+
 # -- rates ----------------------------------------------------------------------------------------
+
+#: A sampled value: (peer name or None for the device totals, "frames"/"bytes", "tx"/"rx").
+_Key = tuple[str | None, str, str]
+
 
 class History:
     """The last samples of the traffic counters, for rates and sparklines.
 
-    A sample is (time, {"frames.tx": n, "bytes.tx": n, ...}).  Counters going
-    backwards (a restarted daemon seen by ``status --watch``) count as zero rate.
+    A sample is (time, {(peer, metric, direction): n}) with peer None for the
+    device totals.  Counters going backwards (a restarted daemon seen by
+    ``status --watch``) count as zero rate; a peer missing from older samples
+    gets a rate once two samples hold it.
     """
 
     def __init__(self, maxlen: int = 600, step: float = 1.0) -> None:
-        self._samples: deque[tuple[float, dict[str, int]]] = deque(maxlen=maxlen)
+        self._samples: deque[tuple[float, dict[_Key, int]]] = deque(maxlen=maxlen)
         self.step = step  # seconds per sparkline point
 
     def __len__(self) -> int:
         return len(self._samples)
 
     def sample(self, snapshot: dict[str, Any], now: float) -> None:
-        values = {f"{metric}.{d}": int(snapshot[metric][d])
-                  for metric in ("frames", "bytes") for d, _ in DIRECTIONS}
+        values: dict[_Key, int] = {}
+        for peer, counts in [(None, snapshot), *((p["name"], p) for p in snapshot["peers"])]:
+            for metric in ("frames", "bytes"):
+                for d, _ in DIRECTIONS:
+                    values[(peer, metric, d)] = int(counts[metric][d])
         if self._samples and now <= self._samples[-1][0]:
             self._samples[-1] = (self._samples[-1][0], values)  # same instant: keep the newest
         else:
             self._samples.append((now, values))
 
-    def rate(self, metric: str, direction: str, window: float = 2.0) -> float | None:
+    def rate(self, metric: str, direction: str, window: float = 2.0,
+             peer: str | None = None) -> float | None:
         """Per-second rate of ``metric`` ("frames"/"bytes") over about the last ``window``
-        seconds; None until two samples exist."""
-        if len(self._samples) < 2:
+        seconds, for ``peer`` (None: all peers); None until two samples hold it."""
+        key = (peer, metric, direction)
+        if len(self._samples) < 2 or key not in self._samples[-1][1]:
             return None
-        key = f"{metric}.{direction}"
         t_last, last = self._samples[-1]
-        t_old, old = self._samples[-2]
+        old: tuple[float, int] | None = None
         for t, values in reversed(self._samples):
-            if t_last - t > window:
-                break
-            t_old, old = t, values
-        if t_last <= t_old:
-            t_old, old = self._samples[-2]
-        return max(0.0, (last[key] - old[key]) / (t_last - t_old))
+            if t < t_last and key in values:
+                if old is not None and t_last - t > window:
+                    break
+                old = (t, values[key])
+        if old is None:
+            return None
+        return max(0.0, (last[key] - old[1]) / (t_last - old[0]))
 
-    def series(self, metric: str, direction: str, points: int) -> list[float]:
+    def series(self, metric: str, direction: str, points: int,
+               peer: str | None = None) -> list[float]:
         """Per-second rates at ``step`` spacing, oldest first, at most ``points`` of them."""
-        key = f"{metric}.{direction}"
+        key = (peer, metric, direction)
         picked: list[tuple[float, int]] = []
         for t, values in reversed(self._samples):
+            if key not in values:
+                break
             if not picked or picked[-1][0] - t >= self.step * 0.95:
                 picked.append((t, values[key]))
                 if len(picked) > points:
@@ -142,39 +182,143 @@ class History:
         return [max(0.0, (v1 - v0) / (t1 - t0))
                 for (t0, v0), (t1, v1) in pairwise(picked)]
 
-
-# -- sections -------------------------------------------------------------------------------------
-
-def _header(snap: dict[str, Any], width: int) -> Text:
-    link = snap["link"]
-    state = str(link["state"])
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append("bridger ", style="bold")
-    text.append(f"● {state.upper()}", style=_STATE_STYLE.get(state, "bold"))
-    text.append("  peer ")
-    text.append(fmt_peer(link), style="cyan")
-    text.truncate(width, overflow="ellipsis")
-    return text
+    def busyness(self, peer: dict[str, Any]) -> tuple[float, int]:
+        """Sort key of a peer element, busiest largest: recent byte rate, then total bytes."""
+        name = peer["name"]
+        rate = sum(self.rate("bytes", d, peer=name) or 0.0 for d, _ in DIRECTIONS)
+        return rate, int(peer["bytes"]["tx"]) + int(peer["bytes"]["rx"])
 
 
-def _link_line(snap: dict[str, Any], width: int) -> Text:
-    link = snap["link"]
-    rtt = link["rtt_ms"]
-    parts = [
-        ("session ", fmt_age(link["session_age"])),
-        ("handshake ", fmt_age(link["last_handshake_age"]) + (
-            " ago" if link["last_handshake_age"] is not None else "")),
-        ("rekeys ", str(link["rekeys"])),
-        ("rtt ", "—" if rtt is None else f"{rtt:.1f} ms"),
+# -- tables ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Column:
+    """One table column: ``width`` 0 means it takes the room left, at least ``flex_min``
+    and at most ``flex_max`` cells."""
+
+    key: str
+    header: str
+    width: int
+    justify: str = "right"
+    flex_min: int = 0
+    flex_max: int = 0
+
+
+def _table() -> Table:
+    """A borderless table: header, one rule, rows; columns one space apart.
+
+    Columns get explicit widths so the layout is predictable (no wrapping)."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
+                 expand=False, header_style="bold", show_header=True)
+
+
+def _fit(columns: list[_Column], width: int, drop_order: Iterable[str]) -> list[_Column]:
+    """The columns that fit in ``width`` cells, dropping keys in ``drop_order`` first;
+    the flexible column gets what is left."""
+    shown = list(columns)
+    for key in (None, *drop_order):
+        shown = [c for c in shown if c.key != key]
+        fixed = sum(c.width for c in shown) + len(shown) - 1
+        flex = [c for c in shown if c.width == 0]
+        room = width - fixed
+        if not flex and room >= 0:
+            return shown
+        if flex and room >= flex[0].flex_min:
+            room = min(room, flex[0].flex_max)
+            return [c if c.width else _Column(c.key, c.header, room, c.justify) for c in shown]
+    return shown[:1]
+
+
+def _fitted_table(columns: list[_Column], rows: list[dict[str, Text]]) -> Table:
+    table = _table()
+    for column in columns:
+        table.add_column(column.header, justify=column.justify,  # type: ignore[arg-type]
+                         no_wrap=True, width=column.width, overflow="ellipsis")
+    for row in rows:
+        table.add_row(*(row[c.key] for c in columns))
+    return table
+
+
+def _name_width(peers: list[dict[str, Any]]) -> int:
+    return max(4, min(15, max((len(p["name"]) for p in peers), default=4)))
+
+
+def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
+                 more: int) -> RenderableType:
+    """One row per peer: state, endpoint, RTT, frames and Mbit/s each way, drops."""
+    state_width = max(5, max((len(p["state"]) for p in peers), default=5))
+    columns = [
+        _Column("name", "peer", _name_width(peers), "left"),
+        _Column("state", "state", state_width, "left"),
+        _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
+        _Column("rtt", "rtt ms", 6),
+        _Column("tx", "tx fr", 5),
+        _Column("rx", "rx fr", 5),
+        _Column("tx_rate", "tx Mb/s", 7),
+        _Column("rx_rate", "rx Mb/s", 7),
+        _Column("drops", "drops", 5),
     ]
-    return _pairs(parts, width)
+    columns = _fit(columns, width, ("rx_rate", "tx_rate", "rtt", "rx", "drops", "tx",
+                                    "endpoint"))
+    rows = []
+    for peer in peers:
+        name = peer["name"]
+        rows.append({
+            "name": _plain(name, "cyan"),
+            "state": _plain(peer["state"], _STATE_STYLE.get(peer["state"], "")),
+            "endpoint": _plain(peer["endpoint"] or "—"),
+            "rtt": _plain(fmt_number(peer["rtt_ms"])),
+            "tx": _plain(fmt_count(peer["frames"]["tx"])),
+            "rx": _plain(fmt_count(peer["frames"]["rx"])),
+            "tx_rate": _plain(fmt_mbit(history.rate("bytes", "tx", peer=name))),
+            "rx_rate": _plain(fmt_mbit(history.rate("bytes", "rx", peer=name))),
+            "drops": _plain(fmt_count(sum(peer["drops"].values())),
+                            "red" if any(peer["drops"].values()) else ""),
+        })
+    table = _fitted_table(columns, rows)
+    if not more:
+        return table
+    rest = Text(f"+{more} more peer{'s' if more > 1 else ''}", style="dim", no_wrap=True)
+    return Group(table, rest)
 
 
-def _iface_line(snap: dict[str, Any], width: int) -> Text:
-    return _pairs([(f"{k} ", v) for k, v in snap["interface"].items()], width)
+def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
+    """Per-peer session details: ages, handshakes, rekeys, path MTU, MACs, fragments, key."""
+    columns = [
+        _Column("name", "peer", _name_width(peers), "left"),
+        _Column("session", "session", 7),
+        _Column("handshake", "last hs", 7),
+        _Column("handshakes", "hshakes", 7),
+        _Column("rekeys", "rekeys", 6),
+        _Column("mtu", "MTU", 5),
+        _Column("macs", "MACs", 5),
+        _Column("fragments", "frags", 5),
+        _Column("key", "public key", 0, "left", flex_min=10, flex_max=44),  # base64
+    ]
+    columns = _fit(columns, width, ("key", "fragments", "handshakes", "macs", "handshake",
+                                    "rekeys", "session", "mtu"))
+    rows = []
+    for peer in peers:
+        fragments = peer["fragments"]
+        rows.append({
+            "name": _plain(peer["name"], "cyan"),
+            "session": _plain(fmt_age(peer["session_age"])),
+            "handshake": _plain(fmt_age(peer["last_handshake_age"])),
+            "handshakes": _plain(fmt_count(peer["handshakes"])),
+            "rekeys": _plain(fmt_count(peer["rekeys"])),
+            "mtu": _plain(peer["path_mtu"] or "—"),
+            "macs": _plain(fmt_count(peer["macs"]["remote"]["count"])),
+            "fragments": _plain(fmt_count(fragments.get("sent", 0)
+                                          + fragments.get("received", 0))),
+            "key": _plain(peer["public_key"], "dim"),
+        })
+    return _fitted_table(columns, rows)
 
+
+# -- lines and device-wide sections ---------------------------------------------------------------
 
 def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
+    """``label value`` pairs; labels are ours, values may come from anywhere."""
     text = Text(no_wrap=True, overflow="ellipsis")
     for i, (label, value) in enumerate(parts):
         if i:
@@ -185,16 +329,40 @@ def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
     return text
 
 
-def _table(width: int) -> Table:
-    """A borderless table: header, one rule, rows; columns one space apart.
+#: Peer states from the best to the worst, the order the header counts them in.
+_STATE_ORDER = ("up", "handshaking", "stale", "down")
+assert set(_STATE_ORDER) == set(PEER_STATES)
 
-    Columns get explicit widths so the layout is predictable (no wrapping)."""
-    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
-                 expand=False, header_style="bold", show_header=True)
+
+def state_counts(snap: dict[str, Any]) -> dict[str, int]:
+    """How many peers are in each state, best state first (zero states left out)."""
+    counts = dict.fromkeys(_STATE_ORDER, 0)
+    for peer in snap["peers"]:
+        counts[peer["state"]] = counts.get(peer["state"], 0) + 1
+    return {state: n for state, n in counts.items() if n}
+
+
+def _header(snap: dict[str, Any], width: int) -> Text:
+    """bridger, peers by state, mode and the local interfaces."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("bridger ", style="bold")
+    peers = snap["peers"]
+    if not peers:
+        text.append("no peers", style="bold red")
+    for i, (state, n) in enumerate(state_counts(snap).items()):
+        text.append(" " if i else "")
+        text.append(f"{n} {state.upper()}", style=_STATE_STYLE.get(state, "bold"))
+    text.append("  ")
+    parts = [("", str(snap["mode"]))]
+    parts += [(f"{k} ", v) for k, v in snap["interface"].items()]
+    text.append_text(_pairs(parts, width))
+    text.truncate(width, overflow="ellipsis")
+    return text
 
 
 def _traffic(snap: dict[str, Any], history: History, width: int) -> Table:
-    table = _table(width)
+    """All peers together: frames, bytes and rates each way, with a sparkline."""
+    table = _table()
     table.add_column("", no_wrap=True, width=7)
     for name, column in (("frames", 7), ("bytes", 7), ("fr/s", 6), ("Mbit/s", 7)):
         table.add_column(name, justify="right", no_wrap=True, width=column)
@@ -210,12 +378,12 @@ def _traffic(snap: dict[str, Any], history: History, width: int) -> Table:
         ]
         if spark_width >= 8:
             row.append(sparkline(history.series("bytes", d, spark_width), spark_width))
-        table.add_row(*row)
+        table.add_row(*map(_plain, row))
     return table
 
 
 def _kinds(snap: dict[str, Any], width: int) -> Table:
-    table = _table(width)
+    table = _table()
     table.add_column("", no_wrap=True, width=7)
     runts = any(snap["kinds"][d]["runt"] for d, _ in DIRECTIONS)
     shown = [k for k in KINDS if k != "runt" or runts]
@@ -227,11 +395,12 @@ def _kinds(snap: dict[str, Any], width: int) -> Table:
         table.add_column(_KIND_LABELS[kind], justify="right", no_wrap=True, width=column,
                          overflow="ellipsis")
     for d, label in DIRECTIONS:
-        table.add_row(label, *(fmt_count(snap["kinds"][d][k]) for k in shown))
+        table.add_row(_plain(label), *(_plain(fmt_count(snap["kinds"][d][k])) for k in shown))
     return table
 
 
 def _drops_line(snap: dict[str, Any], width: int) -> Text:
+    """Drops of the whole device (every peer included) by reason, the biggest first."""
     drops: dict[str, int] = snap["drops"]
     nonzero = sorted(((n, r) for r, n in drops.items() if n), reverse=True)
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -253,19 +422,12 @@ def _drops_line(snap: dict[str, Any], width: int) -> Text:
     return text
 
 
-def _fragments_line(snap: dict[str, Any], width: int) -> Text:
-    parts = [(f"{k} ", fmt_count(v)) for k, v in snap["fragments"].items()]
-    parts.append(("path MTU ", str(snap["link"]["path_mtu"] or "—")))
-    text = Text("fragments ", style="bold", no_wrap=True)
-    text.append_text(_pairs(parts, max(0, width - 10)))
-    return text
-
-
 def _macs_title(snap: dict[str, Any], width: int) -> Text:
-    macs = snap["macs"]
-    parts = [(f"{side} ", f"{macs[side]['count']}/{macs[side]['capacity']}")
-             for side in ("local", "remote")]
-    evicted = macs["local"]["evicted"] + macs["remote"]["evicted"]
+    local = snap["macs"]["local"]
+    remote = [p["macs"]["remote"] for p in snap["peers"]]
+    parts = [("local ", f"{local['count']}/{local['capacity']}"),
+             ("remote ", str(sum(side["count"] for side in remote)))]
+    evicted = local["evicted"] + sum(side["evicted"] for side in remote)
     if evicted:
         parts.append(("evicted ", fmt_count(evicted)))
     text = Text("MACs ", style="bold", no_wrap=True)
@@ -276,79 +438,115 @@ def _macs_title(snap: dict[str, Any], width: int) -> Text:
 
 
 def _macs_table(snap: dict[str, Any], width: int, rows: int) -> Table:
-    """Top talkers: local and remote side by side when wide enough, else merged."""
-    table = _table(width)
-    local, remote = snap["macs"]["local"]["top"], snap["macs"]["remote"]["top"]
-    if width >= 66:
-        with_frames = width >= 80
-        for side in ("local", "remote"):
-            if side == "remote":
-                table.add_column("", width=1)  # gap between the two sides
-            table.add_column(side, no_wrap=True, width=17)
-            if with_frames:
-                table.add_column("frames", justify="right", no_wrap=True, width=6)
-            table.add_column("bytes", justify="right", no_wrap=True, width=6)
-            table.add_column("seen", justify="right", no_wrap=True, width=5)
+    """Top talkers: local MACs and the MACs behind the peers side by side when wide
+    enough, else merged into one list."""
+    local = snap["macs"]["local"]["top"]
+    remote = [(p["name"], e) for p in snap["peers"] for e in p["macs"]["remote"]["top"]]
+    remote.sort(key=lambda item: item[1]["bytes"], reverse=True)
+    name_width = min(8, _name_width(snap["peers"]))
+    table = _table()
+    if width >= 39 + 2 + 29 + name_width:
+        with_frames = width >= 39 + 2 + 36 + name_width
+        table.add_column("local", no_wrap=True, width=17)
+        table.add_column("frames", justify="right", no_wrap=True, width=6)
+        table.add_column("bytes", justify="right", no_wrap=True, width=6)
+        table.add_column("seen", justify="right", no_wrap=True, width=5)
+        table.add_column("", width=1)  # gap between the two sides
+        table.add_column("remote", no_wrap=True, width=17)
+        table.add_column("peer", no_wrap=True, width=name_width, overflow="ellipsis")
+        if with_frames:
+            table.add_column("frames", justify="right", no_wrap=True, width=6)
+        table.add_column("bytes", justify="right", no_wrap=True, width=6)
+        table.add_column("seen", justify="right", no_wrap=True, width=5)
         for i in range(min(rows, max(len(local), len(remote)))):
-            row: list[str] = []
-            for side_rows in (local, remote):
-                if side_rows is remote:
-                    row.append("")
-                if i < len(side_rows):
-                    entry = side_rows[i]
-                    row += [entry["mac"], fmt_count(entry["frames"]), fmt_bytes(entry["bytes"]),
-                            fmt_age(entry["last_seen_age"])]
-                    if not with_frames:
-                        del row[-3]
-                else:
-                    row += [""] * (4 if with_frames else 3)
+            row: list[Text] = []
+            if i < len(local):
+                e = local[i]
+                row += [_plain(e["mac"]), _plain(fmt_count(e["frames"])),
+                        _plain(fmt_bytes(e["bytes"])), _plain(fmt_age(e["last_seen_age"]))]
+            else:
+                row += [Text()] * 4
+            row.append(Text())
+            if i < len(remote):
+                peer, e = remote[i]
+                row += [_plain(e["mac"]), _plain(peer, "cyan")]
+                row += [_plain(fmt_count(e["frames"]))] if with_frames else []
+                row += [_plain(fmt_bytes(e["bytes"])), _plain(fmt_age(e["last_seen_age"]))]
+            else:
+                row += [Text()] * (5 if with_frames else 4)
             table.add_row(*row)
         return table
-    table.add_column("", no_wrap=True, width=1)
+    table.add_column("side", no_wrap=True, width=name_width, overflow="ellipsis")
     table.add_column("mac", no_wrap=True, width=17)
     table.add_column("bytes", justify="right", no_wrap=True, width=6)
     table.add_column("seen", justify="right", no_wrap=True, width=5, overflow="ellipsis")
-    merged = [("L", e) for e in local] + [("R", e) for e in remote]
+    merged = [("local", e) for e in local] + remote
     merged.sort(key=lambda item: item[1]["bytes"], reverse=True)
-    for side, entry in merged[:rows]:
-        table.add_row(side, entry["mac"], fmt_bytes(entry["bytes"]),
-                      fmt_age(entry["last_seen_age"]))
+    for side, e in merged[:rows]:
+        table.add_row(_plain(side, "" if side == "local" else "cyan"), _plain(e["mac"]),
+                      _plain(fmt_bytes(e["bytes"])), _plain(fmt_age(e["last_seen_age"])))
     return table
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+def _peer_lines(n: int, budget: int) -> tuple[int, int]:
+    """(rows shown, lines used) of a peers table of ``n`` peers in ``budget`` lines:
+    header and rule, the rows, and a "+N more" line when some are left out."""
+    if n == 0 or budget < 4 - (n == 1):
+        return 0, 0
+    if n + 2 <= budget:
+        return n, n + 2
+    return budget - 3, budget
 
 
 def render(snapshot: dict[str, Any], history: History, width: int, height: int) -> RenderableType:
     """Lay the snapshot out in ``width`` x ``height`` cells.
 
-    Sections are admitted in order of importance while they fit (link state
-    first, the MAC table last, which then takes whatever lines remain), and
-    shown in a fixed order.  Tables here take 1 header + 1 rule + rows lines.
+    Sections are admitted in order of importance while they fit and shown in
+    a fixed order: the header (peers by state) always; the peers table with up
+    to MIN_PEER_ROWS rows; the all-peers traffic and the drops; then more peer
+    rows; per-peer details (only for the rows shown); frame kinds; and the MAC
+    table, which takes whatever lines remain.  When not every peer has a row,
+    the busiest are shown, busiest first, and a "+N more" line counts the rest.
+    Tables take 1 header + 1 rule + rows lines.
     """
     width = max(20, width)
-    sections: dict[str, tuple[int, Callable[[], RenderableType]]] = {
-        "header": (1, lambda: _header(snapshot, width)),
-        "link": (1, lambda: _link_line(snapshot, width)),
-        "traffic": (4, lambda: _traffic(snapshot, history, width)),
-        "drops": (1, lambda: _drops_line(snapshot, width)),
-        "kinds": (4, lambda: _kinds(snapshot, width)),
-        "fragments": (1, lambda: _fragments_line(snapshot, width)),
-        "iface": (1, lambda: _iface_line(snapshot, width)),
-        "macs": (3, lambda: _macs_title(snapshot, width)),  # title + table header + rule
-    }
-    if not snapshot["interface"]:
-        del sections["iface"]
-    budget = max(1, height)
+    budget = max(1, height) - 1  # the header
+    peers: list[dict[str, Any]] = list(snapshot["peers"])
+    n = len(peers)
+    shown, peer_lines = _peer_lines(n, min(budget, 2 + MIN_PEER_ROWS + 1))
+    budget -= peer_lines
     admitted: set[str] = set()
-    for name, (lines, _) in sections.items():
+    for name, lines in (("traffic", 4), ("drops", 1)):
         if lines <= budget:
             admitted.add(name)
             budget -= lines
-    order = ("header", "link", "iface", "traffic", "kinds", "drops", "fragments", "macs")
-    parts: list[RenderableType] = []
-    for name in order:
-        if name not in admitted:
-            continue
-        parts.append(sections[name][1]())
-        if name == "macs" and budget > 0:
+    if shown < n:
+        shown, more_lines = _peer_lines(n, peer_lines + budget)
+        budget -= more_lines - peer_lines
+    if shown < n:
+        peers.sort(key=history.busyness, reverse=True)
+    peers = peers[:shown]
+    # the MAC table needs its title, header and rule, and one row to be worth showing
+    for name, lines in (("details", 2 + shown if shown else 99), ("kinds", 4), ("macs", 3)):
+        if lines + (name == "macs") <= budget:
+            admitted.add(name)
+            budget -= lines
+    parts: list[RenderableType] = [_header(snapshot, width)]
+    if shown:
+        parts.append(_peers_table(peers, history, width, n - shown))
+    if "details" in admitted:
+        parts.append(_details_table(peers, width))
+    if "traffic" in admitted:
+        parts.append(_traffic(snapshot, history, width))
+    if "kinds" in admitted:
+        parts.append(_kinds(snapshot, width))
+    if "drops" in admitted:
+        parts.append(_drops_line(snapshot, width))
+    if "macs" in admitted:
+        parts.append(_macs_title(snapshot, width))
+        if budget > 0:
             parts.append(_macs_table(snapshot, width, budget))
     return Group(*parts)
 
@@ -360,48 +558,87 @@ async def run_dashboard(
     *,
     refresh_per_second: float = 4,
     console: Console | None = None,
+    frames: int | None = None,
 ) -> None:
-    """Show the live dashboard until cancelled.
+    """Show the live dashboard until cancelled (or, for tests, after ``frames`` redraws).
 
-    The snapshot is taken on the trio thread (counters are not thread-safe);
-    layout and terminal output run in a worker thread.
+    The snapshot is taken on the trio thread (counters are not thread-safe)
+    and its time read from trio's clock, so a test's MockClock drives the
+    rates; layout and terminal output run in a worker thread.
     """
-    console = console or Console()
+    console = console or Console(markup=False, emoji=False, highlight=False)
     history = History()
     period = 1.0 / refresh_per_second
-    with Live(console=console, auto_refresh=False, transient=False) as live:
+    live = Live(console=console, auto_refresh=False, transient=False)
 
-        def draw(snap: dict[str, Any]) -> None:
-            width, height = console.size
-            # one spare line: the cursor sits below a non-screen Live region
-            live.update(render(snap, history, width, height - 1), refresh=True)
+    def draw(snap: dict[str, Any]) -> None:
+        width, height = console.size
+        # one spare line: the cursor sits below a non-screen Live region
+        live.update(render(snap, history, width, height - 1), refresh=True)
 
-        while True:
+    # Even starting and stopping write to the terminal (cursor codes): all of it runs in
+    # worker threads, abandoned on cancel, so a stuck terminal cannot hold up shutdown
+    # (and with it the host network's restore).
+    await trio.to_thread.run_sync(live.start, abandon_on_cancel=True)
+    try:
+        drawn = 0
+        while frames is None or drawn < frames:
+            if drawn:
+                await trio.sleep(period)
             snap = get_snapshot()
             history.sample(snap, trio.current_time())
-            await trio.to_thread.run_sync(draw, snap)
-            await trio.sleep(period)
+            await trio.to_thread.run_sync(draw, snap, abandon_on_cancel=True)
+            drawn += 1
+    finally:
+        with trio.move_on_after(STOP_TIMEOUT, shield=True):
+            await trio.to_thread.run_sync(live.stop, abandon_on_cancel=True)
 
 
-def summary_line(snap: dict[str, Any], history: History, previous_drops: dict[str, int]) -> str:
-    """One plain log line: link, per-direction rates, drops since ``previous_drops``."""
-    link = snap["link"]
-    parts = [f"link {link['state']} peer {fmt_peer(link)}"]
-    if link["rtt_ms"] is not None:
-        parts[0] += f" rtt {link['rtt_ms']:.1f}ms"
-    for d, label in DIRECTIONS:
-        fps, bps = history.rate("frames", d, window=math.inf), history.rate("bytes", d, math.inf)
-        rates = "" if fps is None or bps is None else f" {fps:.0f} fr/s {bps * 8 / 1e6:.2f} Mbit/s"
-        parts.append(f"{label.replace('→', '->')} {snap['frames'][d]} frames{rates}")
-    new = {r: n - previous_drops.get(r, 0) for r, n in snap["drops"].items()}
+def _drops_delta(drops: dict[str, int], previous: dict[str, int]) -> str:
+    new = {r: n - previous.get(r, 0) for r, n in drops.items()}
     new = {r: n for r, n in new.items() if n > 0}
-    drops = f"drops +{sum(new.values())}"
+    text = f"drops +{sum(new.values())}"
     if new:
         top = sorted(new.items(), key=lambda item: item[1], reverse=True)
-        drops += " (" + ", ".join(f"{r} {n}" for r, n in top[:4])
-        drops += f", +{len(top) - 4} more)" if len(top) > 4 else ")"
-    parts.append(drops)
-    return " | ".join(parts)
+        text += " (" + ", ".join(f"{r} {n}" for r, n in top[:4])
+        text += f", +{len(top) - 4} more)" if len(top) > 4 else ")"
+    return text
+
+
+#: Key of the device's own drops in the ``previous`` mapping of :func:`summary_lines`.
+DEVICE = ""
+
+
+def previous_drops(snap: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """The drop counts of ``snap``, as :func:`summary_lines` wants them next time."""
+    previous = {p["name"]: dict(p["drops"]) for p in snap["peers"]}
+    previous[DEVICE] = dict(snap["device_drops"])
+    return previous
+
+
+def summary_lines(snap: dict[str, Any], history: History,
+                  previous: dict[str, dict[str, int]]) -> list[str]:
+    """Plain log lines: one per peer (state, endpoint, RTT, per-direction frames and
+    rates, drops since ``previous``), and one for the device's own drops if any are new."""
+    lines = []
+    for peer in snap["peers"]:
+        name = peer["name"]
+        head = f"peer {name} {peer['state']} {peer['endpoint'] or 'no endpoint'}"
+        if peer["rtt_ms"] is not None:
+            head += f" rtt {peer['rtt_ms']:.1f}ms"
+        parts = [head]
+        for d, label in DIRECTIONS:
+            fps = history.rate("frames", d, window=math.inf, peer=name)
+            bps = history.rate("bytes", d, window=math.inf, peer=name)
+            rates = ("" if fps is None or bps is None
+                     else f" {fps:.0f} fr/s {bps * 8 / 1e6:.2f} Mbit/s")
+            parts.append(f"{label.replace('→', '->')} {peer['frames'][d]} frames{rates}")
+        parts.append(_drops_delta(peer["drops"], previous.get(name, {})))
+        lines.append(" | ".join(parts))
+    device = _drops_delta(snap["device_drops"], previous.get(DEVICE, {}))
+    if device != "drops +0" or not lines:
+        lines.append(f"device {len(snap['peers'])} peers | {device}")
+    return lines
 
 
 async def run_log_lines(
@@ -410,14 +647,16 @@ async def run_log_lines(
     interval: float = 10,
     log: logging.Logger,
 ) -> None:
-    """``--no-dashboard`` / non-TTY: one summary line per ``interval`` until cancelled."""
+    """``--no-dashboard`` / non-TTY: per ``interval``, one summary line per peer (and
+    one for new device drops) until cancelled."""
     snap = get_snapshot()
-    previous = dict(snap["drops"])
+    previous = previous_drops(snap)
     while True:
         history = History(maxlen=2)
         history.sample(snap, trio.current_time())
         await trio.sleep(interval)
         snap = get_snapshot()
         history.sample(snap, trio.current_time())
-        log.info("%s", summary_line(snap, history, previous))
-        previous = dict(snap["drops"])
+        for line in summary_lines(snap, history, previous):
+            log.info("%s", line)
+        previous = previous_drops(snap)

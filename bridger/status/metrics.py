@@ -12,6 +12,7 @@ Names follow the Prometheus conventions: base units (seconds, bytes),
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import threading
@@ -30,16 +31,24 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from bridger.errors import ConfigError, HostError
-from bridger.status.counters import KINDS, LINK_STATES
+from bridger.status.counters import KINDS, PEER_STATES
 
 log = logging.getLogger("bridger.status.metrics")
 
 #: Label values of ``direction``: the snapshot's tx is LAN->WAN, rx is WAN->LAN.
 DIRECTION_LABELS = (("tx", "lan_to_wan"), ("rx", "wan_to_lan"))
 
+#: What ``:PORT`` binds: every IPv6 address, dual-stack; IPv4 only where IPv6 is off.
+ALL_ADDRESSES = "::"
+_ALL_IPV4 = "0.0.0.0"
+
 
 def parse_hostport(hostport: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all addresses) -> (host, port)."""
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` -> (host, port).
+
+    ``:PORT`` means all addresses: ``"::"`` (IPv6 and, dual-stack, IPv4;
+    :func:`serve_metrics` falls back to ``0.0.0.0`` where IPv6 is off).
+    """
     text = hostport.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit():
@@ -55,7 +64,7 @@ def parse_hostport(hostport: str) -> tuple[str, int]:
             raise ConfigError(f"--metrics {hostport!r}: {host!r} is not an IPv6 address") from exc
     elif ":" in host:
         raise ConfigError(f"--metrics {hostport!r}: write IPv6 addresses as [ADDR]:PORT")
-    return host or "0.0.0.0", port
+    return host or ALL_ADDRESSES, port
 
 
 class SnapshotCollector(Collector):
@@ -68,78 +77,107 @@ class SnapshotCollector(Collector):
         yield from snapshot_metrics(self._get_snapshot())
 
 
-def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
-    """The metric families for one snapshot (pure, so it is easy to test)."""
-    link = snap["link"]
-    up = GaugeMetricFamily("bridger_link_up", "1 if the link to the peer is up (keys valid, "
-                           "traffic flowing or recently confirmed), else 0")
-    up.add_metric([], 1.0 if link["state"] == "up" else 0.0)
-    yield up
-    state = GaugeMetricFamily("bridger_link_state", "Current link state (1 for the current one)",
-                              labels=["state"])
-    for name in LINK_STATES:
-        state.add_metric([name], 1.0 if link["state"] == name else 0.0)
-    yield state
+def _mac_table(prefix: str, what: str, labels: list[str]) -> tuple[Metric, Metric, Metric]:
+    return (
+        GaugeMetricFamily(f"{prefix}_entries", f"{what} in the table", labels=labels),
+        GaugeMetricFamily(f"{prefix}_capacity", f"Bound of the table of {what}", labels=labels),
+        CounterMetricFamily(f"{prefix}_evictions", f"{what} evicted (table full)", labels=labels),
+    )
 
-    info = InfoMetricFamily("bridger_peer", "The peer endpoint and local interfaces")
-    labels = {"endpoint": link["endpoint"] or "", "peer_name": link["peer_name"] or ""}
+
+def _add_mac_table(families: tuple[Metric, ...], labels: list[str], side: dict[str, Any]) -> None:
+    for family, key in zip(families, ("count", "capacity", "evicted"), strict=True):
+        family.add_metric(labels, side[key])  # type: ignore[attr-defined]
+
+
+def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
+    """The metric families for one snapshot (pure, so it is easy to test).
+
+    Every per-peer series carries a ``peer`` label; device-wide series have
+    none.  Device totals are not exported: ``sum without (peer)`` gives them.
+    """
+    peers: list[dict[str, Any]] = snap["peers"]
+
+    # -- device ---------------------------------------------------------------------------
+    info = InfoMetricFamily("bridger", "Forwarding mode, data path and local interfaces")
+    labels = {"mode": snap["mode"], "data_path": snap["data_path"]}
     labels.update({f"interface_{k}": v for k, v in snap["interface"].items()})
     info.add_metric([], labels)
     yield info
-
-    for metric, help_text in (("frames", "Ethernet frames forwarded"),
-                              ("bytes", "Ethernet frame bytes forwarded")):
-        family = CounterMetricFamily(f"bridger_{metric}", help_text, labels=["direction"])
-        for key, label in DIRECTION_LABELS:
-            family.add_metric([label], snap[metric][key])
-        yield family
-
-    kinds = CounterMetricFamily("bridger_frames_by_kind", "Forwarded frames by destination "
-                                "class, (inner) ethertype and VLAN tagging",
-                                labels=["direction", "kind"])
-    for key, label in DIRECTION_LABELS:
-        for kind in KINDS:
-            kinds.add_metric([label, kind], snap["kinds"][key][kind])
-    yield kinds
-
-    drops = CounterMetricFamily("bridger_drops", "Packets or frames dropped, by reason",
-                                labels=["reason"])
-    for reason, value in snap["drops"].items():
+    by_state = GaugeMetricFamily("bridger_peers", "Configured peers by state", labels=["state"])
+    for name in PEER_STATES:
+        by_state.add_metric([name], sum(1 for p in peers if p["state"] == name))
+    yield by_state
+    drops = CounterMetricFamily("bridger_drops", "Packets or frames dropped that belong to "
+                                "no peer, by reason", labels=["reason"])
+    for reason, value in snap["device_drops"].items():
         drops.add_metric([reason], value)
     yield drops
+    local = _mac_table("bridger_local_mac_table", "Local MACs (read from the taps)", [])
+    _add_mac_table(local, [], snap["macs"]["local"])
+    yield from local
 
+    # -- per peer -------------------------------------------------------------------------
+    up = GaugeMetricFamily("bridger_peer_up", "1 if the link to the peer is up (keys valid, "
+                           "traffic flowing or recently confirmed), else 0", labels=["peer"])
+    state = GaugeMetricFamily("bridger_peer_state", "Current peer state (1 for the current one)",
+                              labels=["peer", "state"])
+    peer_info = InfoMetricFamily("bridger_peer", "The peer's key, configured host, endpoint "
+                                 "and tap", labels=["peer"])
+    frames = CounterMetricFamily("bridger_frames", "Ethernet frames forwarded",
+                                 labels=["peer", "direction"])
+    nbytes = CounterMetricFamily("bridger_bytes", "Ethernet frame bytes forwarded",
+                                 labels=["peer", "direction"])
+    kinds = CounterMetricFamily("bridger_frames_by_kind", "Forwarded frames by destination "
+                                "class, (inner) ethertype and VLAN tagging",
+                                labels=["peer", "direction", "kind"])
+    peer_drops = CounterMetricFamily("bridger_peer_drops", "Packets or frames of one peer "
+                                     "dropped, by reason", labels=["peer", "reason"])
     fragments = CounterMetricFamily("bridger_fragments", "Fragmentation and reassembly events",
-                                    labels=["event"])
-    for event, value in snap["fragments"].items():
-        fragments.add_metric([event], value)
-    yield fragments
-
-    yield CounterMetricFamily("bridger_handshakes", "Completed handshakes",
-                              value=link["handshakes"])
-    yield CounterMetricFamily("bridger_rekeys", "Session rekeys", value=link["rekeys"])
-    yield GaugeMetricFamily("bridger_path_mtu_bytes", "Path MTU to the peer (0 if unknown)",
-                            value=link["path_mtu"])
-    for name, key, scale, help_text in (
-        ("bridger_rtt_seconds", "rtt_ms", 1e-3, "Round-trip time estimate to the peer"),
-        ("bridger_session_age_seconds", "session_age", 1.0, "Age of the current session"),
-        ("bridger_last_handshake_age_seconds", "last_handshake_age", 1.0,
-         "Time since the last completed handshake"),
-    ):
-        if link[key] is not None:  # absent rather than a fake 0 when unknown
-            yield GaugeMetricFamily(name, help_text, value=link[key] * scale)
-
-    entries = GaugeMetricFamily("bridger_mac_table_entries", "MACs in the table", labels=["side"])
-    capacity = GaugeMetricFamily("bridger_mac_table_capacity", "MAC table size bound",
-                                 labels=["side"])
-    evicted = CounterMetricFamily("bridger_mac_table_evictions", "MACs evicted (table full)",
-                                  labels=["side"])
-    for side in ("local", "remote"):
-        entries.add_metric([side], snap["macs"][side]["count"])
-        capacity.add_metric([side], snap["macs"][side]["capacity"])
-        evicted.add_metric([side], snap["macs"][side]["evicted"])
-    yield entries
-    yield capacity
-    yield evicted
+                                    labels=["peer", "event"])
+    handshakes = CounterMetricFamily("bridger_handshakes", "Completed handshakes",
+                                     labels=["peer"])
+    rekeys = CounterMetricFamily("bridger_rekeys", "Session rekeys", labels=["peer"])
+    path_mtu = GaugeMetricFamily("bridger_path_mtu_bytes", "Path MTU to the peer (0 if unknown)",
+                                 labels=["peer"])
+    gauges = [
+        (GaugeMetricFamily("bridger_rtt_seconds", "Round-trip time estimate to the peer",
+                           labels=["peer"]), "rtt_ms", 1e-3),
+        (GaugeMetricFamily("bridger_session_age_seconds", "Age of the current session",
+                           labels=["peer"]), "session_age", 1.0),
+        (GaugeMetricFamily("bridger_last_handshake_age_seconds",
+                           "Time since the last completed handshake", labels=["peer"]),
+         "last_handshake_age", 1.0),
+    ]
+    remote = _mac_table("bridger_remote_mac_table", "MACs behind the peer", ["peer"])
+    for peer in peers:
+        name = peer["name"]
+        up.add_metric([name], 1.0 if peer["state"] == "up" else 0.0)
+        for value in PEER_STATES:
+            state.add_metric([name, value], 1.0 if peer["state"] == value else 0.0)
+        peer_info.add_metric([name], {"public_key": peer["public_key"],
+                                      "host": peer["host"] or "", "tap": peer["tap"],
+                                      "endpoint": peer["endpoint"] or ""})
+        for key, label in DIRECTION_LABELS:
+            frames.add_metric([name, label], peer["frames"][key])
+            nbytes.add_metric([name, label], peer["bytes"][key])
+            for kind in KINDS:
+                kinds.add_metric([name, label, kind], peer["kinds"][key][kind])
+        for reason, value in peer["drops"].items():
+            peer_drops.add_metric([name, reason], value)
+        for event, value in peer["fragments"].items():
+            fragments.add_metric([name, event], value)
+        handshakes.add_metric([name], peer["handshakes"])
+        rekeys.add_metric([name], peer["rekeys"])
+        path_mtu.add_metric([name], peer["path_mtu"])
+        for family, key, scale in gauges:
+            if peer[key] is not None:  # absent rather than a fake 0 when unknown
+                family.add_metric([name], peer[key] * scale)
+        _add_mac_table(remote, [name], peer["macs"]["remote"])
+    yield from (up, state, peer_info, frames, nbytes, kinds, peer_drops, fragments, handshakes,
+                rekeys, path_mtu)
+    yield from (family for family, _, _ in gauges)
+    yield from remote
 
 
 @dataclass
@@ -187,11 +225,18 @@ def serve_metrics(
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(snapshot))
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        try:
+            server, thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            if host != ALL_ADDRESSES or exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            host = _ALL_IPV4  # IPv6 disabled on this host
+            server, thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise HostError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
     bound_port = int(server.server_address[1])
-    log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound_port)
+    shown = f"[{host}]" if ":" in host else host
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", shown, bound_port)
 
     def shutdown() -> None:
         server.shutdown()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridger.status.counters import DAEMON_DROP_REASONS, KINDS, LINK_STATES, SCHEMA_VERSION
+from bridger.status.counters import DAEMON_DROP_REASONS, KINDS, MODES, PEER_STATES, SCHEMA_VERSION
 
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 _AGE: dict[str, Any] = {"type": ["number", "null"], "minimum": 0}
@@ -27,6 +27,17 @@ _KINDS: dict[str, Any] = {
     "properties": {kind: _COUNT for kind in KINDS},
     "required": list(KINDS),
     "additionalProperties": False,
+}
+_KINDS_PER_DIRECTION: dict[str, Any] = {
+    "type": "object",
+    "properties": {"tx": _KINDS, "rx": _KINDS},
+    "required": ["tx", "rx"],
+    "additionalProperties": False,
+}
+_DROPS: dict[str, Any] = {
+    "type": "object",
+    "required": list(DAEMON_DROP_REASONS),
+    "additionalProperties": _COUNT,
 }
 _MAC_SIDE: dict[str, Any] = {
     "type": "object",
@@ -52,55 +63,60 @@ _MAC_SIDE: dict[str, Any] = {
     "required": ["count", "capacity", "evicted", "top"],
     "additionalProperties": False,
 }
+_PEER_FIELDS: dict[str, Any] = {
+    "name": {"type": "string"},
+    "public_key": {"type": "string"},
+    "host": {"type": ["string", "null"]},
+    "tap": {"type": "string"},
+    "state": {"type": "string", "enum": list(PEER_STATES)},
+    "endpoint": {"type": ["string", "null"]},
+    "session_age": _AGE,
+    "last_handshake_age": _AGE,
+    "handshakes": _COUNT,
+    "rekeys": _COUNT,
+    "rtt_ms": _AGE,
+    "path_mtu": _COUNT,
+    "frames": _PER_DIRECTION,
+    "bytes": _PER_DIRECTION,
+    "kinds": _KINDS_PER_DIRECTION,
+    "drops": _DROPS,
+    "fragments": {"type": "object", "additionalProperties": _COUNT},
+    "macs": {
+        "type": "object",
+        "properties": {"remote": _MAC_SIDE},
+        "required": ["remote"],
+        "additionalProperties": False,
+    },
+}
+_PEER: dict[str, Any] = {
+    "type": "object",
+    "properties": _PEER_FIELDS,
+    "required": list(_PEER_FIELDS),
+    "additionalProperties": False,
+}
+_TOP_FIELDS: dict[str, Any] = {
+    "version": {"type": "integer", "enum": [SCHEMA_VERSION]},
+    "mode": {"type": "string", "enum": list(MODES)},
+    "data_path": {"type": "string"},
+    "interface": {"type": "object", "additionalProperties": {"type": "string"}},
+    "frames": _PER_DIRECTION,
+    "bytes": _PER_DIRECTION,
+    "kinds": _KINDS_PER_DIRECTION,
+    "drops": _DROPS,
+    "device_drops": _DROPS,
+    "macs": {
+        "type": "object",
+        "properties": {"local": _MAC_SIDE},
+        "required": ["local"],
+        "additionalProperties": False,
+    },
+    "peers": {"type": "array", "items": _PEER},
+}
 
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {
-        "version": {"type": "integer", "enum": [SCHEMA_VERSION]},
-        "link": {
-            "type": "object",
-            "properties": {
-                "state": {"type": "string", "enum": list(LINK_STATES)},
-                "endpoint": {"type": ["string", "null"]},
-                "peer_name": {"type": ["string", "null"]},
-                "session_age": _AGE,
-                "last_handshake_age": _AGE,
-                "handshakes": _COUNT,
-                "rekeys": _COUNT,
-                "rtt_ms": _AGE,
-                "path_mtu": _COUNT,
-            },
-            "required": [
-                "state", "endpoint", "peer_name", "session_age", "last_handshake_age",
-                "handshakes", "rekeys", "rtt_ms", "path_mtu",
-            ],
-            "additionalProperties": False,
-        },
-        "interface": {"type": "object", "additionalProperties": {"type": "string"}},
-        "frames": _PER_DIRECTION,
-        "bytes": _PER_DIRECTION,
-        "kinds": {
-            "type": "object",
-            "properties": {"tx": _KINDS, "rx": _KINDS},
-            "required": ["tx", "rx"],
-            "additionalProperties": False,
-        },
-        "drops": {
-            "type": "object",
-            "required": list(DAEMON_DROP_REASONS),
-            "additionalProperties": _COUNT,
-        },
-        "fragments": {"type": "object", "additionalProperties": _COUNT},
-        "macs": {
-            "type": "object",
-            "properties": {"local": _MAC_SIDE, "remote": _MAC_SIDE},
-            "required": ["local", "remote"],
-            "additionalProperties": False,
-        },
-    },
-    "required": [
-        "version", "link", "interface", "frames", "bytes", "kinds", "drops", "fragments", "macs",
-    ],
+    "properties": _TOP_FIELDS,
+    "required": list(_TOP_FIELDS),
     "additionalProperties": False,
 }
 

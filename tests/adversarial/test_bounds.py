@@ -209,14 +209,15 @@ def test_pre_session_queue_is_bounded() -> None:
 
 def test_mac_tables_are_bounded_under_a_mac_flood() -> None:
     counters = Counters(mac_table_size=1024)
+    peer = counters.peer("p")
     frame = bytearray(64)
 
     def attack(i: int) -> None:
         frame[6:12] = (0x020000000000 | i).to_bytes(6, "big")
-        counters.lan_to_wan(bytes(frame), 0.0)
-        counters.wan_to_lan(bytes(frame), 0.0)
+        peer.lan_to_wan(bytes(frame), 0.0)
+        peer.wan_to_lan(bytes(frame), 0.0)
 
     _, growth = heap_growth(attack, 5_000, 40_000)
-    macs = counters._local
-    assert len(macs) == 1024 and macs.evicted == 40_000 - 1024
+    for macs in (counters._local, peer._remote):
+        assert len(macs) == 1024 and macs.evicted == 40_000 - 1024
     assert growth < FLAT

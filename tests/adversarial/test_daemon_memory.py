@@ -49,7 +49,7 @@ def test_never_completed_fragment_trains_keep_daemon_memory_flat(link: BridgedLa
     rss1 = vm_rss_kib(pid)
     status = link.status("A")
     assert status is not None
-    frags, drops = status["fragments"], status["drops"]
+    frags, drops = status["peers"][0]["fragments"], status["drops"]
     print(f"\n{TRAINS} trains in {run['elapsed']}s: RSS {rss0} -> {rss1} KiB, "
           f"in progress {frags['in_progress']}, overflow {drops['reassembly_overflow']}, "
           f"received {frags['received']}")

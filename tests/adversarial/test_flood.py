@@ -107,8 +107,8 @@ def test_flood_during_transfer(bridged: BridgedLab, tmp_path: Path) -> None:
     print(f"drops during the attack: { {k: v for k, v in grew.items() if v} }")
 
     assert received == sent, link.logs()
-    assert status is not None and status["link"]["endpoint"] == peer_endpoint
-    assert status["link"]["state"] == "up"
+    assert status is not None and status["peers"][0]["endpoint"] == peer_endpoint
+    assert status["peers"][0]["state"] == "up"
     answers = summary["answers"]
     for cls in (*SILENT, "other"):
         assert cls not in answers, f"{cls} was answered: {answers[cls]}"

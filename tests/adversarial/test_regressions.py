@@ -71,4 +71,6 @@ def test_regression_valid_mac1_alone_does_not_trigger_initiation_resends() -> No
         forged = _non_key_holder_initiation(winner)
         out = winner.receive_datagram(forged, ATTACKER, 2.0, WALL_EPOCH + 2.0)
         assert not out.datagrams
-        assert winner.drops[DropReason.AUTH_FAILED] == 1
+        # Its static key is no configured peer's: dropped at the device, no peer touched.
+        assert winner.drops[DropReason.UNKNOWN_PEER] == 1
+        assert winner.peer.drops[DropReason.UNKNOWN_PEER] == 0

@@ -112,7 +112,7 @@ def test_keys_never_appear_in_output_and_control_socket_refuses_others(
                 os.chmod(sock, 0o600)
         finally:
             link_path.unlink()
-        assert "permission denied (root only)" in answer and '"link"' not in answer
+        assert "permission denied (root only)" in answer and '"peers"' not in answer
     for site in ("A", "B"):
         assert link.stop(site, signal.SIGTERM) == 0
     seen += [link.log_path(site).read_text(errors="replace") for site in ("A", "B")]

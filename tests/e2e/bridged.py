@@ -217,7 +217,7 @@ class SitesLab(Gateways):
                 if proc.poll() is not None:
                     raise AssertionError(f"gateway {site} exited:\n{self.logs()}")
             states = [self.status(s) for s in self.procs]
-            if all(s is not None and s["link"]["state"] == "up" for s in states):
+            if all(s is not None and s["peers"][0]["state"] == "up" for s in states):
                 return time.monotonic() - start
             time.sleep(0.2)
         raise AssertionError(f"link not up after {timeout}s:\n{self.logs()}")

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,19 +43,26 @@ def test_counters_equal_the_frames_actually_sent(lab: Lab, tmp_path: Path) -> No
         while time.monotonic() < deadline:
             after_a, after_b = link.status("A"), link.status("B")
             assert after_a is not None and after_b is not None
-            if after_b["kinds"]["rx"]["other"] - before_b["kinds"]["rx"]["other"] >= n:
+            if rx_other(after_b) - rx_other(before_b) >= n:
                 break
             time.sleep(0.2)
         validate(after_a)
         validate(after_b)
-        assert after_a["kinds"]["tx"]["other"] - before_a["kinds"]["tx"]["other"] == n
-        assert after_b["kinds"]["rx"]["other"] - before_b["kinds"]["rx"]["other"] == n
+        assert (after_a["peers"][0]["kinds"]["tx"]["other"]
+                - before_a["peers"][0]["kinds"]["tx"]["other"]) == n
+        assert rx_other(after_b) - rx_other(before_b) == n
         # byte counters moved by at least the frames' own bytes
         assert after_a["bytes"]["tx"] - before_a["bytes"]["tx"] >= sent_bytes
         assert after_b["bytes"]["rx"] - before_b["bytes"]["rx"] >= sent_bytes
         # site A's MAC table saw hostA1 on the local side; B saw it on the remote side
         assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_a["macs"]["local"]["top"])
-        assert any(e["mac"] == mac_of(lab, "hostA1") for e in after_b["macs"]["remote"]["top"])
+        remote = after_b["peers"][0]["macs"]["remote"]["top"]
+        assert any(e["mac"] == mac_of(lab, "hostA1") for e in remote)
+
+
+def rx_other(status: dict[str, Any]) -> int:
+    count: int = status["peers"][0]["kinds"]["rx"]["other"]
+    return count
 
 
 SCRAPE = """
@@ -73,11 +81,11 @@ def test_metrics_endpoint_is_scraped_and_parsed(lab: Lab, tmp_path: Path) -> Non
             for family in text_string_to_metric_families(text)
             for s in family.samples
         }
-        assert samples[("bridger_link_up", ())] == 1
-        tx = samples[("bridger_frames_total", (("direction", "lan_to_wan"),))]
-        rx = samples[("bridger_frames_total", (("direction", "wan_to_lan"),))]
+        assert samples[("bridger_peer_up", (("peer", "peer"),))] == 1
+        tx = samples[("bridger_frames_total", (("direction", "lan_to_wan"), ("peer", "peer")))]
+        rx = samples[("bridger_frames_total", (("direction", "wan_to_lan"), ("peer", "peer")))]
         assert tx >= 1 and rx >= 1
-        assert ("bridger_drops_total", (("reason", "replay"),)) in samples
+        assert ("bridger_peer_drops_total", (("peer", "peer"), ("reason", "replay"))) in samples
 
 
 def hosts_file(lab: Lab, role: str) -> Path:
@@ -109,7 +117,7 @@ def test_peer_by_dns_name_unresolvable_then_resolving(lab: Lab, tmp_path: Path) 
             wait_ping(lab, "hostB1", host_address(lab, "hostA1"))
             status = link.status("B")
             assert status is not None
-            assert status["link"]["peer_name"] == "site-a.bridger-lab.test"
+            assert status["peers"][0]["host"] == "site-a.bridger-lab.test"
             print(f"link up {took:.1f}s after the name started resolving")
             assert "Traceback" not in link.logs()
     finally:
@@ -161,7 +169,7 @@ def test_ipv6_underlay(lab: Lab, tmp_path: Path) -> None:
         assert ping_df(lab, "hostA1", b1)
         status = link.status("A")
         assert status is not None
-        assert status["link"]["endpoint"] == peer_b
+        assert status["peers"][0]["endpoint"] == peer_b
 
 
 def ping_df(lab: Lab, role: str, dst: str) -> bool:

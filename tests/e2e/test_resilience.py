@@ -97,7 +97,7 @@ def test_wan_address_change_recovers(make_bridged) -> None:  # type: ignore[no-u
         new = lab.change_wan_address("B")
         took = wait_ping(lab, "hostA1", b1, within=RECOVERY)
         status = link.status("A")
-        assert status is not None and status["link"]["endpoint"].startswith(new)
+        assert status is not None and status["peers"][0]["endpoint"].startswith(new)
         print(f"recovered {took:.1f}s after B moved to {new}")
     finally:
         traffic.kill()
@@ -117,7 +117,7 @@ def test_site_b_behind_nat_works_and_survives_mapping_change(make_bridged) -> No
     lab.change_nat_mapping()
     took = wait_ping(lab, "hostA1", b1, within=RECOVERY + 10)
     after = link.status("A")
-    assert after is not None and after["link"]["endpoint"] != before["link"]["endpoint"]
+    assert after is not None and after["peers"][0]["endpoint"] != before["peers"][0]["endpoint"]
     print(f"recovered {took:.1f}s after the NAT mapping changed")
 
 

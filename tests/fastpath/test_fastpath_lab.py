@@ -29,14 +29,17 @@ ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class OffloadLab(BridgedLab):
-    """BridgedLab whose gateways run with BRIDGER_OFFLOAD set per site."""
+    """BridgedLab whose gateways run with ``--offload`` or ``--no-offload`` per site."""
 
     def __init__(self, lab: Lab, workdir: Path, offload: dict[str, bool]) -> None:
         super().__init__(lab, workdir)
         self.offload = offload
 
+    def argv(self, site: str) -> list[str]:
+        return [*super().argv(site), "--offload" if self.offload[site] else "--no-offload"]
+
     def start(self, site: str) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, BRIDGER_OFFLOAD="1" if self.offload[site] else "0")
+        env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
         with self.log_path(site).open("ab") as log:
             proc = self.lab.popen(f"gw{site}", *self.argv(site), stdout=log,

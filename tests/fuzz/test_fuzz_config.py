@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import string
 import tempfile
@@ -21,9 +22,25 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridger.config import SETTINGS, UpConfig, build_up_config, read_toml, split_host_port
+from bridger.config import (
+    MODES,
+    PEER_NAME_RE,
+    PEERS_KEYS,
+    SETTINGS,
+    UpConfig,
+    build_up_config,
+    read_toml,
+    split_host_port,
+)
 from bridger.errors import BridgerError, ConfigError, KeyFileError
-from bridger.keys import KEY_LEN, decode_key, encode_key, read_private_key_file
+from bridger.keys import (
+    KEY_LEN,
+    decode_key,
+    encode_key,
+    public_key,
+    read_private_key_file,
+    write_private_key_file,
+)
 from bridger.status.control import query_status, serve_control
 from tests.fuzz.budget import fuzz
 
@@ -48,13 +65,24 @@ def _toml_value(value: Any) -> str:
     raise AssertionError(type(value))
 
 
+OWN_PRIVATE = bytes(range(100, 132))
+OWN = encode_key(public_key(OWN_PRIVATE))
+OTHER = encode_key(bytes(range(1, 33)))
 SCALARS = st.one_of(
     TEXT, st.integers(-(2**63), 2**63 - 1), st.floats(), st.booleans(),
-    st.sampled_from(["eth1", "bridger0", "10.0.0.1", "[::1]:5", "a" * 16, PUB, "/dev/null",
-                     "127.0.0.1:9555", "berlin.example", "", " ", "..", "fe80::1%eth0"]),
+    st.sampled_from(["eth1", "bridger0", "10.0.0.1", "[::1]:5", "a" * 16, PUB, OTHER, OWN,
+                     "/dev/null", "127.0.0.1:9555", ":9555", "berlin.example", "", " ", "..",
+                     "fe80::1%eth0", "mesh", "hub", "berlin", "paris", "bridger-tap0",
+                     "Berlin", "-x", "a" * 15]),
 )
 VALUES = SCALARS | st.lists(SCALARS, max_size=3)
 KEYS = [(section, key) for section, key, _opt, _fld in SETTINGS]
+# Values that make a [[peers]] entry valid more often than random scalars would.
+PEER_VALUES = {
+    "name": st.sampled_from(["berlin", "paris", "eth1", "bridger0", "x", "Berlin", "a" * 16]),
+    "public_key": st.sampled_from([PUB, OTHER, OWN, "abc"]),
+    "tap": st.sampled_from(["berlin", "paris", "t0", "eth1", "bridger0"]),
+}
 
 
 def _document(draw: st.DrawFn) -> str:
@@ -65,33 +93,77 @@ def _document(draw: st.DrawFn) -> str:
     sections: dict[str, list[str]] = {}
     for section, key in chosen + extra:
         sections.setdefault(section, []).append(f"{key} = {_toml_value(draw(VALUES))}")
-    return "".join(f"[{s}]\n" + "\n".join(dict.fromkeys(lines)) + "\n"
+    text = "".join(f"[{s}]\n" + "\n".join(dict.fromkeys(lines)) + "\n"
                    for s, lines in sections.items())
+    for _ in range(draw(st.integers(0, 3))):
+        keys = draw(st.lists(st.sampled_from([*PEERS_KEYS, "hots"]), unique=True))
+        lines = []
+        for key in keys:
+            value = draw(PEER_VALUES[key] | VALUES if key in PEER_VALUES else VALUES)
+            lines.append(f"{key} = {_toml_value(value)}")
+        text += "[[peers]]\n" + "".join(line + "\n" for line in lines)
+    return text
 
 
 documents = st.composite(_document)
 
 
 def _load(text: str | bytes, cli: dict[str, Any]) -> UpConfig | None:
+    """Load ``text`` as a config file, with our key as the default key of an empty etc dir."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.toml"
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        write_private_key_file(Path(tmp) / "private.key", OWN_PRIVATE)
         try:
-            return build_up_config(cli, path)
+            return build_up_config(cli, path, etc=Path(tmp))
         except ConfigError as exc:
             _one_line(exc)
             return None
 
 
+def _check_invariants(cfg: UpConfig) -> None:
+    """What every valid config promises the daemon."""
+    assert cfg.peers and cfg.mode in MODES
+    assert 1 <= cfg.listen <= 65535
+    assert cfg.lan != cfg.bridge
+    names, keys, taps = set(), set(), set()
+    for peer in cfg.peers:
+        assert re.match(PEER_NAME_RE, peer.name) and len(peer.name) <= 15
+        assert 1 <= peer.port <= 65535
+        assert len(peer.public_key) == KEY_LEN and peer.public_key != public_key(OWN_PRIVATE)
+        assert peer.tap not in (cfg.lan, cfg.bridge)
+        names.add(peer.name)
+        keys.add(peer.public_key)
+        taps.add(peer.tap)
+    assert len(names) == len(keys) == len(taps) == len(cfg.peers)
+
+
 @fuzz()
 @given(documents(), st.booleans())
 def test_structured_config_files_give_a_config_or_one_line(doc: str, with_cli: bool) -> None:
-    cli = {"lan": "eth1", "key_file": "/k", "peer_public_key": PUB} if with_cli else {}
+    cli = {"lan": "eth1", "peer_public_key": PUB} if with_cli else {}
     cfg = _load(doc, cli)
     if cfg is not None:
-        assert 1 <= cfg.listen <= 65535 and 1 <= cfg.peer_port <= 65535
-        assert len(cfg.peer_public_key) == KEY_LEN
-        assert len({cfg.lan, cfg.bridge, cfg.tap}) == 3
+        _check_invariants(cfg)
+
+
+@fuzz()
+@given(st.integers(1, 4), st.data())
+def test_peers_arrays_give_a_config_or_one_line(count: int, data: st.DataObject) -> None:
+    """Mostly-valid [[peers]] arrays, so the checks across peers run (not just the first)."""
+    text = '[local]\nlan = "eth1"\n'
+    for number in range(count):
+        name = data.draw(PEER_VALUES["name"] | st.just(f"p{number}"))
+        key = data.draw(PEER_VALUES["public_key"]
+                        | st.just(encode_key(bytes([number + 40]) * 32)))
+        text += f'[[peers]]\nname = "{name}"\npublic_key = "{key}"\n'
+        if data.draw(st.booleans()):
+            text += f'tap = "{data.draw(PEER_VALUES["tap"])}"\n'
+    cli = data.draw(st.sampled_from([{}, {"peer": "berlin"}, {"peer": "nowhere.example:9"},
+                                     {"peer_public_key": PUB}, {"tap": "t9"}]))
+    cfg = _load(text, cli)
+    if cfg is not None:
+        _check_invariants(cfg)
 
 
 @fuzz()
@@ -108,38 +180,31 @@ def test_arbitrary_config_bytes_give_a_config_or_one_line(raw: bytes) -> None:
 
 
 OPTIONS = ["--lan", "--peer", "--key", "--peer-key", "--listen", "--bridge", "--tap",
-           "--state-dir", "--psk-file", "--persistent-keepalive", "--wan-mtu", "--metrics"]
+           "--state-dir", "--psk-file", "--persistent-keepalive", "--wan-mtu", "--metrics",
+           "--mode"]
+FLAGS = ["--stp", "--no-stp", "--dashboard", "--no-dashboard", "--offload", "--no-offload"]
 
 
 @fuzz()
 @given(st.lists(st.tuples(st.sampled_from(OPTIONS), SCALARS.map(str)), max_size=10),
-       st.booleans())
+       st.lists(st.sampled_from(FLAGS), max_size=4))
 def test_command_line_values_give_a_config_or_one_line(
-    pairs: list[tuple[str, str]], flags: bool
+    pairs: list[tuple[str, str]], flags: list[str]
 ) -> None:
     """Through the real argument parser, then the same mapping `bridger up` uses."""
-    from bridger.cli import build_parser
+    from bridger.cli import build_parser, up_values
 
-    argv = ["up"] + [f"{opt}={value}" for opt, value in pairs]
-    if flags:
-        argv += ["--stp", "--no-dashboard"]
+    argv = ["up"] + [f"{opt}={value}" for opt, value in pairs] + flags
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: usage and one error line, exit 2
         assert exc.code == 2
         return
-    cli = {
-        "lan": args.lan, "peer": args.peer, "key_file": args.key, "peer_public_key": args.peer_key,
-        "listen": args.listen, "bridge": args.bridge, "tap": args.tap,
-        "state_dir": args.state_dir, "psk_file": args.psk_file,
-        "persistent_keepalive": args.persistent_keepalive, "wan_mtu": args.wan_mtu,
-        "stp": args.stp, "dashboard": False if args.no_dashboard else None,
-        "metrics": args.metrics,
-    }
-    try:
-        build_up_config(cli, None)
-    except ConfigError as exc:
-        _one_line(exc)
+    with tempfile.TemporaryDirectory() as tmp:  # an empty etc dir: no default config or key
+        try:
+            build_up_config(up_values(args), None, etc=Path(tmp))
+        except ConfigError as exc:
+            _one_line(exc)
 
 
 @fuzz()

@@ -217,3 +217,22 @@ def test_staggered_start_when_winners_initiation_was_lost_connects_at_once() -> 
     assert sim.peers[winner].tunnel.stats(sim.now).handshakes == 1
     assert sim.peers[loser].tunnel.stats(sim.now).handshakes == 1
     assert sim.delivered_ratio(loser) == 1.0
+
+
+@pytest.mark.parametrize("first_frame", [0.0, 0.01, 0.02, 0.03, 0.05, 0.5])
+def test_start_makes_exactly_one_handshake(first_frame: float) -> None:
+    """Regression (review item 8): at start a daemon answers the other side's
+    initiation, and the LAN (IPv6 DAD, router solicitations) hands it a frame
+    before the other side's first transport message confirms that session.
+    It initiated for that frame: a second handshake replaced the first
+    (``rekeys`` 1 right after start). Now the frame waits for the confirmation."""
+    sim = Sim(seed=8, keepalive=25.0)
+    sim.peers[0].tunnel.peer.timers.persistent_keepalive = None  # A's timers run late
+    sim.run_until(first_frame)
+    sim.send(0, 100)
+    sim.run_until(10.0)
+    for peer in sim.peers:
+        stats = peer.tunnel.stats()
+        assert stats.state == "up"
+        assert (stats.handshakes, stats.rekeys) == (1, 0), (peer.name, first_frame)
+    assert sim.delivered_ratio(0) == 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridger.protocol import DropReason, Tunnel, TunnelConfig, public_key
-from bridger.protocol import tunnel as tunnel_module
+from bridger.protocol import device as device_module
 from bridger.protocol.constants import REASSEMBLY_MAX_FRAMES, REASSEMBLY_TIMEOUT
 from bridger.protocol.fragment import Reassembler, split
 from bridger.protocol.messages import (
@@ -220,7 +220,7 @@ def test_bad_mac1_costs_no_dh_and_gets_no_answer(monkeypatch: pytest.MonkeyPatch
     def forbidden(*args: object) -> None:
         raise AssertionError("DH computed for an unauthenticated packet")
 
-    monkeypatch.setattr(tunnel_module, "consume_initiation", forbidden)
+    monkeypatch.setattr(device_module, "decrypt_initiator_static", forbidden)
     out = b.receive_datagram(bytes(init), ("192.0.2.1", 1), 0.0, 1e9)
     assert not out.datagrams
     assert b.drops[DropReason.HANDSHAKE_MAC1] == 1

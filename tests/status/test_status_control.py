@@ -18,22 +18,32 @@ import trio
 
 from bridger.errors import AlreadyRunning, BridgerError, HostError
 from bridger.status.control import control_path, query_status, serve_control, status_main
-from bridger.status.counters import Counters, LinkInfo
+from bridger.status.counters import Counters
 from bridger.status.schema import validate
+from tests.status.samples import (
+    BERLIN,
+    DEVICE,
+    LOCAL,
+    PARIS,
+    REMOTE,
+    arp_broadcast,
+    ipv4,
+    peer,
+)
 
-LINK = LinkInfo(state="up", endpoint="203.0.113.5:55555", peer_name="berlin.example",
-                session_age=10.0, last_handshake_age=1.0, handshakes=1, rekeys=0, rtt_ms=3.5,
-                path_mtu=1420, drops={"decrypt_failed": 2}, fragments={"sent": 1},
-                interface={"lan": "eth1", "listen": "0.0.0.0:55555"})
+PEERS = [BERLIN, PARIS]
 
 
 def make_counters() -> Counters:
     c = Counters()
-    frame = bytes.fromhex("020000000002" "020000000001" "0800") + b"\x45" + b"\x00" * 45
     for _ in range(5):
-        c.lan_to_wan(frame, 1.0)
-    c.wan_to_lan(b"\xff" * 6 + bytes.fromhex("020000000002" "0806") + b"\x00" * 28, 1.0)
+        c.peer("berlin").lan_to_wan(ipv4(REMOTE, LOCAL, 60), 1.0)
+    c.peer("berlin").wan_to_lan(arp_broadcast(), 1.0)
     return c
+
+
+def snapshot_of(c: Counters) -> Callable[[], dict[str, Any]]:
+    return lambda: c.snapshot(DEVICE, PEERS, 2.0)
 
 
 def with_server(path: Path, get_snapshot: Callable[[], dict[str, Any]],
@@ -60,12 +70,12 @@ def test_round_trip_mode_and_cleanup(tmp_path: Path) -> None:
     def client() -> tuple[dict[str, Any], int]:
         return query_status(path), stat.S_IMODE(os.lstat(path).st_mode)
 
-    doc, mode = with_server(path, lambda: counters.snapshot(LINK, 2.0), client)
+    doc, mode = with_server(path, snapshot_of(counters), client)
     validate(doc)
     assert doc["frames"] == {"tx": 5, "rx": 1}
     assert doc["bytes"] == {"tx": 5 * 60, "rx": 42}
-    assert doc["drops"]["decrypt_failed"] == 2
-    assert doc["link"]["endpoint"] == "203.0.113.5:55555"
+    assert doc["drops"]["auth_failed"] == 12
+    assert doc["peers"][0]["endpoint"] == "203.0.113.5:55555"
     assert mode == 0o600
     assert not path.exists()  # removed on exit
 
@@ -87,7 +97,7 @@ def test_refuses_when_live_socket_present(tmp_path: Path) -> None:
             return exc
         return None
 
-    exc = with_server(path, lambda: make_counters().snapshot(LINK, 0.0), second_server)
+    exc = with_server(path, snapshot_of(make_counters()), second_server)
     assert isinstance(exc, AlreadyRunning)
     assert str(path) in str(exc)
 
@@ -97,7 +107,7 @@ def test_replaces_stale_socket(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # file left behind, nobody listening: as after a crash
-    doc = with_server(path, lambda: make_counters().snapshot(LINK, 0.0),
+    doc = with_server(path, snapshot_of(make_counters()),
                       lambda: query_status(path))
     assert doc["frames"]["tx"] == 5
 
@@ -146,7 +156,7 @@ def test_bad_clients_do_not_disturb_server(tmp_path: Path) -> None:
             silent.close()
 
     garbage, empty, huge, frames = with_server(
-        path, lambda: make_counters().snapshot(LINK, 0.0), clients)
+        path, snapshot_of(make_counters()), clients)
     assert "unknown request" in garbage["error"]
     assert "unknown request" in json.loads(empty)["error"]
     assert "unknown request" in huge["error"]
@@ -189,7 +199,7 @@ def test_other_uids_are_refused(widen_mode: bool) -> None:
                                  timeout=20, cwd="/", check=False)
             return out.stdout.strip() or out.stderr.strip()
 
-        reply = with_server(path, lambda: make_counters().snapshot(LINK, 0.0), client)
+        reply = with_server(path, snapshot_of(make_counters()), client)
         if widen_mode:
             assert json.loads(reply) == {"error": "permission denied (root only)"}
         else:
@@ -211,14 +221,52 @@ def test_status_main_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixtur
         return rc_json, out_json, rc_table, capsys.readouterr().out
 
     rc_json, out_json, rc_table, out_table = with_server(
-        path, lambda: counters.snapshot(LINK, 2.0), client)
+        path, snapshot_of(counters), client)
     assert rc_json == 0 and rc_table == 0
     doc = json.loads(out_json)
     validate(doc)
     assert doc["frames"]["tx"] == 5
-    for expected in ("UP", "berlin.example", "LAN→WAN", "WAN→LAN", "decrypt_failed 2",
-                     "02:00:00:00:00:01"):
-        assert expected in out_table
+    for expected in ("1 UP 1 DOWN", "berlin", "paris", "203.0.113.5:55555", "LAN→WAN",
+                     "WAN→LAN", "auth_failed 12", "02:00:00:00:00:01", "02:00:00:00:00:02"):
+        assert expected in out_table, f"{expected!r} missing from\n{out_table}"
+
+
+def test_status_table_shows_every_peer_and_names_verbatim(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One-shot `bridger status` gives every peer a row, however many, and prints
+    names and MACs as they are (never as markup or emoji)."""
+    path = control_path(tmp_path)
+    c = make_counters()
+    c.peer("odd").wan_to_lan(ipv4(LOCAL, bytes.fromhex("aacdef000001"), 60), 1.0)
+    peers = [*PEERS, *(peer(f"site{i:02d}") for i in range(20)),
+             peer("odd", host="[bold]h:smile:", endpoint="[red]e:cd:1")]
+
+    def client() -> str:
+        assert status_main(tmp_path, as_json=False, watch=False) == 0
+        return capsys.readouterr().out
+
+    out = with_server(path, lambda: c.snapshot(DEVICE, peers, 2.0), client)
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("site")]
+    assert len(set(rows)) == 20, out
+    assert "more peers" not in out
+    assert "[red]e:cd:1" in out and "aa:cd:ef:00:00:01" in out, out
+
+
+def test_status_table_refuses_other_versions_but_json_prints_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = control_path(tmp_path)
+    old = {"version": 1, "link": {"state": "up"}}
+
+    def client() -> tuple[str, str]:
+        with pytest.raises(BridgerError, match=r"status version 1.*use --json"):
+            status_main(tmp_path, as_json=False, watch=False)
+        assert status_main(tmp_path, as_json=True, watch=False) == 0
+        return capsys.readouterr().out, ""
+
+    out, _ = with_server(path, lambda: old, client)
+    assert json.loads(out) == old
 
 
 def test_status_watch_json_lines_until_daemon_stops(
@@ -236,7 +284,7 @@ def test_status_watch_json_lines_until_daemon_stops(
 
     async def main() -> None:
         async with trio.open_nursery() as outer, trio.open_nursery() as server:
-            await server.start(serve_control, path, lambda: counters.snapshot(LINK, 2.0))
+            await server.start(serve_control, path, snapshot_of(counters))
             outer.start_soon(trio.to_thread.run_sync, watcher)
             await trio.sleep(0.5)
             server.cancel_scope.cancel()

@@ -1,10 +1,13 @@
-"""The dashboard renders the expected fields in a fixed-size console, and degrades when small."""
+"""The dashboard renders one row per peer in a fixed-size console, degrades when small,
+never reads names as markup, and redraws on a virtual clock."""
 
 from __future__ import annotations
 
 import io
 import logging
-import struct
+import re
+import threading
+from functools import partial
 from typing import Any
 
 import pytest
@@ -12,55 +15,60 @@ import trio
 import trio.testing
 from rich.console import Console
 
-from bridger.status.counters import Counters, LinkInfo
+from bridger.status.counters import Counters, DeviceInfo, PeerInfo
 from bridger.status.dashboard import (
     History,
     fmt_age,
     fmt_bytes,
     fmt_count,
+    fmt_number,
+    previous_drops,
     render,
     run_dashboard,
     run_log_lines,
     sparkline,
-    summary_line,
+    summary_lines,
+)
+from tests.status.samples import (
+    BERLIN,
+    DEVICE,
+    LOCAL,
+    PARIS,
+    REMOTE,
+    StuckTerminal,
+    arp_broadcast,
+    ipv4,
+    peer,
 )
 
-LOCAL = bytes.fromhex("020000000001")
-REMOTE = bytes.fromhex("020000000002")
+FOUR = [BERLIN, PARIS, peer("rome"), peer("oslo", "handshaking", endpoint="192.0.2.77:51820")]
 
 
-def ipv4(dst: bytes, src: bytes, size: int = 100) -> bytes:
-    return dst + src + struct.pack("!H", 0x0800) + b"\x45" + b"\x00" * (size - 15)
-
-
-UP = LinkInfo(
-    state="up", endpoint="203.0.113.5:55555", peer_name="berlin.example", session_age=3725.0,
-    last_handshake_age=70.0, handshakes=3, rekeys=2, rtt_ms=14.2, path_mtu=1420,
-    drops={"decrypt_failed": 12, "replay": 3, "bad_header": 0},
-    fragments={"sent": 4, "received": 2, "reassembled": 1},
-    interface={"lan": "eth1", "bridge": "br0", "tap": "bt0", "listen": "0.0.0.0:55555"},
-)
-DOWN = LinkInfo(state="down", endpoint=None, peer_name=None, path_mtu=0,
-                interface={"lan": "eth1", "listen": "0.0.0.0:55555"})
-
-
-def busy_counters() -> tuple[Counters, History]:
-    """Ten seconds of traffic from 12 remote and 3 local MACs, sampled once a second."""
+def busy_counters(peers: list[PeerInfo] = FOUR) -> tuple[Counters, History]:
+    """Ten seconds of traffic sampled once a second: berlin busy (3 local, 12 remote MACs),
+    the other peers a little, peer i sending i frames a second."""
     c, history = Counters(), History()
     for t in range(11):
+        berlin = c.peer("berlin")
         for i in range(3):
-            c.lan_to_wan(ipv4(REMOTE, LOCAL[:5] + bytes([i]), 1000), float(t))
+            berlin.lan_to_wan(ipv4(REMOTE, LOCAL[:5] + bytes([i]), 1000), float(t))
         for i in range(12):
-            c.wan_to_lan(ipv4(LOCAL, REMOTE[:5] + bytes([i]), 500), float(t))
-        c.wan_to_lan(b"\xff" * 6 + REMOTE + b"\x08\x06" + b"\x00" * 28, float(t))
-        history.sample(c.snapshot(UP, float(t)), float(t))
-    c.tap_write_failed()
+            berlin.wan_to_lan(ipv4(LOCAL, REMOTE[:5] + bytes([i]), 500), float(t))
+        berlin.wan_to_lan(arp_broadcast(), float(t))
+        for n, info in enumerate(peers[1:], start=1):
+            for _ in range(n):
+                c.peer(info.name).lan_to_wan(ipv4(REMOTE, LOCAL, 100), float(t))
+        history.sample(c.snapshot(DEVICE, peers, float(t)), float(t))
+    c.peer("berlin").tap_write_failed()
     return c, history
 
 
-def draw(snapshot: dict[str, Any], history: History, width: int, height: int) -> list[str]:
-    console = Console(width=width, height=height, record=True, file=io.StringIO(),
-                      color_system=None, legacy_windows=False)
+def draw(snapshot: dict[str, Any], history: History, width: int, height: int,
+         console: Console | None = None) -> list[str]:
+    """Render into a recording console; check it fits; return the lines."""
+    console = console or Console(width=width, height=height, record=True, file=io.StringIO(),
+                                 color_system=None, legacy_windows=False,
+                                 markup=False, emoji=False)
     console.print(render(snapshot, history, width, height))
     lines = console.export_text().rstrip("\n").split("\n")
     assert len(lines) <= height, "\n".join(lines)
@@ -68,53 +76,155 @@ def draw(snapshot: dict[str, Any], history: History, width: int, height: int) ->
     return lines
 
 
-def test_full_dashboard_fits_80x24_with_all_fields() -> None:
+def row(lines: list[str], name: str) -> list[str]:
+    """The first line that starts with ``name``, split into words."""
+    return next(line for line in lines if line.startswith(name + " ")).split()
+
+
+def test_full_dashboard_fits_80x24_with_four_peers() -> None:
     c, history = busy_counters()
-    lines = draw(c.snapshot(UP, 10.0), history, 80, 24)
+    lines = draw(c.snapshot(DEVICE, FOUR, 10.0), history, 80, 23)  # the dashboard keeps a line
     text = "\n".join(lines)
+    assert lines[0] == ("bridger 2 UP 1 HANDSHAKING 1 DOWN  mesh  lan eth1  bridge br0  "
+                        "listen [::]:55555")
     for expected in [
-        "UP", "berlin.example (203.0.113.5:55555)", "session 1h02m", "handshake 1m10s ago",
-        "rekeys 2", "rtt 14.2 ms", "lan eth1", "bridge br0", "tap bt0",
+        "peer", "state", "endpoint", "rtt ms", "tx fr", "rx fr", "tx Mb/s", "rx Mb/s", "drops",
+        "session", "last hs", "rekeys", "MTU", "MACs",
         "LAN→WAN", "WAN→LAN", "frames", "bytes", "fr/s", "Mbit/s",
-        "ucast", "bcast", "mcast", "ARP", "IPv4", "IPv6", "VLAN",
-        "decrypt_failed 12", "replay 3", "tap_write_failed 1",
-        "reassembled 1", "received 2", "sent 4", "path MTU 1420",
-        "local 3/1024", "remote 12/1024", "02:00:00:00:00:01", "02:00:00:00:00:02",
+        "ucast", "bcast", "ARP", "IPv4", "IPv6", "VLAN",
+        "auth_failed 12", "replay 3", "malformed 2", "tap_write_failed 1 +1 more",
     ]:
         assert expected in text, f"{expected!r} missing from\n{text}"
-    assert "bad_header" not in text  # zero drop reasons are not listed
-    # rates over the sampled history: 3 frames of 1000 B per second LAN->WAN = 0.02 Mbit/s
-    tx_row = next(line for line in lines if line.startswith("LAN→WAN") and "Mbit" not in line)
-    assert tx_row.split()[1:5] == ["33", "33.0kB", "3", "0.02"]
+    assert "+" not in text.split("LAN→WAN")[0], "all four peers have a row"
+    # one row per peer, in config order while all fit: name state endpoint rtt tx rx rates drops
+    assert row(lines, "berlin") == ["berlin", "up", "203.0.113.5:55555", "14.2", "33", "143",
+                                    "0.02", "0.05", "16"]
+    assert row(lines, "paris")[:3] == ["paris", "down", "—"]
+    assert row(lines, "oslo")[:3] == ["oslo", "handshaking", "192.0.2.77:51820"]
+    peer_rows = [i for i, line in enumerate(lines)
+                 if line.split()[:1] in (["berlin"], ["paris"], ["rome"], ["oslo"])]
+    assert [lines[i].split()[0] for i in peer_rows[:4]] == ["berlin", "paris", "rome", "oslo"]
+    # details row: session, last handshake, handshakes, rekeys, MTU, MACs behind berlin
+    assert row(lines, "berlin") != (details := next(
+        line.split() for line in lines[peer_rows[3] + 1:] if line.startswith("berlin ")))
+    assert details[:7] == ["berlin", "1h02m", "1m10s", "3", "2", "1420", "12"]
+    assert row(lines, "oslo")[3:5] == ["1.50", "33"]
+    # all peers LAN->WAN: berlin 3 x 1000 B/s, the others 1 + 2 + 3 x 100 B/s, for 11 s
+    tx_row = next(line for line in lines if line.startswith("LAN→WAN"))
+    assert tx_row.split()[1:5] == ["99", "39.6kB", "9", "0.03"]
     assert "█" in tx_row  # sparkline present
 
 
-def test_down_link_without_endpoint_renders() -> None:
-    lines = draw(Counters().snapshot(DOWN, 0.0), History(), 80, 24)
+def test_more_peers_than_rows_shows_the_busiest_and_counts_the_rest() -> None:
+    peers = [peer(f"site{i:02d}") for i in range(30)]
+    c, history = Counters(), History()
+    for t in range(3):
+        for i, info in enumerate(peers):
+            busy = 100 if i in (7, 21) else 1  # two busy peers deep in the list
+            for _ in range(busy if t else 1):
+                c.peer(info.name).wan_to_lan(ipv4(LOCAL, REMOTE, 500), float(t))
+        history.sample(c.snapshot(DEVICE, peers, float(t)), float(t))
+    lines = draw(c.snapshot(DEVICE, peers, 2.0), history, 80, 23)
+    names = [line.split()[0] for line in lines if line.startswith("site")]
+    assert names[:2] == ["site07", "site21"], "\n".join(lines)  # the busiest first
+    more = next(line for line in lines if re.match(r"\+\d+ more peers", line))
+    assert int(more.split()[0][1:]) == 30 - len(set(names))
+    assert lines[0].startswith("bridger 30 UP  mesh")
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 23), (80, 12), (60, 15), (40, 8), (30, 3),
+                                               (20, 1), (120, 40), (200, 60)])
+@pytest.mark.parametrize("count", [0, 1, 4, 12])
+def test_degrades_to_fit(width: int, height: int, count: int) -> None:
+    peers = FOUR[:count] if count <= 4 else [*FOUR, *(peer(f"x{i}") for i in range(count - 4))]
+    c, history = busy_counters(peers) if peers else (Counters(), History())
+    lines = draw(c.snapshot(DEVICE, peers, 10.0), history, width, height)
+    assert lines[0].startswith("bridger")  # the header (peers by state) always survives
+    if height >= 23 and count:
+        assert "berlin" in "\n".join(lines)
+
+
+def test_down_peer_without_endpoint_renders() -> None:
+    lines = draw(Counters().snapshot(DeviceInfo(interface={"lan": "eth1"}), [PARIS], 0.0),
+                 History(), 80, 23)
     text = "\n".join(lines)
-    assert "DOWN" in text
-    assert "no peer endpoint" in text
-    assert "session —" in text and "rtt —" in text
+    assert lines[0].startswith("bridger 1 DOWN  mesh")
+    assert row(lines, "paris")[:5] == ["paris", "down", "—", "—", "0"]
     assert "drops none" in text
-    assert "path MTU —" in text
     assert "local 0/1024" in text
 
 
-@pytest.mark.parametrize(("width", "height"), [(80, 24), (80, 12), (60, 15), (40, 8), (30, 3),
-                                               (20, 1), (120, 40)])
-@pytest.mark.parametrize("link", [UP, DOWN], ids=["up", "down"])
-def test_degrades_to_fit(width: int, height: int, link: LinkInfo) -> None:
-    c, history = busy_counters()
-    lines = draw(c.snapshot(link, 10.0), history, width, height)
-    assert link.state.upper() in lines[0]  # the link state always survives
+def test_no_peers_renders() -> None:
+    lines = draw(Counters().snapshot(DeviceInfo(), [], 0.0), History(), 80, 23)
+    assert lines[0].startswith("bridger no peers")
 
 
-def test_history_rates_and_reset() -> None:
+# -- user, host and network strings are never markup or emoji (issue 12 item 5) -------------------
+
+#: A MAC containing ":cd:" (the emoji code for an optical disc), and names that look like markup.
+MAC_CD = bytes.fromhex("aacdef000001")
+MAC_SMILE = bytes.fromhex("02cdcd000002")
+HOSTILE = PeerInfo(name="[bold]x:smile:", public_key="[red]key:cd:", state="up",
+                   endpoint="[link=http://x]e[/link]:1", host="h")
+
+
+def hostile_snapshot() -> tuple[dict[str, Any], History]:
+    c, history = Counters(), History()
+    plain = peer("plain")
+    device = DeviceInfo(interface={"lan": "[bold]eth1", "bridge": ":smile:", "listen": "[::]:1"},
+                        drops={"[i]odd:cd:": 1})
+    for t in range(3):
+        c.peer(HOSTILE.name).lan_to_wan(ipv4(REMOTE, MAC_CD, 100), float(t))
+        c.peer(HOSTILE.name).wan_to_lan(ipv4(LOCAL, MAC_SMILE, 100), float(t))
+        c.peer("plain").lan_to_wan(ipv4(REMOTE, LOCAL, 100), float(t))
+        history.sample(c.snapshot(device, [HOSTILE, plain], float(t)), float(t))
+    return c.snapshot(device, [HOSTILE, plain], 3.0), history
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_names_macs_and_addresses_render_verbatim(width: int) -> None:
+    """Drawn on a console with markup and emoji ON (as rich's default Console, e.g. in
+    `lab demo`): the renderable itself must carry no markup."""
+    snap, history = hostile_snapshot()
+    console = Console(width=width, height=60, record=True, file=io.StringIO(), color_system=None,
+                      markup=True, emoji=True)
+    lines = draw(snap, history, width, 60, console)
+    text = "\n".join(lines)
+    for verbatim in ["aa:cd:ef:00:00:01", "02:cd:cd:00:00:02", "[bold]eth1", ":smile:",
+                     "[i]odd:cd: 1"]:
+        assert verbatim in text, f"{verbatim!r} not drawn verbatim in\n{text}"
+    assert "💿" not in text and "😄" not in text
+    assert "[bold]x:smile" in text and "[link=http://x]" in text
+    # columns line up: the hostile peer's numbers sit where the plain peer's do
+    hostile_row = next(line for line in lines if line.startswith("[bold]x:smile"))
+    plain_row = next(line for line in lines if line.startswith("plain "))
+    assert hostile_row.index(" up ") == plain_row.index(" up ")
+    assert hostile_row.rstrip().rfind(" ") == plain_row.rstrip().rfind(" ")
+    # and in the MAC table a ':cd:' MAC takes exactly 17 cells like any other
+    mac_rows = [line for line in lines if "aa:cd:ef:00:00:01" in line]
+    assert mac_rows and all(line.index("aa:cd:ef:00:00:01") == 0 for line in mac_rows)
+    local_top = [line for line in lines if re.match(r"[0-9a-f]{2}(:[0-9a-f]{2}){5} ", line)]
+    assert len({len(line[:17]) for line in local_top}) == 1
+
+
+def test_status_console_prints_names_verbatim() -> None:
+    """The log lines too: no markup is ever interpreted in them either."""
+    snap, history = hostile_snapshot()
+    lines = summary_lines(snap, history, {})
+    assert lines[0].startswith("peer [bold]x:smile: up [link=http://x]e[/link]:1")
+    assert any("[i]odd:cd: 1" in line for line in lines)
+
+
+# -- rates and helpers ----------------------------------------------------------------------------
+
+def test_history_rates_per_peer_and_reset() -> None:
     h = History()
-    snap = Counters().snapshot(DOWN, 0.0)
+    c = Counters()
+    snap = c.snapshot(DEVICE, [BERLIN], 0.0)
     h.sample(snap, 0.0)
     assert h.rate("bytes", "tx") is None
     snap["bytes"]["tx"], snap["frames"]["rx"] = 1000, 10
+    snap["peers"][0]["bytes"]["tx"] = 400
     h.sample(snap, 1.0)
     snap["bytes"]["tx"] = 3000
     h.sample(snap, 2.0)
@@ -122,8 +232,18 @@ def test_history_rates_and_reset() -> None:
     assert h.rate("bytes", "tx", window=5.0) == 1500.0
     assert h.rate("frames", "rx") == 5.0
     assert h.series("bytes", "tx", 10) == [1000.0, 2000.0]
-    snap["bytes"]["tx"] = 0  # daemon restarted under `status --watch`
+    assert h.rate("bytes", "tx", window=5.0, peer="berlin") == 200.0
+    assert h.rate("bytes", "tx", peer="nobody") is None
+    # a peer that appears later gets a rate from its second sample on
+    snap = c.snapshot(DEVICE, [BERLIN, PARIS], 3.0)
     h.sample(snap, 3.0)
+    assert h.rate("bytes", "rx", peer="paris") is None
+    snap["peers"][1]["bytes"]["rx"] = 50
+    h.sample(snap, 4.0)
+    assert h.rate("bytes", "rx", peer="paris") == 50.0
+    assert h.series("bytes", "rx", 10, peer="paris") == [50.0]
+    snap["bytes"]["tx"] = 0  # daemon restarted under `status --watch`
+    h.sample(snap, 5.0)
     assert h.rate("bytes", "tx", window=1.0) == 0.0
 
 
@@ -140,20 +260,31 @@ def test_sparkline() -> None:
     (fmt_count, 5e9, "5.0G"), (fmt_bytes, 512, "512 B"), (fmt_bytes, 1_500_000, "1.5MB"),
     (fmt_age, None, "—"), (fmt_age, 45.9, "45s"), (fmt_age, 192, "3m12s"),
     (fmt_age, 7500, "2h05m"), (fmt_age, 3 * 86400 + 4 * 3600, "3d04h"), (fmt_age, -1, "0s"),
+    (fmt_number, None, "—"), (fmt_number, 0.444, "0.44"), (fmt_number, 14.25, "14.2"),
+    (fmt_number, 950.4, "950"), (fmt_number, 12345.0, "12345"),
 ])
 def test_formatting(fn: Any, value: Any, text: str) -> None:
     assert fn(value) == text
 
 
-def test_summary_line_rates_and_new_drops() -> None:
+def test_summary_lines_per_peer_rates_and_new_drops() -> None:
     c, history = busy_counters()
-    snap = c.snapshot(UP, 10.0)
-    line = summary_line(snap, history, previous_drops={"decrypt_failed": 10})
-    assert line.startswith("link up peer berlin.example (203.0.113.5:55555) rtt 14.2ms")
-    assert "LAN->WAN 33 frames 3 fr/s 0.02 Mbit/s" in line
-    assert "WAN->LAN 143 frames 13 fr/s 0.05 Mbit/s" in line
-    assert line.endswith("drops +6 (replay 3, decrypt_failed 2, tap_write_failed 1)")
-    assert summary_line(snap, History(), snap["drops"]).endswith("drops +0")
+    snap = c.snapshot(DEVICE, FOUR, 10.0)
+    previous = {"berlin": {"auth_failed": 10}, "": {"malformed": 2}}
+    lines = summary_lines(snap, history, previous)
+    assert len(lines) == 5  # four peers and the device's new handshake_mac1 drop
+    berlin = lines[0]
+    assert berlin.startswith("peer berlin up 203.0.113.5:55555 rtt 14.2ms")
+    assert "LAN->WAN 33 frames 3 fr/s 0.02 Mbit/s" in berlin
+    assert "WAN->LAN 143 frames 13 fr/s 0.05 Mbit/s" in berlin
+    assert berlin.endswith("drops +6 (replay 3, auth_failed 2, tap_write_failed 1)")
+    assert lines[1].startswith("peer paris down no endpoint | LAN->WAN 11 frames 1 fr/s")
+    assert lines[1].endswith("drops +0")
+    assert lines[4] == "device 4 peers | drops +1 (handshake_mac1 1)"
+    assert summary_lines(snap, History(), previous_drops(snap)) == [
+        line.split(" | ")[0] + " | LAN->WAN " + str(p["frames"]["tx"]) + " frames | WAN->LAN "
+        + str(p["frames"]["rx"]) + " frames | drops +0"
+        for line, p in zip(lines, snap["peers"], strict=False)]
 
 
 class ListHandler(logging.Handler):
@@ -165,8 +296,9 @@ class ListHandler(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_run_log_lines_one_line_per_interval() -> None:
+def test_run_log_lines_one_line_per_peer_per_interval() -> None:
     c = Counters()
+    peers = [BERLIN, PARIS]
     log = logging.getLogger("test.status.lines")
     handler = ListHandler()
     log.addHandler(handler)
@@ -174,12 +306,12 @@ def test_run_log_lines_one_line_per_interval() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_log_lines(lambda: c.snapshot(UP, 0.0), interval=10,
-                                                     log=log))
+            nursery.start_soon(lambda: run_log_lines(lambda: c.snapshot(DEVICE, peers, 0.0),
+                                                     interval=10, log=log))
             await trio.sleep(0.5)  # traffic never at the logger's wake-up instants
-            for _ in range(25):  # 100 frames/s for 25 s
+            for _ in range(25):  # berlin: 100 frames/s for 25 s
                 for _ in range(100):
-                    c.lan_to_wan(ipv4(REMOTE, LOCAL, 125), 0.0)
+                    c.peer("berlin").lan_to_wan(ipv4(REMOTE, LOCAL, 125), 0.0)
                 await trio.sleep(1)
             nursery.cancel_scope.cancel()
 
@@ -187,22 +319,63 @@ def test_run_log_lines_one_line_per_interval() -> None:
         trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     finally:
         log.removeHandler(handler)
-    assert len(handler.lines) == 2
-    for line in handler.lines:
-        assert "LAN->WAN" in line and "100 fr/s 0.10 Mbit/s" in line, line
+    assert len(handler.lines) == 4  # two intervals, two peers each
+    for line in handler.lines[0::2]:
+        assert line.startswith("peer berlin") and "100 fr/s 0.10 Mbit/s" in line, line
+    for line in handler.lines[1::2]:
+        assert line.startswith("peer paris") and "LAN->WAN 0 frames 0 fr/s" in line, line
 
 
-def test_run_dashboard_draws_live() -> None:
-    c, _ = busy_counters()
+def test_run_dashboard_redraws_on_the_virtual_clock() -> None:
+    """Deterministic: a MockClock drives the refresh period and the rates, and the loop
+    stops after a given number of frames (no wall-clock timeout deciding how many)."""
+    c = Counters()
     out = io.StringIO()
-    console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None)
+    console = Console(file=out, width=80, height=24, force_terminal=True, color_system=None,
+                      markup=False, emoji=False)
+    snapshots_at: list[float] = []
+
+    def get_snapshot() -> dict[str, Any]:
+        snapshots_at.append(trio.current_time())
+        for _ in range(1000):  # 1000 frames of 125 B per refresh, 4 refreshes a second
+            c.peer("berlin").lan_to_wan(ipv4(REMOTE, LOCAL, 125), 0.0)
+        return c.snapshot(DEVICE, [BERLIN], 0.0)
 
     async def main() -> None:
-        with trio.move_on_after(0.5):
-            await run_dashboard(lambda: c.snapshot(UP, 10.0), refresh_per_second=20,
-                                console=console)
+        await run_dashboard(get_snapshot, refresh_per_second=4, console=console, frames=5)
 
-    trio.run(main)
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert snapshots_at == [0.0, 0.25, 0.5, 0.75, 1.0]
     text = out.getvalue()
-    assert text.count("LAN→WAN") >= 3  # redrawn several times
-    assert "berlin.example" in text
+    for total in ("1.0k", "2.0k", "3.0k", "4.0k", "5.0k"):  # each frame drawn, in order
+        assert f"berlin up 203.0.113.5:55555 14.2 {total}" in re.sub(r" +", " ", text), total
+    # 4000 frames/s of 125 B = 4.00 Mbit/s, computed on virtual time
+    assert re.search(r"berlin +up .* 4\.00 +0\.00 ", text)
+
+
+def test_stuck_terminal_does_not_hold_up_cancellation() -> None:
+    """The daemon restores the host network only after its nursery exits: a terminal
+    that stopped taking output must not keep the dashboard task alive."""
+    terminal = StuckTerminal()
+    console = Console(file=terminal, width=80, height=24, force_terminal=True,
+                      color_system=None, markup=False, emoji=False)
+    c = Counters()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(run_dashboard, lambda: c.snapshot(DEVICE, [BERLIN], 0.0),
+                                       console=console))
+            await trio.to_thread.run_sync(terminal.entered.wait, 5)
+            nursery.cancel_scope.cancel()  # SIGTERM while the terminal is stuck
+
+    finished = threading.Event()
+
+    def run() -> None:
+        trio.run(main)
+        finished.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    try:
+        assert finished.wait(10), "cancelling the dashboard waited for the stuck terminal"
+    finally:
+        terminal.release.set()

@@ -11,23 +11,21 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridger.errors import ConfigError, HostError
-from bridger.status.counters import Counters, LinkInfo
+from bridger.status.counters import Counters, DeviceInfo
 from bridger.status.metrics import parse_hostport, serve_metrics, start_metrics_server
+from tests.status.samples import BERLIN, DEVICE, LOCAL, PARIS, REMOTE, arp_broadcast, ipv4
 
-LINK = LinkInfo(state="up", endpoint="203.0.113.5:55555", peer_name="berlin.example",
-                session_age=10.0, last_handshake_age=1.5, handshakes=2, rekeys=1, rtt_ms=12.5,
-                path_mtu=1420, drops={"decrypt_failed": 4, "replay": 0},
-                fragments={"sent": 3, "reassembled": 1},
-                interface={"lan": "eth1", "tap": "bt0"})
+PEERS = [BERLIN, PARIS]
 
 
 def counters() -> Counters:
     c = Counters()
-    ipv4 = bytes.fromhex("020000000002" "020000000001" "0800") + b"\x45" + b"\x00" * 85
     for _ in range(7):
-        c.lan_to_wan(ipv4, 1.0)
-    c.wan_to_lan(b"\xff" * 6 + bytes.fromhex("020000000002" "0806") + b"\x00" * 28, 1.0)
-    c.tap_write_failed()
+        c.peer("berlin").lan_to_wan(ipv4(REMOTE, LOCAL, 100), 1.0)
+    c.peer("berlin").wan_to_lan(arp_broadcast(), 1.0)
+    c.peer("paris").wan_to_lan(ipv4(LOCAL, REMOTE, 60), 1.0)
+    c.peer("berlin").tap_write_failed()
+    c.drop("udp_send_blocked")
     return c
 
 
@@ -43,36 +41,59 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_scrape_outside_trio() -> None:
     c = counters()
-    server = serve_metrics("127.0.0.1", 0, lambda: c.snapshot(LINK, 2.0))
+    server = serve_metrics("127.0.0.1", 0, lambda: c.snapshot(DEVICE, PEERS, 2.0))
     try:
         first = scrape(server.port)
-        c.lan_to_wan(bytes(100), 3.0)  # read at scrape time, not at start
+        c.peer("berlin").lan_to_wan(bytes(100), 3.0)  # read at scrape time, not at start
         second = scrape(server.port)
     finally:
         server.close()
-    tx, rx = (("direction", "lan_to_wan"),), (("direction", "wan_to_lan"),)
-    assert first[("bridger_frames_total", tx)] == 7
-    assert second[("bridger_frames_total", tx)] == 8
-    assert first[("bridger_frames_total", rx)] == 1
-    assert first[("bridger_bytes_total", tx)] == 7 * 100
-    assert first[("bridger_bytes_total", rx)] == 42
-    assert first[("bridger_drops_total", (("reason", "decrypt_failed"),))] == 4
-    assert first[("bridger_drops_total", (("reason", "tap_write_failed"),))] == 1
+    b, p = ("peer", "berlin"), ("peer", "paris")
+    tx, rx = ("direction", "lan_to_wan"), ("direction", "wan_to_lan")
+    assert first[("bridger_frames_total", (tx, b))] == 7
+    assert second[("bridger_frames_total", (tx, b))] == 8
+    assert first[("bridger_frames_total", (rx, b))] == 1
+    assert first[("bridger_frames_total", (rx, p))] == 1
+    assert first[("bridger_frames_total", (tx, p))] == 0
+    assert first[("bridger_bytes_total", (tx, b))] == 7 * 100
+    assert first[("bridger_bytes_total", (rx, b))] == 42
+    assert first[("bridger_peer_drops_total", (b, ("reason", "auth_failed")))] == 12
+    assert first[("bridger_peer_drops_total", (b, ("reason", "tap_write_failed")))] == 1
+    assert first[("bridger_peer_drops_total", (p, ("reason", "tap_write_failed")))] == 0
+    # device-level series carry no peer label
+    assert first[("bridger_drops_total", (("reason", "malformed"),))] == 2
+    assert first[("bridger_drops_total", (("reason", "udp_send_blocked"),))] == 1
     assert first[("bridger_drops_total", (("reason", "udp_send_failed"),))] == 0
-    assert first[("bridger_link_up", ())] == 1
-    assert first[("bridger_link_state", (("state", "up"),))] == 1
-    assert first[("bridger_link_state", (("state", "down"),))] == 0
-    assert first[("bridger_rtt_seconds", ())] == pytest.approx(0.0125)
-    assert first[("bridger_path_mtu_bytes", ())] == 1420
-    assert first[("bridger_rekeys_total", ())] == 1
-    assert first[("bridger_handshakes_total", ())] == 2
-    assert first[("bridger_fragments_total", (("event", "sent"),))] == 3
-    assert first[("bridger_frames_by_kind_total", (*tx, ("kind", "ipv4")))] == 7
-    assert first[("bridger_frames_by_kind_total", (*rx, ("kind", "arp")))] == 1
-    assert first[("bridger_frames_by_kind_total", (*rx, ("kind", "broadcast")))] == 1
-    assert first[("bridger_mac_table_entries", (("side", "local"),))] == 1
-    info = [k for k in first if k[0] == "bridger_peer_info"]
-    assert info and ("endpoint", "203.0.113.5:55555") in info[0][1]
+    assert first[("bridger_peers", (("state", "up"),))] == 1
+    assert first[("bridger_peers", (("state", "down"),))] == 1
+    assert first[("bridger_local_mac_table_entries", ())] == 1
+    assert first[("bridger_peer_up", (b,))] == 1
+    assert first[("bridger_peer_up", (p,))] == 0
+    assert first[("bridger_peer_state", (b, ("state", "up")))] == 1
+    assert first[("bridger_peer_state", (b, ("state", "down")))] == 0
+    assert first[("bridger_peer_state", (p, ("state", "down")))] == 1
+    assert first[("bridger_rtt_seconds", (b,))] == pytest.approx(0.0142)
+    assert ("bridger_rtt_seconds", (p,)) not in first  # absent, not a fake 0, while unknown
+    assert first[("bridger_path_mtu_bytes", (b,))] == 1420
+    assert first[("bridger_rekeys_total", (b,))] == 2
+    assert first[("bridger_handshakes_total", (b,))] == 3
+    assert first[("bridger_fragments_total", (("event", "sent"), b))] == 4
+    assert first[("bridger_frames_by_kind_total", (tx, ("kind", "ipv4"), b))] == 7
+    assert first[("bridger_frames_by_kind_total", (rx, ("kind", "arp"), b))] == 1
+    assert first[("bridger_frames_by_kind_total", (rx, ("kind", "broadcast"), b))] == 1
+    assert first[("bridger_remote_mac_table_entries", (b,))] == 1
+    info = dict(next(k[1] for k in first if k[0] == "bridger_peer_info" and b in k[1]))
+    assert info["endpoint"] == "203.0.113.5:55555" and info["public_key"] == BERLIN.public_key
+    assert info["host"] == "berlin.example" and info["tap"] == "berlin"
+    device = dict(next(k[1] for k in first if k[0] == "bridger_info"))
+    assert device == {"mode": "mesh", "data_path": "python", "interface_lan": "eth1",
+                      "interface_bridge": "br0", "interface_listen": "[::]:55555"}
+    # every series is either per peer (a peer label) or device-wide (listed here)
+    device_wide = {"bridger_info", "bridger_peers", "bridger_drops_total",
+                   "bridger_local_mac_table_entries", "bridger_local_mac_table_capacity",
+                   "bridger_local_mac_table_evictions_total"}
+    for name, labels in first:
+        assert (name in device_wide) != any(k == "peer" for k, _ in labels), (name, labels)
 
 
 def test_scrape_inside_trio_reads_on_trio_thread() -> None:
@@ -83,7 +104,7 @@ def test_scrape_inside_trio_reads_on_trio_thread() -> None:
 
     def get_snapshot() -> dict[str, Any]:
         threads.append(threading.current_thread())
-        return c.snapshot(LinkInfo(state="down"), 2.0)
+        return c.snapshot(DeviceInfo(), [PARIS], 2.0)
 
     async def main() -> dict[Any, float]:
         server = serve_metrics("127.0.0.1", 0, get_snapshot)
@@ -95,14 +116,14 @@ def test_scrape_inside_trio_reads_on_trio_thread() -> None:
         return samples
 
     samples = trio.run(main)
-    assert samples[("bridger_link_up", ())] == 0
-    assert samples[("bridger_link_state", (("state", "down"),))] == 1
+    assert samples[("bridger_peer_up", (("peer", "paris"),))] == 0
+    assert samples[("bridger_peer_state", (("peer", "paris"), ("state", "down")))] == 1
     assert not any(name == "bridger_rtt_seconds" for name, _ in samples)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("127.0.0.1:9470", ("127.0.0.1", 9470)),
-    (":9470", ("0.0.0.0", 9470)),
+    (":9470", ("::", 9470)),
     ("[::1]:9470", ("::1", 9470)),
     ("metrics.local:80", ("metrics.local", 80)),
 ])
@@ -115,6 +136,22 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
 def test_parse_hostport_rejects(text: str) -> None:
     with pytest.raises(ConfigError, match="--metrics"):
         parse_hostport(text)
+
+
+def test_all_addresses_serves_ipv4_and_ipv6() -> None:
+    """``:PORT`` listens on every address: IPv4 loopback and, where the host has IPv6,
+    IPv6 loopback too."""
+    c = counters()
+    host, _ = parse_hostport(":1")
+    server = serve_metrics(host, 0, lambda: c.snapshot(DEVICE, PEERS, 2.0))
+    try:
+        assert scrape(server.port)[("bridger_peer_up", (("peer", "berlin"),))] == 1
+        if server.host == "::":
+            url = f"http://[::1]:{server.port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert b"bridger_peer_up" in response.read()
+    finally:
+        server.close()
 
 
 def test_port_in_use_is_host_error() -> None:

@@ -1,0 +1,9 @@
+"""The Trio I/O shell around the protocol core, one module per concern:
+
+- ``udp``: the device's UDP socket and sending without waiting;
+- ``port``: a peer's tap in the bridge, and the per-frame steps at the tap;
+- ``forward``: the tasks that move frames (taps <-> socket) and the timers;
+- ``resolver``: a peer's DNS name, off the data path;
+- ``eventlog``: one log line per protocol event;
+- ``up``: `bridger up`'s orchestration (keys, signals, host, the Trio run).
+"""

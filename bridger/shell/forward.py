@@ -1,0 +1,192 @@
+"""The tasks that move frames between the peers' taps and the UDP socket.
+
+Flow:
+1. ``tap_to_wan`` (one task per port): drain the port's tap until EAGAIN
+   (bounded batch), count each frame, hand the frames to the port's
+   ``Peer.send_frames`` and send the datagrams it returns. With the fast path a
+   read may be a TCP superframe, cut into segments that each fit one datagram;
+   datagrams of one size leave in one UDP_SEGMENT ``sendmsg``.
+2. ``wan_to_tap``: drain the UDP socket the same way (UDP_GRO: one receive may
+   hold many datagrams), give the datagrams of each sender to
+   ``Device.receive_datagrams`` together, write the frames of each peer to that
+   peer's tap (``Output.runs`` says which frames are whose), send the replies.
+3. ``timers``: sleep until ``Device.next_deadline()``, then ``tick``; woken
+   early when a data path moved the deadline.
+Nothing here waits for a view: status, dashboard and metrics only sample
+``Counters`` and the core's stats.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from bridger.errors import BridgerError
+from bridger.fastpath import udp as fast_udp
+from bridger.protocol import Address, Device, Output, Peer
+from bridger.shell.eventlog import log_event
+from bridger.shell.port import Port, SmallFrames
+from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
+from bridger.status.counters import Counters
+
+#: Frames or datagrams handled per wake-up before yielding to other tasks.
+BATCH = 128
+#: Largest datagram, frame or (fast path) superframe plus virtio-net header read in one call.
+READ_SIZE = 65536 + 1024
+
+
+@dataclass(eq=False)
+class Forwarder:
+    """The data plane's state, shared by its tasks."""
+
+    device: Device
+    udp: UdpEndpoint
+    counters: Counters
+    ports: dict[Peer, Port] = field(default_factory=dict)
+    wake_timers: trio.Event = field(default_factory=trio.Event)
+    timer_at: float = math.inf
+    #: Bumped by every pass of the forwarding tasks: a watchdog can see they run.
+    heartbeat: int = 0
+    sender: Sender = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sender = Sender(self.udp, self.counters, self._path_mtu)
+
+    def _path_mtu(self, addr: Address) -> int:
+        for peer in self.ports:
+            if peer.endpoint == addr:
+                return peer.path_mtu
+        return self.device.config.wan_mtu
+
+    @staticmethod
+    def now() -> float:
+        return float(trio.current_time())
+
+    def handle(self, out: Output, now: float) -> None:
+        """Send, deliver and log what the core returned."""
+        if out.datagrams:
+            self.sender.send(out.datagrams)
+        if out.frames:
+            self._deliver(out, now)
+        for event in out.events:
+            log_event(event)
+        deadline = self.device.next_deadline()
+        if deadline is not None and deadline < self.timer_at:
+            self.wake_timers.set()
+
+    def _deliver(self, out: Output, now: float) -> None:
+        frames, csum, runs = out.frames, out.csum, out.runs
+        if len(runs) == 1:
+            port = self.ports.get(runs[0][0])
+            if port is not None:
+                port.deliver(frames, csum, now)
+            return
+        for i, (peer, start) in enumerate(runs):
+            end = runs[i + 1][1] if i + 1 < len(runs) else len(frames)
+            port = self.ports.get(peer)
+            if port is None or start == end:
+                continue
+            part = {k - start: v for k, v in csum.items() if start <= k < end}
+            port.deliver(frames[start:end], part, now)
+
+    # -- tasks -------------------------------------------------------------
+
+    async def tap_to_wan(self, port: Port) -> None:
+        fd = port.fd
+        peer = port.peer
+        counters = port.counters
+        vnet = port.vnet
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            self.heartbeat += 1
+            now = self.now()
+            small = SmallFrames(peer, now, Output())
+            room = peer.frame_room(csum=True)
+            drained = False
+            for _ in range(BATCH):
+                try:
+                    frame = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    drained = True
+                    break
+                except OSError as exc:
+                    raise BridgerError(f"tap {port.tap}: read failed: {exc.strerror}") from exc
+                if vnet:
+                    port.from_tap(frame, now, room, small)
+                    if len(small.out.datagrams) + len(small.frames) >= BATCH:
+                        small.flush()
+                        self.handle(small.out, now)
+                        small.out = Output()
+                    continue
+                counters.lan_to_wan(frame, now)
+                small.add(frame, None)
+            small.flush()
+            self.handle(small.out, now)
+            if not drained:  # wait_readable is a checkpoint too; a full batch yields here
+                await trio.lowlevel.checkpoint()
+
+    async def wan_to_tap(self) -> None:
+        sock = self.udp.sock
+        device = self.device
+        gro = self.udp.gro
+        split = fast_udp.split_gro
+        cmsg_space = fast_udp.GRO_CMSG_SPACE
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            self.heartbeat += 1
+            now = self.now()
+            wall = time.time()
+            out = Output()
+            # Datagrams from one sender go to the core together, across reads:
+            # without GRO (or when a path splits the sender's GSO batches) that
+            # is still one core call per batch rather than per datagram.
+            batch: list[bytes] = []
+            batch_from: tuple[Any, ...] = ()
+            drained = False
+            for _ in range(BATCH):
+                try:
+                    if gro:
+                        data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)
+                    else:
+                        data, sockaddr = sock.recvfrom(READ_SIZE)
+                        ancdata = None
+                except BlockingIOError:
+                    drained = True
+                    break
+                except OSError:
+                    # ICMP errors (port unreachable) surface here; the core's timers cope.
+                    continue
+                if sockaddr != batch_from and batch:
+                    device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                    batch = []
+                batch_from = sockaddr
+                if ancdata:
+                    batch.extend(split(data, ancdata))
+                else:
+                    batch.append(data)
+                if len(batch) + len(out.frames) >= BATCH:
+                    device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                    batch = []
+                    self.handle(out, now)
+                    out = Output()
+            if batch:
+                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+            self.handle(out, now)
+            if not drained:
+                await trio.lowlevel.checkpoint()
+
+    async def timers(self) -> None:
+        while True:
+            deadline = self.device.next_deadline()
+            self.timer_at = math.inf if deadline is None else deadline
+            self.wake_timers = trio.Event()
+            with trio.move_on_at(self.timer_at):
+                await self.wake_timers.wait()
+            now = self.now()
+            if deadline is not None and now >= deadline:
+                self.handle(self.device.tick(now, time.time()), now)

@@ -1,0 +1,152 @@
+"""The device's one UDP socket: bind (dual-stack where possible), send without
+waiting (a full buffer or an error is a counted drop), address forms."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from bridger.errors import BridgerError, ConfigError
+from bridger.fastpath import udp as fast_udp
+from bridger.protocol import Address
+from bridger.status.counters import Counters
+
+log = logging.getLogger("bridger")
+
+# Linux socket options missing from Python's socket module on some versions.
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+#: Set DF and ignore the kernel's path-MTU cache: the core fragments and probes itself.
+PMTUDISC_PROBE = 3
+#: The smallest outer header: a datagram this much under the path MTU should fit.
+IPV4_UDP_HEADERS = 28
+
+
+def normalise_address(sockaddr: tuple[Any, ...]) -> Address:
+    """(host, port) with IPv4-mapped IPv6 unwrapped and scope kept for link-local."""
+    host, port = sockaddr[0], sockaddr[1]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    return host, port
+
+
+def format_address(addr: Address | None) -> str | None:
+    if addr is None:
+        return None
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class UdpEndpoint:
+    """The tunnel's UDP socket, IPv6 dual-stack when possible, else IPv4."""
+
+    sock: socket.socket
+    dual_stack: bool
+    listen: str
+    #: Fast path: datagrams of one size leave in one sendmsg (UDP_SEGMENT).
+    gso: bool = False
+    #: Fast path: the kernel may join received datagrams (UDP_GRO).
+    gro: bool = False
+
+    @classmethod
+    def bind(cls, port: int) -> UdpEndpoint:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            dual = True
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            dual = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            # Outer packets must never be fragmented by IP: the core fragments itself.
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
+            sock.bind(("::" if dual else "0.0.0.0", port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--listen: UDP port {port} is already in use") from exc
+            raise BridgerError(f"cannot open UDP port {port}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return cls(sock, dual, f"{'[::]' if dual else '0.0.0.0'}:{port}")
+
+    def enable_offloads(self) -> None:
+        self.gso = fast_udp.gso_supported(self.sock)
+        self.gro = fast_udp.enable_gro(self.sock)
+
+    def sockaddr(self, addr: Address) -> tuple[Any, ...]:
+        host, port = addr
+        if self.dual_stack and ":" not in host:
+            return ("::ffff:" + host, port)
+        return (host, port)
+
+
+class Sender:
+    """Sends datagrams without waiting; a full socket buffer or an error is a
+    counted drop (UDP may lose). ``path_mtu`` tells, for a refused datagram,
+    the path MTU the core believes in for that address: a datagram beyond it
+    is a path-MTU probe whose loss is its answer, not a drop."""
+
+    def __init__(
+        self, udp: UdpEndpoint, counters: Counters, path_mtu: Callable[[Address], int]
+    ) -> None:
+        self.udp = udp
+        self.counters = counters
+        self.path_mtu = path_mtu
+
+    def send(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        if self.udp.gso and len(datagrams) > 1:
+            self._send_gso(datagrams)
+        else:
+            self._send_each(datagrams)
+
+    def _send_gso(self, datagrams: list[tuple[bytes, Address]]) -> None:
+        sock = self.udp.sock
+        for group, addr, size in fast_udp.gso_batches(datagrams):
+            if len(group) == 1:
+                self._send_each([(group[0], addr)])
+                continue
+            try:
+                sock.sendmsg(group, fast_udp.gso_cmsg(size), 0, self.udp.sockaddr(addr))
+            except BlockingIOError:
+                self.counters.drop("udp_send_blocked")
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    # The egress device cannot segment (no checksum offload): send singly.
+                    log.warning("UDP GSO refused (%s): sending datagrams one by one",
+                                exc.strerror)
+                    self.udp.gso = False
+                    self._send_each([(d, addr) for d in group])
+                elif exc.errno == errno.EMSGSIZE:
+                    # One of them is too big for the path (a path-MTU probe that
+                    # shares the group's size): send singly, so the others still
+                    # leave and each refusal is judged on its own.
+                    self._send_each([(d, addr) for d in group])
+                else:
+                    self.counters.drop("udp_send_failed")
+
+    def _send_each(self, datagrams: Iterable[tuple[bytes, Address]]) -> None:
+        sock = self.udp.sock
+        for data, addr in datagrams:
+            try:
+                sock.sendto(data, self.udp.sockaddr(addr))
+            except BlockingIOError:
+                self.counters.drop("udp_send_blocked")
+            except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    self._too_big(len(data), addr)
+                else:
+                    self.counters.drop("udp_send_failed")
+
+    def _too_big(self, size: int, addr: Address) -> None:
+        if size + IPV4_UDP_HEADERS <= self.path_mtu(addr):
+            self.counters.drop("udp_send_too_big")
+        # else: a path-MTU probe beyond the current path MTU; its loss is the answer

@@ -1,0 +1,323 @@
+"""`bridger up`: orchestration around the data plane.
+
+1. Keys are read and the core (one ``Device``, one ``Peer`` per configured
+   peer) is checked before the host is touched: a bad key or config is one line
+   and the host stays as it was.
+2. SIGINT/SIGTERM are only recorded (``StopSignals``) for the whole of `up`:
+   during host set-up a signal rolls back, before the serve loop's own receiver
+   exists it stops the Trio run at once, and the restore after the run is
+   never cut short.
+3. The UDP socket is bound, then the host set up (bridge, one tap per peer;
+   in mode "mesh" the taps are isolated bridge ports: split horizon in the
+   kernel), then privileges dropped.
+4. The Trio run: the control socket, the forwarding tasks (one per tap, one for
+   the socket, the timers), the resolvers, the dashboard or log lines. An error
+   in any task ends the run with one line for the user; leaving the host
+   session restores the host network.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bridger.config import UpConfig
+from bridger.errors import BridgerError, ConfigError
+from bridger.keys import encode_key, read_private_key_file
+from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
+from bridger.shell.forward import Forwarder
+from bridger.shell.port import Port
+from bridger.shell.resolver import is_ip_literal, resolve_peer
+from bridger.shell.udp import UdpEndpoint, format_address
+from bridger.status.counters import Counters, DeviceInfo, PeerInfo
+
+log = logging.getLogger("bridger")
+
+#: Seconds between drop summaries in the log.
+DROP_SUMMARY_INTERVAL = 30.0
+#: Which per-packet implementation forwards frames (shown in status).
+DATA_PATH = "python"
+
+
+def read_psk(path: Path | None) -> bytes | None:
+    return None if path is None else read_private_key_file(path)
+
+
+Keys = tuple[bytes, list[bytes | None]]
+
+
+def read_keys(config: UpConfig) -> Keys:
+    """This site's private key and each peer's PSK (one-line errors)."""
+    return read_private_key_file(config.key_file), [read_psk(p.psk_file) for p in config.peers]
+
+
+def build_core(
+    config: UpConfig, keys: Keys, now: float, wall_clock: float
+) -> tuple[Device, list[Peer]]:
+    """The device and its peers, from a validated config."""
+    private, psks = keys
+    try:
+        device = Device(DeviceConfig(private_key=private, wan_mtu=config.wan_mtu),
+                        now=now, wall_clock=wall_clock)
+        peers = []
+        for settings, psk in zip(config.peers, psks, strict=True):
+            endpoint = None
+            if settings.host is not None and is_ip_literal(settings.host):
+                endpoint = (settings.host, settings.port)
+            peers.append(device.add_peer(PeerConfig(
+                public_key=settings.public_key, psk=psk,
+                endpoint=endpoint, persistent_keepalive=settings.persistent_keepalive,
+                name=settings.name,
+            ), now))
+    except ValueError as exc:
+        raise ConfigError(f"tunnel settings: {exc}") from None
+    return device, peers
+
+
+class Daemon:
+    """The running daemon: the forwarder plus what status views read."""
+
+    def __init__(
+        self, config: UpConfig, fwd: Forwarder, interface: dict[str, str]
+    ) -> None:
+        self.config = config
+        self.fwd = fwd
+        self.interface = interface
+        self._hosts = {s.name: s.host for s in config.peers}
+        self._last_drops: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, Any]:
+        fwd = self.fwd
+        now = fwd.now()
+        device = DeviceInfo(
+            mode=self.config.mode, data_path=DATA_PATH, interface=dict(self.interface),
+            drops={reason.value: n for reason, n in fwd.device.drops.items()},
+        )
+        return fwd.counters.snapshot(device, [self._peer_info(p, now) for p in fwd.ports], now)
+
+    def _peer_info(self, peer: Peer, now: float) -> PeerInfo:
+        stats = peer.stats(now)
+        port = self.fwd.ports[peer]
+
+        def age(t: float | None) -> float | None:
+            return None if t is None else max(0.0, now - t)
+
+        return PeerInfo(
+            name=peer.name,
+            public_key=encode_key(peer.public_key),
+            state=stats.state,
+            host=self._hosts.get(peer.name),
+            tap=port.tap,
+            endpoint=format_address(stats.endpoint),
+            session_age=age(stats.session_established_at),
+            last_handshake_age=age(stats.last_handshake_at),
+            handshakes=stats.handshakes,
+            rekeys=stats.rekeys,
+            rtt_ms=None if stats.rtt is None else stats.rtt * 1000.0,
+            path_mtu=stats.path_mtu,
+            drops=dict(stats.drops),
+            fragments={
+                "sent": stats.fragments_sent,
+                "received": stats.fragments_received,
+                "reassembled": stats.reassembled,
+                "in_progress": stats.reassembly_in_progress,
+            },
+        )
+
+    async def drop_summaries(self) -> None:
+        """One log line per interval summarising drops, never one per packet."""
+        while True:
+            await trio.sleep(DROP_SUMMARY_INTERVAL)
+            snap = self.snapshot()
+            changed: list[str] = []
+            for element in snap["peers"]:
+                for reason, value in sorted(element["drops"].items()):
+                    key = f"{element['name']}/{reason}"
+                    delta = value - self._last_drops.get(key, 0)
+                    self._last_drops[key] = value
+                    if delta:
+                        changed.append(f"{key}={delta}")
+            for reason, value in sorted(snap["device_drops"].items()):
+                delta = value - self._last_drops.get(reason, 0)
+                self._last_drops[reason] = value
+                if delta:
+                    changed.append(f"{reason}={delta}")
+            if changed:
+                log.info("drops in the last %.0fs: %s", DROP_SUMMARY_INTERVAL, ", ".join(changed))
+
+
+def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
+    """Turn on the offloads this kernel has (none if ``offload`` is off); one log line."""
+    from bridger.host.tap import IFF_VNET_HDR, enable_offloads, tap_flags
+
+    if not offload:
+        log.info("data path: %s; fast path off (offload = false)", DATA_PATH)
+        return
+    fwd.udp.enable_offloads()
+    granted = 0
+    vnet = False
+    for port in fwd.ports.values():
+        try:
+            port.vnet = bool(tap_flags(port.fd) & IFF_VNET_HDR)
+        except OSError:
+            port.vnet = False
+        if port.vnet:
+            vnet = True
+            granted = enable_offloads(port.fd)
+    names = [name for bit, name in ((1, "csum"), (2, "tso4"), (4, "tso6"), (8, "tso-ecn"))
+             if granted & bit]
+    log.info(
+        "data path: %s; fast path: tap %s, UDP GSO %s, UDP GRO %s", DATA_PATH,
+        ("offloads " + ",".join(names)) if names else
+        ("virtio-net header without offloads" if vnet else "without virtio-net header"),
+        "on" if fwd.udp.gso else "unavailable", "on" if fwd.udp.gro else "unavailable",
+    )
+
+
+async def serve(daemon: Daemon, console: Any) -> None:
+    from bridger.status.control import control_path, serve_control
+
+    cfg = daemon.config
+    fwd = daemon.fwd
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
+            for port in fwd.ports.values():
+                nursery.start_soon(fwd.tap_to_wan, port)
+            nursery.start_soon(fwd.wan_to_tap)
+            nursery.start_soon(fwd.timers)
+            nursery.start_soon(daemon.drop_summaries)
+            for settings, peer in zip(cfg.peers, fwd.ports, strict=True):
+                if settings.host is not None:
+                    nursery.start_soon(resolve_peer, fwd, peer, settings.host, settings.port)
+            if console is not None:
+                from bridger.status.dashboard import run_dashboard
+
+                nursery.start_soon(partial(run_dashboard, daemon.snapshot, console=console))
+            else:
+                from bridger.status.dashboard import run_log_lines
+
+                nursery.start_soon(partial(run_log_lines, daemon.snapshot, log=log))
+            names = ", ".join(
+                f"{s.name} ({s.host}:{s.port})" if s.host else f"{s.name} (waits)"
+                for s in cfg.peers
+            )
+            log.info("up: %s in bridge %s (%s), listening on %s; peers: %s",
+                     cfg.lan, cfg.bridge, cfg.mode, fwd.udp.listen, names)
+            async for signum in signals:
+                log.info("%s: stopping and restoring the host network", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def _one_error(exc: BaseExceptionGroup[Any]) -> BaseException:
+    """The error to show for a failed Trio run (strict exception groups)."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(exc)
+    for leaf in leaves:
+        if isinstance(leaf, BridgerError):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    return leaves[0] if leaves else exc
+
+
+def run_up(config: UpConfig) -> int:
+    """Everything `bridger up` does after the config is valid."""
+    from bridger.status.logs import shutdown_logging
+
+    try:
+        return _run_up(config)
+    finally:
+        shutdown_logging()  # the last lines are written before the CLI's own error line
+
+
+def _run_up(config: UpConfig) -> int:
+    from bridger.host import HostPlan, StopSignals, TapPlan, bring_up, drop_privileges
+    from bridger.status.logs import setup_logging
+
+    with StopSignals() as stop:
+        keys = read_keys(config)
+        build_core(config, keys, 0.0, time.time())  # checked before the host is touched
+        dashboard = config.dashboard and sys.stdout.isatty()
+        console = setup_logging(dashboard)
+        udp = UdpEndpoint.bind(config.listen)
+        isolated = config.mode == "mesh"
+        failure: BaseException | None = None
+        try:
+            plan = HostPlan(
+                lan=config.lan, bridge=config.bridge,
+                taps=tuple(TapPlan(p.tap, isolated=isolated) for p in config.peers),
+                state_dir=config.state_dir, stp=config.stp, offload=config.offload,
+            )
+            with bring_up(plan, interrupted=stop.check) as host:
+                async def main() -> None:
+                    # A signal before serve's receiver exists reaches StopSignals:
+                    # it cancels this scope (run_sync_soon is signal-safe).
+                    token = trio.lowlevel.current_trio_token()
+                    with trio.CancelScope() as scope, stop.notify(
+                        lambda: token.run_sync_soon(scope.cancel)
+                    ):
+                        if stop.received:
+                            return
+                        now = float(trio.current_time())
+                        device, peers = build_core(config, keys, now, time.time())
+                        counters = Counters()
+                        fwd = Forwarder(device=device, udp=udp, counters=counters)
+                        for settings, peer in zip(config.peers, peers, strict=True):
+                            fwd.ports[peer] = Port(
+                                peer=peer, counters=counters.peer(peer.name),
+                                tap=settings.tap, fd=host.taps[settings.tap],
+                            )
+                        setup_fast_path(fwd, config.offload)
+                        daemon = Daemon(config, fwd, {
+                            "lan": config.lan, "bridge": host.bridge_name,
+                            "listen": udp.listen,
+                        })
+                        if config.metrics:
+                            from bridger.status.metrics import start_metrics_server
+
+                            start_metrics_server(config.metrics, daemon.snapshot)
+                        # From here on only the taps, the UDP socket and the restore
+                        # are needed.
+                        drop_privileges()
+                        await serve(daemon, console)
+
+                try:
+                    trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
+                except BaseExceptionGroup as group:
+                    failure = _one_error(group)
+                if stop.first is not None:
+                    log.info("%s: stopping and restoring the host network", stop.first.name)
+        finally:
+            udp.sock.close()
+    if failure is None:
+        log.info("down: host network restored")
+        return 0
+    if isinstance(failure, KeyboardInterrupt):
+        raise failure
+    if isinstance(failure, BridgerError):
+        error = BridgerError(f"{failure}; host network restored")
+        error.exit_code = failure.exit_code
+        raise error from None
+    log.debug("daemon task failed", exc_info=failure)
+    raise BridgerError(
+        f"daemon stopped by an unexpected error ({type(failure).__name__}: {failure}); "
+        "host network restored"
+    ) from None

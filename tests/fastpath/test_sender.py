@@ -1,0 +1,62 @@
+"""The shell's UDP sender: GSO groups, refusals judged per datagram."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from bridger.shell.udp import Sender, UdpEndpoint
+from bridger.status.counters import Counters
+
+PEER = ("192.0.2.2", 55555)
+
+
+class _Socket:
+    """Stands in for a UDP socket on a 1500-byte path with GSO."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendmsg(self, buffers: list[bytes], cmsg: Any, flags: int, addr: Any) -> int:
+        if max(map(len, buffers)) + 28 > 1500:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        self.sent.extend(buffers)
+        return sum(map(len, buffers))
+
+    def sendto(self, data: bytes, addr: Any) -> int:
+        if len(data) + 28 > 1500:
+            raise OSError(errno.EMSGSIZE, "Message too long")
+        self.sent.append(data)
+        return len(data)
+
+
+def test_a_probe_grouped_with_a_real_datagram_loses_only_itself_uncounted() -> None:
+    """Regression (review item 8, the `udp_send_too_big` at start): a path-MTU
+    probe (beyond the path MTU) followed by a shorter datagram formed one GSO
+    group; the kernel refused the group, the real datagram was lost with it and
+    counted as too big."""
+    sock = _Socket()
+    udp = UdpEndpoint(sock, dual_stack=False, listen="0.0.0.0:55555", gso=True)  # type: ignore[arg-type]
+    counters = Counters()
+    sender = Sender(udp, counters, lambda addr: 1500)
+    probe, data = bytes(1555), bytes(1472)
+    sender.send([(probe, PEER), (data, PEER)])
+    assert sock.sent == [data]
+    snap = counters.snapshot(_device(), [], 0.0)
+    assert snap["drops"]["udp_send_too_big"] == 0
+
+
+def test_a_datagram_within_the_path_mtu_that_is_refused_is_counted() -> None:
+    sock = _Socket()
+    udp = UdpEndpoint(sock, dual_stack=False, listen="0.0.0.0:55555", gso=True)  # type: ignore[arg-type]
+    counters = Counters()
+    sender = Sender(udp, counters, lambda addr: 1600)  # the core believes in 1600
+    sender.send([(bytes(1555), PEER), (bytes(1555), PEER)])
+    assert sock.sent == []
+    assert counters.snapshot(_device(), [], 0.0)["drops"]["udp_send_too_big"] == 2
+
+
+def _device() -> Any:
+    from bridger.status.counters import DeviceInfo
+
+    return DeviceInfo()
