@@ -30,7 +30,7 @@ import pytest
 import bridger.config
 from bridger.lab import Lab, LabOptions
 from bridger.lab.gateways import peer_states
-from bridger.lab.ping import PingResult, ping_pairs
+from bridger.lab.ping import PingResult, parse_ping_output, ping_pairs
 from tests.e2e.bridged import (
     BRIDGER,
     BridgedLab,
@@ -154,9 +154,10 @@ def test_mesh3_learned_unicast_puts_no_data_on_the_third_sites_wan(mesh3: SitesL
     with Capture(lab, "wan", "wC") as wan_c, Capture(lab, "wan", "wB") as wan_b:
         out = lab.run("hostA1", "ping", "-q", "-c", "200", "-i", "0.01", "-s", "1000", "-W", "2",
                       b1, check=False, timeout=60).stdout
-    assert " 200 received" in out, out
+    sent, received, _ = parse_ping_output(out)
+    assert sent == 200 and received >= 190, out
     to_b = [size for size in data_datagrams(wan_b.frames) if size > 1000]
-    assert len(to_b) >= 400, len(to_b)  # requests and replies crossed B's WAN link
+    assert len(to_b) >= 2 * received, len(to_b)  # requests and replies crossed B's WAN link
     # Keepalives and handshakes may cross C's link; nothing carrying a frame may.
     assert data_datagrams(wan_c.frames) == [], mesh3.logs()
 
