@@ -232,7 +232,7 @@ def test_mesh4_transfers_stay_exact_while_one_site_restarts(tmp_path: Path) -> N
     across its restart. Pings every 0.1 s between all pairs show where traffic
     stalled: for pairs with D (as a check of the probe) and nowhere else.
     """
-    nbytes = 16_000_000
+    nbytes = {"others": 16_000_000, "with_d": 64_000_000}  # D's pairs: longer than 0.2 s
     with Lab(LabOptions(sites=4)) as lab, SitesLab(lab, tmp_path) as mesh:
         mesh.start_all(timeout=60)
         pairs: list[Pair] = list(itertools.combinations(lab.sites, 2))
@@ -248,14 +248,16 @@ def test_mesh4_transfers_stay_exact_while_one_site_restarts(tmp_path: Path) -> N
                     lab.lan_address(f"host{b}1"), stdout=subprocess.PIPE, text=True,
                 )
             for index, pair in enumerate(with_d):
-                transfers[pair] = Transfer(lab, pair, 5001 + index, nbytes, 6 if index % 2 else 4)
-            time.sleep(0.5)
+                transfers[pair] = Transfer(lab, pair, 5001 + index, nbytes["with_d"],
+                                           6 if index % 2 else 4)
+            time.sleep(0.2)
             killed_at = time.time()
             mesh.stop("D", signal.SIGKILL)
             down = lab.run("gwD", *BRIDGER, "down", "--state-dir", str(mesh.state_dir("D")))
             assert "restored" in down.stdout, down.stdout + down.stderr
             for index, pair in enumerate(others):
-                transfers[pair] = Transfer(lab, pair, 5101 + index, nbytes, 4 if index % 2 else 6)
+                transfers[pair] = Transfer(lab, pair, 5101 + index, nbytes["others"],
+                                           4 if index % 2 else 6)
             outage = {pair: transfers[pair].result(timeout=120) for pair in others}
             time.sleep(max(0.0, killed_at + 2.0 - time.time()))  # D down for 2 s at least
             restarted_at = time.time()
@@ -274,7 +276,7 @@ def test_mesh4_transfers_stay_exact_while_one_site_restarts(tmp_path: Path) -> N
             for transfer in transfers.values():
                 transfer.kill()
         for pair, (sent, received) in results.items():
-            assert sent.split()[:1] == [str(nbytes)], (pair, sent, mesh.logs())
+            assert sent.split()[:1] == [str(transfers[pair].nbytes)], (pair, sent, mesh.logs())
             assert received == sent, (pair, mesh.logs())
         for pair in others:  # done while D was down
             finished = transfers[pair].finished
