@@ -1,4 +1,6 @@
-"""`bridger lab demo`: two sites and a WAN on one machine, joined by bridger.
+"""`bridger lab demo`: sites and a WAN on one machine, joined by bridger.
+
+Two sites (the default):
 
 1. Build the namespace lab (bridger.lab) and fresh keys in a temporary dir.
 2. Start a real `bridger up` in each gateway namespace (site B dials site A).
@@ -6,6 +8,20 @@
    while showing gateway A's live dashboard.
 4. On Ctrl-C, SIGTERM or after ``--duration``: stop the gateways (they restore
    their hosts), tear the lab down, and print what crossed.
+
+``--sites N`` (or ``--hub``): N sites in a full mesh (``--hub``: site A is the
+hub, the other sites know only A):
+
+1. Build an N-site lab; write each gateway's ``[[peers]]`` config and key.
+2. Start `bridger up --config` on every gateway; wait until every peer is up.
+3. Ping every pair of sites (each site's first host), IPv4 and IPv6, and print
+   one line per pair.
+4. Hold the lab until ``--duration`` ends or Ctrl-C/SIGTERM, then stop the
+   gateways and tear the lab down. Exit 0 only if every pair answered.
+
+Everything printed that comes from the network, the hosts or the configs is
+built as rich ``Text`` on a console with markup and emoji off, so brackets and
+``:name:`` in it are shown as they are.
 """
 
 from __future__ import annotations
@@ -20,13 +36,55 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bridger.errors import BridgerError
+from bridger.errors import BridgerError, ConfigError
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bridger.lab.gateways import GatewayFiles
+    from bridger.lab.ping import PingResult
 
 #: Seconds to wait for both gateways to report the link up.
 LINK_UP_TIMEOUT = 30.0
+#: The same with N sites: every gateway handshakes with every peer.
+MESH_UP_TIMEOUT = 60.0
+DEFAULT_SITES = 2
+#: ``--sites`` bound (the lab has room for more: bridger.lab.MAX_SITES).
+MAX_DEMO_SITES = 8
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bridger lab demo` (bridger/cli.py hands its subparser here)."""
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="stop by itself after this")
+    parser.add_argument("--delay", type=float, default=0.0, metavar="MS",
+                        help="WAN one-way delay")
+    parser.add_argument("--loss", type=float, default=0.0, metavar="PCT",
+                        help="WAN loss percent")
+    parser.add_argument("--nat", action="store_true", help="put site B behind NAT")
+    parser.add_argument("--no-dashboard", action="store_true", help="plain output")
+    parser.add_argument("--sites", type=_site_count, default=DEFAULT_SITES, metavar="N",
+                        help=f"how many sites, 2-{MAX_DEMO_SITES} (default 2); more than 2: "
+                        "a full mesh, one ping line per pair")
+    parser.add_argument("--hub", action="store_true",
+                        help="site A is the hub; the other sites know only A")
+
+
+def _site_count(text: str) -> int:
+    if not text.isdigit() or not DEFAULT_SITES <= int(text) <= MAX_DEMO_SITES:
+        raise argparse.ArgumentTypeError(f"must be {DEFAULT_SITES}..{MAX_DEMO_SITES}")
+    return int(text)
+
+
+def demo_console(**kw: Any) -> Console:
+    """A console that prints data as it is: no markup, no emoji, no highlighting."""
+    from rich.console import Console
+
+    return Console(markup=False, emoji=False, highlight=False, **kw)
 
 
 @dataclass
@@ -73,15 +131,26 @@ def start_gateway(
     return Gateway(site, process, state_dir, log_path)
 
 
-def wait_link_up(gateways: list[Gateway], timeout: float) -> None:
+def wait_link_up(
+    gateways: list[Gateway], timeout: float, expected: dict[str, set[str]] | None = None
+) -> None:
+    """Wait until every gateway reports all its peers up (``expected``: site -> peer names)."""
+    from bridger.lab.gateways import peer_states
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for gw in gateways:
             if gw.process.poll() is not None:
                 tail = gw.log_path.read_text(errors="replace").strip().splitlines()[-3:]
                 raise BridgerError(f"gateway {gw.site} exited: {' | '.join(tail)}")
-        snaps = [gw.snapshot() for gw in gateways]
-        if all(s is not None and s["link"]["state"] == "up" for s in snaps):
+        ready = 0
+        for gw in gateways:
+            snap = gw.snapshot()
+            states = peer_states(snap) if snap is not None else {}
+            names = expected[gw.site] if expected is not None else set(states)
+            if states and names and all(states.get(n) == "up" for n in names):
+                ready += 1
+        if ready == len(gateways):
             return
         time.sleep(0.2)
     raise BridgerError(f"the link did not come up within {timeout:.0f}s")
@@ -100,9 +169,14 @@ def replies(path: Path) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from bridger.lab import Lab, LabOptions
 
+    sites = getattr(args, "sites", DEFAULT_SITES)
+    hub = getattr(args, "hub", False)
+    if not DEFAULT_SITES <= sites <= MAX_DEMO_SITES:
+        raise ConfigError(f"--sites: must be {DEFAULT_SITES}..{MAX_DEMO_SITES}")
     if os.geteuid() != 0:
         raise BridgerError("lab demo needs root (it builds network namespaces)")
-    options = LabOptions(delay_ms=args.delay, loss_pct=args.loss, nat_b=args.nat)
+    options = LabOptions(delay_ms=args.delay, loss_pct=args.loss, nat_b=args.nat, sites=sites)
+    demo = _demo if sites == DEFAULT_SITES and not hub else _mesh_demo
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -112,7 +186,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
     old = signal.signal(signal.SIGTERM, request_stop)
     try:
         with tempfile.TemporaryDirectory(prefix="bridger-demo-") as tmp, Lab(options) as lab:
-            return _demo(lab, Path(tmp), args, lambda: stop_requested)
+            return demo(lab, Path(tmp), args, lambda: stop_requested)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -155,14 +229,14 @@ def _demo(lab: Any, workdir: Path, args: argparse.Namespace, stopped: Any) -> in
 
 
 def _show(gateway: Gateway, ping_logs: list[Path], args: argparse.Namespace, stopped: Any) -> None:
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.live import Live
     from rich.text import Text
 
     from bridger.status.dashboard import History, render
 
     end = time.monotonic() + args.duration if args.duration else float("inf")
-    console = Console()
+    console = demo_console()
     history = History()
     live_view = console.is_terminal and not args.no_dashboard
     last_print = 0.0
@@ -182,7 +256,7 @@ def _show(gateway: Gateway, ping_logs: list[Path], args: argparse.Namespace, sto
             if time.monotonic() - last_print >= 5:
                 last_print = time.monotonic()
                 snap = gateway.snapshot()
-                frames = snap["frames"] if snap else {}
+                frames = snap.get("frames", {}) if snap else {}
                 print(f"gateway A frames {frames}; pings answered IPv4 "
                       f"{replies(ping_logs[0])} IPv6 {replies(ping_logs[1])}", flush=True)
         return
@@ -190,3 +264,98 @@ def _show(gateway: Gateway, ping_logs: list[Path], args: argparse.Namespace, sto
         while time.monotonic() < end and not stopped():
             time.sleep(0.25)
             live.update(frame())
+
+
+# -- N sites ------------------------------------------------------------------------------------
+
+
+def _mesh_demo(lab: Any, workdir: Path, args: argparse.Namespace, stopped: Any) -> int:
+    from rich.text import Text
+
+    from bridger.lab.gateways import write_gateway_configs
+    from bridger.lab.ping import cross_site_pairs, ping_pairs
+
+    console = demo_console()
+    topology = "hub" if args.hub else "mesh"
+    files = write_gateway_configs(lab, workdir, topology=topology)
+    for line in mesh_plan_lines(lab, files):
+        console.print(line)
+    gateways = [_start_configured(lab, f, workdir) for f in files.values()]
+    try:
+        expected = {site: {p.name for p in f.peers} for site, f in files.items()}
+        wait_link_up(gateways, MESH_UP_TIMEOUT, expected)
+        console.print(Text("all peers up; pinging every pair of sites (IPv4 and IPv6)"))
+        results = ping_pairs(lab, cross_site_pairs(lab))
+        console.print(pair_table(results))
+        _hold(console, args, stopped)
+    finally:
+        codes = [gw.stop() for gw in gateways]
+    answered = sum(r.ok for r in results)
+    console.print(Text(f"{answered} of {len(results)} pair pings answered; "
+                       f"gateways exited with {codes}"))
+    return 0 if answered == len(results) and not any(codes) else 1
+
+
+def _start_configured(lab: Any, files: GatewayFiles, workdir: Path) -> Gateway:
+    log_path = workdir / f"gw{files.site}.log"
+    with log_path.open("wb") as log_file:
+        process = lab.popen(f"gw{files.site}", *files.up_argv(), stdout=log_file,
+                            stderr=subprocess.STDOUT)
+    return Gateway(files.site, process, files.state_dir, log_path)
+
+
+def _hold(console: Console, args: argparse.Namespace, stopped: Any) -> None:
+    from rich.text import Text
+
+    if args.duration is None:
+        console.print(Text("holding the lab; press Ctrl-C to stop"))
+    end = time.monotonic() + args.duration if args.duration is not None else float("inf")
+    while time.monotonic() < end and not stopped():
+        time.sleep(0.25)
+
+
+def mesh_plan_lines(lab: Any, files: dict[str, GatewayFiles]) -> list[Any]:
+    """One line for the lab, one per site: its WAN address and the peers it dials or awaits."""
+    from rich.text import Text
+
+    hub = next((f.site for f in files.values() if f.mode == "hub"), None)
+    shape = f"hub at site {hub}" if hub else "full mesh"
+    lines = [Text(f"lab {lab.prefix}: {len(files)} sites, {shape}; starting bridger on every "
+                  "gateway")]
+    for site, f in files.items():
+        peers = ", ".join(f"{p.name} ({p.host if p.host else 'awaits'})" for p in f.peers)
+        nat = " behind NAT" if site == "B" and lab.options.nat_b else ""
+        lines.append(Text(f"  site {site}: gateway {lab.gateway_wan_address(site)}{nat}, "
+                          f"mode {f.mode}, peers {peers}"))
+    return lines
+
+
+def pair_table(results: list[PingResult]) -> Table:
+    """One row per pair of hosts: the IPv4 and IPv6 answers and average round trips."""
+    from rich.table import Column, Table
+    from rich.text import Text
+
+    columns = [Column(header=Text(name)) for name in ("pair", "IPv4", "IPv6")]
+    table = Table(*columns, box=None, pad_edge=False)
+    rows: dict[tuple[str, str], dict[int, PingResult]] = {}
+    for result in results:
+        rows.setdefault((result.src, result.dst), {})[result.family] = result
+    for (src, dst), by_family in rows.items():
+        cells = [Text(f"{src} -> {dst}")]
+        for family in (4, 6):
+            found = by_family.get(family)
+            cells.append(_ping_cell(found) if found is not None else Text("-"))
+        table.add_row(*cells)
+    return table
+
+
+def _ping_cell(r: PingResult) -> Any:
+    from rich.text import Text
+
+    cell = Text(f"{r.address} ")
+    if r.ok:
+        rtt = f" {r.rtt_avg_ms:.2f} ms" if r.rtt_avg_ms is not None else ""
+        cell.append(f"{r.received}/{r.sent}{rtt}", style="green")
+    else:
+        cell.append(f"{r.received}/{r.sent} no answer", style="bold red")
+    return cell

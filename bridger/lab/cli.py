@@ -15,6 +15,8 @@ from types import FrameType
 
 from bridger.errors import BridgerError
 from bridger.lab.topology import (
+    MAX_SITES,
+    MIN_SITES,
     Lab,
     LabOptions,
     _pid_alive,
@@ -46,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--rate", type=float, default=None, metavar="MBIT")
     up.add_argument("--mtu", type=int, default=1500, help="WAN link MTU")
     up.add_argument("--nat", action="store_true", help="put site B behind a NAT namespace")
+    up.add_argument(
+        "--sites",
+        type=int,
+        default=MIN_SITES,
+        metavar="N",
+        help=f"how many sites A, B, C, ... ({MIN_SITES}-{MAX_SITES}, default {MIN_SITES})",
+    )
     up.add_argument("--prefix", help="namespace prefix (default: bl + 6 random hex digits)")
     up.add_argument("--engine", choices=("auto", "netem", "wire", "direct"), default="auto")
     up.add_argument("--seed", type=int, default=0, help="seed of the userspace wire")
@@ -73,6 +82,7 @@ def _up(args: argparse.Namespace) -> int:
         rate_mbit=args.rate,
         wan_mtu=args.mtu,
         nat_b=args.nat,
+        sites=args.sites,
         prefix=args.prefix,
         engine=args.engine,
         seed=args.seed,

@@ -1,4 +1,4 @@
-"""Two sites and a WAN router in network namespaces, torn down on every exit path.
+"""Two to eight sites around one WAN router in network namespaces, torn down on every exit path.
 
 Modelled on the kernel WireGuard selftest ``netns.sh``; a test harness, so it
 drives ``ip``, ``tc`` and ``nft``/``iptables`` as subprocesses (the product's
@@ -10,8 +10,13 @@ host code uses pyroute2)::
   nat_b=True:   wB ── wan0 [natB] lan0 ── wan0 [gwB]     natB: 10.100.2.2 outside,
                                                          172.16.2.1 inside, gwB 172.16.2.2
 
-Impairments sit on the router's egress towards each gateway (``wA`` and
-``wB``), so each one-way trip between the gateways is impaired exactly once.
+With ``sites=N`` (up to :data:`MAX_SITES`) sites C, D, ... hang off the same
+router the same way: site ``k`` (A=1, B=2, ...) has hosts ``192.168.1.k1`` and
+``.k2`` (``fd00:b::k1``, ``::k2``), gateway LAN address ``.k`` (``fd00:b::k``),
+and WAN link ``10.100.k.0/24`` + ``fd00:100:k::/64`` on router port ``w<site>``.
+
+Impairments sit on the router's egress towards each gateway (``wA``, ``wB``,
+...), so each one-way trip between two gateways is impaired exactly once.
 Engines: kernel ``netem`` when the kernel has it; otherwise a userspace wire
 (:mod:`bridger.lab.wire`) between each ``w?`` and the gateway's ``wan0``.
 ``direct`` routes in-kernel with no impairment at all, so a benchmark measures
@@ -44,31 +49,44 @@ from bridger.errors import HostError
 from bridger.lab.impair import Impairment, ImpairmentError
 
 # --- addressing plan (the README diagram shows the same numbers) -----------------
+#: Site letters in order; site number k = position + 1 numbers its addresses.
+SITE_NAMES = ("A", "B", "C", "D", "E", "F", "G", "H")
+MAX_SITES = len(SITE_NAMES)
+MIN_SITES = 2
+HOSTS_PER_SITE = 2
 LAN_PREFIXLEN = 24
 LAN6_PREFIXLEN = 64
+#: Host role -> (IPv4, IPv6) LAN address: hostA1 is .11 / ::11, hostC2 .32 / ::32.
 HOSTS: dict[str, tuple[str, str]] = {
-    "hostA1": ("192.168.1.11", "fd00:b::11"),
-    "hostA2": ("192.168.1.12", "fd00:b::12"),
-    "hostB1": ("192.168.1.21", "fd00:b::21"),
-    "hostB2": ("192.168.1.22", "fd00:b::22"),
+    f"host{site}{n}": (f"192.168.1.{k * 10 + n}", f"fd00:b::{k * 10 + n}")
+    for k, site in enumerate(SITE_NAMES, start=1)
+    for n in range(1, HOSTS_PER_SITE + 1)
 }
+#: Site -> the gateway's own (IPv4, IPv6) LAN address: A is .1 / ::1, C is .3 / ::3.
 GATEWAY_LAN: dict[str, tuple[str, str]] = {
-    "A": ("192.168.1.1", "fd00:b::1"),
-    "B": ("192.168.1.2", "fd00:b::2"),
+    site: (f"192.168.1.{k}", f"fd00:b::{k}") for k, site in enumerate(SITE_NAMES, start=1)
 }
 #: Per site: the /24 between the router and the site's WAN attachment.
-WAN_NET = {"A": "10.100.1", "B": "10.100.2"}
+WAN_NET = {site: f"10.100.{k}" for k, site in enumerate(SITE_NAMES, start=1)}
 ROUTER_HOST = 1
 FIRST_WAN_HOST = 2
 NAT_INSIDE_NET = "172.16.2"
 WAN_PREFIXLEN = 24
 #: Per site: the IPv6 /64 of the WAN link (sites not behind NAT have both families).
-WAN6_NET = {"A": "fd00:100:1", "B": "fd00:100:2"}
+WAN6_NET = {site: f"fd00:100:{k}" for k, site in enumerate(SITE_NAMES, start=1)}
 WAN6_PREFIXLEN = 64
 
 ENGINES = ("auto", "netem", "wire", "direct")
-ROLES = ("gwA", "gwB", "hostA1", "hostA2", "hostB1", "hostB2", "wan", "natB", "swA", "swB")
-SITES = ("A", "B")
+
+
+def site_roles(site: str) -> tuple[str, ...]:
+    """The namespaces of one site: its gateway, its hosts and its switch."""
+    hosts = tuple(f"host{site}{n}" for n in range(1, HOSTS_PER_SITE + 1))
+    return (f"gw{site}", *hosts, f"sw{site}")
+
+
+#: Every role any lab can have (a lab has those of its own sites, "wan", maybe "natB").
+ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9]{2,16}$")
 #: Prefixes this module generates: ``bl`` + 6 hex digits.
 AUTO_PREFIX_RE = re.compile(r"^bl[0-9a-f]{6}$")
@@ -100,6 +118,8 @@ class LabOptions:
     rate_mbit: float | None = None
     wan_mtu: int = 1500
     nat_b: bool = False
+    #: How many sites (A, B, C, ...) hang off the router: 2 to MAX_SITES.
+    sites: int = MIN_SITES
     prefix: str | None = None
     #: "auto" (netem if the kernel has it), "netem", "wire" (userspace), or
     #: "direct": plain veths routed in-kernel, no impairment possible (benchmarks).
@@ -124,6 +144,10 @@ class LabOptions:
     def validate(self) -> None:
         """Raise :class:`LabError` for knobs that cannot be applied."""
         self.impairment()
+        if isinstance(self.sites, bool) or not isinstance(self.sites, int) or not (
+            MIN_SITES <= self.sites <= MAX_SITES
+        ):
+            raise LabError(f"sites must be {MIN_SITES} to {MAX_SITES}")
         if not MIN_MTU <= self.wan_mtu <= MAX_MTU:
             raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
         if self.prefix is not None and not PREFIX_RE.match(self.prefix):
@@ -259,7 +283,9 @@ class Lab:
         self.prefix = self.options.prefix or f"bl{secrets.token_hex(3)}"
         self.engine = "netem"
         self._impairment = self.options.impairment()
-        self._wan_host = {"A": FIRST_WAN_HOST, "B": FIRST_WAN_HOST}
+        #: The sites of this lab, in order: ("A", "B") for two.
+        self.sites: tuple[str, ...] = SITE_NAMES[: self.options.sites]
+        self._wan_host = dict.fromkeys(self.sites, FIRST_WAN_HOST)
         self._nat_inside_host = FIRST_WAN_HOST
         self._wire: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
@@ -269,16 +295,39 @@ class Lab:
 
     # -- names and commands
     def ns(self, role: str) -> str:
-        """The namespace name of ``role`` (see :data:`ROLES`)."""
+        """The namespace name of ``role`` (one of :meth:`roles`)."""
         if role not in ROLES:
-            raise LabError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+            raise LabError(f"unknown role {role!r}; one of {', '.join(self.roles())}")
         if role == "natB" and not self.options.nat_b:
             raise LabError("this lab has no natB (build it with nat_b=True)")
+        if role not in self.roles():
+            raise LabError(f"this lab has no {role} (it has sites {', '.join(self.sites)})")
         return f"{self.prefix}-{role}"
 
     def roles(self) -> list[str]:
-        """The roles present in this lab."""
-        return [r for r in ROLES if r != "natB" or self.options.nat_b]
+        """The roles present in this lab, site by site, then the router (and natB)."""
+        roles = [r for site in self.sites for r in site_roles(site)]
+        roles.append("wan")
+        if self.options.nat_b:
+            roles.append("natB")
+        return roles
+
+    def hosts(self, site: str | None = None) -> list[str]:
+        """The LAN host roles of ``site`` (all sites when None), e.g. ["hostA1", "hostA2"]."""
+        if site is not None:
+            self._check_site(site)
+        sites = self.sites if site is None else (site,)
+        return [r for s in sites for r in site_roles(s) if r.startswith("host")]
+
+    @staticmethod
+    def site_of(role: str) -> str:
+        """The site letter of a gateway, host or switch role ("hostC2" -> "C")."""
+        for head in ("gw", "host", "sw"):
+            if role.startswith(head) and len(role) > len(head):
+                site = role[len(head)]
+                if site in SITE_NAMES and role in site_roles(site):
+                    return site
+        raise LabError(f"{role} belongs to no site")
 
     def run(
         self,
@@ -342,19 +391,24 @@ class Lab:
         return self._wan_addr(site)
 
     def lan_address(self, role: str, family: int = 4) -> str:
-        """A host's (or gateway's, role ``gwA``/``gwB``) LAN address, without prefix length."""
+        """A host's (or gateway's: role ``gwA``, ``gwC``, ...) LAN address, no prefix length."""
         if role in HOSTS:
             pair = HOSTS[role]
-        elif role in ("gwA", "gwB"):
-            pair = GATEWAY_LAN[role[2]]
+        elif role.startswith("gw") and role[2:] in SITE_NAMES:
+            pair = GATEWAY_LAN[role[2:]]
         else:
             raise LabError(f"{role} has no LAN address")
+        self._check_site(self.site_of(role))
         return pair[0] if family == 4 else pair[1]
 
     @staticmethod
-    def _check_site(site: str) -> None:
-        if site not in SITES:
-            raise LabError(f"site must be 'A' or 'B', not {site!r}")
+    def lan_ifname(role: str) -> str:
+        """The LAN interface of a host (``eth0``) or gateway (``eth1``)."""
+        return "eth1" if role.startswith("gw") else "eth0"
+
+    def _check_site(self, site: str) -> None:
+        if site not in self.sites:
+            raise LabError(f"site must be one of {', '.join(self.sites)}, not {site!r}")
 
     # -- lifecycle
     def __enter__(self) -> Lab:
@@ -461,7 +515,7 @@ class Lab:
                 "net.ipv4.conf.all.promote_secondaries=1",
                 "net.ipv4.conf.default.promote_secondaries=1",
             )
-        for site in SITES:
+        for site in self.sites:
             self._build_site(site)
         self._build_wan()
         if opts.nat_b:
@@ -472,8 +526,7 @@ class Lab:
         sw, gw = f"sw{site}", f"gw{site}"
         self._ip(sw, "link add br0 type bridge mcast_snooping 0")
         self._ip(sw, "link set br0 up")
-        hosts = [h for h in HOSTS if h[4] == site]
-        for index, host in enumerate(hosts, start=1):
+        for index, host in enumerate(self.hosts(site), start=1):
             self._ip(sw, f"link add h{index} type veth peer name eth0 netns {self.ns(host)}")
             self._ip(sw, f"link set h{index} master br0 up")
             v4, v6 = HOSTS[host]
@@ -492,7 +545,7 @@ class Lab:
     def _build_wan(self) -> None:
         mtu = self.options.wan_mtu
         self._sysctl("wan", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        for site in SITES:
+        for site in self.sites:
             attach = self._site_wan_role(site)
             rt_if = f"w{site}"
             if self.engine in ("netem", "direct"):
@@ -523,8 +576,8 @@ class Lab:
                                  " dev wan0 nodad")
                 self._ip(attach, f"-6 route add default via {WAN6_NET[site]}::1")
         if self.engine == "wire":
-            self._offload_off("wan", "wA", "wB")
-            for site in SITES:
+            self._offload_off("wan", *(f"w{site}" for site in self.sites))
+            for site in self.sites:
                 self._offload_off(self._site_wan_role(site), "wan0")
             self._start_wire()
 
@@ -569,7 +622,9 @@ class Lab:
         self._wire = subprocess.Popen(
             [
                 *("ip", "netns", "exec", self.ns("wan"), sys.executable, "-m", "bridger.lab.wire"),
-                *("run", "--pair", "pA:xA", "--pair", "pB:xB", "--seed", str(self.options.seed)),
+                "run",
+                *(arg for site in self.sites for arg in ("--pair", f"p{site}:x{site}")),
+                *("--seed", str(self.options.seed)),
                 *("--impairment", json.dumps(asdict(self._impairment))),
             ],
             stdin=subprocess.PIPE,
@@ -621,7 +676,7 @@ class Lab:
             self._wire.stdin.flush()
             return
         tc = ("tc", "-n", self.ns("wan"), "qdisc")
-        for rt_if in ("wA", "wB"):
+        for rt_if in (f"w{site}" for site in self.sites):
             if imp.is_noop:
                 _cmd(*tc, "del", "dev", rt_if, "root", check=False)
             else:
@@ -676,9 +731,9 @@ class Lab:
         yield f"lab {self.prefix} up (engine: {self.engine})"
         for role in self.roles():
             yield f"  {role:<7} {self.ns(role)}"
-        nat = " (NAT public address)" if self.options.nat_b else ""
-        yield f"  gwA WAN {self.gateway_wan_address('A')}"
-        yield f"  gwB WAN {self.gateway_wan_address('B')}{nat}"
+        for site in self.sites:
+            nat = " (NAT public address)" if site == "B" and self.options.nat_b else ""
+            yield f"  gw{site} WAN {self.gateway_wan_address(site)}{nat}"
         yield "examples:"
         yield f"  ip netns exec {self.ns('hostA1')} ping 192.168.1.12"
         yield f"  ip netns exec {self.ns('gwA')} ping {self.gateway_wan_address('B')}"
