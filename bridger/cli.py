@@ -216,12 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="network-namespace lab")
     lab_sub = p.add_subparsers(dest="lab_command", metavar="LABCOMMAND", required=True)
-    d = lab_sub.add_parser("demo", help="two sites and a WAN on this machine, joined by bridger")
-    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
-    d.add_argument("--delay", type=float, default=0.0, metavar="MS", help="WAN one-way delay")
-    d.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="WAN loss percent")
-    d.add_argument("--nat", action="store_true", help="put site B behind NAT")
-    d.add_argument("--no-dashboard", action="store_true", help="plain output")
+    d = lab_sub.add_parser("demo", help="sites and a WAN on this machine, joined by bridger")
+    from bridger.demo import add_demo_arguments
+
+    add_demo_arguments(d)
     d.set_defaults(func=_cmd_lab)
     return parser
 

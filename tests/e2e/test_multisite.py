@@ -148,8 +148,11 @@ def test_mesh3_learned_unicast_puts_no_data_on_the_third_sites_wan(mesh3: SitesL
     assert " 200 received" in out, out
     to_b = [size for size in data_datagrams(wan_b.frames) if size > 1000]
     assert len(to_b) >= 400, len(to_b)  # requests and replies crossed B's WAN link
-    # Keepalives and handshakes may cross C's link; nothing carrying a frame may.
-    assert data_datagrams(wan_c.frames) == [], mesh3.logs()
+    # Keepalives, handshakes and the LAN's own floods (ARP, IPv6 ND/MLD: small)
+    # may cross C's link; nothing of the unicast stream may.
+    stream_at_c = [size for size in data_datagrams(wan_c.frames) if size > 1000]
+    assert stream_at_c == [], mesh3.logs()
+    assert all(size < 300 for size in data_datagrams(wan_c.frames))
 
 
 @needs_multipeer
