@@ -279,7 +279,7 @@ def _mesh_demo(lab: Any, workdir: Path, args: argparse.Namespace, stopped: Any) 
     topology = "hub" if args.hub else "mesh"
     files = write_gateway_configs(lab, workdir, topology=topology)
     for line in mesh_plan_lines(lab, files):
-        console.print(line)
+        console.print(line, soft_wrap=True)
     gateways = [_start_configured(lab, f, workdir) for f in files.values()]
     try:
         expected = {site: {p.name for p in f.peers} for site, f in files.items()}

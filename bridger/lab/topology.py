@@ -507,11 +507,15 @@ class Lab:
         for role in self.roles():
             _cmd("ip", "netns", "add", self.ns(role))
             self._ip(role, "link set lo up")
-            # DAD off before any interface exists, so IPv6 is usable at once.
+            # DAD off before any interface exists, so IPv6 is usable at once. No
+            # router solicitations either (the lab has no IPv6 router; the kernel
+            # would repeat them for an hour, flooded to every site as noise).
             self._sysctl(
                 role,
                 "net.ipv6.conf.all.accept_dad=0",
                 "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.all.router_solicitations=0",
+                "net.ipv6.conf.default.router_solicitations=0",
                 "net.ipv4.conf.all.promote_secondaries=1",
                 "net.ipv4.conf.default.promote_secondaries=1",
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import bridger.config
-from bridger.keys import decode_key
+from bridger.keys import decode_key, generate_private_key, write_private_key_file
 from bridger.lab.gateways import (
     LAB_PORT,
     PeerEntry,
@@ -25,11 +25,6 @@ SITES4 = ("A", "B", "C", "D")
 KEYS = {site: bytes([i]) * 32 for i, site in enumerate(SITES4, start=1)}
 WAN = {site: f"10.100.{i}.2" for i, site in enumerate(SITES4, start=1)}
 
-#: Needs bridger.config with the ``[[peers]]`` contract (the multi-peer daemon's config).
-needs_multipeer_config = pytest.mark.skipif(
-    not hasattr(bridger.config, "PeerSettings"),
-    reason="needs the multi-peer config (bridger.config.PeerSettings, [[peers]])",
-)
 
 
 def test_mesh_lists_every_other_site_and_hub_only_the_hub() -> None:
@@ -177,12 +172,11 @@ def test_peer_states_reads_both_status_versions() -> None:
     assert peer_states({"version": 2, "peers": "junk"}) == {}
 
 
-@needs_multipeer_config
 def test_the_daemon_config_reads_what_the_writer_wrote(tmp_path: Path) -> None:
-    """The writer and bridger.config agree on [[peers]], taps and mode (multi-peer config)."""
+    """The writer and bridger.config agree on [[peers]], taps and mode."""
     peers = plan_peers(SITES4, KEYS, WAN.get, topology="hub")
     key = tmp_path / "gwA.key"
-    key.write_text("unused by the parser\n")
+    write_private_key_file(key, generate_private_key())
     for site, mode in (("A", "hub"), ("B", "mesh")):
         path = tmp_path / f"gw{site}.toml"
         path.write_text(
