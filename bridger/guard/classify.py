@@ -67,6 +67,22 @@ class FrameKind(IntEnum):
 #: Kinds that draw on the ARP/ND share of the flood budget.
 NEIGHBOUR_KINDS = frozenset((FrameKind.ARP, FrameKind.ND, FrameKind.RA))
 
+# Plain-int and member aliases: an Enum attribute lookup costs ~45 ns, several
+# per frame on the flood path.
+_OTHER, _ARP, _ND, _RA = FrameKind.OTHER, FrameKind.ARP, FrameKind.ND, FrameKind.RA
+_DHCP4, _DHCP6, _PROBE = FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER, FrameKind.LOOP_PROBE
+_LINK_LOCAL = FrameKind.LINK_LOCAL
+_ET_IPV4, _ET_IPV6, _ET_ARP = int(EtherType.IPV4), int(EtherType.IPV6), int(EtherType.ARP)
+_ET_PROBE = int(EtherType.LOOP_PROBE)
+_TPIDS = frozenset(int(t) for t in VLAN_TPIDS)
+_UDP, _ICMPV6 = int(IpProto.UDP), int(IpProto.ICMPV6)
+_FRAG, _AH = int(IpProto.FRAGMENT), int(IpProto.AH)
+_EXT_GENERIC = frozenset(int(t) for t in IPV6_EXT_GENERIC)
+_RA_TYPE = int(Icmp6Type.ROUTER_ADVERTISEMENT)
+_ND_FIRST, _ND_LAST = int(Icmp6Type.ROUTER_SOLICITATION), int(Icmp6Type.REDIRECT)
+_BOOTPS, _BOOTPC = int(UdpPort.BOOTPS), int(UdpPort.BOOTPC)
+_DHCP6_SERVER, _DHCP6_CLIENT = int(UdpPort.DHCPV6_SERVER), int(UdpPort.DHCPV6_CLIENT)
+
 
 class FrameInfo(NamedTuple):
     """The classifier's verdict on one frame."""
@@ -95,66 +111,76 @@ class FrameInfo(NamedTuple):
         return self.vlans[0] if self.vlans else 0
 
 
-_RUNT = FrameInfo(FrameKind.OTHER, False, (), -1, 0, hidden=True)
+#: What :func:`look_untrusted` returns: (kind, VLAN ids, EtherType, l3, hidden,
+#: later fragment) - :class:`FrameInfo` without the record, for the flood path.
+Look = tuple[FrameKind, tuple[int, ...], int, int, bool, bool]
+
+_RUNT: Look = (_OTHER, (), -1, 0, True, False)
 
 
 def classify_untrusted(frame: bytes) -> FrameInfo:
     """Classify one Ethernet frame (no FCS). Never raises."""
+    kind, vlans, ethertype, l3, hidden, later = look_untrusted(frame)
+    group = bool(frame[:1]) and bool(frame[0] & 1)
+    return FrameInfo(kind, group, vlans, ethertype, l3, hidden, later)
+
+
+def look_untrusted(frame: bytes) -> Look:
+    """:func:`classify_untrusted` as a plain tuple (``group`` left out: the caller
+    has ``frame[0] & 1``).  Never raises."""
     if len(frame) < ETH_HLEN:
         return _RUNT
-    group = bool(frame[0] & 1)
-    vlans: list[int] = []
-    offset = ETH_HLEN - 2
-    ethertype = _unpack_u16(frame, offset)[0]
-    while ethertype in VLAN_TPIDS:
-        if len(vlans) == MAX_VLAN_TAGS or len(frame) < offset + 2 + VLAN_HLEN:
-            return FrameInfo(FrameKind.OTHER, group, tuple(vlans), ethertype, offset + 2, True)
-        vlans.append(_unpack_u16(frame, offset + 2)[0] & 0x0FFF)
-        offset += VLAN_HLEN
-        ethertype = _unpack_u16(frame, offset)[0]
-    l3 = offset + 2
-    tags = tuple(vlans)
-    if ethertype == EtherType.IPV4:
+    ethertype = (frame[12] << 8) | frame[13]
+    l3 = ETH_HLEN
+    tags: tuple[int, ...] = ()
+    if ethertype in _TPIDS:
+        vlans: list[int] = []
+        while ethertype in _TPIDS:
+            if len(vlans) == MAX_VLAN_TAGS or len(frame) < l3 + VLAN_HLEN:
+                return _OTHER, tuple(vlans), ethertype, l3, True, False
+            vlans.append(((frame[l3] & 0x0F) << 8) | frame[l3 + 1])
+            ethertype = (frame[l3 + 2] << 8) | frame[l3 + 3]
+            l3 += VLAN_HLEN
+        tags = tuple(vlans)
+    if ethertype == _ET_IPV4:
         kind, hidden, later = _ipv4(frame, l3)
-    elif ethertype == EtherType.IPV6:
+    elif ethertype == _ET_IPV6:
         kind, hidden, later = _ipv6(frame, l3)
-    elif ethertype == EtherType.ARP:
-        kind, hidden, later = FrameKind.ARP, False, False
-    elif ethertype == EtherType.LOOP_PROBE:
-        kind, hidden, later = FrameKind.LOOP_PROBE, False, False
+    elif ethertype == _ET_ARP:
+        kind, hidden, later = _ARP, False, False
+    elif ethertype == _ET_PROBE:
+        kind, hidden, later = _PROBE, False, False
     else:
-        kind, hidden, later = FrameKind.OTHER, False, False
-    if kind == FrameKind.OTHER and group and frame[:5] == LINK_LOCAL_PREFIX and frame[5] < 0x10:
-        kind = FrameKind.LINK_LOCAL
-    return FrameInfo(kind, group, tags, ethertype, l3, hidden, later)
+        kind, hidden, later = _OTHER, False, False
+    if kind == _OTHER and frame[:5] == LINK_LOCAL_PREFIX and frame[5] < 0x10:
+        kind = _LINK_LOCAL
+    return kind, tags, ethertype, l3, hidden, later
 
 
 def _ipv4(frame: bytes, l3: int) -> tuple[FrameKind, bool, bool]:
     """(kind, hidden, later fragment) of the IPv4 packet at ``l3``."""
     if len(frame) < l3 + 10:
-        return FrameKind.OTHER, True, False
+        return _OTHER, True, False
     ihl = (frame[l3] & 0x0F) * 4
     if frame[l3] >> 4 != 4 or ihl < IPV4_MIN_HLEN:
-        return FrameKind.OTHER, False, False  # not IPv4 at all: every host drops it
-    if frame[l3 + 9] != IpProto.UDP:
-        return FrameKind.OTHER, False, False
+        return _OTHER, False, False  # not IPv4 at all: every host drops it
+    if frame[l3 + 9] != _UDP:
+        return _OTHER, False, False
     if len(frame) < l3 + IPV4_MIN_HLEN:
-        return FrameKind.OTHER, True, False
+        return _OTHER, True, False
     if _unpack_u16(frame, l3 + 6)[0] & IPV4_OFFSET_MASK:
-        return FrameKind.OTHER, False, True  # no UDP header in a later fragment
+        return _OTHER, False, True  # no UDP header in a later fragment
     l4 = l3 + ihl  # IHL honoured: options move the UDP header
     if len(frame) < l4 + 4:
-        return FrameKind.OTHER, True, False
+        return _OTHER, True, False
     src, dst = _unpack_ports(frame, l4)
-    if src == UdpPort.BOOTPS and dst == UdpPort.BOOTPC:
-        return FrameKind.DHCP4_SERVER, False, False
-    return FrameKind.OTHER, False, False
+    if src == _BOOTPS and dst == _BOOTPC:
+        return _DHCP4, False, False
+    return _OTHER, False, False
 
 
 #: Next-header values after which the walk goes on (or looks at the L4 header).
-_IPV6_FOLLOWED = frozenset(
-    (*IPV6_EXT_GENERIC, IpProto.FRAGMENT, IpProto.AH, IpProto.ICMPV6, IpProto.UDP)
-)
+_IPV6_FOLLOWED = frozenset((*_EXT_GENERIC, _FRAG, _AH, _ICMPV6, _UDP))
 
 
 def _ipv6(frame: bytes, l3: int) -> tuple[FrameKind, bool, bool]:
@@ -162,50 +188,50 @@ def _ipv6(frame: bytes, l3: int) -> tuple[FrameKind, bool, bool]:
     walk along the extension headers to the upper-layer header."""
     end = len(frame)
     if end < l3 + 7:
-        return FrameKind.OTHER, True, False
+        return _OTHER, True, False
     if frame[l3] >> 4 != 6:
-        return FrameKind.OTHER, False, False
+        return _OTHER, False, False
     nh = frame[l3 + 6]
     if nh not in _IPV6_FOLLOWED:
-        return FrameKind.OTHER, False, False
+        return _OTHER, False, False
     if end < l3 + IPV6_HLEN:
-        return FrameKind.OTHER, True, False
+        return _OTHER, True, False
     offset = l3 + IPV6_HLEN
     for _ in range(MAX_IPV6_EXT_HEADERS):
-        if nh in IPV6_EXT_GENERIC:
+        if nh in _EXT_GENERIC:
             if end < offset + 2:
-                return FrameKind.OTHER, True, False
+                return _OTHER, True, False
             nh, offset = frame[offset], offset + (frame[offset + 1] + 1) * 8
-        elif nh == IpProto.FRAGMENT:
+        elif nh == _FRAG:
             if end < offset + 8:
-                return FrameKind.OTHER, True, False
+                return _OTHER, True, False
             if _unpack_u16(frame, offset + 2)[0] & 0xFFF8:
-                return FrameKind.OTHER, False, True
+                return _OTHER, False, True
             nh, offset = frame[offset], offset + 8
-        elif nh == IpProto.AH:
+        elif nh == _AH:
             if end < offset + 2:
-                return FrameKind.OTHER, True, False
+                return _OTHER, True, False
             nh, offset = frame[offset], offset + (frame[offset + 1] + 2) * 4
         else:
             break
     else:
-        return FrameKind.OTHER, True, False  # chain longer than we follow
-    if nh == IpProto.ICMPV6:
+        return _OTHER, True, False  # chain longer than we follow
+    if nh == _ICMPV6:
         if end < offset + 1:
-            return FrameKind.OTHER, True, False
+            return _OTHER, True, False
         icmp_type = frame[offset]
-        if icmp_type == Icmp6Type.ROUTER_ADVERTISEMENT:
-            return FrameKind.RA, False, False
-        if Icmp6Type.ROUTER_SOLICITATION <= icmp_type <= Icmp6Type.REDIRECT:
-            return FrameKind.ND, False, False
-        return FrameKind.OTHER, False, False
-    if nh == IpProto.UDP:
+        if icmp_type == _RA_TYPE:
+            return _RA, False, False
+        if _ND_FIRST <= icmp_type <= _ND_LAST:
+            return _ND, False, False
+        return _OTHER, False, False
+    if nh == _UDP:
         if end < offset + 4:
-            return FrameKind.OTHER, True, False
+            return _OTHER, True, False
         src, dst = _unpack_ports(frame, offset)
-        if src == UdpPort.DHCPV6_SERVER and dst == UdpPort.DHCPV6_CLIENT:
-            return FrameKind.DHCP6_SERVER, False, False
-    return FrameKind.OTHER, False, False
+        if src == _DHCP6_SERVER and dst == _DHCP6_CLIENT:
+            return _DHCP6, False, False
+    return _OTHER, False, False
 
 
 # --- the hot-path pre-check --------------------------------------------------

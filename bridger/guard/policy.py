@@ -33,8 +33,8 @@ from bridger.guard.bucket import TokenBucket
 from bridger.guard.classify import (
     NEIGHBOUR_KINDS,
     FrameKind,
-    classify_untrusted,
     interest_tables,
+    look_untrusted,
     ordinary_untrusted,
 )
 from bridger.guard.constants import (
@@ -130,6 +130,9 @@ class GuardConfig:
 _B_PROBE = EtherType.LOOP_PROBE.to_bytes(2, "big")
 _B_TPIDS = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
 _NO_DROPS: list[tuple[int, str]] = []
+_PROBE, _LINK_LOCAL, _RA = FrameKind.LOOP_PROBE, FrameKind.LINK_LOCAL, FrameKind.RA
+_DHCP_KINDS = frozenset((FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER))
+_CONTROL_KINDS = frozenset((_LINK_LOCAL, _PROBE))
 
 
 class Guard:
@@ -161,6 +164,9 @@ class Guard:
         self._dhcp = config.dhcp == LOCAL
         self._ra = config.ra == LOCAL
         self._v4, self._v6 = interest_tables(self._dhcp, self._ra)
+        #: No VLAN list and no DHCP/RA guard: an untagged frame that is not a
+        #: probe needs no look at all (the storm check aside).
+        self._plain = config.vlans is None and not self._dhcp and not self._ra
         self._allowed: frozenset[int] | None = None
         if config.vlans is not None:
             self._allowed = frozenset(config.vlans) | ({0} if config.untagged else set())
@@ -183,12 +189,14 @@ class Guard:
             self._flaps.seen(frame[6:12], "lan", now)
         if self.loop.blocked:
             return self._blocked(frame, now, False)
-        vid = ordinary_untrusted(frame, self._v4, self._v6)
-        if vid < 0:
-            return self._look(frame, now, count, True)
-        allowed = self._allowed
-        if allowed is not None and vid not in allowed:
-            return Reason.VLAN
+        et = frame[12:14]
+        if not self._plain or et == _B_PROBE or et in _B_TPIDS:
+            vid = ordinary_untrusted(frame, self._v4, self._v6)
+            if vid < 0:
+                return self._look(frame, now, count, True)
+            allowed = self._allowed
+            if allowed is not None and vid not in allowed:
+                return Reason.VLAN
         if self._storm:
             known = self.known
             if frame[0] & 1 or (known is not None and frame[:6] not in known):
@@ -227,6 +235,10 @@ class Guard:
     def _inbound(self, frame: bytes, now: float) -> str | None:
         if self.loop.blocked:
             return self._blocked(frame, now, True)
+        if self._plain:
+            et = frame[12:14]
+            if et != _B_PROBE and et not in _B_TPIDS:
+                return None
         vid = ordinary_untrusted(frame, self._v4, self._v6)
         if vid < 0:
             return self._look(frame, now, 1, False)
@@ -241,10 +253,10 @@ class Guard:
         et = frame[12:14]
         if et != _B_PROBE and et not in _B_TPIDS:
             return Reason.LOOP_BLOCKED  # cheap: a storm is what blocked frames look like
-        info = classify_untrusted(frame)
-        if info.kind != FrameKind.LOOP_PROBE:
+        kind, _vlans, _et, l3, _hidden, _later = look_untrusted(frame)
+        if kind != _PROBE:
             return Reason.LOOP_BLOCKED
-        if self._own_probe(frame, info.l3, now, inbound):
+        if self._own_probe(frame, l3, now, inbound):
             return Reason.LOOP_PROBE
         # Another site's probe: delivered from a blocked peer (it dies at our
         # taps), never sent to one (it could circle the loop we cut).
@@ -257,29 +269,28 @@ class Guard:
         )
 
     def _look(self, frame: bytes, now: float, count: int, outbound: bool) -> str | None:
-        info = classify_untrusted(frame)
-        kind = info.kind
-        if kind == FrameKind.LOOP_PROBE and self._own_probe(frame, info.l3, now, not outbound):
+        kind, vlans, _et, l3, hidden, _later = look_untrusted(frame)
+        if kind == _PROBE and self._own_probe(frame, l3, now, not outbound):
             return Reason.LOOP_PROBE
         allowed = self._allowed
-        if allowed is not None and info.outer_vlan not in allowed:
+        if allowed is not None and (vlans[0] if vlans else 0) not in allowed:
             return Reason.VLAN
-        if info.hidden and (self._dhcp or self._ra):
+        if hidden and (self._dhcp or self._ra):
             return Reason.HIDDEN
-        if self._dhcp and kind in (FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER):
+        if self._dhcp and kind in _DHCP_KINDS:
             return Reason.DHCP
-        if self._ra and kind == FrameKind.RA:
+        if self._ra and kind == _RA:
             return Reason.RA
         if not (outbound and self._storm):
             return None
         known = self.known
-        if not info.group and (known is None or frame[:6] in known):
+        if not frame[0] & 1 and (known is None or frame[:6] in known):
             return None  # known unicast: not flooded
         if kind in NEIGHBOUR_KINDS:
             if self._nd.take(now, count) or self._flood.take(now, count):
                 return None
             return Reason.STORM_ND
-        if kind in (FrameKind.LINK_LOCAL, FrameKind.LOOP_PROBE):
+        if kind in _CONTROL_KINDS:
             return None if self._control.take(now, count) else Reason.STORM_CTL
         return None if self._flood.take(now, count) else Reason.STORM
 
