@@ -17,7 +17,7 @@ read or the tunnel.
 from __future__ import annotations
 
 import struct
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import NamedTuple
 
 from bridger.guard.constants import (
@@ -64,6 +64,18 @@ class FrameKind(IntEnum):
     LINK_LOCAL = 7
 
 
+class Hidden(IntFlag):
+    """What a frame's unreadable part could be (``FrameInfo.hidden``)."""
+
+    NONE = 0
+    #: A DHCP server message (an IPv4 or UDP header cut short).
+    DHCP = 1
+    #: A router advertisement (the ICMPv6 type cut short).
+    RA = 2
+    #: Either (tags or an IPv6 header chain we cannot follow).
+    ANY = 3
+
+
 #: Kinds that draw on the ARP/ND share of the flood budget.
 NEIGHBOUR_KINDS = frozenset((FrameKind.ARP, FrameKind.ND, FrameKind.RA))
 
@@ -72,6 +84,7 @@ NEIGHBOUR_KINDS = frozenset((FrameKind.ARP, FrameKind.ND, FrameKind.RA))
 _OTHER, _ARP, _ND, _RA = FrameKind.OTHER, FrameKind.ARP, FrameKind.ND, FrameKind.RA
 _DHCP4, _DHCP6, _PROBE = FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER, FrameKind.LOOP_PROBE
 _LINK_LOCAL = FrameKind.LINK_LOCAL
+_H_DHCP, _H_RA, _H_ANY = int(Hidden.DHCP), int(Hidden.RA), int(Hidden.ANY)
 _ET_IPV4, _ET_IPV6, _ET_ARP = int(EtherType.IPV4), int(EtherType.IPV6), int(EtherType.ARP)
 _ET_PROBE = int(EtherType.LOOP_PROBE)
 _TPIDS = frozenset(int(t) for t in VLAN_TPIDS)
@@ -97,11 +110,12 @@ class FrameInfo(NamedTuple):
     ethertype: int
     #: Offset of the payload after the tags (the IP header, the probe body).
     l3: int
-    #: The classifier could not reach the upper-layer header the DHCP/RA guards
-    #: need: too many tags, an IP header or IPv6 extension chain cut off or
-    #: longer than MAX_IPV6_EXT_HEADERS, a first fragment that ends before the
-    #: UDP ports or ICMPv6 type.  Guards that are on drop such frames (RFC 7113).
-    hidden: bool = False
+    #: Which guards' header the classifier could not reach (:class:`Hidden`):
+    #: too many tags, an IP header or IPv6 extension chain cut off or longer
+    #: than MAX_IPV6_EXT_HEADERS, a first fragment that ends before the UDP
+    #: ports or the ICMPv6 type.  A guard that is on drops what hides from it
+    #: (RFC 7113).
+    hidden: int = 0
     #: An IPv4 or IPv6 fragment other than the first (no L4 header in it).
     later_fragment: bool = False
 
@@ -113,9 +127,9 @@ class FrameInfo(NamedTuple):
 
 #: What :func:`look_untrusted` returns: (kind, VLAN ids, EtherType, l3, hidden,
 #: later fragment) - :class:`FrameInfo` without the record, for the flood path.
-Look = tuple[FrameKind, tuple[int, ...], int, int, bool, bool]
+Look = tuple[FrameKind, tuple[int, ...], int, int, int, bool]
 
-_RUNT: Look = (_OTHER, (), -1, 0, True, False)
+_RUNT: Look = (_OTHER, (), -1, 0, _H_ANY, False)
 
 
 def classify_untrusted(frame: bytes) -> FrameInfo:
@@ -137,7 +151,7 @@ def look_untrusted(frame: bytes) -> Look:
         vlans: list[int] = []
         while ethertype in _TPIDS:
             if len(vlans) == MAX_VLAN_TAGS or len(frame) < l3 + VLAN_HLEN:
-                return _OTHER, tuple(vlans), ethertype, l3, True, False
+                return _OTHER, tuple(vlans), ethertype, l3, _H_ANY, False
             vlans.append(((frame[l3] & 0x0F) << 8) | frame[l3 + 1])
             ethertype = (frame[l3 + 2] << 8) | frame[l3 + 3]
             l3 += VLAN_HLEN
@@ -147,91 +161,95 @@ def look_untrusted(frame: bytes) -> Look:
     elif ethertype == _ET_IPV6:
         kind, hidden, later = _ipv6(frame, l3)
     elif ethertype == _ET_ARP:
-        kind, hidden, later = _ARP, False, False
+        kind, hidden, later = _ARP, 0, False
     elif ethertype == _ET_PROBE:
-        kind, hidden, later = _PROBE, False, False
+        kind, hidden, later = _PROBE, 0, False
     else:
-        kind, hidden, later = _OTHER, False, False
+        kind, hidden, later = _OTHER, 0, False
     if kind == _OTHER and frame[:5] == LINK_LOCAL_PREFIX and frame[5] < 0x10:
         kind = _LINK_LOCAL
     return kind, tags, ethertype, l3, hidden, later
 
 
-def _ipv4(frame: bytes, l3: int) -> tuple[FrameKind, bool, bool]:
+def _ipv4(frame: bytes, l3: int) -> tuple[FrameKind, int, bool]:
     """(kind, hidden, later fragment) of the IPv4 packet at ``l3``."""
     if len(frame) < l3 + 10:
-        return _OTHER, True, False
+        return _OTHER, _H_DHCP, False
     ihl = (frame[l3] & 0x0F) * 4
     if frame[l3] >> 4 != 4 or ihl < IPV4_MIN_HLEN:
-        return _OTHER, False, False  # not IPv4 at all: every host drops it
+        return _OTHER, 0, False  # not IPv4 at all: every host drops it
     if frame[l3 + 9] != _UDP:
-        return _OTHER, False, False
+        return _OTHER, 0, False
     if len(frame) < l3 + IPV4_MIN_HLEN:
-        return _OTHER, True, False
+        return _OTHER, _H_DHCP, False
     if _unpack_u16(frame, l3 + 6)[0] & IPV4_OFFSET_MASK:
-        return _OTHER, False, True  # no UDP header in a later fragment
+        return _OTHER, 0, True  # no UDP header in a later fragment
     l4 = l3 + ihl  # IHL honoured: options move the UDP header
     if len(frame) < l4 + 4:
-        return _OTHER, True, False
+        return _OTHER, _H_DHCP, False
     src, dst = _unpack_ports(frame, l4)
     if src == _BOOTPS and dst == _BOOTPC:
-        return _DHCP4, False, False
-    return _OTHER, False, False
+        return _DHCP4, 0, False
+    return _OTHER, 0, False
 
 
 #: Next-header values after which the walk goes on (or looks at the L4 header).
 _IPV6_FOLLOWED = frozenset((*_EXT_GENERIC, _FRAG, _AH, _ICMPV6, _UDP))
 
 
-def _ipv6(frame: bytes, l3: int) -> tuple[FrameKind, bool, bool]:
+#: What a cut-short IPv6 packet hides, by its first next-header value.
+_HIDES = {_ICMPV6: _H_RA, _UDP: _H_DHCP}
+
+
+def _ipv6(frame: bytes, l3: int) -> tuple[FrameKind, int, bool]:
     """(kind, hidden, later fragment) of the IPv6 packet at ``l3``: a bounded
     walk along the extension headers to the upper-layer header."""
     end = len(frame)
     if end < l3 + 7:
-        return _OTHER, True, False
+        return _OTHER, _H_ANY, False
     if frame[l3] >> 4 != 6:
-        return _OTHER, False, False
+        return _OTHER, 0, False
     nh = frame[l3 + 6]
     if nh not in _IPV6_FOLLOWED:
-        return _OTHER, False, False
+        return _OTHER, 0, False
     if end < l3 + IPV6_HLEN:
-        return _OTHER, True, False
+        return _OTHER, _HIDES.get(nh, _H_ANY), False
     offset = l3 + IPV6_HLEN
     for _ in range(MAX_IPV6_EXT_HEADERS):
         if nh in _EXT_GENERIC:
             if end < offset + 2:
-                return _OTHER, True, False
+                return _OTHER, _H_ANY, False
             nh, offset = frame[offset], offset + (frame[offset + 1] + 1) * 8
         elif nh == _FRAG:
             if end < offset + 8:
-                return _OTHER, True, False
+                return _OTHER, _H_ANY, False
             if _unpack_u16(frame, offset + 2)[0] & 0xFFF8:
-                return _OTHER, False, True
+                return _OTHER, 0, True
             nh, offset = frame[offset], offset + 8
         elif nh == _AH:
             if end < offset + 2:
-                return _OTHER, True, False
+                return _OTHER, _H_ANY, False
             nh, offset = frame[offset], offset + (frame[offset + 1] + 2) * 4
         else:
             break
     else:
-        return _OTHER, True, False  # chain longer than we follow
+        return _OTHER, _H_ANY, False  # chain longer than we follow
     if nh == _ICMPV6:
         if end < offset + 1:
-            return _OTHER, True, False
+            return _OTHER, _H_RA, False
         icmp_type = frame[offset]
         if icmp_type == _RA_TYPE:
-            return _RA, False, False
+            return _RA, 0, False
         if _ND_FIRST <= icmp_type <= _ND_LAST:
-            return _ND, False, False
-        return _OTHER, False, False
+            return _ND, 0, False
+        return _OTHER, 0, False
     if nh == _UDP:
         if end < offset + 4:
-            return _OTHER, True, False
+            return _OTHER, _H_DHCP, False
         src, dst = _unpack_ports(frame, offset)
         if src == _DHCP6_SERVER and dst == _DHCP6_CLIENT:
-            return _DHCP6, False, False
-    return _OTHER, False, False
+            return _DHCP6, 0, False
+    return _OTHER, 0, False
 
 
 # --- the hot-path pre-check --------------------------------------------------

@@ -33,6 +33,7 @@ from bridger.guard.bucket import TokenBucket
 from bridger.guard.classify import (
     NEIGHBOUR_KINDS,
     FrameKind,
+    Hidden,
     interest_tables,
     look_untrusted,
     ordinary_untrusted,
@@ -164,6 +165,7 @@ class Guard:
         self._dhcp = config.dhcp == LOCAL
         self._ra = config.ra == LOCAL
         self._v4, self._v6 = interest_tables(self._dhcp, self._ra)
+        self._hidden_mask = (Hidden.DHCP if self._dhcp else 0) | (Hidden.RA if self._ra else 0)
         #: No VLAN list and no DHCP/RA guard: an untagged frame that is not a
         #: probe needs no look at all (the storm check aside).
         self._plain = config.vlans is None and not self._dhcp and not self._ra
@@ -275,7 +277,7 @@ class Guard:
         allowed = self._allowed
         if allowed is not None and (vlans[0] if vlans else 0) not in allowed:
             return Reason.VLAN
-        if hidden and (self._dhcp or self._ra):
+        if hidden & self._hidden_mask:
             return Reason.HIDDEN
         if self._dhcp and kind in _DHCP_KINDS:
             return Reason.DHCP
