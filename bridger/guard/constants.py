@@ -128,6 +128,10 @@ HOLD_BASE = 2.0
 HOLD_MAX = 16.0
 HOLD_JITTER = 0.25
 STRIKE_MEMORY = 60.0
+#: Other sites' probes delivered from a blocked peer are remembered this long
+#: (crossing our bridge takes microseconds), at most TAINT_CAPACITY of them.
+TAINT_MEMORY = 1.0
+TAINT_CAPACITY = 1024
 
 #: MAC flap tracking: MACs remembered, the rate window, and when a MAC is
 #: reported (at least FLAP_ALERT flaps within FLAP_WINDOW; one log line per

@@ -22,9 +22,11 @@ How it works (docs/guard.md has the pictures):
    last release, capped at HOLD_MAX, times a random factor up to
    1 + HOLD_JITTER (two sites never release in lockstep).  Recovery after the
    loop is gone: at most HOLD_MAX * (1 + HOLD_JITTER) = 20 s.
-5. Our own probes are always consumed where we see them (never forwarded);
-   other sites' probes are forwarded like any flooded frame, except towards a
-   blocked peer - so no probe can circle a loop we have cut.
+5. Our own probes are always consumed where we see them (never forwarded).
+   Other sites' probes are forwarded like any flooded frame, except towards a
+   blocked peer; one that came in from a blocked peer reaches our LAN (so the
+   blocked site still sees its loop) but no other tunnel (hub mode would relay
+   it, and its origin would take a path we have cut for a loop of its own).
 
 With STP on, a blocking port discards the probes like any data frame: they
 never come back and nothing happens.  Probes go to a locally administered
@@ -41,6 +43,7 @@ import random
 import struct
 from collections import deque
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 from bridger.guard.constants import (
@@ -52,6 +55,8 @@ from bridger.guard.constants import (
     PROBE_JITTER,
     PROBE_MEMORY,
     STRIKE_MEMORY,
+    TAINT_CAPACITY,
+    TAINT_MEMORY,
     EtherType,
 )
 from bridger.guard.events import GuardEvent, LoopDetected, LoopGone
@@ -72,6 +77,18 @@ NONCE_LEN = 8
 MIN_FRAME = 60
 _ETHERTYPE = struct.Struct(">H")
 _TAG = struct.Struct(">HHH")
+
+
+class ProbeVerdict(IntEnum):
+    """What the data path does with a loop probe it met."""
+
+    #: Another site's probe: forward it like any flooded frame.
+    FORWARD = 0
+    #: One of ours: consume it (the detector has acted on it).
+    OURS = 1
+    #: Another site's probe that must not go on (to a blocked peer, or one that
+    #: came in from a blocked peer and is now headed for another tunnel).
+    DROP = 2
 
 
 class BadProbe(Exception):
@@ -187,6 +204,8 @@ class LoopDetector:
         self._peers: dict[str, PeerLoop] = {}
         self._sent: dict[bytes, tuple[PeerLoop, int, float]] = {}  # nonce -> (peer, vlan, sent)
         self._sent_order: deque[tuple[float, bytes]] = deque()
+        #: Other sites' probes delivered from a blocked peer: site id + nonce -> when.
+        self._tainted: dict[bytes, float] = {}
         self._next_probe = -math.inf  # the first tick probes
         self._events: list[GuardEvent] = []
         #: Loops detected since start (all peers).
@@ -231,6 +250,12 @@ class LoopDetector:
                 state.blocked = False
                 state.released_at = now
                 self._events.append(LoopGone(state.name, now - state.blocked_at))
+        tainted = self._tainted
+        while tainted:
+            oldest = next(iter(tainted))
+            if tainted[oldest] >= now - TAINT_MEMORY:
+                break
+            del tainted[oldest]
         sent, order = self._sent, self._sent_order
         while order and order[0][0] < now - PROBE_MEMORY:
             sent.pop(order.popleft()[1], None)
@@ -252,35 +277,53 @@ class LoopDetector:
 
     def probe_seen_untrusted(
         self, frame: bytes, l3: int, peer: str, from_wan: bool, now: float
-    ) -> bool:
+    ) -> ProbeVerdict:
         """A loop probe (EtherType 0x88B5, body at ``l3``) on the data path:
         ``from_wan``: received from ``peer`` over the tunnel; else read from
-        ``peer``'s tap.  True: it is ours (the caller consumes it); False: another
-        site's (forward it like any flooded frame)."""
+        ``peer``'s tap, to be sent to it."""
         try:
             probe = decode_probe_untrusted(frame, l3)
-        except BadProbe:
-            return False
+        except BadProbe:  # someone else's use of the EtherType: an ordinary frame
+            state = self._peers.get(peer)
+            return ProbeVerdict.DROP if state is not None and state.blocked else (
+                ProbeVerdict.FORWARD)
         if probe.site_id != self.site_id:
-            return False
+            return self._foreign(probe, peer, from_wan, now)
         entry = self._sent.get(probe.nonce)
         if entry is None or now - entry[2] > PROBE_MEMORY:
             self.stale_probes += 1
-            return True
+            return ProbeVerdict.OURS
         target, vlan, _sent_at = entry
         if self._peers.get(target.name) is not target:
-            return True  # sent to a peer since removed
+            return ProbeVerdict.OURS  # sent to a peer since removed
         if from_wan and peer != target.name:
             via = self._peers.get(peer)
             if via is not None and via.blocked:
                 self.via_blocked += 1
-                return True
+                return ProbeVerdict.OURS
         target.probes_returned += 1
         target.last_return = now
         target.via = peer if from_wan else "lan"
         if not target.blocked:
             self._block(target, vlan, now)
-        return True
+        return ProbeVerdict.OURS
+
+    def _foreign(self, probe: Probe, peer: str, from_wan: bool, now: float) -> ProbeVerdict:
+        """Another site's probe (5.): delivered from a blocked peer but marked, so
+        that our bridge cannot hand it on to another peer (hub mode); never sent
+        to a blocked peer."""
+        state = self._peers.get(peer)
+        key = probe.site_id + probe.nonce
+        if from_wan:
+            if state is not None and state.blocked:
+                tainted = self._tainted
+                tainted[key] = now
+                if len(tainted) > TAINT_CAPACITY:
+                    del tainted[next(iter(tainted))]
+            return ProbeVerdict.FORWARD
+        if (state is not None and state.blocked) or key in self._tainted:
+            return ProbeVerdict.DROP
+        return ProbeVerdict.FORWARD
 
     def _block(self, state: PeerLoop, vlan: int, now: float) -> None:
         if state.released_at is not None and now - state.released_at < STRIKE_MEMORY:

@@ -10,7 +10,8 @@ to its tap); ``None`` means pass, a string is the drop reason to count:
    VLAN allow-list and (outbound, flooded frames only) storm control apply.
    Everything else takes the full :func:`classify_untrusted` look:
 3. Loop probe: ours -> the detector learns of it, ``loop_probe`` (consumed);
-   another site's -> goes on like any flooded frame (never to a blocked peer).
+   another site's -> goes on like any flooded frame, except to a blocked peer
+   or (hub mode) from one blocked peer on to another tunnel: ``loop_blocked``.
 4. VLAN allow-list (outer tag; untagged and priority-tagged count as untagged):
    ``guard_vlan``.
 5. DHCP/RA guards when "local": ``guard_hidden`` (upper-layer header not
@@ -47,7 +48,7 @@ from bridger.guard.constants import (
     EtherType,
 )
 from bridger.guard.flaps import MacFlaps
-from bridger.guard.loop import NEVER_BLOCKED, LoopDetector, PeerLoop
+from bridger.guard.loop import NEVER_BLOCKED, LoopDetector, PeerLoop, ProbeVerdict
 
 SHARED = "shared"
 LOCAL = "local"
@@ -134,6 +135,7 @@ _NO_DROPS: list[tuple[int, str]] = []
 _PROBE, _LINK_LOCAL, _RA = FrameKind.LOOP_PROBE, FrameKind.LINK_LOCAL, FrameKind.RA
 _DHCP_KINDS = frozenset((FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER))
 _CONTROL_KINDS = frozenset((_LINK_LOCAL, _PROBE))
+_OURS, _FORWARD = ProbeVerdict.OURS, ProbeVerdict.FORWARD
 
 
 class Guard:
@@ -258,22 +260,23 @@ class Guard:
         kind, _vlans, _et, l3, _hidden, _later = look_untrusted(frame)
         if kind != _PROBE:
             return Reason.LOOP_BLOCKED
-        if self._own_probe(frame, l3, now, inbound):
+        verdict = self._probe(frame, l3, now, inbound)
+        if verdict == _OURS:
             return Reason.LOOP_PROBE
-        # Another site's probe: delivered from a blocked peer (it dies at our
-        # taps), never sent to one (it could circle the loop we cut).
-        return None if inbound else Reason.LOOP_BLOCKED
+        return None if verdict == _FORWARD else Reason.LOOP_BLOCKED
 
-    def _own_probe(self, frame: bytes, l3: int, now: float, inbound: bool) -> bool:
+    def _probe(self, frame: bytes, l3: int, now: float, inbound: bool) -> ProbeVerdict:
         detector = self._detector
-        return detector is not None and detector.probe_seen_untrusted(
-            frame, l3, self.peer, inbound, now
-        )
+        if detector is None:
+            return _FORWARD
+        return detector.probe_seen_untrusted(frame, l3, self.peer, inbound, now)
 
     def _look(self, frame: bytes, now: float, count: int, outbound: bool) -> str | None:
         kind, vlans, _et, l3, hidden, _later = look_untrusted(frame)
-        if kind == _PROBE and self._own_probe(frame, l3, now, not outbound):
-            return Reason.LOOP_PROBE
+        if kind == _PROBE:
+            verdict = self._probe(frame, l3, now, not outbound)
+            if verdict != _FORWARD:
+                return Reason.LOOP_PROBE if verdict == _OURS else Reason.LOOP_BLOCKED
         allowed = self._allowed
         if allowed is not None and (vlans[0] if vlans else 0) not in allowed:
             return Reason.VLAN
