@@ -10,7 +10,7 @@ from bridger.guard.classify import FrameInfo, FrameKind, classify_untrusted, ord
 from bridger.guard.events import GuardEvent, LoopDetected, LoopGone, MacFlapping
 from bridger.guard.flaps import MacFlaps
 from bridger.guard.loop import LoopDetector, PeerLoop
-from bridger.guard.policy import GUARD_DROP_REASONS, Guard, GuardConfig, Reason
+from bridger.guard.policy import GUARD_DROP_REASONS, Guard, GuardConfig, Reason, without
 
 __all__ = [
     "GUARD_DROP_REASONS",
@@ -28,4 +28,5 @@ __all__ = [
     "Reason",
     "classify_untrusted",
     "ordinary_untrusted",
+    "without",
 ]

@@ -317,3 +317,23 @@ class Guard:
             }
         )
         return doc
+
+
+def without(
+    frames: list[bytes], csum: dict[int, tuple[int, int]], drops: list[tuple[int, str]]
+) -> tuple[list[bytes], dict[int, tuple[int, int]]]:
+    """``frames`` and their partial-checksum map (index -> (start, offset), as in
+    ``Output.csum``) without the frames :meth:`Guard.inbound_batch` dropped."""
+    if not drops:
+        return frames, csum
+    gone = {index for index, _reason in drops}
+    kept: list[bytes] = []
+    moved: dict[int, tuple[int, int]] = {}
+    for index, frame in enumerate(frames):
+        if index in gone:
+            continue
+        meta = csum.get(index)
+        if meta is not None:
+            moved[len(kept)] = meta
+        kept.append(frame)
+    return kept, moved

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridger.errors import ConfigError
-from bridger.guard import Guard, GuardConfig, LoopDetector, MacFlaps, Reason
+from bridger.guard import Guard, GuardConfig, LoopDetector, MacFlaps, Reason, without
 from bridger.guard.bucket import TokenBucket
 from bridger.guard.loop import Probe, encode_probe
 from tests.fuzz.budget import fuzz
@@ -327,3 +327,15 @@ def test_defaults() -> None:
     config = GuardConfig()
     assert (config.dhcp, config.ra, config.vlans, config.untagged, config.flood_rate,
             config.burst, config.loop) == ("shared", "shared", None, True, 2000, 2000, True)
+
+
+def test_without_keeps_checksums_with_their_frames() -> None:
+    guard = Guard(GuardConfig(dhcp="local", loop=False), "b")
+    frames = [TCP + b"1", OFFER, TCP + b"2", OFFER, TCP + b"3"]
+    csum = {0: (34, 16), 2: (34, 17), 4: (34, 18)}
+    drops = guard.inbound_batch(frames, 0.0)
+    assert drops == [(1, Reason.DHCP), (3, Reason.DHCP)]
+    kept, moved = without(frames, csum, drops)
+    assert kept == [TCP + b"1", TCP + b"2", TCP + b"3"]
+    assert moved == {0: (34, 16), 1: (34, 17), 2: (34, 18)}
+    assert without(kept, moved, guard.inbound_batch(kept, 0.0)) == (kept, moved)
