@@ -222,6 +222,8 @@ class Guard:
         flaps = self._flaps
         peer = self.peer
         check = self._inbound
+        loop = self.loop
+        plain = self._plain
         prev = b""
         for index, frame in enumerate(frames):
             if flaps is not None:
@@ -229,6 +231,10 @@ class Guard:
                 if src != prev:
                     flaps.seen(src, peer, now)
                     prev = src
+            if plain and not loop.blocked:
+                et = frame[12:14]  # _inbound's first step, without the call
+                if et != _B_PROBE and et not in _B_TPIDS:
+                    continue
             reason = check(frame, now)
             if reason is not None:
                 if drops is _NO_DROPS:

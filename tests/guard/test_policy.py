@@ -339,3 +339,22 @@ def test_without_keeps_checksums_with_their_frames() -> None:
     assert kept == [TCP + b"1", TCP + b"2", TCP + b"3"]
     assert moved == {0: (34, 16), 1: (34, 17), 2: (34, 18)}
     assert without(kept, moved, guard.inbound_batch(kept, 0.0)) == (kept, moved)
+
+
+def test_batch_blocked_midway_by_a_returning_probe() -> None:
+    """Default settings (the batch's fast lane): a probe of ours in the batch
+    blocks the peer, and the rest of the same batch is already held back."""
+    results = []
+    for batch in (True, False):
+        detector = LoopDetector(site_id=b"A" * 8)
+        guard = Guard(GuardConfig(), "b", detector)
+        (_peer, ours), = detector.tick(0.0)
+        theirs = encode_probe(Probe(b"Z" * 8, b"n" * 8, 0))
+        frames = [TCP, ARP, ours, TCP, theirs, BCAST_UDP]
+        if batch:
+            results.append(guard.inbound_batch(frames, 0.1))
+        else:
+            results.append([(i, r) for i, fr in enumerate(frames)
+                            if (r := guard.inbound(fr, 0.1)) is not None])
+    assert results[0] == results[1] == [
+        (2, Reason.LOOP_PROBE), (3, Reason.LOOP_BLOCKED), (5, Reason.LOOP_BLOCKED)]
