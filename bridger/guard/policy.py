@@ -44,6 +44,7 @@ from bridger.guard.constants import (
     CONTROL_RATE,
     DEFAULT_FLOOD_RATE,
     DEFAULT_ND_SHARE,
+    ETH_HLEN,
     VLAN_TPIDS,
     EtherType,
 )
@@ -203,7 +204,11 @@ class Guard:
                 return Reason.VLAN
         if self._storm:
             known = self.known
-            if frame[0] & 1 or (known is not None and frame[:6] not in known):
+            try:
+                flooded = frame[0] & 1 or (known is not None and frame[:6] not in known)
+            except IndexError:
+                return None  # an empty read: nothing to flood (the counters count runts)
+            if flooded:
                 return self._look(frame, now, count, True)
         return None
 
@@ -292,7 +297,7 @@ class Guard:
             return Reason.DHCP
         if self._ra and kind == _RA:
             return Reason.RA
-        if not (outbound and self._storm):
+        if not (outbound and self._storm) or len(frame) < ETH_HLEN:
             return None
         known = self.known
         if not frame[0] & 1 and (known is None or frame[:6] in known):

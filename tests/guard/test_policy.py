@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridger.errors import ConfigError
-from bridger.guard import Guard, GuardConfig, LoopDetector, MacFlaps, Reason, without
+from bridger.guard import (
+    GUARD_DROP_REASONS,
+    Guard,
+    GuardConfig,
+    LoopDetector,
+    MacFlaps,
+    Reason,
+    without,
+)
 from bridger.guard.bucket import TokenBucket
 from bridger.guard.loop import Probe, encode_probe
 from tests.fuzz.budget import fuzz
@@ -358,3 +366,18 @@ def test_batch_blocked_midway_by_a_returning_probe() -> None:
                             if (r := guard.inbound(fr, 0.1)) is not None])
     assert results[0] == results[1] == [
         (2, Reason.LOOP_PROBE), (3, Reason.LOOP_BLOCKED), (5, Reason.LOOP_BLOCKED)]
+
+
+@given(st.lists(st.binary(max_size=90), max_size=8), st.booleans(), st.booleans(), st.booleans())
+@fuzz()
+def test_guards_never_raise(frames: list[bytes], dhcp: bool, vlans: bool, blocked: bool) -> None:
+    detector = LoopDetector(site_id=b"A" * 8)
+    config = GuardConfig(dhcp="local" if dhcp else "shared", ra="local" if dhcp else "shared",
+                         vlans=(10,) if vlans else None, flood_rate=5)
+    guard = Guard(config, "b", detector, known={f.HOST_B}, flaps=detector.flaps)
+    guard.loop.blocked = blocked
+    frames = [*frames, *(fr[:n] for fr in (TCP, OFFER, RA) for n in (0, 12, 13, 14, 20, 23))]
+    for i, frame in enumerate(frames):
+        assert guard.outbound(frame, i / 10, 1 + i % 3) in (None, *GUARD_DROP_REASONS)
+        assert guard.inbound(frame, i / 10) in (None, *GUARD_DROP_REASONS)
+    assert all(r in GUARD_DROP_REASONS for _, r in guard.inbound_batch(frames, 9.0))
