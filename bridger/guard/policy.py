@@ -105,7 +105,7 @@ class GuardConfig:
     #: Part of the budget reserved for ARP and IPv6 neighbour discovery.
     nd_share: float = DEFAULT_ND_SHARE
     #: Loop protection (probes, blocking).
-    loop: bool = True
+    loop_protection: bool = True
 
     def __post_init__(self) -> None:
         for key in ("dhcp", "ra"):
@@ -160,7 +160,7 @@ class Guard:
     ) -> None:
         self.config = config
         self.peer = peer
-        self._detector = loop if config.loop else None
+        self._detector = loop if config.loop_protection else None
         self.loop: PeerLoop = self._detector.add_peer(peer) if self._detector else NEVER_BLOCKED
         self.known = known
         self._flaps = flaps

@@ -22,7 +22,7 @@ from bridger.guard.loop import Probe, encode_probe
 from tests.fuzz.budget import fuzz
 from tests.guard import frames as f
 
-NO_STORM = GuardConfig(flood_rate=0, loop=False)
+NO_STORM = GuardConfig(flood_rate=0, loop_protection=False)
 TCP = f.eth(f.HOST_B, 0x0800, f.ipv4(6, f.tcp()))
 ARP = f.eth(f.BROADCAST, 0x0806, bytes(28))
 BCAST_UDP = f.eth(f.BROADCAST, 0x0800, f.ipv4(17, f.udp(5000, 5000)))
@@ -57,7 +57,8 @@ def test_vlan_allow_list(
 ) -> None:
     """Both ways: a frame crosses iff its outer VLAN id is listed (0 = untagged,
     which crosses iff ``untagged``), whatever it carries and however deep."""
-    guard = Guard(GuardConfig(vlans=vlans, untagged=untagged, flood_rate=0, loop=False), "b")
+    config = GuardConfig(vlans=vlans, untagged=untagged, flood_rate=0, loop_protection=False)
+    guard = Guard(config, "b")
     frame = f.eth(f.HOST_B, payload[0], payload[1], tags)
     outer = tags[0][1] & 0x0FFF if tags else 0
     allowed = outer in vlans if outer else untagged
@@ -65,7 +66,8 @@ def test_vlan_allow_list(
 
 
 def test_vlan_list_table() -> None:
-    guard = Guard(GuardConfig(vlans=(10, 20), untagged=False, flood_rate=0, loop=False), "b")
+    config = GuardConfig(vlans=(10, 20), untagged=False, flood_rate=0, loop_protection=False)
+    guard = Guard(config, "b")
     cases = [
         ((), Reason.VLAN),  # untagged
         (((0x8100, 0x6000),), Reason.VLAN),  # priority tag (VID 0) counts as untagged
@@ -78,7 +80,7 @@ def test_vlan_list_table() -> None:
     for tags, expected in cases:
         assert both(guard, f.eth(f.HOST_B, 0x0800, f.ipv4(6, f.tcp()), tags)) == (
             expected, expected), tags
-    open_guard = Guard(GuardConfig(vlans=(10,), flood_rate=0, loop=False), "b")
+    open_guard = Guard(GuardConfig(vlans=(10,), flood_rate=0, loop_protection=False), "b")
     assert both(open_guard, TCP) == (None, None)  # untagged = true is the default
 
 
@@ -87,7 +89,7 @@ def test_vlan_list_table() -> None:
 
 @pytest.mark.parametrize("tags", [(), ((0x8100, 10),), ((0x88A8, 100), (0x8100, 10))])
 def test_dhcp_local_drops_server_messages_both_ways(tags: tuple[tuple[int, int], ...]) -> None:
-    local = Guard(GuardConfig(dhcp="local", flood_rate=0, loop=False), "b")
+    local = Guard(GuardConfig(dhcp="local", flood_rate=0, loop_protection=False), "b")
     shared = Guard(NO_STORM, "b")
     offer4 = f.eth(f.BROADCAST, 0x0800, f.ipv4(17, f.dhcp_offer()), tags)
     offer4_unicast = f.eth(f.HOST_B, 0x0800, f.ipv4(17, f.dhcp_offer(), b"\x94\x04\x00\x00"), tags)
@@ -104,7 +106,7 @@ def test_dhcp_local_drops_server_messages_both_ways(tags: tuple[tuple[int, int],
 def test_dhcp_fragments() -> None:
     """The first fragment of an offer is caught; a later fragment, whose payload
     happens to start with bytes that read as ports 67 -> 68, crosses."""
-    local = Guard(GuardConfig(dhcp="local", flood_rate=0, loop=False), "b")
+    local = Guard(GuardConfig(dhcp="local", flood_rate=0, loop_protection=False), "b")
     first = f.eth(f.BROADCAST, 0x0800, f.ipv4(17, f.dhcp_offer()[:64], more=True))
     later = f.eth(f.BROADCAST, 0x0800, f.ipv4(17, b"\x00\x43\x00\x44" + bytes(60), frag_offset=8))
     assert both(local, first) == (Reason.DHCP, Reason.DHCP)
@@ -114,7 +116,7 @@ def test_dhcp_fragments() -> None:
 
 
 def test_ra_local() -> None:
-    local = Guard(GuardConfig(ra="local", flood_rate=0, loop=False), "b")
+    local = Guard(GuardConfig(ra="local", flood_rate=0, loop_protection=False), "b")
     hbh_ra = f.eth(f.ALL_NODES, 0x86DD, f.ipv6(0, f.ext(58) + f.icmp6(134)))
     frag_ra = f.eth(f.ALL_NODES, 0x86DD, f.ipv6(44, f.frag6(58, 0, True) + f.icmp6(134)))
     unicast_ra = f.eth(f.HOST_B, 0x86DD, f.ipv6(58, f.icmp6(134)), ((0x8100, 5),))
@@ -129,8 +131,8 @@ def test_ra_local() -> None:
     assert both(Guard(NO_STORM, "b"), deep) == (None, None)
     # A DHCP-only guard does not drop an ICMPv6 packet it cannot read.
     cut_icmp = f.eth(f.ALL_NODES, 0x86DD, f.ipv6(58, b""))
-    assert both(Guard(GuardConfig(dhcp="local", flood_rate=0, loop=False), "b"), cut_icmp) == (
-        None, None)
+    dhcp_only = Guard(GuardConfig(dhcp="local", flood_rate=0, loop_protection=False), "b")
+    assert both(dhcp_only, cut_icmp) == (None, None)
     assert both(local, cut_icmp) == (Reason.HIDDEN, Reason.HIDDEN)
 
 
@@ -146,7 +148,7 @@ def run(guard: Guard, frame: bytes, start: float, seconds: float, fps: int) -> i
 
 
 def test_flood_budget_held() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b")
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b")
     # general bucket: 75/s, burst 75; ND share: 25/s, burst 25
     passed = run(guard, BCAST_UDP, 0.0, 10.0, 1000)
     assert 75 + 750 - 2 <= passed <= 75 + 750 + 1
@@ -154,7 +156,7 @@ def test_flood_budget_held() -> None:
 
 
 def test_burst_allowance() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, flood_burst=400, loop=False), "b")
+    guard = Guard(GuardConfig(flood_rate=100, flood_burst=400, loop_protection=False), "b")
     at_once = [guard.outbound(BCAST_UDP, 5.0) for _ in range(400)]
     assert at_once.count(None) == 300  # 3/4 of the burst is the general bucket's
     assert at_once[-1] == Reason.STORM
@@ -162,7 +164,7 @@ def test_burst_allowance() -> None:
 
 
 def test_arp_and_nd_keep_their_share_during_a_broadcast_storm() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b")
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b")
     passed = {"bcast": 0, "arp": 0, "ns": 0}
     for ms in range(10_000):  # 10 s: 1000 broadcasts/s, 10 ARP/s, 10 NS/s
         now = ms / 1000
@@ -176,14 +178,14 @@ def test_arp_and_nd_keep_their_share_during_a_broadcast_storm() -> None:
 
 
 def test_arp_storm_is_held_too() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b")
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b")
     passed = run(guard, ARP, 0.0, 10.0, 1000)
     assert 1100 - 5 <= passed <= 1100 + 1  # both buckets: 100/s and both bursts
     assert [guard.outbound(ARP, 10.0) for _ in range(3)][1:] == [Reason.STORM_ND] * 2
 
 
 def test_bpdus_pass_a_storm() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b")
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b")
     run(guard, BCAST_UDP, 0.0, 1.0, 1000)
     assert [guard.outbound(BCAST_UDP, 1.0) for _ in range(3)][1:] == [Reason.STORM] * 2
     assert all(guard.outbound(BPDU, 1.0 + i / 2) is None for i in range(20))
@@ -193,18 +195,19 @@ def test_bpdus_pass_a_storm() -> None:
 
 def test_unknown_unicast_is_flooded_traffic() -> None:
     known: set[bytes] = {f.HOST_B}
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b", known=known)
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b", known=known)
     other = f.eth(bytes.fromhex("02000000000c"), 0x0800, f.ipv4(6, f.tcp()))
     assert run(guard, TCP, 0.0, 1.0, 10_000) == 10_000  # known unicast: never budgeted
     assert run(guard, other, 1.0, 1.0, 10_000) <= 75 + 75 + 1
     known.add(bytes.fromhex("02000000000c"))  # learned: the live table is consulted
     assert guard.outbound(other, 2.0) is None
-    blind = Guard(GuardConfig(flood_rate=100, loop=False), "b")  # no table: unicast not counted
+    # No MAC table: unicast is never counted as flooded.
+    blind = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b")
     assert run(blind, other, 0.0, 1.0, 1000) == 1000
 
 
 def test_a_superframe_costs_its_segments() -> None:
-    guard = Guard(GuardConfig(flood_rate=100, loop=False), "b", known=set())
+    guard = Guard(GuardConfig(flood_rate=100, loop_protection=False), "b", known=set())
     assert guard.outbound(TCP, 0.0, count=46) is None
     assert guard.outbound(TCP, 0.0, count=46) == Reason.STORM  # 75 - 46 < 46
     assert guard.outbound(TCP, 2.0, count=200) is None  # bigger than the burst: debt
@@ -213,9 +216,9 @@ def test_a_superframe_costs_its_segments() -> None:
 
 
 def test_unlimited_and_inbound() -> None:
-    unlimited = Guard(GuardConfig(flood_rate=0, loop=False), "b")
+    unlimited = Guard(GuardConfig(flood_rate=0, loop_protection=False), "b")
     assert run(unlimited, BCAST_UDP, 0.0, 1.0, 10_000) == 10_000
-    limited = Guard(GuardConfig(flood_rate=10, loop=False), "b")
+    limited = Guard(GuardConfig(flood_rate=10, loop_protection=False), "b")
     assert all(limited.inbound(BCAST_UDP, 0.0) is None for _ in range(1000))  # peer's job
 
 
@@ -256,7 +259,7 @@ def test_a_blocked_peer_passes_only_probes() -> None:
 
 def test_loop_protection_off() -> None:
     detector = LoopDetector(site_id=b"A" * 8)
-    guard = Guard(GuardConfig(loop=False), "b", detector)
+    guard = Guard(GuardConfig(loop_protection=False), "b", detector)
     assert detector.tick(0.0) == []  # no peer registered: no probes
     ours = encode_probe(Probe(b"A" * 8, b"n" * 8, 0))
     assert both(guard, ours) == (None, None)
@@ -271,7 +274,7 @@ def test_loop_protection_off() -> None:
                 max_size=30))
 @fuzz()
 def test_batch_is_frame_by_frame(frames: list[bytes]) -> None:
-    config = GuardConfig(dhcp="local", ra="local", vlans=(10,), loop=False)
+    config = GuardConfig(dhcp="local", ra="local", vlans=(10,), loop_protection=False)
     one, many = Guard(config, "b"), Guard(config, "b")
     expected = [(i, r) for i, fr in enumerate(frames) if (r := one.inbound(fr, 1.0)) is not None]
     assert many.inbound_batch(frames, 1.0) == expected
@@ -334,11 +337,12 @@ def test_config_errors(kwargs: dict[str, object], message: str) -> None:
 def test_defaults() -> None:
     config = GuardConfig()
     assert (config.dhcp, config.ra, config.vlans, config.untagged, config.flood_rate,
-            config.burst, config.loop) == ("shared", "shared", None, True, 2000, 2000, True)
+            config.burst, config.loop_protection) == (
+        "shared", "shared", None, True, 2000, 2000, True)
 
 
 def test_without_keeps_checksums_with_their_frames() -> None:
-    guard = Guard(GuardConfig(dhcp="local", loop=False), "b")
+    guard = Guard(GuardConfig(dhcp="local", loop_protection=False), "b")
     frames = [TCP + b"1", OFFER, TCP + b"2", OFFER, TCP + b"3"]
     csum = {0: (34, 16), 2: (34, 17), 4: (34, 18)}
     drops = guard.inbound_batch(frames, 0.0)
