@@ -170,10 +170,6 @@ class PeerLoop:
         }
 
 
-#: The state of a peer without loop protection: never blocked.
-NEVER_BLOCKED = PeerLoop("")
-
-
 class LoopDetector:
     """One per device.  Timers: :meth:`next_deadline` and :meth:`tick`."""
 

@@ -49,7 +49,7 @@ from bridger.guard.constants import (
     EtherType,
 )
 from bridger.guard.flaps import MacFlaps
-from bridger.guard.loop import NEVER_BLOCKED, LoopDetector, PeerLoop, ProbeVerdict
+from bridger.guard.loop import LoopDetector, PeerLoop, ProbeVerdict
 
 SHARED = "shared"
 LOCAL = "local"
@@ -132,7 +132,6 @@ class GuardConfig:
 
 _B_PROBE = EtherType.LOOP_PROBE.to_bytes(2, "big")
 _B_TPIDS = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
-_NO_DROPS: list[tuple[int, str]] = []
 _PROBE, _LINK_LOCAL, _RA = FrameKind.LOOP_PROBE, FrameKind.LINK_LOCAL, FrameKind.RA
 _DHCP_KINDS = frozenset((FrameKind.DHCP4_SERVER, FrameKind.DHCP6_SERVER))
 _CONTROL_KINDS = frozenset((_LINK_LOCAL, _PROBE))
@@ -161,7 +160,7 @@ class Guard:
         self.config = config
         self.peer = peer
         self._detector = loop if config.loop_protection else None
-        self.loop: PeerLoop = self._detector.add_peer(peer) if self._detector else NEVER_BLOCKED
+        self.loop: PeerLoop = self._detector.add_peer(peer) if self._detector else PeerLoop(peer)
         self.known = known
         self._flaps = flaps
         self._lan_side = lan_side
@@ -220,10 +219,9 @@ class Guard:
         return self._inbound(frame, now)
 
     def inbound_batch(self, frames: Sequence[bytes], now: float) -> list[tuple[int, str]]:
-        """:meth:`inbound` for a batch: ``(index, reason)`` of each frame to drop
-        (an empty list, not to be modified, when all pass).  Source MACs are
-        noted once per run of frames from the same MAC."""
-        drops = _NO_DROPS
+        """:meth:`inbound` for a batch: ``(index, reason)`` of each frame to drop,
+        in order.  Source MACs are noted once per run of frames from one MAC."""
+        drops: list[tuple[int, str]] = []
         flaps = self._flaps
         peer = self.peer
         check = self._inbound
@@ -242,8 +240,6 @@ class Guard:
                     continue
             reason = check(frame, now)
             if reason is not None:
-                if drops is _NO_DROPS:
-                    drops = []
                 drops.append((index, reason))
         return drops
 
