@@ -56,6 +56,13 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "dashboard": args.dashboard,
         "metrics": args.metrics,
         "offload": args.offload,
+        "loop_protection": args.loop_protection,
+        "flood_rate": args.flood_rate,
+        "flood_burst": args.flood_burst,
+        "dhcp": args.dhcp,
+        "ra": args.ra,
+        "vlans": args.vlans,
+        "untagged": args.untagged,
     }
 
 
@@ -198,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics (:PORT for all addresses)")
     p.add_argument("--offload", action=on_off,
                    help="tap offloads, TSO superframes (on); off: one frame per read")
+    g = p.add_argument_group("guards (docs/guard.md)")
+    g.add_argument("--loop-protection", action=on_off,
+                   help="detect loops through the LANs and block the peer they run through (on)")
+    g.add_argument("--flood-rate", metavar="FPS", type=_int,
+                   help="flooded frames per second to each peer (2000, 0: unlimited)")
+    g.add_argument("--flood-burst", metavar="FRAMES", type=_int,
+                   help="burst allowance of the flood budget (0: one second's worth)")
+    g.add_argument("--dhcp", choices=("shared", "local"),
+                   help="local: DHCP server messages never cross the tunnel (shared)")
+    g.add_argument("--ra", choices=("shared", "local"),
+                   help="local: IPv6 router advertisements never cross the tunnel (shared)")
+    g.add_argument("--vlans", metavar="ID,ID",
+                   help="only frames tagged with these VLAN ids cross (default: any)")
+    g.add_argument("--untagged", action=on_off,
+                   help="with --vlans: untagged frames cross too (on)")
     p.set_defaults(func=_cmd_up)
 
     for name, func, text in (
