@@ -30,6 +30,8 @@ import trio
 
 from bridger.config import UpConfig
 from bridger.errors import BridgerError, ConfigError
+from bridger.guard.loop import LoopDetector
+from bridger.guard.policy import Guard
 from bridger.keys import encode_key, read_private_key_file
 from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
 from bridger.shell.forward import Forwarder
@@ -279,11 +281,21 @@ def _run_up(config: UpConfig) -> int:
                         now = float(trio.current_time())
                         device, peers = build_core(config, keys, now, time.time())
                         counters = Counters()
-                        fwd = Forwarder(device=device, udp=udp, counters=counters)
+                        gc = config.guard
+                        detector = (LoopDetector(vlans=gc.vlans, untagged=gc.untagged)
+                                    if gc.loop_protection else None)
+                        fwd = Forwarder(device=device, udp=udp, counters=counters,
+                                        detector=detector)
                         for settings, peer in zip(config.peers, peers, strict=True):
+                            peer_counters = counters.peer(peer.name)
                             fwd.ports[peer] = Port(
-                                peer=peer, counters=counters.peer(peer.name),
+                                peer=peer, counters=peer_counters,
                                 tap=settings.tap, fd=host.taps[settings.tap],
+                                guard=Guard(
+                                    gc, peer.name, detector, known=peer_counters.remote_macs,
+                                    flaps=None if detector is None else detector.flaps,
+                                    lan_side=config.mode == "mesh",
+                                ),
                             )
                         setup_fast_path(fwd, config.offload)
                         daemon = Daemon(config, fwd, {

@@ -18,7 +18,7 @@ peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,6 +260,11 @@ class PeerCounters:
     def tap_write_failed(self) -> None:
         """A frame from this peer could not be written to its tap."""
         self._drops["tap_write_failed"] += 1
+
+    @property
+    def remote_macs(self) -> Container[bytes]:
+        """The MACs behind this peer, live (the guards ask ``in`` per flooded frame)."""
+        return self._remote._entries
 
     def drop(self, reason: str) -> None:
         """Count a daemon-level drop for this peer; ``reason`` from DAEMON_DROP_REASONS."""
