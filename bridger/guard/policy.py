@@ -319,6 +319,8 @@ class Guard:
                 "vlans": list(config.vlans) if config.vlans is not None else None,
                 "untagged": config.untagged,
                 "flood_rate": config.flood_rate,
+                "flood_burst": config.flood_burst,
+                "loop_protection": config.loop_protection,
                 "flood_tokens": round(self._flood.refill(now), 1) if self._storm else None,
                 "nd_tokens": round(self._nd.refill(now), 1) if self._storm else None,
             }

@@ -117,7 +117,7 @@ class Port:
         if guard is not None:
             reason = guard.outbound(segments[0], now, len(segments))
             if reason is not None:
-                counters.drop(reason)  # one superframe: one drop
+                counters.drop(reason, len(segments))
                 return
         counters.lan_to_wan(segments[0], now, len(segments), sum(map(len, segments)))
         self.peer.send_frames(segments, now, small.out, (csum_start, 16))

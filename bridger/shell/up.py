@@ -101,6 +101,7 @@ class Daemon:
         device = DeviceInfo(
             mode=self.config.mode, data_path=DATA_PATH, interface=dict(self.interface),
             drops={reason.value: n for reason, n in fwd.device.drops.items()},
+            guard=None if fwd.detector is None else fwd.detector.snapshot(now),
         )
         return fwd.counters.snapshot(device, [self._peer_info(p, now) for p in fwd.ports], now)
 
@@ -131,6 +132,7 @@ class Daemon:
                 "reassembled": stats.reassembled,
                 "in_progress": stats.reassembly_in_progress,
             },
+            guard=None if port.guard is None else port.guard.snapshot(now),
         )
 
     async def drop_summaries(self) -> None:

@@ -91,6 +91,8 @@ _PEER_GUARD = _object(
                   "items": {"type": "integer", "minimum": 1, "maximum": 4094}},
         "untagged": {"type": "boolean"},
         "flood_rate": _COUNT,
+        "flood_burst": _COUNT,
+        "loop_protection": {"type": "boolean"},
         "flood_tokens": _TOKENS,
         "nd_tokens": _TOKENS,
     },
@@ -101,8 +103,6 @@ _PEER_GUARD = _object(
         "loops_detected": _COUNT,
         "probes_sent": _COUNT,
         "probes_returned": _COUNT,
-        "loop_protection": {"type": "boolean"},
-        "flood_burst": _COUNT,
     },
     nullable=True,
 )

@@ -165,7 +165,8 @@ def test_loop_protection_off_and_every_setting_validate() -> None:
     validate(doc)
     assert doc["peers"][0]["guard"] == {
         "loop": False, "dhcp": "local", "ra": "local", "vlans": [10, 20], "untagged": False,
-        "flood_rate": 0, "flood_tokens": None, "nd_tokens": None}
+        "flood_rate": 0, "flood_burst": 0, "loop_protection": False,
+        "flood_tokens": None, "nd_tokens": None}
     assert doc["peers"][0]["drops"]["guard_vlan"] == 1
 
 
