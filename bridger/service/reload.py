@@ -1,0 +1,198 @@
+"""What a configuration reload (SIGHUP, ``systemctl reload``) changes: a pure diff.
+
+``plan_reload(old, new, old_private, new_private)`` compares the running
+configuration with a freshly read and validated one and says, per peer, what
+the daemon must do. It touches nothing; the daemon applies the plan in this
+order, so a tap name or key that moves from one peer to another is free
+before it is taken again:
+
+1. ``removed``: stop the peer's tasks, ``Device.remove_peer`` (its keys are
+   zeroed), remove its tap from the bridge;
+2. ``changed``: the same name, public key and tap with a new psk, host, port
+   or keepalive: the core peer is replaced (a new handshake, keys of the old
+   session zeroed); the tap and its bridge port stay;
+3. ``added``: add the tap, the core peer and its tasks;
+4. ``rekey_all``: this site's private key changed: a new identity, so every
+   peer that stays handshakes again (with the new key), none restarts.
+
+Peers are matched by name. A peer whose public key or tap changed is a
+different peer on a different port: it is removed and added, not changed.
+``unchanged`` peers keep their sessions and lose no frame (unless
+``rekey_all``).
+
+Settings that shape the host or the socket cannot change in a running daemon
+(:data:`FIXED`); a new value is refused with one line naming the key, and the
+running configuration stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from bridger.errors import ConfigError
+
+
+class PeerLike(Protocol):
+    """The fields of ``bridger.config.PeerSettings`` a reload compares."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def public_key(self) -> bytes: ...
+    @property
+    def host(self) -> str | None: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def psk_file(self) -> Path | None: ...
+    @property
+    def persistent_keepalive(self) -> float: ...
+    @property
+    def tap(self) -> str: ...
+
+
+class ConfigLike(Protocol):
+    """The fields of ``bridger.config.UpConfig`` a reload compares."""
+
+    @property
+    def peers(self) -> Sequence[PeerLike]: ...
+
+
+#: Settings fixed for the life of the daemon: (UpConfig field, name in messages).
+#: The key file may change (its key is compared, see ``rekey_all``).
+FIXED: tuple[tuple[str, str], ...] = (
+    ("lan", "local.lan"),
+    ("bridge", "local.bridge"),
+    ("listen", "local.listen"),
+    ("state_dir", "local.state_dir"),
+    ("mode", "local.mode"),
+    ("wan_mtu", "local.wan_mtu"),
+    ("stp", "local.stp"),
+    ("offload", "local.offload"),
+    ("metrics", "local.metrics"),
+    ("dashboard", "local.dashboard"),
+)
+
+#: Peer fields that a changed peer may differ in ("psk" is the key read from psk_file).
+PEER_FIELDS = ("host", "port", "psk_file", "psk", "persistent_keepalive")
+
+
+@dataclass(frozen=True)
+class PeerChange:
+    """A peer with the same name, public key and tap, and other settings."""
+
+    old: PeerLike
+    new: PeerLike
+    #: Which of :data:`PEER_FIELDS` differ, in that order.
+    fields: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.new.name
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The steps of one reload (apply in the order of the module docstring)."""
+
+    removed: tuple[PeerLike, ...]
+    changed: tuple[PeerChange, ...]
+    added: tuple[PeerLike, ...]
+    unchanged: tuple[PeerLike, ...]
+    #: This site's private key changed: every remaining peer handshakes again.
+    rekey_all: bool
+
+    @property
+    def empty(self) -> bool:
+        return not (self.removed or self.changed or self.added or self.rekey_all)
+
+    @property
+    def taps_removed(self) -> tuple[str, ...]:
+        return tuple(p.tap for p in self.removed)
+
+    @property
+    def taps_added(self) -> tuple[str, ...]:
+        return tuple(p.tap for p in self.added)
+
+    def describe(self) -> str:
+        """One log line, e.g. ``reload: added rome; removed paris; changed berlin (psk);
+        1 unchanged``."""
+        if self.empty:
+            return f"reload: no change ({len(self.unchanged)} peers unchanged)"
+        parts = []
+        if self.rekey_all:
+            parts.append("new private key: every peer handshakes again")
+        if self.added:
+            parts.append("added " + ", ".join(p.name for p in self.added))
+        if self.removed:
+            parts.append("removed " + ", ".join(p.name for p in self.removed))
+        if self.changed:
+            parts.append("changed " + ", ".join(
+                f"{c.name} ({', '.join(c.fields)})" for c in self.changed))
+        parts.append(f"{len(self.unchanged)} unchanged")
+        return "reload: " + "; ".join(parts)
+
+
+def _shown(value: object) -> str:
+    return repr(str(value)) if isinstance(value, Path | str) else repr(value)
+
+
+def plan_reload(
+    old: ConfigLike,
+    new: ConfigLike,
+    old_private: bytes,
+    new_private: bytes,
+    *,
+    old_psks: Mapping[str, bytes | None] | None = None,
+    new_psks: Mapping[str, bytes | None] | None = None,
+) -> ReloadPlan:
+    """The plan from the running config ``old`` to the validated ``new`` one.
+
+    ``old_psks``/``new_psks`` (peer name -> PSK read from its file) let a PSK
+    whose file was rewritten in place count as a change; without them only the
+    ``psk_file`` paths are compared. Raises :class:`ConfigError` (one line
+    naming the key) for a setting that cannot change while running.
+    """
+    for attr, key in FIXED:
+        before, after = getattr(old, attr, None), getattr(new, attr, None)
+        if before != after:
+            raise ConfigError(
+                f"reload: {key} cannot change while running ({_shown(before)} -> "
+                f"{_shown(after)}); restart bridger"
+            )
+    before_by_name = {p.name: p for p in old.peers}
+    after_by_name = {p.name: p for p in new.peers}
+    removed: list[PeerLike] = []
+    changed: list[PeerChange] = []
+    added: list[PeerLike] = []
+    unchanged: list[PeerLike] = []
+    for name, was in before_by_name.items():
+        now = after_by_name.get(name)
+        if now is None or now.public_key != was.public_key or now.tap != was.tap:
+            removed.append(was)
+    for name, now in after_by_name.items():
+        was_or_none = before_by_name.get(name)
+        if (was_or_none is None or now.public_key != was_or_none.public_key
+                or now.tap != was_or_none.tap):
+            added.append(now)
+            continue
+        was = was_or_none
+        fields = []
+        for fld in PEER_FIELDS:
+            if fld == "psk":
+                if old_psks is not None and new_psks is not None and \
+                        old_psks.get(name) != new_psks.get(name):
+                    fields.append(fld)
+            elif getattr(was, fld) != getattr(now, fld):
+                fields.append(fld)
+        if fields:
+            changed.append(PeerChange(was, now, tuple(fields)))
+        else:
+            unchanged.append(now)
+    return ReloadPlan(
+        removed=tuple(removed), changed=tuple(changed), added=tuple(added),
+        unchanged=tuple(unchanged), rekey_all=old_private != new_private,
+    )
