@@ -56,9 +56,8 @@ def watchdog_usec_from(environ: Mapping[str, str], pid: int) -> int | None:
     if not text:
         return None
     owner = environ.get(WATCHDOG_PID_ENV)
-    if owner:
-        if not owner.isdigit() or int(owner) != pid:
-            return None
+    if owner and (not owner.isdigit() or int(owner) != pid):
+        return None
     if not text.isdigit() or int(text) <= 0:
         return None
     return int(text)

@@ -8,6 +8,7 @@ while input waits).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -217,10 +218,8 @@ def traffic(plane: DataPlane, started: float, until: float,
     def run() -> None:
         while (now := time.monotonic() - started) < until:
             if quiet is None or not quiet[0] <= now < quiet[1]:
-                try:
+                with contextlib.suppress(OSError):  # a full queue: the reader is stuck
                     plane.tx.send(b"frame")
-                except OSError:
-                    pass
             time.sleep(0.01)
 
     thread = threading.Thread(target=run, daemon=True)
