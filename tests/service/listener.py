@@ -82,6 +82,10 @@ class NotifyListener:
         with self._lock:
             return [t for t, fields in self.received if key in fields]
 
+    def values(self, key: str) -> list[str]:
+        with self._lock:
+            return [fields[key] for _t, fields in self.received if key in fields]
+
     def close(self) -> None:
         self._stop = True
         if self._thread is not None:
