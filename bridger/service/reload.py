@@ -22,7 +22,8 @@ different peer on a different port: it is removed and added, not changed.
 
 Settings that shape the host or the socket cannot change in a running daemon
 (:data:`FIXED`); a new value is refused with one line naming the key, and the
-running configuration stays.
+running configuration stays. :func:`refused_line` is the log line for any
+refusal (this one, or the config's own validation error).
 """
 
 from __future__ import annotations
@@ -136,6 +137,11 @@ class ReloadPlan:
         return "reload: " + "; ".join(parts)
 
 
+def refused_line(error: BaseException) -> str:
+    """The one log line for a refused reload: the error ``bridger up`` would print."""
+    return f"reload refused, running configuration kept: {error}"
+
+
 def _shown(value: object) -> str:
     return repr(str(value)) if isinstance(value, Path | str) else repr(value)
 
@@ -160,7 +166,7 @@ def plan_reload(
         before, after = getattr(old, attr, None), getattr(new, attr, None)
         if before != after:
             raise ConfigError(
-                f"reload: {key} cannot change while running ({_shown(before)} -> "
+                f"{key} cannot change while running ({_shown(before)} -> "
                 f"{_shown(after)}); restart bridger"
             )
     before_by_name = {p.name: p for p in old.peers}

@@ -15,7 +15,7 @@ import pytest
 
 from bridger import config as config_module
 from bridger.errors import ConfigError
-from bridger.service.reload import plan_reload
+from bridger.service.reload import plan_reload, refused_line
 
 
 @dataclass(frozen=True)
@@ -170,18 +170,18 @@ def test_everything_at_once(make: Any) -> None:
 
 
 @pytest.mark.parametrize(("local", "message"), [
-    ({"lan": "eth2"}, "reload: local.lan cannot change while running ('eth1' -> 'eth2'); "
+    ({"lan": "eth2"}, "local.lan cannot change while running ('eth1' -> 'eth2'); "
                       "restart bridger"),
-    ({"listen": 4000}, "reload: local.listen cannot change while running (55555 -> 4000); "
+    ({"listen": 4000}, "local.listen cannot change while running (55555 -> 4000); "
                        "restart bridger"),
-    ({"bridge": "br1"}, "reload: local.bridge cannot change while running"),
-    ({"state_dir": Path("/run/x")}, "reload: local.state_dir cannot change while running "
+    ({"bridge": "br1"}, "local.bridge cannot change while running"),
+    ({"state_dir": Path("/run/x")}, "local.state_dir cannot change while running "
                                     "('/run/bridger/bridger0' -> '/run/x')"),
-    ({"mode": "hub"}, "reload: local.mode cannot change while running"),
-    ({"wan_mtu": 1400}, "reload: local.wan_mtu cannot change while running"),
-    ({"stp": True}, "reload: local.stp cannot change while running"),
-    ({"offload": False}, "reload: local.offload cannot change while running"),
-    ({"metrics": ":9555"}, "reload: local.metrics cannot change while running"),
+    ({"mode": "hub"}, "local.mode cannot change while running"),
+    ({"wan_mtu": 1400}, "local.wan_mtu cannot change while running"),
+    ({"stp": True}, "local.stp cannot change while running"),
+    ({"offload": False}, "local.offload cannot change while running"),
+    ({"metrics": ":9555"}, "local.metrics cannot change while running"),
 ])
 def test_fixed_settings_are_refused_in_one_line(
     make: Any, local: dict[str, Any], message: str
@@ -193,3 +193,4 @@ def test_fixed_settings_are_refused_in_one_line(
     text = str(info.value)
     assert text.startswith(message)
     assert text.endswith("; restart bridger") and "\n" not in text
+    assert refused_line(info.value) == f"reload refused, running configuration kept: {text}"
