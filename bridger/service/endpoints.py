@@ -26,8 +26,10 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+
+import trio
 
 from bridger.keys import encode_key
 
@@ -41,6 +43,8 @@ MAX_ENTRIES = 1024
 MAX_FILE_BYTES = 256 * 1024
 #: Seconds between writes while endpoints keep changing (roaming, NAT rebinding).
 SAVE_INTERVAL = 10.0
+#: Seconds between looks at the peers' endpoints (:func:`remember_task`).
+LOOK_INTERVAL = 1.0
 
 Endpoint = tuple[str, int]
 
@@ -185,13 +189,13 @@ class EndpointBook:
             del self.endpoints[key]
             self.dirty = True
 
+    def due(self, now: float) -> bool:
+        """Something changed and the last write is ``interval`` old."""
+        return self.dirty and (self._saved_at is None or now - self._saved_at >= self.interval)
+
     def save_due(self, now: float) -> bool:
-        """Write if something changed and the last write is ``interval`` old; True if written."""
-        if not self.dirty:
-            return False
-        if self._saved_at is not None and now - self._saved_at < self.interval:
-            return False
-        return self._write(now)
+        """Write if :meth:`due`; True if written."""
+        return self._write(now) if self.due(now) else False
 
     def flush(self, now: float | None = None) -> bool:
         """Write now if anything changed (at stop)."""
@@ -203,3 +207,24 @@ class EndpointBook:
             self.dirty = False
             return True
         return False
+
+
+async def remember_task(
+    book: EndpointBook,
+    current: Callable[[], Iterable[tuple[bytes, Endpoint | None]]],
+    interval: float = LOOK_INTERVAL,
+) -> None:
+    """Every ``interval``, note the endpoints ``current()`` gives (public key, address
+    of each peer that is up), and write the file when due.
+
+    Polling keeps the data path free of bookkeeping; the file is written at
+    most every ``book.interval`` seconds, the first time as soon as a peer is
+    up. The write is a small file in the state directory (tmpfs under /run),
+    so it is done in the loop, like the host journal's.
+    """
+    while True:
+        await trio.sleep(interval)
+        for public_key, endpoint in current():
+            if endpoint is not None:
+                book.note(public_key, endpoint)
+        book.save_due(trio.current_time())

@@ -9,10 +9,19 @@ import stat
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from bridger.keys import encode_key
 from bridger.service import endpoints
-from bridger.service.endpoints import ENDPOINTS_NAME, MAX_ENTRIES, EndpointBook, load, save
+from bridger.service.endpoints import (
+    ENDPOINTS_NAME,
+    MAX_ENTRIES,
+    EndpointBook,
+    load,
+    remember_task,
+    save,
+)
 
 KEY_A = encode_key(bytes(range(32)))
 KEY_B = encode_key(bytes(range(1, 33)))
@@ -139,3 +148,33 @@ def test_book_keeps_only_configured_peers(tmp_path: Path) -> None:
     assert load(tmp_path) == {KEY_B: ("192.0.2.8", 2)}
     book.forget(b)
     assert book.flush() and load(tmp_path) == {}
+
+
+def test_remember_task_notes_peers_that_are_up_and_writes_when_due(tmp_path: Path) -> None:
+    a, b = bytes(range(32)), bytes(range(1, 33))
+    book = EndpointBook(tmp_path, interval=10.0)
+    current: list[tuple[bytes, tuple[str, int] | None]] = [(a, None)]
+    seen: list[dict[str, tuple[str, int]]] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(remember_task, book, lambda: current, 1.0)
+            await trio.sleep(2.5)
+            seen.append(load(tmp_path))  # nothing up yet: no file
+            current[:] = [(a, ("192.0.2.7", 55555)), (b, None)]
+            await trio.sleep(1.0)
+            seen.append(load(tmp_path))  # written at once: the first write
+            current[:] = [(a, ("192.0.2.7", 40000)), (b, ("198.51.100.1", 1))]
+            await trio.sleep(5.0)
+            seen.append(load(tmp_path))  # not yet: 10 s between writes
+            await trio.sleep(6.0)
+            seen.append(load(tmp_path))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen == [
+        {},
+        {KEY_A: ("192.0.2.7", 55555)},
+        {KEY_A: ("192.0.2.7", 55555)},
+        {KEY_A: ("192.0.2.7", 40000), KEY_B: ("198.51.100.1", 1)},
+    ]
