@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from bridger.errors import ConfigError
 
@@ -55,11 +55,15 @@ class PeerLike(Protocol):
     def tap(self) -> str: ...
 
 
-class ConfigLike(Protocol):
+P = TypeVar("P", bound=PeerLike)
+P_co = TypeVar("P_co", bound=PeerLike, covariant=True)
+
+
+class ConfigLike(Protocol[P_co]):
     """The fields of ``bridger.config.UpConfig`` a reload compares."""
 
     @property
-    def peers(self) -> Sequence[PeerLike]: ...
+    def peers(self) -> Sequence[P_co]: ...
 
 
 #: Settings fixed for the life of the daemon: (UpConfig field, name in messages).
@@ -82,11 +86,11 @@ PEER_FIELDS = ("host", "port", "psk_file", "psk", "persistent_keepalive")
 
 
 @dataclass(frozen=True)
-class PeerChange:
+class PeerChange(Generic[P]):
     """A peer with the same name, public key and tap, and other settings."""
 
-    old: PeerLike
-    new: PeerLike
+    old: P
+    new: P
     #: Which of :data:`PEER_FIELDS` differ, in that order.
     fields: tuple[str, ...]
 
@@ -96,13 +100,13 @@ class PeerChange:
 
 
 @dataclass(frozen=True)
-class ReloadPlan:
+class ReloadPlan(Generic[P]):
     """The steps of one reload (apply in the order of the module docstring)."""
 
-    removed: tuple[PeerLike, ...]
-    changed: tuple[PeerChange, ...]
-    added: tuple[PeerLike, ...]
-    unchanged: tuple[PeerLike, ...]
+    removed: tuple[P, ...]
+    changed: tuple[PeerChange[P], ...]
+    added: tuple[P, ...]
+    unchanged: tuple[P, ...]
     #: This site's private key changed: every remaining peer handshakes again.
     rekey_all: bool
 
@@ -126,10 +130,18 @@ class ReloadPlan:
         parts = []
         if self.rekey_all:
             parts.append("new private key: every peer handshakes again")
-        if self.added:
-            parts.append("added " + ", ".join(p.name for p in self.added))
-        if self.removed:
-            parts.append("removed " + ", ".join(p.name for p in self.removed))
+        before = {p.name: p for p in self.removed}
+        replaced = [p for p in self.added if p.name in before]
+        added = [p.name for p in self.added if p.name not in before]
+        removed = [p.name for p in self.removed if p.name not in {r.name for r in replaced}]
+        if added:
+            parts.append("added " + ", ".join(added))
+        if removed:
+            parts.append("removed " + ", ".join(removed))
+        if replaced:
+            parts.append("replaced " + ", ".join(
+                f"{p.name} ({'public key' if p.public_key != before[p.name].public_key else 'tap'})"
+                for p in replaced))
         if self.changed:
             parts.append("changed " + ", ".join(
                 f"{c.name} ({', '.join(c.fields)})" for c in self.changed))
@@ -147,14 +159,14 @@ def _shown(value: object) -> str:
 
 
 def plan_reload(
-    old: ConfigLike,
-    new: ConfigLike,
+    old: ConfigLike[P],
+    new: ConfigLike[P],
     old_private: bytes,
     new_private: bytes,
     *,
     old_psks: Mapping[str, bytes | None] | None = None,
     new_psks: Mapping[str, bytes | None] | None = None,
-) -> ReloadPlan:
+) -> ReloadPlan[P]:
     """The plan from the running config ``old`` to the validated ``new`` one.
 
     ``old_psks``/``new_psks`` (peer name -> PSK read from its file) let a PSK
@@ -171,10 +183,10 @@ def plan_reload(
             )
     before_by_name = {p.name: p for p in old.peers}
     after_by_name = {p.name: p for p in new.peers}
-    removed: list[PeerLike] = []
-    changed: list[PeerChange] = []
-    added: list[PeerLike] = []
-    unchanged: list[PeerLike] = []
+    removed: list[P] = []
+    changed: list[PeerChange[P]] = []
+    added: list[P] = []
+    unchanged: list[P] = []
     for name, was in before_by_name.items():
         now = after_by_name.get(name)
         if now is None or now.public_key != was.public_key or now.tap != was.tap:

@@ -122,6 +122,8 @@ def test_changed_peer_keeps_name_key_and_tap(
 def test_new_key_or_tap_is_a_different_peer(make: Any, edit: dict[str, Any]) -> None:
     plan = plan_reload(make(BERLIN, PARIS), make({**BERLIN, **edit}, PARIS), PRIVATE, PRIVATE)
     assert names(plan.removed) == ["berlin"] and names(plan.added) == ["berlin"]
+    what = "public key" if "public_key" in edit else "tap"
+    assert plan.describe() == f"reload: replaced berlin ({what}); 1 unchanged"
     assert plan.changed == ()
     assert plan.removed[0].public_key != plan.added[0].public_key or \
         plan.removed[0].tap != plan.added[0].tap
