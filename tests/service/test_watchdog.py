@@ -261,9 +261,9 @@ def test_a_hung_loop_sends_no_ping(listener: NotifyListener, hang: str) -> None:
     before = [t for t in times if t < begin]
     during = [t for t in times if begin + 0.05 < t < end]
     after = [t for t in times if t > end]
-    assert len(before) >= 3, times
+    assert len(before) >= 2, times  # ~5 expected; loose for a loaded machine
     assert during == [], (begin - started, [t - started for t in times])
-    assert len(after) >= 3, times  # a daemon that recovers before systemd acts pings again
+    assert len(after) >= 2, times  # a daemon that recovers before systemd acts pings again
 
 
 def test_idle_pings_on_and_stuck_with_input_stops(listener: NotifyListener) -> None:
