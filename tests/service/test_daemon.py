@@ -7,8 +7,8 @@
 - A restarted side of either kind (listen-only or dialing) carries traffic
   again within 3 s, because it remembers the peer's last authenticated endpoint.
 
-These exercise the daemon's use of ``bridger.service`` (wired into
-``bridger.shell.up``); before the shell package exists they are skipped.
+These are the acceptance tests of ``bridger.service.live`` as
+``bridger.shell.up`` uses it.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import pytest
 from bridger.lab import Lab, LabOptions
 from tests.e2e.bridged import BridgedLab, host_address, wait_ping
 from tests.service.listener import NotifyListener
-
-pytest.importorskip("bridger.shell.up", reason="the daemon's shell package is not merged yet")
 
 pytestmark = pytest.mark.netns
 

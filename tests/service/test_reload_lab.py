@@ -20,14 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from bridger import config as config_module
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
 from bridger.lab import Lab, LabOptions
 from tests.e2e.bridged import BRIDGER, host_address, wait_ping
-
-pytest.importorskip("bridger.shell.up", reason="the daemon's shell package is not merged yet")
-if not hasattr(config_module, "PeerSettings"):
-    pytest.skip("[[peers]] configs are not merged yet", allow_module_level=True)
 
 pytestmark = pytest.mark.netns
 
