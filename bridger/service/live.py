@@ -39,7 +39,7 @@ from bridger.config import PeerSettings, UpConfig
 from bridger.errors import BridgerError
 from bridger.host import HostSession, TapPlan
 from bridger.keys import read_private_key_file
-from bridger.protocol import Address, Device, DeviceConfig, Output, PeerConfig
+from bridger.protocol import Address, Device, DeviceConfig, Output, Peer, PeerConfig
 from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
 from bridger.service.reload import ReloadPlan, plan_reload, refused_line
@@ -92,7 +92,7 @@ class Live:
         notifier: Notifier,
         *,
         reread: Callable[[], UpConfig] | None,
-        prepare_port: Callable[[Port], object],
+        make_port: Callable[[Peer, str, int], Port],
         on_config: Callable[[UpConfig], object],
     ) -> None:
         self.config = config
@@ -102,7 +102,9 @@ class Live:
         self.host = host
         self.notifier = notifier
         self.reread = reread
-        self.prepare_port = prepare_port  # fast-path flags of a tap added by a reload
+        # (core peer, tap name, tap fd) -> its Port, made as at start (counters by
+        # peer name, so a peer re-created on its tap keeps counting; fast-path flags).
+        self.make_port = make_port
         self.on_config = on_config  # status views follow the running config
         self.book = EndpointBook(config.state_dir, keep=[p.public_key for p in config.peers])
         self._nursery: trio.Nursery | None = None
@@ -263,10 +265,7 @@ class Live:
             for settings in plan.added:
                 fd = self.host.add_tap(TapPlan(settings.tap, isolated=new.mode == "mesh"))
                 peer = fwd.device.add_peer(peer_config(settings, psks[settings.name]), now)
-                port = Port(peer=peer, counters=fwd.counters.peer(settings.name),
-                            tap=settings.tap, fd=fd)
-                self.prepare_port(port)
-                fwd.ports[peer] = port
+                fwd.ports[peer] = self.make_port(peer, settings.tap, fd)
                 applied(settings)
                 self._start_peer(settings)
         except BaseException:
@@ -285,8 +284,7 @@ class Live:
         del fwd.ports[old.peer]
         fwd.device.remove_peer(old.peer)
         peer = fwd.device.add_peer(peer_config(settings, psk), now)
-        fwd.ports[peer] = Port(peer=peer, counters=old.counters, tap=old.tap, fd=old.fd,
-                               vnet=old.vnet)
+        fwd.ports[peer] = self.make_port(peer, old.tap, old.fd)
 
     async def _new_identity(self, new: UpConfig, private: bytes, psks: Psks,
                             now: float) -> None:
@@ -306,8 +304,7 @@ class Live:
             for settings in staying:
                 old = old_ports[settings.name]
                 peer = fwd.device.add_peer(peer_config(settings, psks[settings.name]), now)
-                fwd.ports[peer] = Port(peer=peer, counters=old.counters, tap=old.tap,
-                                       fd=old.fd, vnet=old.vnet)
+                fwd.ports[peer] = self.make_port(peer, old.tap, old.fd)
             for peer in list(old_device.peers.values()):
                 old_device.remove_peer(peer)  # zeroes the old sessions' keys
             self.private = private
