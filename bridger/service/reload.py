@@ -20,18 +20,21 @@ different peer on a different port: it is removed and added, not changed.
 ``unchanged`` peers keep their sessions and lose no frame (unless
 ``rekey_all``).
 
-Settings that shape the host or the socket cannot change in a running daemon
-(:data:`FIXED`); a new value is refused with one line naming the key, and the
+Only the peers and the private key change in a running daemon
+(:data:`RELOADABLE`). Every other setting (the LAN, bridge, port, state
+directory, mode, MTU, guard settings, ... and any setting added later) must
+stay as it is: a new value is refused with one line naming the key, and the
 running configuration stays. :func:`refused_line` is the log line for any
 refusal (this one, or the config's own validation error).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from bridger.errors import ConfigError
 
@@ -66,20 +69,12 @@ class ConfigLike(Protocol[P_co]):
     def peers(self) -> Sequence[P_co]: ...
 
 
-#: Settings fixed for the life of the daemon: (UpConfig field, name in messages).
-#: The key file may change (its key is compared, see ``rekey_all``).
-FIXED: tuple[tuple[str, str], ...] = (
-    ("lan", "local.lan"),
-    ("bridge", "local.bridge"),
-    ("listen", "local.listen"),
-    ("state_dir", "local.state_dir"),
-    ("mode", "local.mode"),
-    ("wan_mtu", "local.wan_mtu"),
-    ("stp", "local.stp"),
-    ("offload", "local.offload"),
-    ("metrics", "local.metrics"),
-    ("dashboard", "local.dashboard"),
-)
+#: The UpConfig fields a reload may change: the peers, and the key file (its key
+#: is compared, see ``rekey_all``). All other fields are fixed while running.
+RELOADABLE = frozenset({"peers", "key_file"})
+#: Names of the fixed settings compared when a config is not a dataclass.
+FIXED_FALLBACK = ("lan", "bridge", "listen", "state_dir", "mode", "wan_mtu", "stp", "offload",
+                  "metrics", "dashboard")
 
 #: Peer fields that a changed peer may differ in ("psk" is the key read from psk_file).
 PEER_FIELDS = ("host", "port", "psk_file", "psk", "persistent_keepalive")
@@ -154,6 +149,31 @@ def refused_line(error: BaseException) -> str:
     return f"reload refused, running configuration kept: {error}"
 
 
+def _fixed_differences(old: object, new: object) -> Iterator[tuple[str, object, object]]:
+    """(``local.KEY``, old value, new value) for each fixed setting that differs.
+
+    A setting that is itself a record of settings (``guard``) is compared key by
+    key, its keys being ``[local]`` keys too.
+    """
+    if dataclasses.is_dataclass(old) and not isinstance(old, type):
+        names = [f.name for f in dataclasses.fields(old) if f.name not in RELOADABLE]
+    else:
+        names = list(FIXED_FALLBACK)
+    for name in names:
+        before, after = getattr(old, name, None), getattr(new, name, None)
+        if before == after:
+            continue
+        if (dataclasses.is_dataclass(before) and not isinstance(before, type)
+                and type(before) is type(after)):
+            record: Any = before
+            for inner in dataclasses.fields(record):
+                b, a = getattr(before, inner.name), getattr(after, inner.name)
+                if b != a:
+                    yield f"local.{inner.name}", b, a
+            continue
+        yield f"local.{name}", before, after
+
+
 def _shown(value: object) -> str:
     return repr(str(value)) if isinstance(value, Path | str) else repr(value)
 
@@ -174,13 +194,11 @@ def plan_reload(
     ``psk_file`` paths are compared. Raises :class:`ConfigError` (one line
     naming the key) for a setting that cannot change while running.
     """
-    for attr, key in FIXED:
-        before, after = getattr(old, attr, None), getattr(new, attr, None)
-        if before != after:
-            raise ConfigError(
-                f"{key} cannot change while running ({_shown(before)} -> "
-                f"{_shown(after)}); restart bridger"
-            )
+    for key, before, after in _fixed_differences(old, new):
+        raise ConfigError(
+            f"{key} cannot change while running ({_shown(before)} -> "
+            f"{_shown(after)}); restart bridger"
+        )
     before_by_name = {p.name: p for p in old.peers}
     after_by_name = {p.name: p for p in new.peers}
     removed: list[P] = []

@@ -7,6 +7,7 @@ the multi-peer fields, and with a stand-in of the same contract otherwise.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,40 @@ def test_everything_at_once(make: Any) -> None:
     assert [(c.name, c.fields) for c in plan.changed] == [("berlin", ("port",))]
     assert plan.unchanged == ()
     assert plan.rekey_all
+
+
+@pytest.mark.skipif(not hasattr(config_module.UpConfig, "__dataclass_fields__")
+                    or "guard" not in config_module.UpConfig.__dataclass_fields__,
+                    reason="no guard settings in this config")
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"flood_rate": 10}, "local.flood_rate cannot change while running"),
+    ({"vlans": (10, 20)}, "local.vlans cannot change while running (None -> (10, 20))"),
+    ({"loop_protection": False}, "local.loop_protection cannot change while running"),
+])
+def test_guard_settings_are_refused_by_their_own_key(
+    edit: dict[str, Any], message: str
+) -> None:
+    from bridger.guard import GuardConfig
+
+    peer = config_module.PeerSettings(name="berlin", public_key=key("berlin"))
+    old = config_module.UpConfig(lan="eth1", key_file=Path("/k"), peers=(peer,))
+    new = replace(old, guard=GuardConfig(**edit))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        plan_reload(old, new, PRIVATE, PRIVATE)
+
+
+def test_a_setting_added_later_is_fixed_too() -> None:
+    # Any UpConfig field but the peers and the key file is fixed, named after it.
+    @dataclass(frozen=True)
+    class Later(StandInConfig):
+        newfangled: int = 1
+
+    peers = (StandInPeer("berlin", key("berlin")),)
+    old = Later(lan="eth1", key_file=Path("/k"), peers=peers)
+    with pytest.raises(ConfigError, match=r"^local\.newfangled cannot change while running"):
+        plan_reload(old, replace(old, newfangled=2), PRIVATE, PRIVATE)
+    moved = replace(old, key_file=Path("/other"), peers=())
+    assert names(plan_reload(old, moved, PRIVATE, PRIVATE).removed) == ["berlin"]
 
 
 @pytest.mark.parametrize(("local", "message"), [
