@@ -69,10 +69,12 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_up(args: argparse.Namespace) -> int:
     from bridger.config import build_up_config
 
-    config = build_up_config(up_values(args), Path(args.config) if args.config else None)
+    values = up_values(args)
+    path = Path(args.config) if args.config else None
+    config = build_up_config(values, path)
     from bridger.daemon import run_up
 
-    return run_up(config)
+    return run_up(config, lambda: build_up_config(values, path))
 
 
 def _cmd_init(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ command -v tcpdump >/dev/null  || need_apt+=(tcpdump)
 command -v nft >/dev/null      || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
 command -v socat >/dev/null    || need_apt+=(socat)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies the shipped unit
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to install: ${need_apt[*]}" >&2

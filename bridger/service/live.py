@@ -38,38 +38,20 @@ import trio
 from bridger.config import PeerSettings, UpConfig
 from bridger.errors import BridgerError
 from bridger.host import HostSession, TapPlan
-from bridger.keys import read_private_key_file
-from bridger.protocol import Address, Device, DeviceConfig, Output, Peer, PeerConfig
+from bridger.protocol import Address, Device, DeviceConfig, Output, Peer
 from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
 from bridger.service.reload import ReloadPlan, plan_reload, refused_line
 from bridger.service.watchdog import overdue, peers_status, readable, status_task, watchdog_task
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
-from bridger.shell.resolver import is_ip_literal, resolve_peer
+from bridger.shell.resolver import resolve_peer
+from bridger.shell.up import Psks, peer_config, read_keys
 
 log = logging.getLogger("bridger")
 
 #: A timer this late (seconds) counts as work the data plane has not taken.
 TIMER_SLACK = 1.0
-
-Psks = dict[str, bytes | None]
-
-
-def read_psks(config: UpConfig) -> Psks:
-    """Each peer's PSK by name (one-line errors, like ``bridger up``)."""
-    return {p.name: None if p.psk_file is None else read_private_key_file(p.psk_file)
-            for p in config.peers}
-
-
-def peer_config(settings: PeerSettings, psk: bytes | None) -> PeerConfig:
-    """The core's view of one configured peer (as ``build_core`` makes it)."""
-    endpoint = None
-    if settings.host is not None and is_ip_literal(settings.host):
-        endpoint = (settings.host, settings.port)
-    return PeerConfig(public_key=settings.public_key, psk=psk, endpoint=endpoint,
-                      persistent_keepalive=settings.persistent_keepalive, name=settings.name)
-
 
 @dataclasses.dataclass
 class _Tasks:
@@ -207,8 +189,7 @@ class Live:
         try:
             try:
                 new = self.reread()
-                private = read_private_key_file(new.key_file)
-                psks = read_psks(new)
+                private, psks = read_keys(new)
                 plan = plan_reload(self.config, new, self.private, private,
                                    old_psks=self.psks, new_psks=psks)
             except BridgerError as exc:
@@ -248,6 +229,8 @@ class Live:
                 del fwd.ports[port.peer]
                 fwd.device.remove_peer(port.peer)  # zeroes its keys
                 fwd.counters.remove_peer(settings.name)
+                if fwd.detector is not None:
+                    fwd.detector.remove_peer(settings.name)
                 self.book.forget(settings.public_key)
                 del running[settings.name]
                 running_psks.pop(settings.name, None)
