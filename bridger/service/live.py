@@ -125,6 +125,7 @@ class Live:
                          f"[{remembered[0]}]:{remembered[1]}" if ":" in remembered[0]
                          else f"{remembered[0]}:{remembered[1]}")
                 peer.set_endpoint(remembered, now, out)
+                peer.initiate(now, out)
         self.fwd.handle(out, now)
 
     def start(self, nursery: trio.Nursery) -> None:
