@@ -29,6 +29,8 @@ from bridger.guard.constants import (
     LINK_LOCAL_PREFIX,
     MAX_IPV6_EXT_HEADERS,
     MAX_VLAN_TAGS,
+    PROBE_MAGIC,
+    PROBE_VERSION,
     VLAN_HLEN,
     VLAN_TPIDS,
     EtherType,
@@ -87,6 +89,7 @@ _LINK_LOCAL = FrameKind.LINK_LOCAL
 _H_DHCP, _H_RA, _H_ANY = int(Hidden.DHCP), int(Hidden.RA), int(Hidden.ANY)
 _ET_IPV4, _ET_IPV6, _ET_ARP = int(EtherType.IPV4), int(EtherType.IPV6), int(EtherType.ARP)
 _ET_PROBE = int(EtherType.LOOP_PROBE)
+_PROBE_HEAD = PROBE_MAGIC + bytes([PROBE_VERSION])
 _TPIDS = frozenset(int(t) for t in VLAN_TPIDS)
 _UDP, _ICMPV6 = int(IpProto.UDP), int(IpProto.ICMPV6)
 _FRAG, _AH = int(IpProto.FRAGMENT), int(IpProto.AH)
@@ -162,7 +165,7 @@ def look_untrusted(frame: bytes) -> Look:
         kind, hidden, later = _ipv6(frame, l3)
     elif ethertype == _ET_ARP:
         kind, hidden, later = _ARP, 0, False
-    elif ethertype == _ET_PROBE:
+    elif ethertype == _ET_PROBE and frame[l3:l3 + 5] == _PROBE_HEAD:
         kind, hidden, later = _PROBE, 0, False
     else:
         kind, hidden, later = _OTHER, 0, False

@@ -140,3 +140,8 @@ FLAP_CAPACITY = 4096
 FLAP_WINDOW = 10.0
 FLAP_ALERT = 10
 FLAP_LOG_INTERVAL = 10.0
+
+#: First bytes after the EtherType of a loop probe (with PROBE_VERSION next):
+#: other 0x88B5 frames (the EtherType is anyone's local experiment) are ordinary.
+PROBE_MAGIC = b"BRGD"
+PROBE_VERSION = 1

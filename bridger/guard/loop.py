@@ -53,7 +53,9 @@ from bridger.guard.constants import (
     HOLD_MAX,
     PROBE_INTERVAL,
     PROBE_JITTER,
+    PROBE_MAGIC,
     PROBE_MEMORY,
+    PROBE_VERSION,
     STRIKE_MEMORY,
     TAINT_CAPACITY,
     TAINT_MEMORY,
@@ -69,8 +71,6 @@ PROBE_DST = bytes.fromhex("0f6272646772")
 #: Probe body after the EtherType: magic, version, reserved (0), VLAN id,
 #: site id, nonce.
 PROBE_BODY = struct.Struct(">4sBBH8s8s")
-PROBE_MAGIC = b"BRGD"
-PROBE_VERSION = 1
 SITE_ID_LEN = 8
 NONCE_LEN = 8
 #: Shortest Ethernet frame without FCS; a tagged frame is 4 bytes longer.

@@ -280,7 +280,7 @@ def test_ipv4_ihl_moves_the_udp_header() -> None:
 
 
 def test_probe_is_classified_tagged_or_not() -> None:
-    body = b"BRGD" + bytes(40)
+    body = b"BRGD\x01" + bytes(40)
     assert classify_untrusted(f.eth(f.BROADCAST, 0x88B5, body)).kind == FrameKind.LOOP_PROBE
     tagged = classify_untrusted(f.eth(f.BROADCAST, 0x88B5, body, ((0x8100, 7),)))
     assert (tagged.kind, tagged.l3) == (FrameKind.LOOP_PROBE, 18)
@@ -387,3 +387,14 @@ def test_no_guard_means_only_tags_and_probes_need_a_look(frame: bytes) -> None:
     vid = ordinary_untrusted(frame, *interest_tables(False, False))
     if info.ethertype in (0x0800, 0x86DD) and len(frame) >= info.l3 + 10 and not info.hidden:
         assert vid == info.outer_vlan
+
+
+def test_other_uses_of_the_experimental_ethertype_are_ordinary_frames() -> None:
+    """0x88B5 is anyone's local experiment: only frames with our probe header are
+    probes (a test's raw 0x88B5 frames were held to the 200/s control budget)."""
+    from bridger.guard.classify import FrameKind, classify_untrusted
+
+    head = bytes.fromhex("020000000002" "020000000001" "88b5")
+    assert classify_untrusted(head + bytes(50)).kind == FrameKind.OTHER
+    assert classify_untrusted(head + b"BRGD\x02" + bytes(45)).kind == FrameKind.OTHER
+    assert classify_untrusted(head + b"BRGD\x01" + bytes(45)).kind == FrameKind.LOOP_PROBE
