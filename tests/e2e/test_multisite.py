@@ -30,7 +30,7 @@ import pytest
 import bridger.config
 from bridger.lab import Lab, LabOptions
 from bridger.lab.gateways import peer_states
-from bridger.lab.ping import PingResult, ping_pairs
+from bridger.lab.ping import PingResult, parse_ping_output, ping_pairs
 from tests.e2e.bridged import (
     BRIDGER,
     BridgedLab,
@@ -142,9 +142,10 @@ def test_mesh3_learned_unicast_puts_no_data_on_the_third_sites_wan(mesh3: SitesL
     with Capture(lab, "wan", "wC") as wan_c, Capture(lab, "wan", "wB") as wan_b:
         out = lab.run("hostA1", "ping", "-q", "-c", "200", "-i", "0.01", "-s", "1000", "-W", "2",
                       b1, check=False, timeout=60).stdout
-    assert " 200 received" in out, out
+    sent, received, _ = parse_ping_output(out)
+    assert sent == 200 and received >= 190, out
     to_b = [size for size in data_datagrams(wan_b.frames) if size > 1000]
-    assert len(to_b) >= 400, len(to_b)  # requests and replies crossed B's WAN link
+    assert len(to_b) >= 2 * received, len(to_b)  # requests and replies crossed B's WAN link
     # Keepalives, handshakes, loop-protection probes (93 bytes) and the LAN's own
     # floods (ARP, IPv6 ND/MLD: small) may cross C's link; nothing of the stream may.
     stream_at_c = [size for size in data_datagrams(wan_c.frames) if size > 1000]
@@ -318,11 +319,12 @@ def _namespaces() -> set[str]:
 @pytest.mark.parametrize(("argv", "pairs"), [(["--sites", "3"], 3), (["--sites", "3", "--hub"], 3),
                                              (["--sites", "4"], 6)])
 def test_lab_demo_with_several_sites_pings_every_pair(argv: list[str], pairs: int) -> None:
-    before = _namespaces()
     out = subprocess.run([*BRIDGER, "lab", "demo", *argv, "--duration", "0"],
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
-    rows = re.findall(r"^host(\w)1 -> host(\w)1 .*\d/\d.*\d/\d", out.stdout, re.M)
+    rows = re.findall(r"^host(\w)1 -> host(\w)1 .* 3/3 .* 3/3 ", out.stdout, re.M)
     assert len(rows) == pairs and len(set(rows)) == pairs, out.stdout
     assert f"{2 * pairs} of {2 * pairs} pair pings answered" in out.stdout
-    assert _namespaces() <= before
+    prefix = re.search(r"^lab (bl[0-9a-f]{6}): ", out.stdout, re.M)
+    assert prefix is not None, out.stdout
+    assert not [n for n in _namespaces() if n.startswith(prefix[1] + "-")]  # torn down
