@@ -14,6 +14,7 @@ swA -> tunnel -> swB -> cable -> swA for ever; loop protection must cut the tunn
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -103,6 +104,15 @@ def wait_log(link: BridgedLab, sites: tuple[str, ...], text: str,
                         seen[site] = time.monotonic()
         time.sleep(0.02)
     return seen
+
+
+def link_drops(lab: Lab, role: str) -> dict[str, tuple[int, int]]:
+    """Interface -> (rx dropped, tx dropped) in ``role``'s namespace (kernel counters)."""
+    out = lab.run(role, "ip", "-s", "-j", "link", "show").stdout
+    return {
+        link["ifname"]: (link["stats64"]["rx"]["dropped"], link["stats64"]["tx"]["dropped"])
+        for link in json.loads(out) if link["ifname"] != "lo"
+    }
 
 
 def ping_stats(lab: Lab, role: str, dst: str, *args: str) -> tuple[int, int, str]:
@@ -204,12 +214,15 @@ def test_broadcast_flood_reaches_the_other_site_within_the_budget(tmp_path: Path
         lab.run("hostA2", "ip", "neigh", "flush", "to", b1)
 
         with Capture(lab, "hostB1", "eth0") as at_b:
-            flooder = lab.popen("hostA1", sys.executable, FLOOD, "eth0", str(FLOOD_SECONDS),
-                                frame.hex(), stdout=subprocess.PIPE, text=True)
+            procs: list[subprocess.Popen[str]] = []
             try:
+                flooder = lab.popen("hostA1", sys.executable, FLOOD, "eth0", str(FLOOD_SECONDS),
+                                    frame.hex(), stdout=subprocess.PIPE, text=True)
+                procs.append(flooder)
                 time.sleep(1.0)  # the flood is on
                 pinger = lab.popen("hostA2", "ping", "-q", "-c", "100", "-i", "0.05", "-W", "1",
                                    b2, stdout=subprocess.PIPE, text=True)
+                procs.append(pinger)
                 time.sleep(1.0)
                 # A neighbour hostA2 has never resolved: its ARP request is a flooded frame too.
                 arp = lab.run("hostA2", "ping", "-c", "1", "-W", "3", b1, check=False)
@@ -217,9 +230,10 @@ def test_broadcast_flood_reaches_the_other_site_within_the_budget(tmp_path: Path
                 ping_out, _ = pinger.communicate(timeout=30)
                 flood_out, _ = flooder.communicate(timeout=FLOOD_SECONDS + 10)
             finally:
-                for proc in (flooder,):
+                for proc in procs:
                     if proc.poll() is None:
                         proc.kill()
+                        proc.wait()
             time.sleep(1.0)  # the last frames of the flood drain
 
         sent_match = re.search(r"sent (\d+)", flood_out)
@@ -227,8 +241,11 @@ def test_broadcast_flood_reaches_the_other_site_within_the_budget(tmp_path: Path
         flood_sent = int(sent_match[1])
         arrived = at_b.count(marker)
         budget = GENERAL_RATE * (1 + FLOOD_SECONDS)  # burst + rate x duration
+        # Where frames were lost before the daemon saw them (the tap queue, mostly).
+        kernel_drops = {role: link_drops(lab, role) for role in ("gwA", "swA")}
         report = (f"flooder sent {flood_sent}, site B got {arrived}, budget {budget:.0f}, "
-                  f"gwA storm drops {drops(link, 'A', 'storm')}")
+                  f"gwA storm drops {drops(link, 'A', 'storm')}, "
+                  f"kernel drops (rx, tx) {kernel_drops}")
         print(report)
         assert flood_sent > 10 * budget, report  # a real flood, far above the budget
         assert arrived <= budget * 1.05 + 20, report
@@ -237,6 +254,10 @@ def test_broadcast_flood_reaches_the_other_site_within_the_budget(tmp_path: Path
 
         sent, received, _ = parse_ping_output(ping_out)
         print(f"ping during the flood: {received}/{sent}")
+        # Known weak spot (reported to the lead): the daemon sees the whole flood before its
+        # guard can drop it; when it falls behind, the kernel drops at the tap's queue
+        # (bridger-tap0 tx dropped above), unicast and flood alike, so a loaded machine
+        # loses pings here.
         assert sent == 100 and received >= 95, (ping_out, report)
         assert arp.returncode == 0, (arp.stdout, neigh, report)
         assert host_mac(lab, "hostB1") in neigh, neigh
