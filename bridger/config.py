@@ -271,7 +271,8 @@ def _check_metrics(value: Any, where: str) -> str:
     return value
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 address (with an optional %scope), not a name to resolve."""
     try:
         ipaddress.ip_address(host.split("%")[0])
     except ValueError:
@@ -281,7 +282,7 @@ def _is_ip(host: str) -> bool:
 
 def legacy_peer_name(host: str | None) -> str:
     """The name of the single legacy peer: its host's first DNS label, else "peer"."""
-    if host is None or _is_ip(host):
+    if host is None or is_ip_literal(host):
         return LEGACY_PEER_NAME
     label = host.split(".")[0]
     if len(label) <= PEER_NAME_MAX and _PEER_NAME.match(label):
@@ -361,7 +362,7 @@ class _Placed:
 
 def _normal_host(host: str) -> str:
     """A host as compared: DNS names ignore case and a final dot; addresses compare as such."""
-    if _is_ip(host):
+    if is_ip_literal(host):
         address, _, zone = host.partition("%")
         return str(ipaddress.ip_address(address)) + (f"%{zone}" if zone else "")
     return host.lower().rstrip(".")

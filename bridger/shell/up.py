@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from bridger.config import PeerSettings, UpConfig
+from bridger.config import PeerSettings, UpConfig, is_ip_literal
 from bridger.errors import BridgerError, ConfigError
 from bridger.guard.loop import LoopDetector
 from bridger.guard.policy import Guard
@@ -38,7 +38,6 @@ from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
 from bridger.service.notify import Notifier
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
-from bridger.shell.resolver import is_ip_literal
 from bridger.shell.udp import UdpEndpoint, format_address
 from bridger.status.counters import Counters, DeviceInfo, PeerInfo
 
