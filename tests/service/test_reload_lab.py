@@ -162,3 +162,86 @@ def test_reload_adds_removes_refuses_and_rekeys(lab: Lab, tmp_path: Path) -> Non
     finally:
         a.kill()
         b.kill()
+
+
+def _status(site: Site) -> dict[str, object]:
+    out = subprocess.run([*BRIDGER, "status", "--json", "--state-dir", str(site.dir / "state")],
+                         capture_output=True, text=True, timeout=10, check=True)
+    doc: dict[str, object] = json.loads(out.stdout)
+    return doc
+
+
+def _peer_states(site: Site) -> dict[str, str]:
+    peers = _status(site)["peers"]
+    assert isinstance(peers, list)
+    return {p["name"]: p["state"] for p in peers}
+
+
+def _wait_states(site: Site, want: dict[str, str], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (states := _peer_states(site)) != want:
+        assert time.monotonic() < deadline, (states, want, site.log_text())
+        time.sleep(0.1)
+
+
+def test_a_peer_added_by_reload_comes_up_and_a_removed_one_leaves_status(
+    lab: Lab, tmp_path: Path,
+) -> None:
+    a, b = Site(lab, tmp_path, "a"), Site(lab, tmp_path, "b")
+    a_wan, b_wan = lab.gateway_wan_address("A"), lab.gateway_wan_address("B")
+    stranger = {"name": "c", "public_key": encode_key(public_key(generate_private_key()))}
+    a.write([stranger])  # A starts knowing only a site that never calls
+    b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+    try:
+        a.start()
+        b.start()
+        a.wait_log("up: eth1", 0)
+        _wait_states(a, {"c": "down"})
+        a.write([stranger, {"name": "b", "public_key": b.public, "host": b_wan}])
+        a.reload()
+        _wait_states(a, {"c": "down", "b": "up"})
+        wait_ping(lab, "hostA1", host_address(lab, "hostB1"), within=10)
+        a.write([{"name": "b", "public_key": b.public, "host": b_wan}])
+        a.reload()
+        _wait_states(a, {"b": "up"})
+        a.wait_ports("c", False)
+        assert a.stop() == 0, a.log_text()
+        assert b.stop() == 0, b.log_text()
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_key_rotation_on_one_side_under_traffic(lab: Lab, tmp_path: Path) -> None:
+    """A gets a new key while a ping runs: B learns A's new public key, A takes its
+    new private key, both by reload; the ping loses at most the reload gap."""
+    a, b = Site(lab, tmp_path, "a"), Site(lab, tmp_path, "b")
+    a_wan, b_wan = lab.gateway_wan_address("A"), lab.gateway_wan_address("B")
+    a.write([{"name": "b", "public_key": b.public, "host": b_wan}])
+    b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+    try:
+        a.start()
+        b.start()
+        b1 = host_address(lab, "hostB1")
+        wait_ping(lab, "hostA1", b1, within=20)
+        pids = (a.proc.pid, b.proc.pid)  # type: ignore[union-attr]
+        pinger = lab.popen("hostA1", "ping", "-i", "0.05", "-c", "100", "-W", "1", b1,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+        new_private = generate_private_key()
+        write_private_key_file(a.key_path, new_private)  # A's config file is unchanged
+        a.private = new_private
+        b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+        b.reload()
+        a.reload()
+        out, _ = pinger.communicate(timeout=60)
+        summary = out.decode()
+        got = re.search(r"100 packets transmitted, (\d+) received", summary)
+        assert got is not None, summary
+        assert int(got[1]) >= 90, summary  # 5 s of pings; the gap is a reload and a handshake
+        wait_ping(lab, "hostA1", b1, within=5)
+        assert (a.proc.pid, b.proc.pid) == pids  # type: ignore[union-attr]
+        assert _peer_states(a) == {"b": "up"} and _peer_states(b) == {"a": "up"}
+    finally:
+        a.kill()
+        b.kill()
