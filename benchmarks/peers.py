@@ -76,18 +76,25 @@ class Runner:
 
 
 class Bridger(Runner):
-    """``bridger up`` on each gateway; ``offload`` toggles the fast path (--no-offload)."""
+    """``bridger up`` on each gateway; ``offload`` toggles the fast path (--no-offload),
+    ``extra`` adds options, ``root`` runs another checkout (a commit to compare with)."""
 
-    def __init__(self, lab: Lab, workdir: Path, *, offload: bool = True) -> None:
-        super().__init__(lab, workdir, name="bridger" if offload else "bridger-nooffload")
+    def __init__(self, lab: Lab, workdir: Path, *, offload: bool = True,
+                 name: str | None = None, extra: tuple[str, ...] = (),
+                 root: Path = ROOT) -> None:
+        super().__init__(lab, workdir,
+                         name=name or ("bridger" if offload else "bridger-nooffload"))
         self.offload = offload
+        self.extra = extra
+        self.root = root
         self.keys = {s: generate_private_key() for s in SITES}
         for s in SITES:
             write_private_key_file(workdir / f"{self.name}-{s}.key", self.keys[s])
 
     def start(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(self.root), env.get("PYTHONPATH")]))
         for s in SITES:
             self._popen(
                 s, sys.executable, "-m", "bridger", "up", "--lan", "eth1",
@@ -95,7 +102,8 @@ class Bridger(Runner):
                 "--peer-key", encode_key(public_key(self.keys[other(s)])),
                 "--peer", self.lab.gateway_wan_address(other(s)),
                 "--state-dir", str(self.workdir / f"{self.name}-state{s}"),
-                "--no-dashboard", "--offload" if self.offload else "--no-offload", env=env,
+                "--no-dashboard", *([] if self.offload else ["--no-offload"]), *self.extra,
+                env=env,
             )
 
 
@@ -219,6 +227,13 @@ def make(name: str, lab: Lab, workdir: Path) -> Runner:
     table: dict[str, Any] = {
         "bridger": lambda: Bridger(lab, workdir),
         "bridger-nooffload": lambda: Bridger(lab, workdir, offload=False),
+        # The guards off: what loop protection, storm control and the rest cost.
+        "bridger-noguard": lambda: Bridger(lab, workdir, name="bridger-noguard",
+                                           extra=("--no-loop-protection", "--flood-rate", "0")),
+        # Another checkout (BRIDGER_BASE=DIR, e.g. a `git worktree` of the commit
+        # before a change), measured in the same run.
+        "bridger-base": lambda: Bridger(lab, workdir, name="bridger-base",
+                                        root=Path(os.environ["BRIDGER_BASE"])),
         "openvpn": lambda: OpenVpn(lab, workdir),
         "fastd": lambda: Fastd(lab, workdir),
     }

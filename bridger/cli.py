@@ -56,16 +56,25 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "dashboard": args.dashboard,
         "metrics": args.metrics,
         "offload": args.offload,
+        "loop_protection": args.loop_protection,
+        "flood_rate": args.flood_rate,
+        "flood_burst": args.flood_burst,
+        "dhcp": args.dhcp,
+        "ra": args.ra,
+        "vlans": args.vlans,
+        "untagged": args.untagged,
     }
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from bridger.config import build_up_config
 
-    config = build_up_config(up_values(args), Path(args.config) if args.config else None)
+    values = up_values(args)
+    path = Path(args.config) if args.config else None
+    config = build_up_config(values, path)
     from bridger.daemon import run_up
 
-    return run_up(config)
+    return run_up(config, lambda: build_up_config(values, path))
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -198,6 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics (:PORT for all addresses)")
     p.add_argument("--offload", action=on_off,
                    help="tap offloads, TSO superframes (on); off: one frame per read")
+    g = p.add_argument_group("guards (docs/guard.md)")
+    g.add_argument("--loop-protection", action=on_off,
+                   help="detect loops through the LANs and block the peer they run through (on)")
+    g.add_argument("--flood-rate", metavar="FPS", type=_int,
+                   help="flooded frames per second to each peer (2000, 0: unlimited)")
+    g.add_argument("--flood-burst", metavar="FRAMES", type=_int,
+                   help="burst allowance of the flood budget (0: one second's worth)")
+    g.add_argument("--dhcp", choices=("shared", "local"),
+                   help="local: DHCP server messages never cross the tunnel (shared)")
+    g.add_argument("--ra", choices=("shared", "local"),
+                   help="local: IPv6 router advertisements never cross the tunnel (shared)")
+    g.add_argument("--vlans", metavar="ID,ID",
+                   help="only frames tagged with these VLAN ids cross (default: any)")
+    g.add_argument("--untagged", action=on_off,
+                   help="with --vlans: untagged frames cross too (on)")
     p.set_defaults(func=_cmd_up)
 
     for name, func, text in (
@@ -216,12 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="network-namespace lab")
     lab_sub = p.add_subparsers(dest="lab_command", metavar="LABCOMMAND", required=True)
-    d = lab_sub.add_parser("demo", help="two sites and a WAN on this machine, joined by bridger")
-    d.add_argument("--duration", type=float, metavar="SECONDS", help="stop by itself after this")
-    d.add_argument("--delay", type=float, default=0.0, metavar="MS", help="WAN one-way delay")
-    d.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="WAN loss percent")
-    d.add_argument("--nat", action="store_true", help="put site B behind NAT")
-    d.add_argument("--no-dashboard", action="store_true", help="plain output")
+    d = lab_sub.add_parser("demo", help="sites and a WAN on this machine, joined by bridger")
+    from bridger.demo import add_demo_arguments
+
+    add_demo_arguments(d)
     d.set_defaults(func=_cmd_lab)
     return parser
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bridger.errors import ConfigError
+from bridger.guard.policy import GuardConfig
 from bridger.keys import decode_key, public_key, read_private_key_file
 
 DEFAULT_PORT = 55555
@@ -99,32 +100,8 @@ class UpConfig:
     dashboard: bool = True
     metrics: str | None = None
     offload: bool = True
-
-    # Transitional, read-only: the single-peer daemon reads these. They describe
-    # peers[0] only; remove them once the multi-peer daemon reads `peers`.
-    @property
-    def peer_public_key(self) -> bytes:
-        return self.peers[0].public_key
-
-    @property
-    def peer_host(self) -> str | None:
-        return self.peers[0].host
-
-    @property
-    def peer_port(self) -> int:
-        return self.peers[0].port
-
-    @property
-    def psk_file(self) -> Path | None:
-        return self.peers[0].psk_file
-
-    @property
-    def persistent_keepalive(self) -> float:
-        return self.peers[0].persistent_keepalive
-
-    @property
-    def tap(self) -> str:
-        return self.peers[0].tap
+    #: Loop protection, storm control, DHCP/RA guards, VLAN allow-list (docs/guard.md).
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
 
 # One row per setting outside [[peers]]: (TOML section, TOML key, command-line
@@ -144,6 +121,13 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "dashboard", "--dashboard", "dashboard"),
     ("local", "metrics", "--metrics", "metrics"),
     ("local", "offload", "--offload", "offload"),
+    ("local", "loop_protection", "--loop-protection", "loop_protection"),
+    ("local", "flood_rate", "--flood-rate", "flood_rate"),
+    ("local", "flood_burst", "--flood-burst", "flood_burst"),
+    ("local", "dhcp", "--dhcp", "dhcp"),
+    ("local", "ra", "--ra", "ra"),
+    ("local", "vlans", "--vlans", "vlans"),
+    ("local", "untagged", "--untagged", "untagged"),
     ("peer", "host", "--peer", "peer_host"),
     ("peer", "port", "--peer", "peer_port"),
     ("peer", "public_key", "--peer-key", "peer_public_key"),
@@ -287,7 +271,8 @@ def _check_metrics(value: Any, where: str) -> str:
     return value
 
 
-def _is_ip(host: str) -> bool:
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 address (with an optional %scope), not a name to resolve."""
     try:
         ipaddress.ip_address(host.split("%")[0])
     except ValueError:
@@ -297,7 +282,7 @@ def _is_ip(host: str) -> bool:
 
 def legacy_peer_name(host: str | None) -> str:
     """The name of the single legacy peer: its host's first DNS label, else "peer"."""
-    if host is None or _is_ip(host):
+    if host is None or is_ip_literal(host):
         return LEGACY_PEER_NAME
     label = host.split(".")[0]
     if len(label) <= PEER_NAME_MAX and _PEER_NAME.match(label):
@@ -377,10 +362,60 @@ class _Placed:
 
 def _normal_host(host: str) -> str:
     """A host as compared: DNS names ignore case and a final dot; addresses compare as such."""
-    if _is_ip(host):
+    if is_ip_literal(host):
         address, _, zone = host.partition("%")
         return str(ipaddress.ip_address(address)) + (f"%{zone}" if zone else "")
     return host.lower().rstrip(".")
+
+
+_GUARD_LOCAL = ("shared", "local")
+#: Flooded frames per second a budget may name (far beyond any link).
+_MAX_FLOOD = 10_000_000
+
+
+def _check_vlans(value: Any, where: str) -> tuple[int, ...]:
+    if isinstance(value, str) and where.startswith("--"):  # the command line: "10,20"
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ConfigError(f"{where}: must be VLAN ids 1..4094, e.g. 10,20")
+        value = [int(p) for p in parts]
+    if not isinstance(value, list) or not all(
+        type(v) is int and 1 <= v <= 4094 for v in value
+    ):
+        raise ConfigError(f"{where}: must be a list of VLAN ids 1..4094, e.g. [10, 20]")
+    return tuple(sorted(set(value)))
+
+
+def _guard_config(given: Mapping[str, Any], where: Callable[[str], str]) -> GuardConfig:
+    """The guard settings; each error names its own key."""
+    kw: dict[str, Any] = {}
+    for fld in ("dhcp", "ra"):
+        if fld in given:
+            value = given[fld].value
+            if value not in _GUARD_LOCAL:
+                raise ConfigError(f'{where(fld)}: must be "shared" or "local"')
+            kw[fld] = value
+    for fld in ("flood_rate", "flood_burst"):
+        if fld in given:
+            value = given[fld].value
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                0 <= value <= _MAX_FLOOD
+            ):
+                raise ConfigError(f"{where(fld)}: must be frames per second 0..{_MAX_FLOOD}"
+                                  " (0: unlimited)")
+            kw[fld] = value
+    for fld in ("untagged", "loop_protection"):
+        if fld in given:
+            kw[fld] = _check_bool(given[fld].value, where(fld))
+    if "vlans" in given:
+        kw["vlans"] = _check_vlans(given["vlans"].value, where("vlans"))
+        if not kw["vlans"] and kw.get("untagged") is False:
+            raise ConfigError(f"{where('vlans')}: empty with untagged = false: nothing would"
+                              " cross")
+    try:
+        return GuardConfig(**kw)
+    except ConfigError as exc:  # a combination the checks above do not cover
+        raise ConfigError(f"{where('vlans') if 'vlans' in kw else where('dhcp')}: {exc}") from None
 
 
 def build_up_config(
@@ -456,6 +491,7 @@ def build_up_config(
             out[fld] = _check_bool(given[fld].value, where(fld))
     if "metrics" in given:
         out["metrics"] = _check_metrics(given["metrics"].value, where("metrics"))
+    out["guard"] = _guard_config(given, where)
 
     if "peers" in data:
         assert config_path is not None

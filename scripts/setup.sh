@@ -13,6 +13,12 @@ command -v tcpdump >/dev/null  || need_apt+=(tcpdump)
 command -v nft >/dev/null      || need_apt+=(nftables)
 command -v conntrack >/dev/null || need_apt+=(conntrack)
 command -v socat >/dev/null    || need_apt+=(socat)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies the shipped unit
+# Real LAN servers and a client for the guard lab (tests/e2e/test_guard_lab.py):
+# dnsmasq-base is the binary without the system service, udhcpc a busybox client.
+command -v dnsmasq >/dev/null  || need_apt+=(dnsmasq-base)
+command -v radvd >/dev/null    || need_apt+=(radvd)
+command -v udhcpc >/dev/null   || need_apt+=(udhcpc)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to install: ${need_apt[*]}" >&2

@@ -381,7 +381,8 @@ def del_link(ipr: IPRoute, ifname: str, kind: str) -> None:
 
 
 def set_link(ipr: IPRoute, ifname: str, rec: Record) -> None:
-    """Set the attributes present in ``rec``: master (name or None), mtu, address, up, stp."""
+    """Set the attributes present in ``rec``: master (name or None), mtu, txqlen, address,
+    up, stp."""
     link = get_link(ipr, ifname)
     if link is None:
         raise HostError(f"interface {ifname} is gone; cannot restore it")
@@ -394,6 +395,8 @@ def set_link(ipr: IPRoute, ifname: str, rec: Record) -> None:
             ipr.link("set", index=link.index, kind="bridge", br_stp_state=rec["stp"])
         if "mtu" in rec and rec["mtu"] != link.mtu:
             ipr.link("set", index=link.index, mtu=rec["mtu"])
+        if "txqlen" in rec:
+            ipr.link("set", index=link.index, txqlen=rec["txqlen"])
         if rec.get("address") and rec["address"] != link.address:
             ipr.link("set", index=link.index, address=rec["address"])
         if "up" in rec:

@@ -43,6 +43,11 @@ from bridger.host.tap import open_tap
 
 STP_FORWARD_DELAY = 200  # centiseconds: the kernel's minimum (2 s) while STP runs
 TAP_KIND = "tun"
+#: Frames the kernel holds for bridger in a tap's ring. The default 1000 fills
+#: in milliseconds during a broadcast storm (bridger reads every flooded frame
+#: before storm control drops it) and then the kernel drops unicast with the
+#: flood; the ring only fills while bridger is behind.
+TAP_TXQUEUELEN = 10000
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,8 @@ class HostSession:
         """Open ``tap``, enslave it with the NIC's MTU, flag it; the record is journaled."""
         fd, actual = open_tap(tap.name, vnet=self.plan.offload, netns=self.plan.netns)
         self.taps[actual] = fd
-        nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name})
+        nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name,
+                                        "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
             nl.set_port_isolated(self._ipr, actual, True)
         nl.set_link(self._ipr, actual, {"up": True})

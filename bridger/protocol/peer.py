@@ -237,6 +237,12 @@ class Peer:
             if self._queue and self._sendable(self.current, now) is None:
                 self._initiate(now, out, retry=False)
 
+    def initiate(self, now: float, out: Output) -> None:
+        """Start a handshake now unless a session is usable or one is under way
+        (e.g. at start towards a remembered endpoint, whatever the keepalive)."""
+        if self._sendable(self.current, now) is None and self._handshake is None:
+            self._initiate(now, out, retry=False)
+
     def send_frames(
         self,
         frames: list[bytes],

@@ -18,6 +18,7 @@ Nothing here waits for a view: status, dashboard and metrics only sample
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -28,11 +29,14 @@ import trio
 
 from bridger.errors import BridgerError
 from bridger.fastpath import udp as fast_udp
+from bridger.guard.loop import LoopDetector
 from bridger.protocol import Address, Device, Output, Peer
 from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
 from bridger.status.counters import Counters
+
+log = logging.getLogger("bridger")
 
 #: Frames or datagrams handled per wake-up before yielding to other tasks.
 BATCH = 128
@@ -48,6 +52,8 @@ class Forwarder:
     udp: UdpEndpoint
     counters: Counters
     ports: dict[Peer, Port] = field(default_factory=dict)
+    #: Loop protection's probes and verdicts (None: off).
+    detector: LoopDetector | None = None
     wake_timers: trio.Event = field(default_factory=trio.Event)
     timer_at: float = math.inf
     #: Bumped by every pass of the forwarding tasks: a watchdog can see they run.
@@ -75,6 +81,9 @@ class Forwarder:
             self._deliver(out, now)
         for event in out.events:
             log_event(event)
+        if self.detector is not None:
+            for guard_event in self.detector.take_events():
+                log.warning("%s", guard_event.line())
         deadline = self.device.next_deadline()
         if deadline is not None and deadline < self.timer_at:
             self.wake_timers.set()
@@ -99,7 +108,6 @@ class Forwarder:
     async def tap_to_wan(self, port: Port) -> None:
         fd = port.fd
         peer = port.peer
-        counters = port.counters
         vnet = port.vnet
         while True:
             await trio.lowlevel.wait_readable(fd)
@@ -123,8 +131,7 @@ class Forwarder:
                         self.handle(small.out, now)
                         small.out = Output()
                     continue
-                counters.lan_to_wan(frame, now)
-                small.add(frame, None)
+                port.plain_from_tap(frame, now, small)
             small.flush()
             self.handle(small.out, now)
             if not drained:  # wait_readable is a checkpoint too; a full batch yields here
@@ -180,13 +187,29 @@ class Forwarder:
             if not drained:
                 await trio.lowlevel.checkpoint()
 
+    def _probe(self, now: float) -> Output:
+        """Loop protection: send each peer with a session its probes (a probe
+        never starts a handshake)."""
+        out = Output()
+        assert self.detector is not None
+        by_name = {peer.name: peer for peer in self.ports}
+        for name, probe in self.detector.tick(now):
+            peer = by_name.get(name)
+            if peer is not None and peer.current is not None:
+                peer.send_frames([probe], now, out)
+        return out
+
     async def timers(self) -> None:
+        detector = self.detector
         while True:
             deadline = self.device.next_deadline()
-            self.timer_at = math.inf if deadline is None else deadline
+            probe_at = math.inf if detector is None else detector.next_deadline()
+            self.timer_at = min(math.inf if deadline is None else deadline, probe_at)
             self.wake_timers = trio.Event()
             with trio.move_on_at(self.timer_at):
                 await self.wake_timers.wait()
             now = self.now()
             if deadline is not None and now >= deadline:
                 self.handle(self.device.tick(now, time.time()), now)
+            if now >= probe_at:
+                self.handle(self._probe(now), now)

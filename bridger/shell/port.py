@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bridger.fastpath.segment import MAX_SYN_FRAME, SegmentError, clamp_mss, coalesce, segment_tcp
 from bridger.fastpath.vnet import VNET_HDR_LEN, GsoType, VnetError, decode_vnet_hdr_untrusted
+from bridger.guard.policy import Guard, without
 from bridger.protocol import Output, Peer
 from bridger.protocol.checksum import complete_checksum
 from bridger.status.counters import PeerCounters
@@ -62,6 +63,19 @@ class Port:
     fd: int
     #: The tap carries a virtio-net header on every read and write.
     vnet: bool = False
+    #: Loop, storm, DHCP/RA and VLAN guards for this peer (docs/guard.md).
+    guard: Guard | None = None
+
+    def plain_from_tap(self, frame: bytes, now: float, small: SmallFrames) -> None:
+        """A tap read without a virtio-net header: one whole frame."""
+        guard = self.guard
+        if guard is not None:
+            reason = guard.outbound(frame, now)
+            if reason is not None:
+                self.counters.drop(reason)
+                return
+        self.counters.lan_to_wan(frame, now)
+        small.add(frame, None)
 
     def from_tap(self, data: bytes, now: float, room: int, small: SmallFrames) -> None:
         """Fast path: one tap read with its virtio-net header, maybe a TCP superframe.
@@ -76,12 +90,18 @@ class Port:
             counters.drop("tap_short_read")
             return
         frame = data[VNET_HDR_LEN:]
+        guard = self.guard
         if hdr.gso_type == _GSO_NONE:
             partial = bool(hdr.flags & _NEEDS_CSUM)
             if len(frame) <= MAX_SYN_FRAME:
                 clamped = clamp_mss(frame, room, partial)
                 if clamped is not None:
                     frame = clamped
+            if guard is not None:
+                reason = guard.outbound(frame, now)
+                if reason is not None:
+                    counters.drop(reason)
+                    return
             counters.lan_to_wan(frame, now)
             small.add(frame, (hdr.csum_start, hdr.csum_offset) if partial else None)
             return
@@ -94,6 +114,11 @@ class Port:
         except SegmentError:
             counters.drop("gso_malformed")
             return
+        if guard is not None:
+            reason = guard.outbound(segments[0], now, len(segments))
+            if reason is not None:
+                counters.drop(reason, len(segments))
+                return
         counters.lan_to_wan(segments[0], now, len(segments), sum(map(len, segments)))
         self.peer.send_frames(segments, now, small.out, (csum_start, 16))
 
@@ -103,6 +128,12 @@ class Port:
         """Write the peer's frames into the tap (``csum``: index -> partial checksum)."""
         fd = self.fd
         counters = self.counters
+        if self.guard is not None:
+            drops = self.guard.inbound_batch(frames, now)
+            if drops:
+                for _index, reason in drops:
+                    counters.drop(reason)
+                frames, csum = without(frames, csum, drops)
         if self.vnet:
             for hdr, frame, count, nbytes in coalesce(frames, csum):
                 try:

@@ -10,12 +10,12 @@ must not be overwritten. A silent peer may have a new address (dynamic DNS).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 
 import trio
 
+from bridger.config import is_ip_literal
 from bridger.protocol import Output, Peer
 from bridger.shell.forward import Forwarder
 from bridger.shell.udp import format_address, normalise_address
@@ -26,14 +26,6 @@ log = logging.getLogger("bridger")
 RESOLVE_RETRY = (2.0, 5.0, 10.0)
 #: Seconds between checks whether the peer went silent (then: re-resolve).
 SILENT_CHECK = 10.0
-
-
-def is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.split("%")[0])
-    except ValueError:
-        return False
-    return True
 
 
 async def resolve_peer(fwd: Forwarder, peer: Peer, host: str, port: int) -> None:

@@ -18,23 +18,26 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import trio
 
-from bridger.config import UpConfig
+from bridger.config import PeerSettings, UpConfig, is_ip_literal
 from bridger.errors import BridgerError, ConfigError
+from bridger.guard.loop import LoopDetector
+from bridger.guard.policy import Guard
 from bridger.keys import encode_key, read_private_key_file
 from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
+from bridger.service.notify import Notifier
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
-from bridger.shell.resolver import is_ip_literal, resolve_peer
 from bridger.shell.udp import UdpEndpoint, format_address
 from bridger.status.counters import Counters, DeviceInfo, PeerInfo
 
@@ -46,36 +49,34 @@ DROP_SUMMARY_INTERVAL = 30.0
 DATA_PATH = "python"
 
 
-def read_psk(path: Path | None) -> bytes | None:
-    return None if path is None else read_private_key_file(path)
+#: Each peer's PSK, by peer name.
+Psks = dict[str, bytes | None]
 
 
-Keys = tuple[bytes, list[bytes | None]]
-
-
-def read_keys(config: UpConfig) -> Keys:
+def read_keys(config: UpConfig) -> tuple[bytes, Psks]:
     """This site's private key and each peer's PSK (one-line errors)."""
-    return read_private_key_file(config.key_file), [read_psk(p.psk_file) for p in config.peers]
+    psks = {p.name: None if p.psk_file is None else read_private_key_file(p.psk_file)
+            for p in config.peers}
+    return read_private_key_file(config.key_file), psks
+
+
+def peer_config(settings: PeerSettings, psk: bytes | None) -> PeerConfig:
+    """The core's view of one configured peer."""
+    endpoint = None
+    if settings.host is not None and is_ip_literal(settings.host):
+        endpoint = (settings.host, settings.port)
+    return PeerConfig(public_key=settings.public_key, psk=psk, endpoint=endpoint,
+                      persistent_keepalive=settings.persistent_keepalive, name=settings.name)
 
 
 def build_core(
-    config: UpConfig, keys: Keys, now: float, wall_clock: float
+    config: UpConfig, private: bytes, psks: Psks, now: float, wall_clock: float
 ) -> tuple[Device, list[Peer]]:
     """The device and its peers, from a validated config."""
-    private, psks = keys
     try:
         device = Device(DeviceConfig(private_key=private, wan_mtu=config.wan_mtu),
                         now=now, wall_clock=wall_clock)
-        peers = []
-        for settings, psk in zip(config.peers, psks, strict=True):
-            endpoint = None
-            if settings.host is not None and is_ip_literal(settings.host):
-                endpoint = (settings.host, settings.port)
-            peers.append(device.add_peer(PeerConfig(
-                public_key=settings.public_key, psk=psk,
-                endpoint=endpoint, persistent_keepalive=settings.persistent_keepalive,
-                name=settings.name,
-            ), now))
+        peers = [device.add_peer(peer_config(s, psks[s.name]), now) for s in config.peers]
     except ValueError as exc:
         raise ConfigError(f"tunnel settings: {exc}") from None
     return device, peers
@@ -93,12 +94,18 @@ class Daemon:
         self._hosts = {s.name: s.host for s in config.peers}
         self._last_drops: dict[str, int] = {}
 
+    def set_config(self, config: UpConfig) -> None:
+        """After a reload: status views show the new peers' settings."""
+        self.config = config
+        self._hosts = {s.name: s.host for s in config.peers}
+
     def snapshot(self) -> dict[str, Any]:
         fwd = self.fwd
         now = fwd.now()
         device = DeviceInfo(
             mode=self.config.mode, data_path=DATA_PATH, interface=dict(self.interface),
             drops={reason.value: n for reason, n in fwd.device.drops.items()},
+            guard=None if fwd.detector is None else fwd.detector.snapshot(now),
         )
         return fwd.counters.snapshot(device, [self._peer_info(p, now) for p in fwd.ports], now)
 
@@ -129,6 +136,7 @@ class Daemon:
                 "reassembled": stats.reassembled,
                 "in_progress": stats.reassembly_in_progress,
             },
+            guard=None if port.guard is None else port.guard.snapshot(now),
         )
 
     async def drop_summaries(self) -> None:
@@ -153,10 +161,21 @@ class Daemon:
                 log.info("drops in the last %.0fs: %s", DROP_SUMMARY_INTERVAL, ", ".join(changed))
 
 
-def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
-    """Turn on the offloads this kernel has (none if ``offload`` is off); one log line."""
+def prepare_port(port: Port, offload: bool) -> int:
+    """The fast-path flags of one tap; returns the offloads granted."""
     from bridger.host.tap import IFF_VNET_HDR, enable_offloads, tap_flags
 
+    if not offload:
+        return 0
+    try:
+        port.vnet = bool(tap_flags(port.fd) & IFF_VNET_HDR)
+    except OSError:
+        port.vnet = False
+    return enable_offloads(port.fd) if port.vnet else 0
+
+
+def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
+    """Turn on the offloads this kernel has (none if ``offload`` is off); one log line."""
     if not offload:
         log.info("data path: %s; fast path off (offload = false)", DATA_PATH)
         return
@@ -164,13 +183,10 @@ def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
     granted = 0
     vnet = False
     for port in fwd.ports.values():
-        try:
-            port.vnet = bool(tap_flags(port.fd) & IFF_VNET_HDR)
-        except OSError:
-            port.vnet = False
+        offloads = prepare_port(port, offload)
         if port.vnet:
             vnet = True
-            granted = enable_offloads(port.fd)
+            granted = offloads
     names = [name for bit, name in ((1, "csum"), (2, "tso4"), (4, "tso6"), (8, "tso-ecn"))
              if granted & bit]
     log.info(
@@ -181,22 +197,17 @@ def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
     )
 
 
-async def serve(daemon: Daemon, console: Any) -> None:
+async def serve(daemon: Daemon, console: Any, live: Any) -> None:
     from bridger.status.control import control_path, serve_control
 
     cfg = daemon.config
     fwd = daemon.fwd
     async with trio.open_nursery() as nursery:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
-            for port in fwd.ports.values():
-                nursery.start_soon(fwd.tap_to_wan, port)
-            nursery.start_soon(fwd.wan_to_tap)
+            live.start(nursery)
             nursery.start_soon(fwd.timers)
             nursery.start_soon(daemon.drop_summaries)
-            for settings, peer in zip(cfg.peers, fwd.ports, strict=True):
-                if settings.host is not None:
-                    nursery.start_soon(resolve_peer, fwd, peer, settings.host, settings.port)
             if console is not None:
                 from bridger.status.dashboard import run_dashboard
 
@@ -211,7 +222,11 @@ async def serve(daemon: Daemon, console: Any) -> None:
             )
             log.info("up: %s in bridge %s (%s), listening on %s; peers: %s",
                      cfg.lan, cfg.bridge, cfg.mode, fwd.udp.listen, names)
+            live.ready()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await live.reload()
+                    continue
                 log.info("%s: stopping and restoring the host network", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
@@ -238,23 +253,33 @@ def _one_error(exc: BaseExceptionGroup[Any]) -> BaseException:
     return leaves[0] if leaves else exc
 
 
-def run_up(config: UpConfig) -> int:
-    """Everything `bridger up` does after the config is valid."""
+def run_up(config: UpConfig, reread: Callable[[], UpConfig] | None = None) -> int:
+    """Everything `bridger up` does after the config is valid.
+
+    ``reread`` reads and validates the config again (SIGHUP, ``systemctl reload``).
+    """
     from bridger.status.logs import shutdown_logging
 
     try:
-        return _run_up(config)
+        return _run_up(config, reread)
     finally:
         shutdown_logging()  # the last lines are written before the CLI's own error line
 
 
-def _run_up(config: UpConfig) -> int:
+def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
     from bridger.host import HostPlan, StopSignals, TapPlan, bring_up, drop_privileges
+    from bridger.service.live import Live
     from bridger.status.logs import setup_logging
 
+    notifier = Notifier.from_env()
+    # SIGHUP's default action ends the process: ignored until serve receives it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # A watchdog kill (SIGABRT) leaves every thread's traceback in the journal.
+    faulthandler.enable()
+
     with StopSignals() as stop:
-        keys = read_keys(config)
-        build_core(config, keys, 0.0, time.time())  # checked before the host is touched
+        private, psks = read_keys(config)
+        build_core(config, private, psks, 0.0, time.time())  # checked before the host is touched
         dashboard = config.dashboard and sys.stdout.isatty()
         console = setup_logging(dashboard)
         udp = UdpEndpoint.bind(config.listen)
@@ -277,19 +302,46 @@ def _run_up(config: UpConfig) -> int:
                         if stop.received:
                             return
                         now = float(trio.current_time())
-                        device, peers = build_core(config, keys, now, time.time())
+                        device, peers = build_core(config, private, psks, now, time.time())
                         counters = Counters()
-                        fwd = Forwarder(device=device, udp=udp, counters=counters)
-                        for settings, peer in zip(config.peers, peers, strict=True):
-                            fwd.ports[peer] = Port(
-                                peer=peer, counters=counters.peer(peer.name),
-                                tap=settings.tap, fd=host.taps[settings.tap],
+                        gc = config.guard
+                        detector = (LoopDetector(vlans=gc.vlans, untagged=gc.untagged)
+                                    if gc.loop_protection else None)
+                        fwd = Forwarder(device=device, udp=udp, counters=counters,
+                                        detector=detector)
+
+                        def make_port(peer: Peer, tap: str, fd: int) -> Port:
+                            """A peer's port: at start, and when a reload adds or re-creates it."""
+                            peer_counters = counters.peer(peer.name)
+                            return Port(
+                                peer=peer, counters=peer_counters, tap=tap, fd=fd,
+                                guard=Guard(
+                                    gc, peer.name, detector, known=peer_counters.remote_macs,
+                                    flaps=None if detector is None else detector.flaps,
+                                    lan_side=config.mode == "mesh",
+                                ),
                             )
+
+                        def make_live_port(peer: Peer, tap: str, fd: int) -> Port:
+                            port = make_port(peer, tap, fd)
+                            prepare_port(port, config.offload)
+                            return port
+
+                        for settings, peer in zip(config.peers, peers, strict=True):
+                            fwd.ports[peer] = make_port(peer, settings.tap,
+                                                        host.taps[settings.tap])
                         setup_fast_path(fwd, config.offload)
                         daemon = Daemon(config, fwd, {
                             "lan": config.lan, "bridge": host.bridge_name,
                             "listen": udp.listen,
                         })
+
+                        live = Live(
+                            config, private, psks, fwd, host, notifier, reread=reread,
+                            make_port=make_live_port, on_config=daemon.set_config,
+                        )
+                        lives.append(live)
+                        live.remember_endpoints(now)
                         if config.metrics:
                             from bridger.status.metrics import start_metrics_server
 
@@ -297,12 +349,19 @@ def _run_up(config: UpConfig) -> int:
                         # From here on only the taps, the UDP socket and the restore
                         # are needed.
                         drop_privileges()
-                        await serve(daemon, console)
+                        await serve(daemon, console, live)
 
+                lives: list[Any] = []
                 try:
                     trio.run(main, restrict_keyboard_interrupt_to_checkpoints=True)
                 except BaseExceptionGroup as group:
                     failure = _one_error(group)
+                finally:
+                    # Before the host is restored (leaving bring_up).
+                    if lives:
+                        lives[0].stopping()
+                    else:
+                        notifier.stopping()
                 if stop.first is not None:
                     log.info("%s: stopping and restoring the host network", stop.first.name)
         finally:

@@ -18,9 +18,12 @@ peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
+
+from bridger.guard.policy import Reason
 
 #: Version of the snapshot document; bumped only on incompatible changes
 #: (2: one ``peers`` element per peer instead of one ``link``).
@@ -56,13 +59,23 @@ KINDS = ("unicast", "broadcast", "multicast", "arp", "ipv4", "ipv6", "vlan", "ot
 DAEMON_DROP_REASONS: dict[str, str] = {
     "tap_write_failed": "a frame from the peer could not be written to its tap",
     "tap_short_read": "a tap read shorter than its virtio-net header",
-    "frame_too_big": "a whole frame from the peer larger than its tap accepts, "
-                     "dropped before the tap",
     "gso_unsupported": "a tap superframe of a segmentation type other than TCP",
     "gso_malformed": "a tap TCP superframe that could not be segmented",
     "udp_send_failed": "a datagram could not be sent (an error other than the two below)",
     "udp_send_blocked": "a datagram dropped because the UDP socket buffer was full",
     "udp_send_too_big": "a datagram refused by the kernel as larger than the path MTU",
+    # The guards' reasons (bridger.guard.GUARD_DROP_REASONS, docs/guard.md).
+    Reason.LOOP_BLOCKED: "the peer is blocked by loop protection: only loop probes cross",
+    Reason.LOOP_PROBE: "one of our own loop probes came back and was consumed",
+    Reason.VLAN: "the frame's outer VLAN id is not in `vlans` (or it is untagged with "
+                 "`untagged = false`)",
+    Reason.DHCP: 'a DHCPv4/DHCPv6 server message with `dhcp = "local"`',
+    Reason.RA: 'an ICMPv6 router advertisement with `ra = "local"`',
+    Reason.HIDDEN: "a DHCP or RA guard is on and the frame's upper-layer header cannot be "
+                   "reached (RFC 7113)",
+    Reason.STORM: "a flooded frame to the peer over its flood budget (`flood_rate`)",
+    Reason.STORM_ND: "ARP or IPv6 neighbour discovery over its share and the flood budget",
+    Reason.STORM_CTL: "a BPDU or another site's loop probe over the control budget",
 }
 
 #: How many top talkers per MAC table a snapshot lists.
@@ -77,6 +90,8 @@ class DeviceInfo:
     data_path: str = "python"  # which forwarding implementation runs, e.g. "python"
     interface: dict[str, str] = field(default_factory=dict)  # lan / bridge / listen
     drops: dict[str, int] = field(default_factory=dict)  # core drops not tied to a peer
+    #: ``LoopDetector.snapshot(now)`` (loops, blocked peers, MAC flaps); None: no guards.
+    guard: dict[str, Any] | None = None
 
 
 @dataclass
@@ -97,6 +112,8 @@ class PeerInfo:
     path_mtu: int = 0
     drops: dict[str, int] = field(default_factory=dict)  # from the core, every reason
     fragments: dict[str, int] = field(default_factory=dict)  # e.g. sent/received/reassembled
+    #: ``Guard.snapshot(now)`` of this peer's guard (loop state, settings); None: no guard.
+    guard: dict[str, Any] | None = None
 
 
 class _Direction:
@@ -215,10 +232,10 @@ def _account(
     macs.seen(bytes(frame[6:12]), nbytes, now, count)
 
 
-def _count_drop(drops: dict[str, int], reason: str) -> None:
+def _count_drop(drops: dict[str, int], reason: str, n: int = 1) -> None:
     # Unregistered names are still counted (a drop is never lost, nothing raises
     # in the data plane); tests check the daemon only uses registered ones.
-    drops[reason] = drops.get(reason, 0) + 1
+    drops[reason] = drops.get(reason, 0) + n
 
 
 def _merge(into: dict[str, int], drops: dict[str, int]) -> None:
@@ -229,7 +246,7 @@ def _merge(into: dict[str, int], drops: dict[str, int]) -> None:
 class PeerCounters:
     """The data-plane counters of one peer: traffic both ways, its MACs, its drops."""
 
-    __slots__ = ("_drops", "_local", "_remote", "_rx", "_tx", "name")
+    __slots__ = ("_drops", "_local", "_remote", "_remote_view", "_rx", "_tx", "name")
 
     def __init__(self, name: str, local: MacTable, mac_table_size: int) -> None:
         self.name = name
@@ -237,7 +254,15 @@ class PeerCounters:
         self._rx = _Direction()
         self._local = local  # the device's table, shared by every peer
         self._remote = MacTable(mac_table_size)  # MACs behind this peer
+        self._remote_view = MappingProxyType(self._remote._entries)
         self._drops: dict[str, int] = dict.fromkeys(DAEMON_DROP_REASONS, 0)
+
+    @property
+    def remote_macs(self) -> Mapping[bytes, object]:
+        """The MACs behind this peer (6-byte keys), live and read-only: what the
+        peer's ``Guard`` takes as ``known``.  ``mac in remote_macs`` is one dict
+        lookup; nothing is copied."""
+        return self._remote_view
 
     def lan_to_wan(
         self, frame: bytes | memoryview, now: float, count: int = 1, nbytes: int = -1
@@ -261,9 +286,10 @@ class PeerCounters:
         """A frame from this peer could not be written to its tap."""
         self._drops["tap_write_failed"] += 1
 
-    def drop(self, reason: str) -> None:
-        """Count a daemon-level drop for this peer; ``reason`` from DAEMON_DROP_REASONS."""
-        _count_drop(self._drops, reason)
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` daemon-level drops for this peer (a dropped superframe: its
+        segments); ``reason`` from DAEMON_DROP_REASONS."""
+        _count_drop(self._drops, reason, n)
 
     def _add_into(self, tx: _Direction, rx: _Direction, drops: dict[str, int]) -> None:
         """Add this peer's counts to totals (snapshot totals, or the retired peers)."""
@@ -304,9 +330,10 @@ class Counters:
         if counters is not None:
             counters._add_into(self._retired_tx, self._retired_rx, self._retired_drops)
 
-    def drop(self, reason: str) -> None:
-        """Count a daemon-level drop not tied to a peer; ``reason`` from DAEMON_DROP_REASONS."""
-        _count_drop(self._drops, reason)
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` daemon-level drops not tied to a peer; ``reason`` from
+        DAEMON_DROP_REASONS."""
+        _count_drop(self._drops, reason, n)
 
     def snapshot(
         self, device: DeviceInfo, peers: Iterable[PeerInfo], now: float, *,
@@ -349,6 +376,7 @@ class Counters:
             "drops": dict(sorted(drops.items())),
             "device_drops": dict(sorted(device_drops.items())),
             "macs": {"local": self._local.as_dict(now, top)},
+            "guard": None if device.guard is None else dict(device.guard),
             "peers": elements,
         }
 
@@ -375,4 +403,5 @@ def _peer_element(
         "drops": dict(sorted(drops.items())),
         "fragments": {str(k): int(v) for k, v in sorted(info.fragments.items())},
         "macs": {"remote": counters._remote.as_dict(now, top)},
+        "guard": None if info.guard is None else dict(info.guard),
     }

@@ -46,7 +46,9 @@ STOP_TIMEOUT = 2.0
 MIN_PEER_ROWS = 4
 
 _STATE_STYLE = {"up": "bold green", "handshaking": "bold yellow", "stale": "bold dark_orange",
-                "down": "bold red"}
+                "down": "bold red", "loop": "bold white on red"}
+#: What a peer blocked by loop protection shows instead of its link state.
+LOOP = "loop"
 _SPARK = "▁▂▃▄▅▆▇█"
 _KIND_LABELS = {"unicast": "ucast", "broadcast": "bcast", "multicast": "mcast", "arp": "ARP",
                 "ipv4": "IPv4", "ipv6": "IPv6", "vlan": "VLAN", "other": "other", "runt": "runt"}
@@ -113,6 +115,41 @@ def sparkline(values: Iterable[float], width: int) -> str:
 def _plain(value: object, style: str = "") -> Text:
     """Any value as literal text: never parsed for markup or emoji."""
     return Text(str(value), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def is_looped(peer: dict[str, Any]) -> bool:
+    """True while loop protection blocks the peer (``peers[].guard.loop``)."""
+    guard = peer.get("guard")
+    return bool(guard and guard.get("loop"))
+
+
+def peer_state(peer: dict[str, Any]) -> tuple[str, str]:
+    """A peer's state as shown, and its style: ``LOOP 12s`` (blocked by loop
+    protection for that long) instead of the link state, else the link state."""
+    if is_looped(peer):
+        return f"LOOP {fmt_age(peer['guard'].get('loop_for'))}", _STATE_STYLE[LOOP]
+    return peer["state"], _STATE_STYLE.get(peer["state"], "")
+
+
+def guard_settings(guard: dict[str, Any] | None) -> str:
+    """A peer's guard settings in a few cells: ``flood 2.0k`` (flooded frames/s;
+    ``flood off``), ``local dhcp,ra`` (kept local), ``vlan u,10,20`` (VLANs that
+    cross, ``u``: untagged), ``loop off``; empty without a guard."""
+    if guard is None:
+        return ""
+    rate = guard.get("flood_rate", 0)
+    parts = [f"flood {fmt_count(rate)}" if rate else "flood off"]
+    local = [key for key in ("dhcp", "ra") if guard.get(key) == "local"]
+    if local:
+        parts.append("local " + ",".join(local))
+    vlans = guard.get("vlans")
+    if vlans is not None:
+        parts.append("vlan " + ",".join(["u"] * bool(guard.get("untagged"))
+                                        + [str(v) for v in vlans]))
+    if guard.get("loop_protection") is False or (
+            "loop_protection" not in guard and "loops_detected" not in guard):
+        parts.append("loop off")
+    return " ".join(parts)
 
 
 # -- rates ----------------------------------------------------------------------------------------
@@ -246,7 +283,8 @@ def _name_width(peers: list[dict[str, Any]]) -> int:
 def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
                  more: int) -> RenderableType:
     """One row per peer: state, endpoint, RTT, frames and Mbit/s each way, drops."""
-    state_width = max(5, max((len(p["state"]) for p in peers), default=5))
+    states = {p["name"]: peer_state(p) for p in peers}
+    state_width = max(5, max((len(label) for label, _ in states.values()), default=5))
     columns = [
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
@@ -265,7 +303,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         name = peer["name"]
         rows.append({
             "name": _plain(name, "cyan"),
-            "state": _plain(peer["state"], _STATE_STYLE.get(peer["state"], "")),
+            "state": _plain(*states[name]),
             "endpoint": _plain(peer["endpoint"] or "—"),
             "rtt": _plain(fmt_number(peer["rtt_ms"])),
             "tx": _plain(fmt_count(peer["frames"]["tx"])),
@@ -283,7 +321,11 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
 
 
 def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
-    """Per-peer session details: ages, handshakes, rekeys, path MTU, MACs, fragments, key."""
+    """Per-peer session details: ages, handshakes, rekeys, path MTU, MACs, fragments,
+    guard settings, key.  With guards, their settings take the room left and the key
+    (44 cells) is shown only where there is room for it."""
+    guards = {p["name"]: guard_settings(p.get("guard")) for p in peers}
+    guard_width = max((len(text) for text in guards.values()), default=0)
     columns = [
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("session", "session", 7),
@@ -295,8 +337,14 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
         _Column("fragments", "frags", 5),
         _Column("key", "public key", 0, "left", flex_min=10, flex_max=44),  # base64
     ]
-    columns = _fit(columns, width, ("key", "fragments", "handshakes", "macs", "handshake",
-                                    "rekeys", "session", "mtu"))
+    drop_order = ["key", "fragments", "handshakes", "macs", "handshake", "rekeys", "session",
+                  "mtu"]
+    if guard_width:
+        columns[-1] = _Column("key", "public key", 44, "left")
+        columns.insert(-1, _Column("guard", "guards", 0, "left", flex_min=10,
+                                   flex_max=max(6, guard_width)))
+        drop_order.insert(3, "guard")
+    columns = _fit(columns, width, drop_order)
     rows = []
     for peer in peers:
         fragments = peer["fragments"]
@@ -310,6 +358,7 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
             "macs": _plain(fmt_count(peer["macs"]["remote"]["count"])),
             "fragments": _plain(fmt_count(fragments.get("sent", 0)
                                           + fragments.get("received", 0))),
+            "guard": _plain(guards[peer["name"]]),
             "key": _plain(peer["public_key"], "dim"),
         })
     return _fitted_table(columns, rows)
@@ -329,16 +378,18 @@ def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
     return text
 
 
-#: Peer states from the best to the worst, the order the header counts them in.
-_STATE_ORDER = ("up", "handshaking", "stale", "down")
-assert set(_STATE_ORDER) == set(PEER_STATES)
+#: Peer states from the best to the worst, the order the header counts them in
+#: (a peer blocked by loop protection counts as LOOP, whatever its link state).
+_STATE_ORDER = ("up", "handshaking", "stale", "down", LOOP)
+assert set(_STATE_ORDER) == {*PEER_STATES, LOOP}
 
 
 def state_counts(snap: dict[str, Any]) -> dict[str, int]:
     """How many peers are in each state, best state first (zero states left out)."""
     counts = dict.fromkeys(_STATE_ORDER, 0)
     for peer in snap["peers"]:
-        counts[peer["state"]] = counts.get(peer["state"], 0) + 1
+        state = LOOP if is_looped(peer) else peer["state"]
+        counts[state] = counts.get(state, 0) + 1
     return {state: n for state, n in counts.items() if n}
 
 
@@ -418,6 +469,35 @@ def _drops_line(snap: dict[str, Any], width: int) -> Text:
             text.append("  ")
         text.append(reason, style="red")
         text.append(f" {fmt_count(n)}")
+    text.truncate(width, overflow="ellipsis")
+    return text
+
+
+def _guard_needed(snap: dict[str, Any]) -> bool:
+    """The guard line is shown once there is something to tell: a loop, a MAC flap."""
+    guard = snap.get("guard")
+    return bool(guard and (guard["loops_detected"] or guard["blocked"]
+                           or guard["mac_flaps"]["total"]))
+
+
+def _guard_line(snap: dict[str, Any], width: int) -> Text:
+    """Loop protection and MAC flaps of the whole device: ``loops detected N`` (red
+    while a peer is blocked: its row says LOOP), MAC flaps (total, per second over
+    the last 10 s) and the MAC that flaps most, with the two sides it moves between."""
+    guard = snap["guard"]
+    text = Text("guard ", style="bold", no_wrap=True, overflow="ellipsis")
+    text.append("loops detected ", style="dim")
+    text.append(fmt_count(guard["loops_detected"]), style="bold red" if guard["blocked"] else "")
+    flaps = guard["mac_flaps"]
+    if flaps["total"]:
+        text.append("  MAC flaps ", style="dim")
+        text.append(f"{fmt_count(flaps['total'])} {fmt_number(flaps['rate'])}/s",
+                    style="yellow" if flaps["rate"] else "")
+        if flaps["worst"]:
+            worst = flaps["worst"][0]
+            text.append("  worst ", style="dim")
+            text.append(str(worst["mac"]))
+            text.append(" " + "/".join(str(side) for side in worst["sides"]), style="cyan")
     text.truncate(width, overflow="ellipsis")
     return text
 
@@ -505,10 +585,12 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
 
     Sections are admitted in order of importance while they fit and shown in
     a fixed order: the header (peers by state) always; the peers table with up
-    to MIN_PEER_ROWS rows; the all-peers traffic and the drops; then more peer
+    to MIN_PEER_ROWS rows; the guard line (loops, MAC flaps: only once there is
+    one), the all-peers traffic and the drops; then more peer
     rows; per-peer details (only for the rows shown); frame kinds; and the MAC
     table, which takes whatever lines remain.  When not every peer has a row,
-    the busiest are shown, busiest first, and a "+N more" line counts the rest.
+    those in a loop and then the busiest are shown first, and a "+N more" line
+    counts the rest.
     Tables take 1 header + 1 rule + rows lines.
     """
     width = max(20, width)
@@ -518,15 +600,16 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
     shown, peer_lines = _peer_lines(n, min(budget, 2 + MIN_PEER_ROWS + 1))
     budget -= peer_lines
     admitted: set[str] = set()
-    for name, lines in (("traffic", 4), ("drops", 1)):
+    guard_lines = 1 if _guard_needed(snapshot) else 99
+    for name, lines in (("guard", guard_lines), ("traffic", 4), ("drops", 1)):
         if lines <= budget:
             admitted.add(name)
             budget -= lines
     if shown < n:
         shown, more_lines = _peer_lines(n, peer_lines + budget)
         budget -= more_lines - peer_lines
-    if shown < n:
-        peers.sort(key=history.busyness, reverse=True)
+    if shown < n:  # peers in a loop first, then the busiest
+        peers.sort(key=lambda p: (is_looped(p), history.busyness(p)), reverse=True)
     peers = peers[:shown]
     # the MAC table needs its title, header and rule, and one row to be worth showing
     for name, lines in (("details", 2 + shown if shown else 99), ("kinds", 4), ("macs", 3)):
@@ -544,6 +627,8 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
         parts.append(_kinds(snapshot, width))
     if "drops" in admitted:
         parts.append(_drops_line(snapshot, width))
+    if "guard" in admitted:
+        parts.append(_guard_line(snapshot, width))
     if "macs" in admitted:
         parts.append(_macs_title(snapshot, width))
         if budget > 0:
@@ -623,7 +708,11 @@ def summary_lines(snap: dict[str, Any], history: History,
     lines = []
     for peer in snap["peers"]:
         name = peer["name"]
-        head = f"peer {name} {peer['state']} {peer['endpoint'] or 'no endpoint'}"
+        head = f"peer {name} {peer['state']}"
+        if is_looped(peer):
+            guard = peer["guard"]
+            head += f" LOOP {fmt_age(guard.get('loop_for'))} via {guard.get('loop_via')}"
+        head += f" {peer['endpoint'] or 'no endpoint'}"
         if peer["rtt_ms"] is not None:
             head += f" rtt {peer['rtt_ms']:.1f}ms"
         parts = [head]

@@ -116,6 +116,15 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     local = _mac_table("bridger_local_mac_table", "Local MACs (read from the taps)", [])
     _add_mac_table(local, [], snap["macs"]["local"])
     yield from local
+    guard = snap.get("guard")
+    if guard is not None:  # absent when the daemon runs without guards
+        loops = CounterMetricFamily("bridger_loops_detected", "Loops detected by loop "
+                                    "protection (all peers)")
+        loops.add_metric([], guard["loops_detected"])
+        flaps = CounterMetricFamily("bridger_mac_flaps", "Source MACs seen changing sides "
+                                    "(LAN and a peer, or two peers)")
+        flaps.add_metric([], guard["mac_flaps"]["total"])
+        yield from (loops, flaps)
 
     # -- per peer -------------------------------------------------------------------------
     up = GaugeMetricFamily("bridger_peer_up", "1 if the link to the peer is up (keys valid, "
@@ -150,6 +159,8 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
          "last_handshake_age", 1.0),
     ]
     remote = _mac_table("bridger_remote_mac_table", "MACs behind the peer", ["peer"])
+    loop = GaugeMetricFamily("bridger_peer_loop", "1 while loop protection blocks the peer "
+                             "(a loop runs through it), else 0", labels=["peer"])
     for peer in peers:
         name = peer["name"]
         up.add_metric([name], 1.0 if peer["state"] == "up" else 0.0)
@@ -174,8 +185,10 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
             if peer[key] is not None:  # absent rather than a fake 0 when unknown
                 family.add_metric([name], peer[key] * scale)
         _add_mac_table(remote, [name], peer["macs"]["remote"])
-    yield from (up, state, peer_info, frames, nbytes, kinds, peer_drops, fragments, handshakes,
-                rekeys, path_mtu)
+        if peer.get("guard") is not None:
+            loop.add_metric([name], 1.0 if peer["guard"]["loop"] else 0.0)
+    yield from (up, loop, state, peer_info, frames, nbytes, kinds, peer_drops, fragments,
+                handshakes, rekeys, path_mtu)
     yield from (family for family, _, _ in gauges)
     yield from remote
 

@@ -2,7 +2,7 @@
 
 ``STATUS_SCHEMA`` is a JSON-Schema-like dict (the subset understood by
 :func:`validate`: ``type``, ``properties``, ``required``,
-``additionalProperties``, ``items``, ``enum``, ``minimum``).  It is the
+``additionalProperties``, ``items``, ``enum``, ``minimum``, ``maximum``).  It is the
 contract of ``bridger status --json`` described in ``docs/status.md``; tests
 validate real snapshots against it so code and documentation cannot drift.
 Keeping our own validator avoids a jsonschema dependency for ~60 lines.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bridger.guard.policy import MODES as GUARD_MODES
 from bridger.status.counters import DAEMON_DROP_REASONS, KINDS, MODES, PEER_STATES, SCHEMA_VERSION
 
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
@@ -63,6 +64,72 @@ _MAC_SIDE: dict[str, Any] = {
     "required": ["count", "capacity", "evicted", "top"],
     "additionalProperties": False,
 }
+_SECONDS: dict[str, Any] = {"type": "number", "minimum": 0}
+_TOKENS: dict[str, Any] = {"type": ["number", "null"], "minimum": 0}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None,
+            nullable: bool = False) -> dict[str, Any]:
+    """A closed object: every key of ``required`` present, those of ``optional`` allowed."""
+    return {
+        "type": ["object", "null"] if nullable else "object",
+        "properties": {**required, **(optional or {})},
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+#: ``peers[].guard``: ``Guard.snapshot(now)`` (bridger/guard/policy.py).  The loop
+#: fields beyond ``loop`` come from ``PeerLoop.snapshot`` and are there only with
+#: loop protection on.
+_PEER_GUARD = _object(
+    {
+        "loop": {"type": "boolean"},
+        "dhcp": {"type": "string", "enum": list(GUARD_MODES)},
+        "ra": {"type": "string", "enum": list(GUARD_MODES)},
+        "vlans": {"type": ["array", "null"],
+                  "items": {"type": "integer", "minimum": 1, "maximum": 4094}},
+        "untagged": {"type": "boolean"},
+        "flood_rate": _COUNT,
+        "flood_burst": _COUNT,
+        "loop_protection": {"type": "boolean"},
+        "flood_tokens": _TOKENS,
+        "nd_tokens": _TOKENS,
+    },
+    {
+        "loop_for": _SECONDS,
+        "loop_via": {"type": ["string", "null"]},
+        "hold": _SECONDS,
+        "loops_detected": _COUNT,
+        "probes_sent": _COUNT,
+        "probes_returned": _COUNT,
+    },
+    nullable=True,
+)
+#: Top-level ``guard``: ``LoopDetector.snapshot(now)`` (bridger/guard/loop.py, flaps.py).
+_DEVICE_GUARD = _object(
+    {
+        "site_id": {"type": "string"},
+        "loops_detected": _COUNT,
+        "blocked": {"type": "array", "items": {"type": "string"}},
+        "stale_probes": _COUNT,
+        "via_blocked": _COUNT,
+        "mac_flaps": _object({
+            "total": _COUNT,
+            "rate": _SECONDS,
+            "tracked": _COUNT,
+            "evicted": _COUNT,
+            "worst": {"type": "array", "items": _object({
+                "mac": {"type": "string"},
+                "flaps": _COUNT,
+                "recent": _COUNT,
+                "sides": {"type": "array", "items": {"type": "string"}},
+                "last_flap_age": _SECONDS,
+            })},
+        }),
+    },
+    nullable=True,
+)
 _PEER_FIELDS: dict[str, Any] = {
     "name": {"type": "string"},
     "public_key": {"type": "string"},
@@ -87,6 +154,7 @@ _PEER_FIELDS: dict[str, Any] = {
         "required": ["remote"],
         "additionalProperties": False,
     },
+    "guard": _PEER_GUARD,
 }
 _PEER: dict[str, Any] = {
     "type": "object",
@@ -110,6 +178,7 @@ _TOP_FIELDS: dict[str, Any] = {
         "required": ["local"],
         "additionalProperties": False,
     },
+    "guard": _DEVICE_GUARD,
     "peers": {"type": "array", "items": _PEER},
 }
 
@@ -153,6 +222,8 @@ def validate(doc: Any, schema: dict[str, Any] = STATUS_SCHEMA, path: str = "$") 
         raise SchemaError(f"{path}: {doc!r} not one of {schema['enum']!r}")
     if "minimum" in schema and _is_type(doc, "number") and doc < schema["minimum"]:
         raise SchemaError(f"{path}: {doc!r} is below {schema['minimum']!r}")
+    if "maximum" in schema and _is_type(doc, "number") and doc > schema["maximum"]:
+        raise SchemaError(f"{path}: {doc!r} is above {schema['maximum']!r}")
     if isinstance(doc, dict):
         properties: dict[str, Any] = schema.get("properties", {})
         for key in schema.get("required", []):

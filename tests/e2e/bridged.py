@@ -199,52 +199,6 @@ class SitesLab(Gateways):
                 return dict(peer)
         raise AssertionError(f"gw{site} reports no peer {name}: {doc}")
 
-    def status(self, site: str) -> dict[str, Any] | None:
-        out = subprocess.run(
-            [*BRIDGER, "status", "--json", "--state-dir", str(self.state_dir(site))],
-            capture_output=True, text=True, timeout=10,
-        )
-        if out.returncode != 0:
-            return None
-        doc: dict[str, Any] = json.loads(out.stdout)
-        return doc
-
-    def wait_up(self, timeout: float = 20.0) -> float:
-        """Wait until both gateways report the link up; return the seconds it took."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            for site, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise AssertionError(f"gateway {site} exited:\n{self.logs()}")
-            states = [self.status(s) for s in self.procs]
-            if all(s is not None and s["peers"][0]["state"] == "up" for s in states):
-                return time.monotonic() - start
-            time.sleep(0.2)
-        raise AssertionError(f"link not up after {timeout}s:\n{self.logs()}")
-
-    def stop(self, site: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        proc = self.procs.pop(site)
-        proc.send_signal(sig)
-        return proc.wait(timeout)
-
-    def stop_all(self) -> dict[str, int]:
-        return {site: self.stop(site) for site in list(self.procs)}
-
-    def logs(self) -> str:
-        parts = []
-        for site in ("A", "B"):
-            path = self.log_path(site)
-            if path.exists():
-                parts.append(f"--- gw{site} ---\n" + path.read_text(errors="replace")[-4000:])
-        return "\n".join(parts)
-
-    def kill_everything(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self.procs.clear()
-
 
 def addresses(lab: Lab, role: str, ifname: str, family: str) -> list[str]:
     """Addresses of ``ifname`` in ``role``'s namespace, e.g. family "inet6"."""

@@ -23,6 +23,7 @@ from bridger.config import (
     state_dir_for,
 )
 from bridger.errors import ConfigError, KeyFileError
+from bridger.guard.policy import GuardConfig
 from bridger.keys import (
     encode_key,
     generate_private_key,
@@ -111,10 +112,8 @@ def test_defaults_from_command_line_only(own: tuple[Path, str], etc: Path) -> No
         listen=55555,
         state_dir=Path("/run/bridger/bridger0"),
     )
-    # The transitional single-peer view the old daemon reads.
-    assert (cfg.peer_public_key, cfg.peer_host, cfg.peer_port, cfg.tap, cfg.psk_file,
-            cfg.persistent_keepalive) == (raw(PUB), "berlin.example", 55555, "bridger-tap0",
-                                          None, 25.0)
+    (peer,) = cfg.peers
+    assert (peer.psk_file, peer.persistent_keepalive) == (None, 25.0)
 
 
 @pytest.mark.parametrize(
@@ -159,8 +158,8 @@ def test_command_line_wins_over_file(tmp_path: Path, own: tuple[Path, str], etc:
     )
     cfg = build({"lan": "eth1", "peer": "b.example"}, path, etc)
     assert cfg.lan == "eth1"
-    assert cfg.peer_host == "b.example"
-    assert cfg.peer_port == 7000  # --peer without a port keeps the file's port
+    assert cfg.peers[0].host == "b.example"
+    assert cfg.peers[0].port == 7000  # --peer without a port keeps the file's port
     assert cfg.peers[0].name == "b"
     assert cfg.listen == 4000
     assert cfg.key_file == tmp_path / "k.key"  # relative to the config file
@@ -598,15 +597,15 @@ def test_mission_command_without_config_is_one_line_exit_2(etc: Path) -> None:
 def test_example_configs_are_valid(own: tuple[Path, str], etc: Path, name: str) -> None:
     cfg = build({"key_file": str(own[0])}, REPO / "configs" / name, etc)
     assert cfg.lan == "eth1"
-    assert cfg.peer_host in ("berlin.example", "london.example")
-    assert len(cfg.peer_public_key) == 32
+    assert cfg.peers[0].host in ("berlin.example", "london.example")
+    assert len(cfg.peers[0].public_key) == 32
 
 
 def test_example_configs_are_two_ends_of_one_link(own: tuple[Path, str], etc: Path) -> None:
     london = build({"key_file": str(own[0])}, REPO / "configs" / "london.toml", etc)
     berlin = build({"key_file": str(own[0])}, REPO / "configs" / "berlin.toml", etc)
-    assert london.peer_port == berlin.listen and berlin.peer_port == london.listen
-    assert london.peer_public_key != berlin.peer_public_key
+    assert london.peers[0].port == berlin.listen and berlin.peers[0].port == london.listen
+    assert london.peers[0].public_key != berlin.peers[0].public_key
     assert (london.peers[0].name, berlin.peers[0].name) == ("berlin", "london")
 
 
@@ -674,3 +673,48 @@ def test_offload_option_from_file_and_command_line(
     assert error(lambda: build(cli, path, etc)) == (
         f"{path}: local.offload: must be true or false"
     )
+
+
+@pytest.mark.parametrize(
+    ("toml", "cli", "message"),
+    [
+        ('dhcp = "off"', {}, 'local.dhcp: must be "shared" or "local"'),
+        ('ra = 1', {}, 'local.ra: must be "shared" or "local"'),
+        ("vlans = [10, 5000]", {}, "local.vlans: must be a list of VLAN ids 1..4094"),
+        ('vlans = "10"', {}, "local.vlans: must be a list of VLAN ids"),
+        ("vlans = []\nuntagged = false", {}, "local.vlans: empty with untagged = false"),
+        ("flood_rate = -1", {}, "local.flood_rate: must be frames per second"),
+        ("flood_burst = 1.5", {}, "local.flood_burst: must be frames per second"),
+        ("loop_protection = 1", {}, "local.loop_protection: must be true or false"),
+        ("", {"vlans": "10,x"}, "--vlans: must be VLAN ids 1..4094"),
+        ("", {"dhcp": "maybe"}, '--dhcp: must be "shared" or "local"'),
+    ],
+)
+def test_guard_settings_errors_name_their_key(
+    own: tuple[Path, str], etc: Path, tmp_path: Path, toml: str, cli: dict[str, str],
+    message: str,
+) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(f'[local]\nlan = "eth1"\n{toml}\n\n[peer]\npublic_key = "{PUB}"\n')
+    with pytest.raises(ConfigError) as exc:
+        build({"key_file": str(own[0]), **cli}, path, etc)
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_guard_settings_from_file_and_command_line(
+    own: tuple[Path, str], etc: Path, tmp_path: Path,
+) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(f'[local]\nlan = "eth1"\ndhcp = "local"\nvlans = [20, 10]\n'
+                    f'flood_rate = 500\n\n[peer]\npublic_key = "{PUB}"\n')
+    cfg = build({"key_file": str(own[0])}, path, etc)
+    assert (cfg.guard.dhcp, cfg.guard.ra, cfg.guard.vlans, cfg.guard.flood_rate) == (
+        "local", "shared", (10, 20), 500)
+    assert cfg.guard.loop_protection and cfg.guard.untagged
+    cli = build({"key_file": str(own[0]), "dhcp": "shared", "vlans": "30", "flood_rate": 0,
+                 "loop_protection": False}, path, etc)
+    assert (cli.guard.dhcp, cli.guard.vlans, cli.guard.flood_rate,
+            cli.guard.loop_protection) == ("shared", (30,), 0, False)
+    assert build({"key_file": str(own[0]), "peer_public_key": PUB, "lan": "eth1"},
+                 None, etc).guard == GuardConfig()

@@ -48,15 +48,19 @@ def test_three_taps_with_isolated_flags_and_exact_restore(topo: Topo) -> None:
     assert not diff(before, snapshot(topo.gw))
 
 
-def test_taps_get_the_lan_mtu(topo: Topo) -> None:
+def test_taps_get_the_lan_mtu_and_a_deep_queue(topo: Topo) -> None:
+    from bridger.host.setup import TAP_TXQUEUELEN
+
     sh("ip", "-n", topo.gw, "link", "set", "lan0", "mtu", "1400")
     before = snapshot(topo.gw)
     with bring_up(topo.plan(taps=three_taps(topo))) as session:
         for name in session.taps:
-            assert ipj(topo.gw, "link", "show", name)[0]["mtu"] == 1400
+            link = ipj(topo.gw, "link", "show", name)[0]
+            assert (link["mtu"], link["txqlen"]) == (1400, TAP_TXQUEUELEN)
         added = f"{topo.tap}d"
         session.add_tap(TapPlan(added))
-        assert ipj(topo.gw, "link", "show", added)[0]["mtu"] == 1400
+        link = ipj(topo.gw, "link", "show", added)[0]
+        assert (link["mtu"], link["txqlen"]) == (1400, TAP_TXQUEUELEN)
     assert not diff(before, snapshot(topo.gw))
 
 

@@ -238,3 +238,18 @@ def test_handshake_events_name_their_peer() -> None:
     for site in sim.sites:
         names = {e.peer for _, e in site.events if isinstance(e, HandshakeCompleted)}
         assert names == {p.name for p in site.peers.values()}
+
+
+def test_initiate_starts_one_handshake_even_without_keepalive() -> None:
+    rng = random.Random(31)
+    (a_priv, _), (_, b_pub) = keypair(rng), keypair(rng)
+    a = _device(a_priv, 32)
+    peer = a.add_peer(PeerConfig(b_pub, persistent_keepalive=0, name="b"), 0.0)
+    out = Output()
+    peer.initiate(0.0, out)
+    assert not out.datagrams  # no endpoint yet: nothing to contact
+    peer.set_endpoint(("192.0.2.2", 55555), 0.0, out)
+    assert not out.datagrams  # no keepalive, no frame: set_endpoint alone is quiet
+    peer.initiate(0.0, out)
+    peer.initiate(0.1, out)  # one under way: not a second
+    assert len(out.datagrams) == 1 and out.datagrams[0][0][0] == 1

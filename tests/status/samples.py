@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import random
 import struct
 import threading
 
-from bridger.status.counters import DeviceInfo, PeerInfo
+from bridger.guard import Guard, GuardConfig, LoopDetector
+from bridger.status.counters import Counters, DeviceInfo, PeerInfo
 
 LOCAL = bytes.fromhex("020000000001")
 REMOTE = bytes.fromhex("020000000002")
@@ -71,3 +74,64 @@ class StuckTerminal(io.TextIOBase):
 
     def text(self) -> str:
         return "".join(self.parts)
+
+
+# -- real guards (bridger/guard), for the guard fields of the status document --------------------
+
+SITE_ID = bytes.fromhex("a1a2a3a4a5a6a7a8")
+#: A MAC that flaps: a LAN host whose frames also come back through a peer.
+FLAPPER = bytes.fromhex("02aaaaaa0001")
+
+
+class GuardedSite:
+    """One daemon's guards as the shell builds them: a LoopDetector for the device,
+    one Guard per peer fed with that peer's live MAC table; drops counted per peer
+    exactly as the data path does (``counters.peer(name).drop(reason)``)."""
+
+    def __init__(self, counters: Counters, names: tuple[str, ...] = ("berlin", "paris"),
+                 config: GuardConfig | None = None) -> None:
+        self.counters = counters
+        self.detector = LoopDetector(site_id=SITE_ID, rng=random.Random(1))
+        self.guards = {
+            name: Guard(config or GuardConfig(), name, loop=self.detector,
+                        known=counters.peer(name).remote_macs, flaps=self.detector.flaps)
+            for name in names
+        }
+
+    def outbound(self, name: str, frame: bytes, now: float, count: int = 1) -> str | None:
+        """A frame read from ``name``'s tap: counted as sent, or as a drop."""
+        reason = self.guards[name].outbound(frame, now, count)
+        if reason is None:
+            self.counters.peer(name).lan_to_wan(frame, now, count)
+        else:
+            self.counters.peer(name).drop(reason, count)
+        return reason
+
+    def inbound(self, name: str, frame: bytes, now: float) -> str | None:
+        """A frame received from ``name``: counted as written to its tap, or as a drop."""
+        reason = self.guards[name].inbound(frame, now)
+        if reason is None:
+            self.counters.peer(name).wan_to_lan(frame, now)
+        else:
+            self.counters.peer(name).drop(reason)
+        return reason
+
+    def loop_via_lan(self, name: str, now: float) -> None:
+        """A probe round; the probe sent to ``name`` comes back from our own LAN (read
+        from ``name``'s tap): loop protection blocks ``name``."""
+        for target, probe in self.detector.tick(now):
+            if target == name:
+                assert self.outbound(name, probe, now + 0.05) == "loop_probe"
+
+    def flap(self, via: str, times: int, start: float, step: float = 0.05) -> None:
+        """FLAPPER sends from the LAN and comes back through ``via``, ``times`` times."""
+        for i in range(times):
+            t = start + i * step
+            self.guards[via].outbound(ipv4(REMOTE, FLAPPER, 60), t)
+            self.guards[via].inbound(ipv4(LOCAL, FLAPPER, 60), t + step / 2)
+
+    def device(self, now: float, base: DeviceInfo = DEVICE) -> DeviceInfo:
+        return dataclasses.replace(base, guard=self.detector.snapshot(now))
+
+    def peer(self, info: PeerInfo, now: float) -> PeerInfo:
+        return dataclasses.replace(info, guard=self.guards[info.name].snapshot(now))

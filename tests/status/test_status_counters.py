@@ -222,7 +222,7 @@ def test_drops_merge_core_and_daemon_per_peer_and_device() -> None:
     c = Counters()
     c.peer("berlin").tap_write_failed()
     c.peer("berlin").tap_write_failed()
-    c.peer("berlin").drop("frame_too_big")
+    c.peer("berlin").drop("tap_short_read")
     c.peer("paris").drop("gso_malformed")
     c.drop("udp_send_failed")
     device = DeviceInfo(drops={"malformed": 5, "unknown_index": 0})
@@ -230,13 +230,13 @@ def test_drops_merge_core_and_daemon_per_peer_and_device() -> None:
     paris = PeerInfo(name="paris", public_key="k", drops={"auth_failed": 1, "queue_full": 2})
     doc = c.snapshot(device, [berlin, paris], 0.0)
     zeros = dict.fromkeys(DAEMON_DROP_REASONS, 0)
-    assert doc["peers"][0]["drops"] == {**zeros, "tap_write_failed": 2, "frame_too_big": 1,
+    assert doc["peers"][0]["drops"] == {**zeros, "tap_write_failed": 2, "tap_short_read": 1,
                                         "auth_failed": 3, "replay": 0}
     assert doc["peers"][1]["drops"] == {**zeros, "gso_malformed": 1, "auth_failed": 1,
                                         "queue_full": 2}
     assert doc["device_drops"] == {**zeros, "udp_send_failed": 1, "malformed": 5,
                                    "unknown_index": 0}
-    assert doc["drops"] == {**zeros, "tap_write_failed": 2, "frame_too_big": 1,
+    assert doc["drops"] == {**zeros, "tap_write_failed": 2, "tap_short_read": 1,
                             "gso_malformed": 1, "udp_send_failed": 1, "malformed": 5,
                             "unknown_index": 0, "auth_failed": 4, "replay": 0, "queue_full": 2}
     assert list(doc["drops"]) == sorted(doc["drops"])  # stable order for diffing

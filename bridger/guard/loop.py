@@ -1,0 +1,353 @@
+"""Loop detection, sans-I/O: probes out, own probes back, peers blocked and released.
+
+How it works (docs/guard.md has the pictures):
+
+1. Every PROBE_INTERVAL (+- jitter) :meth:`LoopDetector.tick` returns one probe
+   frame per peer (and per allowed VLAN): the daemon sends each *to that peer
+   through the tunnel*, like a frame read from the peer's tap.  The peer writes
+   it into its bridge; its LAN floods it (multicast destination).
+2. In a loop-free network the probe never comes back.  If it does - read from
+   one of our taps (it reached our LAN) or received from any peer over the
+   tunnel - the network has a loop through the peer it was sent to: that peer
+   is blocked (nothing but probes crosses to or from it) and one event is
+   logged.  Each probe carries a random nonce; we remember which peer and
+   VLAN each nonce went to for PROBE_MEMORY seconds.
+3. Exception: a probe that comes back *from* a peer which is itself blocked
+   (and is not the peer it was sent to) proves nothing new - that path is
+   already cut - so it does not block a second peer.  With several loops at
+   once this blocks one peer per loop instead of every peer.
+4. Probes keep going to blocked peers, so the loop stays visible without the
+   storm.  A peer is released when no probe sent to it has come back for its
+   hold time: HOLD_BASE, doubled for each repeat within STRIKE_MEMORY of the
+   last release, capped at HOLD_MAX, times a random factor up to
+   1 + HOLD_JITTER (two sites never release in lockstep).  Recovery after the
+   loop is gone: at most HOLD_MAX * (1 + HOLD_JITTER) = 20 s.
+5. Our own probes are always consumed where we see them (never forwarded).
+   Other sites' probes are forwarded like any flooded frame, except towards a
+   blocked peer; one that came in from a blocked peer reaches our LAN (so the
+   blocked site still sees its loop) but no other tunnel (hub mode would relay
+   it, and its origin would take a path we have cut for a loop of its own).
+
+With STP on, a blocking port discards the probes like any data frame: they
+never come back and nothing happens.  Probes go to a locally administered
+multicast address outside 01:80:C2:00:00:0x, so bridges flood them (never
+consume them as they do BPDUs); their source MAC is locally administered and
+derived from the site id, so no real host's MAC is moved around by them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import struct
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from bridger.guard.constants import (
+    ETH_HLEN,
+    HOLD_BASE,
+    HOLD_JITTER,
+    HOLD_MAX,
+    PROBE_INTERVAL,
+    PROBE_JITTER,
+    PROBE_MAGIC,
+    PROBE_MEMORY,
+    PROBE_VERSION,
+    STRIKE_MEMORY,
+    TAINT_CAPACITY,
+    TAINT_MEMORY,
+    EtherType,
+)
+from bridger.guard.events import GuardEvent, LoopDetected, LoopGone
+from bridger.guard.flaps import MacFlaps
+
+# --- wire format -------------------------------------------------------------
+
+#: Destination of every probe: group bit and locally-administered bit set.
+PROBE_DST = bytes.fromhex("0f6272646772")
+#: Probe body after the EtherType: magic, version, reserved (0), VLAN id,
+#: site id, nonce.
+PROBE_BODY = struct.Struct(">4sBBH8s8s")
+SITE_ID_LEN = 8
+NONCE_LEN = 8
+#: Shortest Ethernet frame without FCS; a tagged frame is 4 bytes longer.
+MIN_FRAME = 60
+_ETHERTYPE = struct.Struct(">H")
+_TAG = struct.Struct(">HHH")
+
+
+class ProbeVerdict(IntEnum):
+    """What the data path does with a loop probe it met."""
+
+    #: Another site's probe: forward it like any flooded frame.
+    FORWARD = 0
+    #: One of ours: consume it (the detector has acted on it).
+    OURS = 1
+    #: Another site's probe that must not go on (to a blocked peer, or one that
+    #: came in from a blocked peer and is now headed for another tunnel).
+    DROP = 2
+
+
+class BadProbe(Exception):
+    """Raised by :func:`decode_probe_untrusted` only."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    site_id: bytes
+    nonce: bytes
+    #: VLAN the probe was sent in (0: untagged).
+    vlan: int
+
+
+def probe_src_mac(site_id: bytes) -> bytes:
+    """Locally administered unicast MAC derived from the site id."""
+    return bytes(((site_id[0] & 0xFC) | 0x02,)) + site_id[1:6]
+
+
+def encode_probe(probe: Probe) -> bytes:
+    """The probe as an Ethernet frame (802.1Q-tagged when ``probe.vlan``)."""
+    head = PROBE_DST + probe_src_mac(probe.site_id)
+    if probe.vlan:
+        head += _TAG.pack(EtherType.VLAN, probe.vlan, EtherType.LOOP_PROBE)
+        size = MIN_FRAME + 4
+    else:
+        head += _ETHERTYPE.pack(EtherType.LOOP_PROBE)
+        size = MIN_FRAME
+    body = PROBE_BODY.pack(
+        PROBE_MAGIC, PROBE_VERSION, 0, probe.vlan, probe.site_id, probe.nonce
+    )
+    frame = head + body
+    return frame + bytes(size - len(frame))
+
+
+def decode_probe_untrusted(frame: bytes, l3: int = ETH_HLEN) -> Probe:
+    """The probe whose body starts at ``l3`` (after the EtherType and any tags)."""
+    if len(frame) < l3 + PROBE_BODY.size:
+        raise BadProbe("probe too short")
+    magic, version, _reserved, vlan, site_id, nonce = PROBE_BODY.unpack_from(frame, l3)
+    if magic != PROBE_MAGIC or version != PROBE_VERSION:
+        raise BadProbe("not a bridger probe")
+    return Probe(site_id, nonce, vlan & 0x0FFF)
+
+
+# --- state -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class PeerLoop:
+    """Loop state of one peer.  ``blocked`` is read by that peer's Guard per frame."""
+
+    name: str
+    blocked: bool = False
+    blocked_at: float = 0.0
+    #: Last time a probe sent to this peer came back.
+    last_return: float = -math.inf
+    #: Where the last one came back ("lan" or a peer name).
+    via: str = ""
+    hold: float = 0.0
+    strikes: int = 0
+    released_at: float | None = None
+    loops_detected: int = 0
+    probes_sent: int = 0
+    probes_returned: int = 0
+
+    def release_at(self) -> float:
+        return self.last_return + self.hold
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "loop": self.blocked,
+            "loop_for": round(now - self.blocked_at, 3) if self.blocked else 0.0,
+            "loop_via": self.via if self.blocked else None,
+            "hold": round(self.hold, 3) if self.blocked else 0.0,
+            "loops_detected": self.loops_detected,
+            "probes_sent": self.probes_sent,
+            "probes_returned": self.probes_returned,
+        }
+
+
+class LoopDetector:
+    """One per device.  Timers: :meth:`next_deadline` and :meth:`tick`."""
+
+    def __init__(
+        self,
+        *,
+        site_id: bytes | None = None,
+        rng: random.Random | None = None,
+        vlans: tuple[int, ...] | None = None,
+        untagged: bool = True,
+        interval: float = PROBE_INTERVAL,
+        hold_base: float = HOLD_BASE,
+        hold_max: float = HOLD_MAX,
+        flaps: MacFlaps | None = None,
+    ) -> None:
+        self.site_id = os.urandom(SITE_ID_LEN) if site_id is None else site_id
+        if len(self.site_id) != SITE_ID_LEN:
+            raise ValueError("site id must be 8 bytes")
+        self._rng = rng or random.Random()
+        #: VLANs the probes go in (0: untagged): where frames may cross.
+        self.probe_vlans: tuple[int, ...] = (
+            (0,) if vlans is None else ((0,) if untagged else ()) + tuple(vlans)
+        )
+        self.interval = interval
+        self.hold_base = hold_base
+        self.hold_max = hold_max
+        self.flaps = flaps if flaps is not None else MacFlaps()
+        self._peers: dict[str, PeerLoop] = {}
+        self._sent: dict[bytes, tuple[PeerLoop, int, float]] = {}  # nonce -> (peer, vlan, sent)
+        self._sent_order: deque[tuple[float, bytes]] = deque()
+        #: Other sites' probes delivered from a blocked peer: site id + nonce -> when.
+        self._tainted: dict[bytes, float] = {}
+        self._next_probe = -math.inf  # the first tick probes
+        self._events: list[GuardEvent] = []
+        #: Loops detected since start (all peers).
+        self.loops_detected = 0
+        #: Own probes that came back too late or with an unknown nonce (ignored).
+        self.stale_probes = 0
+        #: Own probes that came back through a peer already blocked (ignored, 3.).
+        self.via_blocked = 0
+
+    # -- peers --------------------------------------------------------------
+
+    def add_peer(self, name: str) -> PeerLoop:
+        state = self._peers.get(name)
+        if state is None:
+            state = self._peers[name] = PeerLoop(name)
+        return state
+
+    def remove_peer(self, name: str) -> None:
+        self._peers.pop(name, None)
+
+    def peer(self, name: str) -> PeerLoop:
+        return self._peers[name]
+
+    def blocked(self) -> list[str]:
+        return [name for name, state in self._peers.items() if state.blocked]
+
+    # -- timers -------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When :meth:`tick` must run next (a probe round or a release)."""
+        deadline = self._next_probe
+        for state in self._peers.values():
+            if state.blocked:
+                deadline = min(deadline, state.release_at())
+        return deadline
+
+    def tick(self, now: float) -> list[tuple[str, bytes]]:
+        """Release peers whose hold ran out, forget old nonces and, when due,
+        return ``(peer name, probe frame)`` pairs to send through the tunnel."""
+        for state in self._peers.values():
+            if state.blocked and now >= state.release_at():
+                state.blocked = False
+                state.released_at = now
+                self._events.append(LoopGone(state.name, now - state.blocked_at))
+        tainted = self._tainted
+        while tainted:
+            oldest = next(iter(tainted))
+            if tainted[oldest] >= now - TAINT_MEMORY:
+                break
+            del tainted[oldest]
+        sent, order = self._sent, self._sent_order
+        while order and order[0][0] < now - PROBE_MEMORY:
+            sent.pop(order.popleft()[1], None)
+        if now < self._next_probe:
+            return []
+        rng = self._rng
+        self._next_probe = now + self.interval * (1 + PROBE_JITTER * (2 * rng.random() - 1))
+        probes: list[tuple[str, bytes]] = []
+        for state in self._peers.values():
+            for vlan in self.probe_vlans:
+                nonce = rng.getrandbits(8 * NONCE_LEN).to_bytes(NONCE_LEN, "big")
+                sent[nonce] = (state, vlan, now)
+                order.append((now, nonce))
+                state.probes_sent += 1
+                probes.append((state.name, encode_probe(Probe(self.site_id, nonce, vlan))))
+        return probes
+
+    # -- probes seen on the data path ---------------------------------------
+
+    def probe_seen_untrusted(
+        self, frame: bytes, l3: int, peer: str, from_wan: bool, now: float
+    ) -> ProbeVerdict:
+        """A loop probe (EtherType 0x88B5, body at ``l3``) on the data path:
+        ``from_wan``: received from ``peer`` over the tunnel; else read from
+        ``peer``'s tap, to be sent to it."""
+        try:
+            probe = decode_probe_untrusted(frame, l3)
+        except BadProbe:  # someone else's use of the EtherType: an ordinary frame
+            state = self._peers.get(peer)
+            return ProbeVerdict.DROP if state is not None and state.blocked else (
+                ProbeVerdict.FORWARD)
+        if probe.site_id != self.site_id:
+            return self._foreign(probe, peer, from_wan, now)
+        entry = self._sent.get(probe.nonce)
+        if entry is None or now - entry[2] > PROBE_MEMORY:
+            self.stale_probes += 1
+            return ProbeVerdict.OURS
+        target, vlan, _sent_at = entry
+        if self._peers.get(target.name) is not target:
+            return ProbeVerdict.OURS  # sent to a peer since removed
+        if from_wan and peer != target.name:
+            via = self._peers.get(peer)
+            if via is not None and via.blocked:
+                self.via_blocked += 1
+                return ProbeVerdict.OURS
+        target.probes_returned += 1
+        target.last_return = now
+        target.via = peer if from_wan else "lan"
+        if not target.blocked:
+            self._block(target, vlan, now)
+        return ProbeVerdict.OURS
+
+    def _foreign(self, probe: Probe, peer: str, from_wan: bool, now: float) -> ProbeVerdict:
+        """Another site's probe (5.): delivered from a blocked peer but marked, so
+        that our bridge cannot hand it on to another peer (hub mode); never sent
+        to a blocked peer."""
+        state = self._peers.get(peer)
+        key = probe.site_id + probe.nonce
+        if from_wan:
+            if state is not None and state.blocked:
+                tainted = self._tainted
+                tainted[key] = now
+                if len(tainted) > TAINT_CAPACITY:
+                    del tainted[next(iter(tainted))]
+            return ProbeVerdict.FORWARD
+        if (state is not None and state.blocked) or key in self._tainted:
+            return ProbeVerdict.DROP
+        return ProbeVerdict.FORWARD
+
+    def _block(self, state: PeerLoop, vlan: int, now: float) -> None:
+        if state.released_at is not None and now - state.released_at < STRIKE_MEMORY:
+            state.strikes += 1
+        else:
+            state.strikes = 1
+        hold = min(self.hold_base * 2 ** (state.strikes - 1), self.hold_max)
+        state.hold = hold * (1 + HOLD_JITTER * self._rng.random())
+        state.blocked = True
+        state.blocked_at = now
+        state.loops_detected += 1
+        self.loops_detected += 1
+        self._events.append(LoopDetected(state.name, state.via, vlan, state.hold))
+
+    # -- reporting ----------------------------------------------------------
+
+    def take_events(self) -> list[GuardEvent]:
+        """Events since the last call (loop and MAC-flap), oldest first."""
+        events = self._events + self.flaps.take_events()
+        self._events = []
+        return events
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        return {
+            "site_id": self.site_id.hex(),
+            "loops_detected": self.loops_detected,
+            "blocked": self.blocked(),
+            "stale_probes": self.stale_probes,
+            "via_blocked": self.via_blocked,
+            "mac_flaps": self.flaps.snapshot(now),
+        }
