@@ -634,12 +634,20 @@ class Peer:
             # Crossing initiations: the side with the greater public key keeps
             # its own; the other answers it. Exactly one session results.
             self.drops[DropReason.HANDSHAKE_RACE] += 1
-            if now - self._handshake_sent_at >= HANDSHAKE_RACE_RESEND:
+            resend_at = self._handshake_sent_at + HANDSHAKE_RACE_RESEND
+            if now >= resend_at:
                 # Ours has had time to arrive and was not answered: it was lost
                 # (typically: the peer was not running yet). Send it again now
                 # instead of waiting out REKEY_TIMEOUT; the peer, which loses
                 # the tie-break, answers it.
                 self._initiate(now, out, retry=True)
+            else:
+                # Ours may still be on its way, or may have been lost: if no
+                # answer has come by then, re-send it at resend_at rather than
+                # after REKEY_TIMEOUT (the peer now waits for ours).
+                t = self.timers
+                if t.retransmit_handshake is None or resend_at < t.retransmit_handshake:
+                    t.retransmit_handshake = resend_at
             return
         if self._handshake is not None:  # we yield: the peer's handshake wins
             self._end_handshake()

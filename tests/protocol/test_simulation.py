@@ -236,3 +236,20 @@ def test_start_makes_exactly_one_handshake(first_frame: float) -> None:
         assert stats.state == "up"
         assert (stats.handshakes, stats.rekeys) == (1, 0), (peer.name, first_frame)
     assert sim.delivered_ratio(0) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("late", [0.1, 0.3, 0.6])
+def test_a_lost_winning_initiation_is_resent_within_a_second(seed: int, late: float) -> None:
+    """A starts first; its initiation is lost (B is not running). B starts ``late``
+    s later and initiates; A's crossing initiation wins the tie-break on half of
+    the seeds, and B then waits for A's. A used to re-send only after REKEY_TIMEOUT
+    (5 s); now at the latest HANDSHAKE_RACE_RESEND (1 s) after it first sent."""
+    sim = Sim(seed=seed, keepalive=25.0)
+    not_yet = sim.peers[1]  # B is not running before ``late``:
+    not_yet.tunnel.peer.timers.persistent_keepalive = None  # it sends nothing
+    not_yet.addr = ("0.0.0.0", 1)  # and receives nothing
+    sim.run_until(late)
+    sim.restart(1)
+    sim.run_until(1.2)
+    assert all(p.tunnel.stats().state == "up" for p in sim.peers), seed
