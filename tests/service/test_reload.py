@@ -172,9 +172,6 @@ def test_everything_at_once(make: Any) -> None:
     assert plan.rekey_all
 
 
-@pytest.mark.skipif(not hasattr(config_module.UpConfig, "__dataclass_fields__")
-                    or "guard" not in config_module.UpConfig.__dataclass_fields__,
-                    reason="no guard settings in this config")
 @pytest.mark.parametrize(("edit", "message"), [
     ({"flood_rate": 10}, "local.flood_rate cannot change while running"),
     ({"vlans": (10, 20)}, "local.vlans cannot change while running (None -> (10, 20))"),

@@ -68,19 +68,11 @@ def test_exec_start_is_a_valid_bridger_command_line() -> None:
     args = build_parser().parse_args(_command("ExecStart"))
     assert args.command == "up"
     assert args.config == "/etc/bridger/site.toml"
-    # --no-dashboard: a store_true flag before the config merge, BooleanOptionalAction after
-    assert getattr(args, "no_dashboard", False) or getattr(args, "dashboard", None) is False
+    assert args.dashboard is False
 
 
-def test_exec_stop_post_is_a_valid_bridger_command_line(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    try:
-        args = build_parser().parse_args(_command("ExecStopPost"))
-    except SystemExit:
-        if "unrecognized arguments: --config" in capsys.readouterr().err:
-            pytest.skip("`bridger down --config` comes with the [[peers]] config merge")
-        raise
+def test_exec_stop_post_is_a_valid_bridger_command_line() -> None:
+    args = build_parser().parse_args(_command("ExecStopPost"))
     assert args.command == "down" and args.config == "/etc/bridger/site.toml"
 
 
