@@ -114,6 +114,10 @@ class MacFlaps:
             for mac, e in live[:n]
         ]
 
+    @property
+    def has_events(self) -> bool:
+        return bool(self._events)
+
     def take_events(self) -> list[MacFlapping]:
         events, self._events = self._events, []
         return events

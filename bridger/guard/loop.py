@@ -336,6 +336,11 @@ class LoopDetector:
 
     # -- reporting ----------------------------------------------------------
 
+    @property
+    def has_events(self) -> bool:
+        """Whether :meth:`take_events` has anything (cheap: asked per batch)."""
+        return bool(self._events) or self.flaps.has_events
+
     def take_events(self) -> list[GuardEvent]:
         """Events since the last call (loop and MAC-flap), oldest first."""
         events = self._events + self.flaps.take_events()

@@ -81,7 +81,7 @@ class Forwarder:
             self._deliver(out, now)
         for event in out.events:
             log_event(event)
-        if self.detector is not None:
+        if self.detector is not None and self.detector.has_events:
             for guard_event in self.detector.take_events():
                 log.warning("%s", guard_event.line())
         deadline = self.device.next_deadline()
