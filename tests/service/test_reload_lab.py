@@ -53,6 +53,11 @@ class Site:
     def public(self) -> str:
         return encode_key(public_key(self.private))
 
+    def entry(self) -> dict[str, str]:
+        """This site as a [[peers]] entry of the other's config."""
+        return {"name": self.name, "public_key": self.public,
+                "host": self.lab.gateway_wan_address(self.name.upper())}
+
     def write(self, peers: list[dict[str, str]], **local: object) -> None:
         lines = ["[local]", 'lan = "eth1"', f'key = "{self.key_path}"',
                  f'state_dir = "{self.dir / "state"}"', "dashboard = false"]
@@ -106,18 +111,24 @@ class Site:
             self.proc.wait()
 
 
+def _start_linked(lab: Lab, a: Site, b: Site) -> tuple[str, tuple[int, int]]:
+    """Start both sites and wait for a ping across; hostB1's address and the pids."""
+    a.start()
+    b.start()
+    b1 = host_address(lab, "hostB1")
+    wait_ping(lab, "hostA1", b1, within=20)
+    assert a.proc is not None and b.proc is not None
+    return b1, (a.proc.pid, b.proc.pid)
+
+
 def test_reload_adds_removes_refuses_and_rekeys(lab: Lab, tmp_path: Path) -> None:
     a, b = Site(lab, tmp_path, "a"), Site(lab, tmp_path, "b")
-    a_wan, b_wan = lab.gateway_wan_address("A"), lab.gateway_wan_address("B")
-    peer_b = {"name": "b", "public_key": b.public, "host": b_wan}
+    b_wan = lab.gateway_wan_address("B")
+    peer_b = b.entry()
     a.write([peer_b])
-    b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+    b.write([a.entry()])
     try:
-        a.start()
-        b.start()
-        b1 = host_address(lab, "hostB1")
-        wait_ping(lab, "hostA1", b1, within=20)
-        pids = (a.proc.pid, b.proc.pid)  # type: ignore[union-attr]
+        b1, pids = _start_linked(lab, a, b)
 
         pinger = lab.popen("hostA1", "ping", "-i", "0.05", "-c", "160", "-W", "1", b1,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -150,7 +161,7 @@ def test_reload_adds_removes_refuses_and_rekeys(lab: Lab, tmp_path: Path) -> Non
         new_private = generate_private_key()
         write_private_key_file(a.key_path, new_private)
         a.private = new_private
-        b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+        b.write([a.entry()])
         a.reload()
         b.reload()
         wait_ping(lab, "hostA1", b1, within=10)
@@ -188,20 +199,19 @@ def test_a_peer_added_by_reload_comes_up_and_a_removed_one_leaves_status(
     lab: Lab, tmp_path: Path,
 ) -> None:
     a, b = Site(lab, tmp_path, "a"), Site(lab, tmp_path, "b")
-    a_wan, b_wan = lab.gateway_wan_address("A"), lab.gateway_wan_address("B")
     stranger = {"name": "c", "public_key": encode_key(public_key(generate_private_key()))}
     a.write([stranger])  # A starts knowing only a site that never calls
-    b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+    b.write([a.entry()])
     try:
         a.start()
         b.start()
         a.wait_log("up: eth1", 0)
         _wait_states(a, {"c": "down"})
-        a.write([stranger, {"name": "b", "public_key": b.public, "host": b_wan}])
+        a.write([stranger, b.entry()])
         a.reload()
         _wait_states(a, {"c": "down", "b": "up"})
         wait_ping(lab, "hostA1", host_address(lab, "hostB1"), within=10)
-        a.write([{"name": "b", "public_key": b.public, "host": b_wan}])
+        a.write([b.entry()])
         a.reload()
         _wait_states(a, {"b": "up"})
         a.wait_ports("c", False)
@@ -216,22 +226,17 @@ def test_key_rotation_on_one_side_under_traffic(lab: Lab, tmp_path: Path) -> Non
     """A gets a new key while a ping runs: B learns A's new public key, A takes its
     new private key, both by reload; the ping loses at most the reload gap."""
     a, b = Site(lab, tmp_path, "a"), Site(lab, tmp_path, "b")
-    a_wan, b_wan = lab.gateway_wan_address("A"), lab.gateway_wan_address("B")
-    a.write([{"name": "b", "public_key": b.public, "host": b_wan}])
-    b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+    a.write([b.entry()])
+    b.write([a.entry()])
     try:
-        a.start()
-        b.start()
-        b1 = host_address(lab, "hostB1")
-        wait_ping(lab, "hostA1", b1, within=20)
-        pids = (a.proc.pid, b.proc.pid)  # type: ignore[union-attr]
+        b1, pids = _start_linked(lab, a, b)
         pinger = lab.popen("hostA1", "ping", "-i", "0.05", "-c", "100", "-W", "1", b1,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         time.sleep(1.0)
         new_private = generate_private_key()
         write_private_key_file(a.key_path, new_private)  # A's config file is unchanged
         a.private = new_private
-        b.write([{"name": "a", "public_key": a.public, "host": a_wan}])
+        b.write([a.entry()])
         b.reload()
         a.reload()
         out, _ = pinger.communicate(timeout=60)
