@@ -56,6 +56,7 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "dashboard": args.dashboard,
         "metrics": args.metrics,
         "offload": args.offload,
+        "data_path": args.data_path,
         "loop_protection": args.loop_protection,
         "flood_rate": args.flood_rate,
         "flood_burst": args.flood_burst,
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics (:PORT for all addresses)")
     p.add_argument("--offload", action=on_off,
                    help="tap offloads, TSO superframes (on); off: one frame per read")
+    p.add_argument("--data-path", metavar="PATH", choices=("auto", "native", "python"),
+                   help="per-packet code: auto (native when built), native, python")
     g = p.add_argument_group("guards (docs/guard.md)")
     g.add_argument("--loop-protection", action=on_off,
                    help="detect loops through the LANs and block the peer they run through (on)")

@@ -39,6 +39,9 @@ DEFAULT_TAP = "bridger-tap0"
 DEFAULT_PERSISTENT_KEEPALIVE = 25.0
 DEFAULT_MODE = "mesh"
 MODES = ("mesh", "hub")
+#: ``data_path``: "auto" runs the native per-packet path when it is built
+#: (bridger.native), else the pure-Python one; "native" requires it.
+DATA_PATHS = ("auto", "native", "python")
 STATE_ROOT = Path("/run/bridger")
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes
 
@@ -100,6 +103,8 @@ class UpConfig:
     dashboard: bool = True
     metrics: str | None = None
     offload: bool = True
+    #: "auto" | "native" | "python": which per-packet implementation forwards.
+    data_path: str = "auto"
     #: Loop protection, storm control, DHCP/RA guards, VLAN allow-list (docs/guard.md).
     guard: GuardConfig = field(default_factory=GuardConfig)
 
@@ -121,6 +126,7 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "dashboard", "--dashboard", "dashboard"),
     ("local", "metrics", "--metrics", "metrics"),
     ("local", "offload", "--offload", "offload"),
+    ("local", "data_path", "--data-path", "data_path"),
     ("local", "loop_protection", "--loop-protection", "loop_protection"),
     ("local", "flood_rate", "--flood-rate", "flood_rate"),
     ("local", "flood_burst", "--flood-burst", "flood_burst"),
@@ -229,6 +235,19 @@ def _check_mode(value: Any, where: str) -> str:
         raise ConfigError(f"{where}: must be \"mesh\" or \"hub\"")
     mode: str = value
     return mode
+
+
+def _check_data_path(value: Any, where: str) -> str:
+    if value not in DATA_PATHS:
+        raise ConfigError(f'{where}: must be "auto", "native" or "python"')
+    if value == "native":
+        from bridger import native
+
+        if native.lane is None:
+            raise ConfigError(f"{where}: the native data path is not built here "
+                              f"({native.unavailable}); use auto or python")
+    data_path: str = value
+    return data_path
 
 
 def _check_peer_name(value: Any, where: str) -> str:
@@ -489,6 +508,8 @@ def build_up_config(
     for fld in ("stp", "dashboard", "offload"):
         if fld in given:
             out[fld] = _check_bool(given[fld].value, where(fld))
+    if "data_path" in given:
+        out["data_path"] = _check_data_path(given["data_path"].value, where("data_path"))
     if "metrics" in given:
         out["metrics"] = _check_metrics(given["metrics"].value, where("metrics"))
     out["guard"] = _guard_config(given, where)
@@ -740,6 +761,7 @@ key = "private.key"       # this site's private key (mode 0600), beside this fil
 # wan_mtu = 1500
 # stp = false
 # metrics = "127.0.0.1:9555"
+# data_path = "auto"      # "auto": native per-packet code when built; "python"
 
 # One [[peers]] entry per other site.
 [[peers]]

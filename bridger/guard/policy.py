@@ -243,6 +243,16 @@ class Guard:
                 drops.append((index, reason))
         return drops
 
+    def note_source(self, src: bytes, inbound: bool, now: float) -> None:
+        """The MAC-flap note of :meth:`outbound` / :meth:`inbound` alone, for a
+        frame a native lane passed (``src``: its source MAC)."""
+        flaps = self._flaps
+        if flaps is not None:
+            if inbound:
+                flaps.seen(src, self.peer, now)
+            elif self._lan_side:
+                flaps.seen(src, "lan", now)
+
     def _inbound(self, frame: bytes, now: float) -> str | None:
         if self.loop.blocked:
             return self._blocked(frame, now, True)

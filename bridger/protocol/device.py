@@ -117,9 +117,12 @@ class Device:
         now: float,
         wall_clock: float,
         random_bytes: Callable[[int], bytes] = nacl.utils.random,
+        session_factory: Callable[[int, int, bytes, bytes, float], object] | None = None,
     ) -> None:
         self.config = config
         self.random = random_bytes
+        #: Makes the native session of each new keypair (None: plain Python state).
+        self.session_factory = session_factory
         self.identity = Identity.create(config.private_key)
         self._checker = CookieChecker(self.identity.public, random_bytes)
         self._global_bucket = TokenBucket(HANDSHAKE_GLOBAL_RATE, HANDSHAKE_GLOBAL_BURST, now)
@@ -170,6 +173,16 @@ class Device:
             index = int(U32.unpack(self.random(4))[0])
             if index and index not in self.index:
                 return index
+
+    def new_session(
+        self, local_index: int, remote_index: int, send_key: bytes, receive_key: bytes,
+        created: float,
+    ) -> object:
+        """The native session for a new keypair, or None without a factory."""
+        factory = self.session_factory
+        if factory is None:
+            return None
+        return factory(local_index, remote_index, send_key, receive_key, created)
 
     def set_under_load(self, under_load: bool) -> None:
         """The shell's hint that handshakes arrive faster than it can serve."""
@@ -290,6 +303,39 @@ class Device:
                 self._internal_error(now, out, run_kp.peer)
         self.rx_datagrams += rx
         self.rx_bytes += rx_bytes
+        return out
+
+    def receive_payload(
+        self,
+        local_index: int,
+        plaintext: bytes,
+        size: int,
+        addr: Address,
+        now: float,
+        wall_clock: float,
+        out: Output | None = None,
+    ) -> Output:
+        """An inner message other than a frame, of a datagram a native lane has
+        already counted, opened and replay-checked on keypair ``local_index``:
+        the rest of the receive path for it, as a run of one. Never raises."""
+        if out is None:
+            out = Output()
+        self.wall_offset = wall_clock - now
+        kp = self.index.get(local_index)
+        if type(kp) is not Keypair:  # the session ended meanwhile
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return out
+        peer = kp.peer
+        try:
+            if not out.runs or out.runs[-1][0] is not peer:
+                out.runs.append((peer, len(out.frames)))
+            peer._authenticated(kp, addr, now, out)
+            delivered = peer._on_payload(plaintext, size, kp, now, out)
+            peer._run_done(kp, delivered, now, out)
+        except (BadPacket, ValueError):
+            peer.drops[DropReason.MALFORMED] += 1
+        except Exception:
+            self._internal_error(now, out, peer)
         return out
 
     def _internal_error(self, now: float, out: Output, peer: Peer | None) -> None:

@@ -320,6 +320,60 @@ class Peer:
             self._initiate(now, out, retry=False)
         return out
 
+    def sendable(self, now: float) -> Keypair | None:
+        """The keypair :meth:`send_frames` would seal with now (None: it would queue)."""
+        return self._sendable(self.current, now)
+
+    def native_activity(
+        self,
+        sent_first: float,
+        sent_last: float,
+        received_last: float,
+        received_first: float,
+        now: float,
+        out: Output,
+    ) -> None:
+        """What a native lane did on this peer's sessions since the last call, as
+        times on the core's clock (0: did not happen): the first frame sent since
+        the last authenticated receive, the last authenticated send and receive,
+        the first frame received since the last authenticated send.  Applies the
+        same timer verbs and rekey checks as :meth:`send_frames` and a receive
+        run would have (the lane only uses ``current`` to send and ``current``
+        or ``previous`` to receive, from the peer's endpoint)."""
+        timers = self.timers
+        if received_last:
+            self._last_received = received_last
+            self._unreachable = False
+            timers.any_authenticated_received()
+        if sent_last:
+            timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
+        if sent_first:
+            timers.data_sent(sent_first)
+        if received_first:
+            timers.data_received(received_first)
+        kp = self.current
+        if kp is None or not kp.initiator or self._handshake is not None:
+            return
+        age = now - kp.created
+        if (sent_last and (age >= REKEY_AFTER_TIME or kp.send_counter >= REKEY_AFTER_MESSAGES)) or (
+            received_last and age >= REKEY_ON_RECEIVE_TIME
+        ):
+            self._initiate(now, out, retry=False)
+
+    def native_counts(
+        self, frames_sent: int, tx_datagrams: int, tx_bytes: int, rx_datagrams: int,
+        rx_bytes: int, frames_received: int, drops: dict[DropReason, int],
+    ) -> None:
+        """Add what a native lane counted for this peer (see :meth:`native_activity`)."""
+        self.frames_sent += frames_sent
+        self.tx_datagrams += tx_datagrams
+        self.tx_bytes += tx_bytes
+        self.rx_datagrams += rx_datagrams
+        self.rx_bytes += rx_bytes
+        self.frames_received += frames_received
+        for reason, n in drops.items():
+            self.drops[reason] += n
+
     def stats(self, now: float | None = None) -> PeerStats:
         """A snapshot for metrics and status display."""
         return PeerStats(
@@ -563,8 +617,12 @@ class Peer:
         except BadPacket:
             self.drops[DropReason.AUTH_FAILED] += 1
             return
+        session = self.device.new_session(
+            state.local_index, msg.sender, keys.send, keys.receive, now
+        )
         kp = Keypair(
-            state.local_index, msg.sender, keys.send, keys.receive, now, initiator=True, peer=self
+            state.local_index, msg.sender, keys.send, keys.receive, now, initiator=True,
+            peer=self, session=session,
         )
         self._handshake = None  # its index now names the keypair
         self.timers.handshake_complete()
@@ -656,8 +714,10 @@ class Peer:
         resp, keys = create_response(self.keys, state, local_index, device.random(32))
         if self.next is not None:
             device.index.pop(self.next.local_index, None)
+        session = device.new_session(local_index, msg.sender, keys.send, keys.receive, now)
         kp = Keypair(
-            local_index, msg.sender, keys.send, keys.receive, now, initiator=False, peer=self
+            local_index, msg.sender, keys.send, keys.receive, now, initiator=False, peer=self,
+            session=session,
         )
         self.next = kp
         device.index[local_index] = kp

@@ -22,8 +22,9 @@ import logging
 import math
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,6 +36,9 @@ from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
 from bridger.status.counters import Counters
+
+if TYPE_CHECKING:
+    from bridger.shell.lane import NativeLane
 
 log = logging.getLogger("bridger")
 
@@ -55,6 +59,8 @@ class Forwarder:
     #: Loop protection's probes and verdicts (None: off).
     detector: LoopDetector | None = None
     wake_timers: trio.Event = field(default_factory=trio.Event)
+    #: The native lane (bridger.shell.lane), or None: the pure-Python path.
+    lane: NativeLane | None = None
     timer_at: float = math.inf
     #: Bumped by every pass of the forwarding tasks: a watchdog can see they run.
     heartbeat: int = 0
@@ -79,6 +85,8 @@ class Forwarder:
             self.sender.send(out.datagrams)
         if out.frames:
             self._deliver(out, now)
+        if self.lane is not None:
+            self.lane.push(now)
         for event in out.events:
             log_event(event)
         if self.detector is not None and self.detector.has_events:
@@ -94,6 +102,8 @@ class Forwarder:
             port = self.ports.get(runs[0][0])
             if port is not None:
                 port.deliver(frames, csum, now)
+                if self.lane is not None:
+                    self.lane.learn(port, frames)
             return
         for i, (peer, start) in enumerate(runs):
             end = runs[i + 1][1] if i + 1 < len(runs) else len(frames)
@@ -102,21 +112,46 @@ class Forwarder:
                 continue
             part = {k - start: v for k, v in csum.items() if start <= k < end}
             port.deliver(frames[start:end], part, now)
+            if self.lane is not None:
+                self.lane.learn(port, frames[start:end])
 
     # -- tasks -------------------------------------------------------------
 
+    def core(self) -> AbstractContextManager[object]:
+        """Hold this around every core call that may seal or open: with a native
+        lane running, the lane's mutex (the lane seals and opens on the same
+        sessions); without one, nothing."""
+        lane = self.lane
+        return nullcontext() if lane is None else lane.held()
+
     async def tap_to_wan(self, port: Port) -> None:
+        """A port's task: the pure-Python loop, or with a native lane the port's
+        registration in it (the lane reads the tap and hands over what it
+        leaves to Python, which runs :meth:`tap_pass` on it)."""
+        if self.lane is not None:
+            await self.lane.serve_port(port)
+            return
+        fd = port.fd
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            if not self.tap_pass(port):  # wait_readable is a checkpoint too
+                await trio.lowlevel.checkpoint()
+
+    def tap_pass(self, port: Port, first: bytes | None = None) -> bool:
+        """One pass over a tap (``first``: a read already taken from it): drain it
+        until EAGAIN (at most BATCH reads), seal, send. True when drained."""
         fd = port.fd
         peer = port.peer
         vnet = port.vnet
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            self.heartbeat += 1
-            now = self.now()
-            small = SmallFrames(peer, now, Output())
-            room = peer.frame_room(csum=True)
-            drained = False
-            for _ in range(BATCH):
+        self.heartbeat += 1
+        now = self.now()
+        small = SmallFrames(peer, now, Output())
+        room = peer.frame_room(csum=True)
+        drained = False
+        for i in range(BATCH):
+            if i == 0 and first is not None:
+                frame = first
+            else:
                 try:
                     frame = os.read(fd, READ_SIZE)
                 except BlockingIOError:
@@ -124,68 +159,80 @@ class Forwarder:
                     break
                 except OSError as exc:
                     raise BridgerError(f"tap {port.tap}: read failed: {exc.strerror}") from exc
-                if vnet:
-                    port.from_tap(frame, now, room, small)
-                    if len(small.out.datagrams) + len(small.frames) >= BATCH:
-                        small.flush()
-                        self.handle(small.out, now)
-                        small.out = Output()
-                    continue
-                port.plain_from_tap(frame, now, small)
-            small.flush()
-            self.handle(small.out, now)
-            if not drained:  # wait_readable is a checkpoint too; a full batch yields here
-                await trio.lowlevel.checkpoint()
+            if vnet:
+                port.from_tap(frame, now, room, small)
+                if len(small.out.datagrams) + len(small.frames) >= BATCH:
+                    small.flush()
+                    self.handle(small.out, now)
+                    small.out = Output()
+                continue
+            port.plain_from_tap(frame, now, small)
+        small.flush()
+        self.handle(small.out, now)
+        return drained
 
     async def wan_to_tap(self) -> None:
+        """The socket's task: the pure-Python loop, or the native lane."""
+        if self.lane is not None:
+            await self.lane.run()
+            return
+        sock = self.udp.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            if not self.udp_pass():
+                await trio.lowlevel.checkpoint()
+
+    def udp_pass(self, first: tuple[list[bytes], tuple[Any, ...]] | None = None) -> bool:
+        """One pass over the socket (``first``: datagrams already received, and
+        their sender): drain it until EAGAIN (at most BATCH receives), open,
+        deliver, answer. True when drained."""
         sock = self.udp.sock
         device = self.device
         gro = self.udp.gro
         split = fast_udp.split_gro
         cmsg_space = fast_udp.GRO_CMSG_SPACE
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            self.heartbeat += 1
-            now = self.now()
-            wall = time.time()
-            out = Output()
-            # Datagrams from one sender go to the core together, across reads:
-            # without GRO (or when a path splits the sender's GSO batches) that
-            # is still one core call per batch rather than per datagram.
-            batch: list[bytes] = []
-            batch_from: tuple[Any, ...] = ()
-            drained = False
-            for _ in range(BATCH):
-                try:
-                    if gro:
-                        data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)
-                    else:
-                        data, sockaddr = sock.recvfrom(READ_SIZE)
-                        ancdata = None
-                except BlockingIOError:
-                    drained = True
-                    break
-                except OSError:
-                    # ICMP errors (port unreachable) surface here; the core's timers cope.
-                    continue
-                if sockaddr != batch_from and batch:
-                    device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
-                    batch = []
-                batch_from = sockaddr
-                if ancdata:
-                    batch.extend(split(data, ancdata))
+        self.heartbeat += 1
+        now = self.now()
+        wall = time.time()
+        out = Output()
+        # Datagrams from one sender go to the core together, across reads:
+        # without GRO (or when a path splits the sender's GSO batches) that
+        # is still one core call per batch rather than per datagram.
+        batch: list[bytes] = []
+        batch_from: tuple[Any, ...] = ()
+        if first is not None:
+            batch, batch_from = list(first[0]), first[1]
+        drained = False
+        for _ in range(BATCH):
+            try:
+                if gro:
+                    data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)
                 else:
-                    batch.append(data)
-                if len(batch) + len(out.frames) >= BATCH:
-                    device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
-                    batch = []
-                    self.handle(out, now)
-                    out = Output()
-            if batch:
+                    data, sockaddr = sock.recvfrom(READ_SIZE)
+                    ancdata = None
+            except BlockingIOError:
+                drained = True
+                break
+            except OSError:
+                # ICMP errors (port unreachable) surface here; the core's timers cope.
+                continue
+            if sockaddr != batch_from and batch:
                 device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
-            self.handle(out, now)
-            if not drained:
-                await trio.lowlevel.checkpoint()
+                batch = []
+            batch_from = sockaddr
+            if ancdata:
+                batch.extend(split(data, ancdata))
+            else:
+                batch.append(data)
+            if len(batch) + len(out.frames) >= BATCH:
+                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                batch = []
+                self.handle(out, now)
+                out = Output()
+        if batch:
+            device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+        self.handle(out, now)
+        return drained
 
     def _probe(self, now: float) -> Output:
         """Loop protection: send each peer with a session its probes (a probe
@@ -209,7 +256,10 @@ class Forwarder:
             with trio.move_on_at(self.timer_at):
                 await self.wake_timers.wait()
             now = self.now()
-            if deadline is not None and now >= deadline:
-                self.handle(self.device.tick(now, time.time()), now)
-            if now >= probe_at:
-                self.handle(self._probe(now), now)
+            with self.core():
+                if self.lane is not None:
+                    self.lane.sync(now)  # the timers see what the lane did
+                if deadline is not None and now >= deadline:
+                    self.handle(self.device.tick(now, time.time()), now)
+                if now >= probe_at:
+                    self.handle(self._probe(now), now)

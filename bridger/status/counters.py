@@ -282,6 +282,20 @@ class PeerCounters:
         is behind this peer. ``count``/``nbytes`` as for :meth:`lan_to_wan`."""
         _account(self._rx, self._remote, frame, now, count, len(frame) if nbytes < 0 else nbytes)
 
+    def add_native(self, tx: tuple[int, ...], rx: tuple[int, ...]) -> None:
+        """Add a native lane's counts: (frames, bytes, *KINDS) per direction, as
+        :func:`_account` counts them (the MACs come through :meth:`native_source`)."""
+        for d, counts in ((self._tx, tx), (self._rx, rx)):
+            d.frames += counts[0]
+            d.bytes += counts[1]
+            for kind, n in zip(KINDS, counts[2:], strict=True):
+                setattr(d, kind, getattr(d, kind) + n)
+
+    def native_source(self, inbound: bool, mac: bytes, frames: int, nbytes: int,
+                      now: float) -> None:
+        """A source MAC a native lane saw: local (tx) or behind this peer (rx)."""
+        (self._remote if inbound else self._local).seen(mac, nbytes, now, frames)
+
     def tap_write_failed(self) -> None:
         """A frame from this peer could not be written to its tap."""
         self._drops["tap_write_failed"] += 1

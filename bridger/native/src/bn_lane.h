@@ -1,0 +1,160 @@
+/* bn_lane.h - the native lane: one thread that moves the ordinary frames.
+ *
+ * The lane owns nothing of the protocol: Python's core decides everything
+ * (sessions, endpoints, sizes, guards) and writes its decisions into the
+ * lane's tables under the lane's mutex; the lane only applies them to the
+ * frames and datagrams that need no decision:
+ *
+ *  - tap -> WAN: a frame (or TCP superframe, cut into segments) that the guard
+ *    passes on its hot path, fits one datagram and has a sendable session is
+ *    sealed and sent (UDP GSO when granted);
+ *  - WAN -> tap: a transport datagram from the peer's endpoint to a known
+ *    receiver index is opened, replay-checked and, if it holds a frame the
+ *    guard passes, written to the peer's tap (segments re-joined).
+ *
+ * Anything else is *handed over* ("punted") to Python with the fd it came
+ * from: the lane stops polling that fd until Python, having run its own batch
+ * on it (the reference path, the same code as without the lane), gives it
+ * back.  So order is kept per fd and there is one authority per decision.
+ * Counters and timer facts (first data sent since the last receive, ...) are
+ * accumulated here and taken by Python in a periodic sync.
+ */
+#ifndef BN_LANE_H
+#define BN_LANE_H
+
+#include <pthread.h>
+#include <sys/socket.h>
+#include "bn.h"
+
+#define BN_MAX_PORTS 64
+#define BN_MAX_RX (3 * BN_MAX_PORTS)
+/* Reads per fd per wake-up (forward.BATCH's role). */
+#define BN_BATCH 64
+#define BN_READ_SIZE (65536 + 1024)
+#define BN_MACSET_SLOTS 2048
+#define BN_MACLOG 2048
+/* constants.REJECT_AFTER_TIME */
+#define BN_REJECT_AFTER_TIME 180.0
+
+enum { BN_PUNT_TAP = 1, BN_PUNT_RAW, BN_PUNT_PAYLOAD, BN_PUNT_FRAME };
+
+typedef struct {
+    uint64_t keys[BN_MACSET_SLOTS];
+    uint32_t next_victim;
+} bn_macset;
+
+typedef struct {
+    uint64_t tx_frames, tx_datagrams, tx_bytes;
+    uint64_t rx_datagrams, rx_bytes, rx_frames;
+    uint64_t drop_auth, drop_replay, drop_too_old, drop_too_big, drop_malformed;
+    uint64_t tap_write_failed;
+    bn_dir lan_to_wan, wan_to_lan;
+    /* Core-clock times; 0: none since the last take. */
+    double tx_first_data; /* first data sent since the last authenticated receive */
+    double tx_last;       /* last authenticated send */
+    double rx_last;       /* last authenticated receive */
+    double rx_first_data; /* first frame received since the last authenticated send */
+} bn_port_stats;
+
+typedef struct {
+    int used, fd, vnet, held;
+    /* Python's decisions (set_port). */
+    bn_session *send; /* NULL: nothing is sent natively */
+    void *send_ref;   /* the Python object owning *send */
+    struct sockaddr_storage ep;
+    socklen_t ep_len;
+    int fits_plain, fits_csum, room, max_frame, blocked;
+    bn_guard_cfg guard;
+    bn_macset known;
+    bn_port_stats st;
+    /* WAN -> tap frames waiting for this wake-up's writes. */
+    int npending;
+} bn_port;
+
+typedef struct {
+    uint32_t index;
+    int port;
+    bn_session *s;
+    void *ref;
+} bn_rx;
+
+typedef struct bn_punt {
+    int kind, port;
+    uint32_t local_index;
+    int32_t csum_start;
+    uint16_t csum_offset;
+    uint32_t size; /* PAYLOAD: the datagram's size */
+    uint8_t *data;
+    size_t len;
+    /* RAW: the datagram lengths within data */
+    uint32_t *lens;
+    int count;
+    struct sockaddr_storage from;
+    socklen_t from_len;
+    struct bn_punt *next;
+} bn_punt;
+
+typedef struct {
+    int port, dir;
+    uint8_t mac[6];
+    uint64_t frames, bytes;
+} bn_maclog_entry;
+
+typedef struct {
+    uint64_t rx_datagrams, rx_bytes;
+    uint64_t udp_send_blocked, udp_send_failed, udp_send_too_big;
+    uint64_t wakeups, maclog_lost, gso_refused;
+} bn_lane_stats;
+
+typedef struct bn_lane {
+    pthread_mutex_t mu;
+    int epfd, udp_fd, stop_fd, punt_fd;
+    int dual, gso, gro, udp_held, running, stopping;
+    double clock_offset;
+    bn_port ports[BN_MAX_PORTS];
+    bn_rx rx[BN_MAX_RX];
+    int nrx;
+    bn_punt *punts, **punt_tail;
+    bn_lane_stats st;
+    bn_maclog_entry maclog[BN_MACLOG];
+    int nmaclog;
+    /* A fatal error of the loop: errno and the port (-1: the UDP socket). */
+    int err, err_port;
+    /* Buffers (allocated once). */
+    uint8_t *rbuf;   /* tap reads / UDP receives */
+    size_t rbuf_cap;
+    uint8_t *tbuf;   /* outgoing datagrams of one port */
+    size_t tbuf_cap, tbuf_used;
+    uint32_t *tlens;
+    size_t *toffs;
+    int ntx;
+    /* WAN -> tap: frames of this wake-up (into rbuf), per port lists */
+    bn_frame_in *pend;
+    int *pend_port;
+    int npend;
+    size_t rbuf_used;
+} bn_lane;
+
+int bn_lane_init(bn_lane *l, int udp_fd, int dual, int gso, int gro, double clock_offset);
+void bn_lane_free(bn_lane *l);
+/* The loop; returns 0 after bn_lane_stop, else -1 with l->err set. */
+int bn_lane_run(bn_lane *l);
+void bn_lane_stop(bn_lane *l);
+double bn_lane_now(const bn_lane *l);
+int bn_lane_add_port(bn_lane *l, int fd, int vnet, const bn_guard_cfg *g);
+void bn_lane_release(bn_lane *l, int port); /* port -1: the UDP socket */
+void bn_lane_hold_port(bn_lane *l, int port);
+void bn_macset_add(bn_macset *m, const uint8_t *mac);
+int bn_macset_has(const bn_macset *m, const uint8_t *mac);
+
+/* For tests and fuzzing without fds: run one tap read / one UDP receive
+ * through the same per-frame code the loop uses.  Outputs (datagrams, tap
+ * writes, punts) go where the loop's would (fds may be socketpairs). */
+int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n);
+void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
+                         const struct sockaddr_storage *from, socklen_t from_len);
+void bn_lane_flush(bn_lane *l);
+/* Send (or, without a socket, discard) what tap reads of `port` sealed. */
+void bn_lane_tx_flush_port(bn_lane *l, int port);
+
+#endif
