@@ -1,3 +1,207 @@
-/* bn_py_session.c - bindings (placeholder until the part lands). */
+/* bn_py_session.c - bindings: the Session type, a Python object around a
+ * bn_session (the twin of protocol.keypair.Keypair's keys, counter and replay
+ * window).
+ *
+ * The bn_session lives inside the object (BnSessionObject.s), so its address
+ * is fixed for the object's lifetime: the native loop may keep a pointer to
+ * it while it holds a reference.  Bad arguments raise TypeError/ValueError.
+ */
 #include "bn_py.h"
-int bn_py_session_add(PyObject *module) { (void)module; return 0; }
+
+#include <stddef.h>
+#include <string.h>
+#include <sodium.h>
+#include <structmember.h>
+
+/* An int (or __index__ object) in [0, max], else TypeError / ValueError. */
+static int get_uint(PyObject *arg, uint64_t max, const char *what, uint64_t *out) {
+    PyObject *num = PyNumber_Index(arg);
+    if (num == NULL)
+        return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(num);
+    Py_DECREF(num);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear(); /* negative, or above 2**64 - 1 */
+    } else if (v <= max) {
+        *out = v;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "%s must be in 0..%llu", what, (unsigned long long)max);
+    return -1;
+}
+
+static int get_key(PyObject *arg, const char *what, uint8_t key[32]) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (b.len != 32) {
+        PyErr_Format(PyExc_ValueError, "%s must be 32 bytes, not %zd", what, b.len);
+        PyBuffer_Release(&b);
+        return -1;
+    }
+    memcpy(key, b.buf, 32);
+    PyBuffer_Release(&b);
+    return 0;
+}
+
+static PyObject *session_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"local_index", "remote_index", "send_key", "receive_key",
+                             "created", NULL};
+    PyObject *local, *remote, *skey, *rkey;
+    double created;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOd:Session", kwlist, &local, &remote,
+                                     &skey, &rkey, &created))
+        return NULL;
+    bn_session s;
+    memset(&s, 0, sizeof s);
+    uint64_t li, ri;
+    if (get_uint(local, UINT32_MAX, "local_index", &li) < 0
+        || get_uint(remote, UINT32_MAX, "remote_index", &ri) < 0
+        || get_key(skey, "send_key", s.send_key) < 0
+        || get_key(rkey, "receive_key", s.recv_key) < 0) {
+        sodium_memzero(&s, sizeof s);
+        return NULL;
+    }
+    s.local_index = (uint32_t)li;
+    s.remote_index = (uint32_t)ri;
+    s.send_counter = 0;
+    s.created = created;
+    bn_replay_init(&s.replay);
+    BnSessionObject *self = (BnSessionObject *)type->tp_alloc(type, 0);
+    if (self != NULL)
+        memcpy(&self->s, &s, sizeof s);
+    sodium_memzero(&s, sizeof s);
+    return (PyObject *)self;
+}
+
+static void session_dealloc(PyObject *op) {
+    BnSessionObject *self = (BnSessionObject *)op;
+    sodium_memzero(&self->s, sizeof self->s);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *session_check(PyObject *op, PyObject *arg) {
+    uint64_t counter;
+    if (get_uint(arg, UINT64_MAX, "counter", &counter) < 0)
+        return NULL;
+    return PyLong_FromLong(bn_replay_check(&((BnSessionObject *)op)->s.replay, counter));
+}
+
+static PyObject *session_seal(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError, "seal() takes 2 arguments (counter, plaintext), %zd given",
+                     nargs);
+        return NULL;
+    }
+    uint64_t counter;
+    if (get_uint(args[0], UINT64_MAX, "counter", &counter) < 0)
+        return NULL;
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[1], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if ((size_t)b.len > crypto_aead_chacha20poly1305_ietf_MESSAGEBYTES_MAX
+        || b.len > PY_SSIZE_T_MAX - BN_TRANSPORT_OVERHEAD) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "plaintext too long");
+        return NULL;
+    }
+    PyObject *res = PyBytes_FromStringAndSize(NULL, b.len + BN_TRANSPORT_OVERHEAD);
+    if (res != NULL)
+        bn_seal(&((BnSessionObject *)op)->s, counter, b.buf, (size_t)b.len,
+                (uint8_t *)PyBytes_AS_STRING(res));
+    PyBuffer_Release(&b);
+    return res;
+}
+
+static PyObject *session_open(PyObject *op, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (b.len < BN_TRANSPORT_OVERHEAD) {
+        PyBuffer_Release(&b);
+        Py_RETURN_NONE;
+    }
+    const uint8_t *d = b.buf;
+    uint64_t counter = bn_le64(d + 8);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, b.len - BN_TRANSPORT_OVERHEAD);
+    if (res != NULL
+        && bn_open(&((BnSessionObject *)op)->s, counter, d, (size_t)b.len,
+                   (uint8_t *)PyBytes_AS_STRING(res)) < 0) {
+        Py_DECREF(res);
+        res = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&b);
+    return res;
+}
+
+static PyObject *session_get_send_key(PyObject *op, void *closure) {
+    return PyBytes_FromStringAndSize((const char *)((BnSessionObject *)op)->s.send_key, 32);
+}
+
+static PyObject *session_get_receive_key(PyObject *op, void *closure) {
+    return PyBytes_FromStringAndSize((const char *)((BnSessionObject *)op)->s.recv_key, 32);
+}
+
+static PyObject *session_get_send_counter(PyObject *op, void *closure) {
+    return PyLong_FromUnsignedLongLong(((BnSessionObject *)op)->s.send_counter);
+}
+
+static int session_set_send_counter(PyObject *op, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "send_counter cannot be deleted");
+        return -1;
+    }
+    uint64_t v;
+    if (get_uint(value, UINT64_MAX, "send_counter", &v) < 0)
+        return -1;
+    ((BnSessionObject *)op)->s.send_counter = v;
+    return 0;
+}
+
+static PyMethodDef session_methods[] = {
+    {"check", session_check, METH_O,
+     "check(counter) -> 0 ok (recorded), 1 replay, 2 too old: ReplayWindow.check."},
+    {"seal", (PyCFunction)(void (*)(void))session_seal, METH_FASTCALL,
+     "seal(counter, plaintext) -> the whole transport datagram (aead.seal_transport)."},
+    {"open", session_open, METH_O,
+     "open(datagram) -> plaintext, or None when it is shorter than 32 bytes or fails\n"
+     "authentication (counter from its header; the replay window is not touched)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef session_members[] = {
+    {"local_index", T_UINT, offsetof(BnSessionObject, s.local_index), READONLY, NULL},
+    {"remote_index", T_UINT, offsetof(BnSessionObject, s.remote_index), READONLY, NULL},
+    {"created", T_DOUBLE, offsetof(BnSessionObject, s.created), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyGetSetDef session_getset[] = {
+    {"send_key", session_get_send_key, NULL, NULL, NULL},
+    {"receive_key", session_get_receive_key, NULL, NULL, NULL},
+    {"send_counter", session_get_send_counter, session_set_send_counter, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject BnSession_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "bridger.native._lane.Session",
+    .tp_basicsize = sizeof(BnSessionObject),
+    .tp_dealloc = session_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Session(local_index, remote_index, send_key, receive_key, created):\n"
+              "one transport session's keys, send counter and replay window (the\n"
+              "native twin of protocol.keypair.Keypair).",
+    .tp_methods = session_methods,
+    .tp_members = session_members,
+    .tp_getset = session_getset,
+    .tp_new = session_new,
+};
+
+int bn_py_session_add(PyObject *module) {
+    if (PyType_Ready(&BnSession_Type) < 0)
+        return -1;
+    return PyModule_AddType(module, &BnSession_Type);
+}
