@@ -283,7 +283,8 @@ class Live:
         ok = False
         try:
             fwd.device = Device(DeviceConfig(private_key=private, wan_mtu=new.wan_mtu),
-                                now=now, wall_clock=time.time())
+                                now=now, wall_clock=time.time(),
+                                session_factory=old_device.session_factory)
             fwd.ports.clear()
             for settings in staying:
                 old = old_ports[settings.name]

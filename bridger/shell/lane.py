@@ -63,7 +63,8 @@ class NativeLane:
         self.fwd = fwd
         self._module = lane_module
         udp = fwd.udp
-        self.lane = lane_module.Lane(udp.sock.fileno(), udp.dual_stack, udp.gso, udp.gro, 0.0)
+        self.lane = lane_module.Lane(udp.sock.fileno(), udp.dual_stack, udp.gso, udp.gro,
+                                     clock_offset())
         self._ids: dict[Port, int] = {}
         self._by_id: dict[int, Port] = {}
         self._pushed: dict[int, tuple[Any, ...]] = {}
@@ -134,12 +135,8 @@ class NativeLane:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._handovers)
             nursery.start_soon(self._sync)
+            lane.reset()  # a lane restarted with a new device: forget the last stop
             try:
-                # The lane's clock: the core's (Trio's) clock, read in C.
-                lane_offset = clock_offset()
-                lane_set = getattr(lane, "set_clock_offset", None)
-                if lane_set is not None:
-                    lane_set(lane_offset)
                 await trio.to_thread.run_sync(self._loop)
             finally:
                 nursery.cancel_scope.cancel()

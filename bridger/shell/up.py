@@ -45,8 +45,19 @@ log = logging.getLogger("bridger")
 
 #: Seconds between drop summaries in the log.
 DROP_SUMMARY_INTERVAL = 30.0
-#: Which per-packet implementation forwards frames (shown in status).
-DATA_PATH = "python"
+#: The per-packet implementations (shown in status and the start-up line).
+NATIVE, PYTHON = "native", "python"
+
+
+def native_module(config: UpConfig) -> Any:
+    """The native extension when the config's data path uses it, else None."""
+    if config.data_path == PYTHON:
+        return None
+    from bridger import native
+
+    if native.lane is None and config.data_path == NATIVE:
+        raise ConfigError(f"--data-path native: not built here ({native.unavailable})")
+    return native.lane
 
 
 #: Each peer's PSK, by peer name.
@@ -70,12 +81,14 @@ def peer_config(settings: PeerSettings, psk: bytes | None) -> PeerConfig:
 
 
 def build_core(
-    config: UpConfig, private: bytes, psks: Psks, now: float, wall_clock: float
+    config: UpConfig, private: bytes, psks: Psks, now: float, wall_clock: float,
+    session_factory: Any = None,
 ) -> tuple[Device, list[Peer]]:
-    """The device and its peers, from a validated config."""
+    """The device and its peers, from a validated config (``session_factory``:
+    the native lane's Session type, so that the lane shares every keypair)."""
     try:
         device = Device(DeviceConfig(private_key=private, wan_mtu=config.wan_mtu),
-                        now=now, wall_clock=wall_clock)
+                        now=now, wall_clock=wall_clock, session_factory=session_factory)
         peers = [device.add_peer(peer_config(s, psks[s.name]), now) for s in config.peers]
     except ValueError as exc:
         raise ConfigError(f"tunnel settings: {exc}") from None
@@ -102,8 +115,12 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         fwd = self.fwd
         now = fwd.now()
+        if fwd.lane is not None:
+            with fwd.core():
+                fwd.lane.sync(now)
         device = DeviceInfo(
-            mode=self.config.mode, data_path=DATA_PATH, interface=dict(self.interface),
+            mode=self.config.mode, data_path=data_path(fwd),
+            interface=dict(self.interface),
             drops={reason.value: n for reason, n in fwd.device.drops.items()},
             guard=None if fwd.detector is None else fwd.detector.snapshot(now),
         )
@@ -174,10 +191,15 @@ def prepare_port(port: Port, offload: bool) -> int:
     return enable_offloads(port.fd) if port.vnet else 0
 
 
-def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
-    """Turn on the offloads this kernel has (none if ``offload`` is off); one log line."""
+def data_path(fwd: Forwarder) -> str:
+    return PYTHON if fwd.lane is None else NATIVE
+
+
+def setup_fast_path(fwd: Forwarder, offload: bool, path: str = PYTHON) -> None:
+    """Turn on the offloads this kernel has (none if ``offload`` is off); one log
+    line, naming the data path (``path``) too."""
     if not offload:
-        log.info("data path: %s; fast path off (offload = false)", DATA_PATH)
+        log.info("data path: %s; fast path off (offload = false)", path)
         return
     fwd.udp.enable_offloads()
     granted = 0
@@ -190,7 +212,7 @@ def setup_fast_path(fwd: Forwarder, offload: bool) -> None:
     names = [name for bit, name in ((1, "csum"), (2, "tso4"), (4, "tso6"), (8, "tso-ecn"))
              if granted & bit]
     log.info(
-        "data path: %s; fast path: tap %s, UDP GSO %s, UDP GRO %s", DATA_PATH,
+        "data path: %s; fast path: tap %s, UDP GSO %s, UDP GRO %s", path,
         ("offloads " + ",".join(names)) if names else
         ("virtio-net header without offloads" if vnet else "without virtio-net header"),
         "on" if fwd.udp.gso else "unavailable", "on" if fwd.udp.gro else "unavailable",
@@ -280,6 +302,7 @@ def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
     with StopSignals() as stop:
         private, psks = read_keys(config)
         build_core(config, private, psks, 0.0, time.time())  # checked before the host is touched
+        native = native_module(config)
         dashboard = config.dashboard and sys.stdout.isatty()
         console = setup_logging(dashboard)
         udp = UdpEndpoint.bind(config.listen)
@@ -302,7 +325,10 @@ def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
                         if stop.received:
                             return
                         now = float(trio.current_time())
-                        device, peers = build_core(config, private, psks, now, time.time())
+                        device, peers = build_core(
+                            config, private, psks, now, time.time(),
+                            None if native is None else native.Session,
+                        )
                         counters = Counters()
                         gc = config.guard
                         detector = (LoopDetector(vlans=gc.vlans, untagged=gc.untagged)
@@ -330,7 +356,12 @@ def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
                         for settings, peer in zip(config.peers, peers, strict=True):
                             fwd.ports[peer] = make_port(peer, settings.tap,
                                                         host.taps[settings.tap])
-                        setup_fast_path(fwd, config.offload)
+                        setup_fast_path(fwd, config.offload,
+                                        PYTHON if native is None else NATIVE)
+                        if native is not None:
+                            from bridger.shell.lane import NativeLane
+
+                            fwd.lane = NativeLane(fwd, native)
                         daemon = Daemon(config, fwd, {
                             "lan": config.lan, "bridge": host.bridge_name,
                             "listen": udp.listen,

@@ -207,6 +207,21 @@ static PyObject *Lane_stop(LaneObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Lane_reset(LaneObject *self, PyObject *unused) {
+    if (check_ready(self) < 0)
+        return NULL;
+    if (self->l->running) {
+        PyErr_SetString(PyExc_RuntimeError, "the lane is running");
+        return NULL;
+    }
+    uint64_t v;
+    if (read(self->l->stop_fd, &v, sizeof v) < 0) {
+        /* not signalled */
+    }
+    self->l->stopping = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lane_lock(LaneObject *self, PyObject *unused) {
     if (check_ready(self) < 0)
         return NULL;
@@ -678,6 +693,8 @@ static PyObject *Lane_get_held(LaneObject *self, void *closure) {
 static PyMethodDef Lane_methods[] = {
     {"run", (PyCFunction)Lane_run, METH_NOARGS, "The loop (GIL released) until stop()."},
     {"stop", (PyCFunction)Lane_stop, METH_NOARGS, "Make run() return (any thread)."},
+    {"reset", (PyCFunction)Lane_reset, METH_NOARGS,
+     "Forget an earlier stop() before run() is called again."},
     {"close", (PyCFunction)Lane_close, METH_NOARGS, "Free the lane (not while running)."},
     {"lock", (PyCFunction)Lane_lock, METH_NOARGS, "Take the lane's mutex (recursive)."},
     {"unlock", (PyCFunction)Lane_unlock, METH_NOARGS, "Release the lane's mutex."},
