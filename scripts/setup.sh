@@ -19,6 +19,26 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)  # verifies the shi
 command -v dnsmasq >/dev/null  || need_apt+=(dnsmasq-base)
 command -v radvd >/dev/null    || need_apt+=(radvd)
 command -v udhcpc >/dev/null   || need_apt+=(udhcpc)
+# The optional native path (bridger.native._lane, docs/native.md): a C
+# compiler, the headers of the python that makes the venv, libsodium's headers
+# (found through pkg-config), and clang with libFuzzer for scripts/fuzz.sh.
+python=${PYTHON:-python3}
+command -v gcc >/dev/null      || need_apt+=(gcc)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+[ -e /usr/include/sodium.h ]   || need_apt+=(libsodium-dev)
+if ! command -v clang >/dev/null; then     # libFuzzer's runtime is only recommended
+    need_apt+=(clang libclang-rt-dev)
+elif ! compgen -G "$(clang --print-runtime-dir)/libclang_rt.fuzzer-*.a" >/dev/null; then
+    need_apt+=(libclang-rt-dev)
+fi
+py_include=$("$python" -c 'import sysconfig; print(sysconfig.get_path("include"))')
+if [ ! -e "$py_include/Python.h" ]; then
+    case $py_include in
+        /usr/include/*) need_apt+=("$(basename "$py_include")-dev") ;;  # e.g. python3.11-dev
+        *) echo "setup: no Python.h in $py_include (not a Debian python):" \
+                "the native path will not be built" >&2 ;;
+    esac
+fi
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: need root to install: ${need_apt[*]}" >&2
@@ -29,10 +49,15 @@ if ((${#need_apt[@]})); then
         || { apt-get update -q >/dev/null && apt-get install -y -q "${need_apt[@]}" >/dev/null; }
 fi
 
-python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# setuptools as pyproject.toml's build-system asks, also in the venv itself:
+# builds without isolation (build_ext --inplace, tests/native/test_build.py)
+# use the venv's.
+.venv/bin/python -m pip install -q --upgrade pip 'setuptools>=77' >/dev/null
+# Builds the extension too; where that fails (no compiler or headers) the
+# install still succeeds and the pure-Python path runs.
 .venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -c 'import bridger.native as n; print("setup: native path built (bridger.native._lane)" if n.lane else "setup: native path NOT built, the pure-Python path runs: " + n.unavailable)'
 echo "setup: ready (.venv/bin/bridger)"
