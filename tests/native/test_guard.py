@@ -17,6 +17,7 @@ import os
 import random
 import struct
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,6 +268,47 @@ def test_every_truncation() -> None:
                 assert lane.guard_fast_in(cfg, frame) == python_fast_in(config, frame), (
                     config, frame.hex())
                 assert lane.account(frame, 1, cut) == python_account(frame, 1, cut)
+
+
+HERE = Path(__file__).parent
+FUZZ_FILES = sorted(
+    [*(HERE / "corpus" / "guard").iterdir(), *(HERE / "crashes" / "guard").iterdir()])
+
+
+def fuzz_input(data: bytes) -> tuple[GuardConfig | None, bool, int, bytes]:
+    """fuzz_guard.c's input layout as (config, dst_known, count, frame); the
+    harness's VLAN ids 0 and 4095 (not valid in a GuardConfig) are left out."""
+    flags, at = data[0], 1
+    vlans: tuple[int, ...] | None = None
+    if flags & 0x10:
+        k, at = data[at] & 0x0F, at + 1
+        ids = [int.from_bytes(data[at + 2 * i:at + 2 * i + 2], "big") & 0xFFF for i in range(k)
+               if at + 2 * i + 2 <= len(data)]
+        at += 2 * len(ids)
+        vlans = tuple(sorted({v for v in ids if 1 <= v <= 4094}))
+    untagged = bool(flags & 0x20) or vlans is None or not vlans
+    config = GuardConfig(dhcp="local" if flags & 2 else "shared",
+                         ra="local" if flags & 4 else "shared", vlans=vlans, untagged=untagged,
+                         flood_rate=1000 if flags & 8 else 0) if flags & 1 else None
+    return config, bool(flags & 0x40), 1 + data[at], data[at + 1:]
+
+
+@needs_lane
+@pytest.mark.parametrize("path", FUZZ_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_fuzz_files(path: Path) -> None:
+    """The fuzz target's seed corpus and crash files, held to Python."""
+    assert lane is not None
+    config, dst_known, count, frame = fuzz_input(path.read_bytes())
+    known = {frame[:6]} if dst_known else set()
+    for conf in [config] if config is None else [config, *CONFIGS]:
+        cfg = guard_cfg(conf)
+        if conf is None:
+            assert lane.guard_fast_out(cfg, frame, dst_known) and lane.guard_fast_in(cfg, frame)
+            continue
+        assert lane.guard_fast_out(cfg, frame, dst_known) == python_fast_out(conf, frame, known)
+        assert lane.guard_fast_in(cfg, frame) == python_fast_in(conf, frame)
+    assert lane.account(frame, count, count * len(frame)) == python_account(
+        frame, count, count * len(frame))
 
 
 def ordinary_mix(config: GuardConfig, rng: random.Random, n: int) -> list[bytes]:
