@@ -3,8 +3,10 @@
 #include <sodium.h>
 
 static struct PyModuleDef lane_module = {
-    PyModuleDef_HEAD_INIT, "bridger.native._lane",
-    "bridger's native per-packet path (see bridger/native/__init__.py).", -1, NULL,
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "bridger.native._lane",
+    .m_doc = "bridger's native per-packet path (see bridger/native/__init__.py).",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__lane(void) {

@@ -623,34 +623,43 @@ static PyObject *Lane_flush_tx(LaneObject *self, PyObject *args) {
 }
 
 static PyObject *Lane_udp_receive(LaneObject *self, PyObject *args) {
-    Py_buffer b;
-    int gso_size;
-    PyObject *addr;
-    if (!PyArg_ParseTuple(args, "y*iO", &b, &gso_size, &addr))
+    PyObject *seq, *addr;
+    int gso_size = 0;
+    if (!PyArg_ParseTuple(args, "OO|i", &seq, &addr, &gso_size))
         return NULL;
     struct sockaddr_storage ss;
     socklen_t len;
-    if (check_ready(self) < 0 || to_sockaddr(addr, &ss, &len) < 0) {
-        PyBuffer_Release(&b);
+    if (check_ready(self) < 0 || to_sockaddr(addr, &ss, &len) < 0)
         return NULL;
-    }
-    if ((size_t)b.len > BN_READ_SIZE) {
-        PyBuffer_Release(&b);
-        PyErr_SetString(PyExc_ValueError, "receive too large");
+    PyObject *fast = PySequence_Fast(seq, "datagrams must be a sequence");
+    if (!fast)
         return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(d) || (size_t)PyBytes_GET_SIZE(d) > BN_READ_SIZE) {
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_ValueError, "datagrams must be bytes of at most 66560");
+            return NULL;
+        }
     }
     lock(self);
     bn_lane *l = self->l;
-    if (l->rbuf_used + BN_READ_SIZE > l->rbuf_cap)
-        bn_lane_flush(l);
-    uint8_t *buf = l->rbuf + l->rbuf_used;
-    memcpy(buf, b.buf, (size_t)b.len);
-    l->rbuf_used += ((size_t)b.len + 15) & ~(size_t)15;
-    bn_lane_udp_receive(l, buf, (size_t)b.len, gso_size, &ss, len);
+    Py_ssize_t consumed = 0;
+    for (; consumed < n && !l->udp_held; consumed++) {
+        PyObject *d = PySequence_Fast_GET_ITEM(fast, consumed);
+        size_t dlen = (size_t)PyBytes_GET_SIZE(d);
+        if (l->rbuf_used + BN_READ_SIZE > l->rbuf_cap)
+            bn_lane_flush(l);
+        uint8_t *buf = l->rbuf + l->rbuf_used;
+        memcpy(buf, PyBytes_AS_STRING(d), dlen);
+        l->rbuf_used += (dlen + 15) & ~(size_t)15;
+        bn_lane_udp_receive(l, buf, dlen, gso_size, &ss, len);
+    }
     bn_lane_flush(l);
     unlock(self);
-    PyBuffer_Release(&b);
-    Py_RETURN_NONE;
+    Py_DECREF(fast);
+    return PyLong_FromSsize_t(consumed);
 }
 
 static PyObject *Lane_get_punt_fd(LaneObject *self, void *closure) {
@@ -716,7 +725,8 @@ static PyMethodDef Lane_methods[] = {
     {"flush_tx", (PyCFunction)Lane_flush_tx, METH_VARARGS,
      "flush_tx(port) -> the datagrams sealed since the last flush (test entry point)"},
     {"udp_receive", (PyCFunction)Lane_udp_receive, METH_VARARGS,
-     "udp_receive(data, gso_size, sockaddr) (test entry point)"},
+     "udp_receive(datagrams, sockaddr, gso_size=0) -> how many were taken before the "
+     "socket was handed over (test entry point; with gso_size, one GRO buffer)"},
     {NULL}};
 
 static PyGetSetDef Lane_getset[] = {
