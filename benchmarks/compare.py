@@ -1,15 +1,26 @@
 """bridger against the tunnels a user would pick instead, same lab, same run.
 
-    python3 benchmarks/compare.py [--duration 10] [--tunnels bridger,openvpn,fastd]
-                                  [--loss 1 --delay 10]
+    python3 benchmarks/compare.py [--duration 10]
+                                  [--tunnels bridger,bridger-python,openvpn,fastd]
+                                  [--loss 1 --delay 10] [--no-lossy]
 
 Builds the namespace lab (engine ``direct``: routed in-kernel, so the WAN is
 not the bottleneck; with ``--loss``/``--delay`` the impairing engine), then for
 each tunnel, in a fresh lab of the same topology: TCP throughput both ways
 (iperf3, one stream hostA1 <-> hostB1), 64-byte UDP packets/s delivered, RTT
 added over the bare WAN, CPU seconds of the tunnel processes per Gbit carried,
-and peak RSS per gateway. Prints a table with the ratios bridger/peer and
-writes it as Markdown and JSON to benchmarks/results/ (gitignored).
+and peak RSS per gateway. Unless the whole run is impaired (or ``--no-lossy``),
+each tunnel then gets a second lab with 1% loss and 10 ms delay each way (the
+impairing engine: netem, or without it the lab's userspace wire) for the rows
+"TCP, 1% loss 10 ms". Prints a table with the ratios bridger/peer and writes
+it as Markdown and JSON to benchmarks/results/ (gitignored).
+
+The bridger rows: ``bridger`` runs the default data path (``auto``: the
+native one when the extension is built), ``bridger-native`` passes
+``--data-path native``, ``bridger-python`` ``--data-path python`` (the
+pure-Python reference); the table's header names the data path each row's
+gateways reported in ``bridger status``. ``bridger-base`` is another checkout
+(``BRIDGER_BASE=DIR``), see benchmarks/peers.py.
 
 Figures are measurements of this machine at this moment, never pass/fail.
 Peers missing from the system are installed with ``apt-get install -y``.
@@ -18,6 +29,7 @@ Peers missing from the system are installed with ``apt-get install -y``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -27,13 +39,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import Runner, make
+from peers import Bridger, Runner, make
 
 from bridger.lab import Lab, LabOptions
 
@@ -51,7 +64,20 @@ METRICS = [
     ("cpu_s_per_gbit", "CPU per Gbit (both gateways)", "CPU-s/Gbit", False),
     ("rss_mb", "peak RSS per gateway", "MB", False),
     ("tcp_retransmits", "TCP retransmits A->B", "segments", False),
+    ("tcp_lossy_a_to_b_mbit", "TCP A->B, 1% loss 10 ms", "Mbit/s", True),
+    ("tcp_lossy_b_to_a_mbit", "TCP B->A, 1% loss 10 ms", "Mbit/s", True),
 ]
+#: The lab of the "1% loss 10 ms" rows: one-way knobs on the router's egress to each gateway.
+LOSSY = LabOptions(loss_pct=1.0, delay_ms=10.0)
+#: Tunnel name -> ``bridger up --data-path`` value, next to the runners of peers.py.
+DATA_PATHS = {"bridger-native": "native", "bridger-python": "python"}
+
+
+def make_runner(name: str, lab: Lab, workdir: Path) -> Runner:
+    """The runner of tunnel ``name``: the data-path rows here, the others from peers.py."""
+    if name in DATA_PATHS:
+        return Bridger(lab, workdir, name=name, extra=("--data-path", DATA_PATHS[name]))
+    return make(name, lab, workdir)
 
 
 def ensure_installed(names: list[str]) -> None:
@@ -132,13 +158,39 @@ def iperf(lab: Lab, *args: str, duration: float) -> dict[str, Any]:
     return doc
 
 
-def measure(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
-    res: dict[str, float] = {}
+@contextlib.contextmanager
+def iperf_server(lab: Lab) -> Iterator[None]:
+    """iperf3 -s on the server host, warmed up: handshakes, ARP, bridge learning, path MTU."""
     server = lab.popen(SERVER, "iperf3", "-s", stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        iperf(lab, duration=2)  # warm-up: handshakes, ARP, bridge learning, path MTU
+        iperf(lab, duration=2)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def data_path(runner: Runner) -> str:
+    """The data path gwA's bridger reports in its status ("-" for other tunnels)."""
+    if not isinstance(runner, Bridger):
+        return "-"
+    env = dict(os.environ, PYTHONPATH=str(runner.root))
+    out = subprocess.run(
+        [sys.executable, "-m", "bridger", "status", "--json",
+         "--state-dir", str(runner.workdir / f"{runner.name}-stateA")],
+        capture_output=True, text=True, timeout=20, env=env, cwd=runner.root, check=False,
+    )
+    try:
+        return str(json.loads(out.stdout).get("data_path", "?"))
+    except json.JSONDecodeError:
+        return "?"
+
+
+def measure(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
+    res: dict[str, float] = {}
+    with iperf_server(lab):
         pids = runner.pids()
         sampler = RssSampler(pids)
         cpu0 = sum(cpu_seconds(p) for p in pids.values())
@@ -155,9 +207,6 @@ def measure(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
         udp = iperf(lab, "-u", "-l", "64", "-b", "0", duration=min(duration, 5.0))
         s = udp["end"]["sum"]
         res["udp64_pps"] = (s["packets"] - s["lost_packets"]) / s["seconds"]
-    finally:
-        server.terminate()
-        server.wait()
     wan = ping_avg_ms(lab, "gwA", lab.gateway_wan_address("B"))
     lan = ping_avg_ms(lab, CLIENT, lab.lan_address(SERVER))
     res["rtt_ms"] = lan
@@ -165,13 +214,27 @@ def measure(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
     return res
 
 
-def run_one(name: str, options: LabOptions, duration: float, workdir: Path) -> dict[str, float]:
+def measure_lossy(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
+    """TCP both ways over the LOSSY lab."""
+    with iperf_server(lab):
+        up = iperf(lab, duration=duration)
+        down = iperf(lab, "-R", duration=duration)
+    return {"tcp_lossy_a_to_b_mbit": up["end"]["sum_received"]["bits_per_second"] / 1e6,
+            "tcp_lossy_b_to_a_mbit": down["end"]["sum_received"]["bits_per_second"] / 1e6}
+
+
+Measure = Callable[[Runner, Lab, float], dict[str, float]]
+
+
+def run_one(name: str, options: LabOptions, duration: float, workdir: Path,
+            how: Measure = measure) -> tuple[dict[str, float], str]:
+    """``how``'s figures for tunnel ``name`` in a fresh lab, and the data path it ran."""
     with Lab(options) as lab:
-        runner = make(name, lab, workdir)
+        runner = make_runner(name, lab, workdir)
         try:
             runner.start()
             wait_link(lab, runner)
-            return measure(runner, lab, duration)
+            return how(runner, lab, duration), data_path(runner)
         finally:
             runner.stop()
 
@@ -183,11 +246,17 @@ def fmt(value: float | None) -> str:
 
 
 def table(results: dict[str, dict[str, float]], base: str = "bridger") -> str:
+    """Markdown: one column per tunnel, then ``base``/peer ratios (``base`` absent:
+    bridger-native if measured)."""
+    if base not in results and "bridger-native" in results:
+        base = "bridger-native"
     names = list(results)
     peers = [n for n in names if n != base and not n.startswith("bridger")]
     head = ["metric", "unit", *names, *(f"{base}/{p}" for p in peers if base in results)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, unit, _ in METRICS:
+        if all(results[n].get(key) is None for n in names):
+            continue  # not measured in this run (the lossy rows of an impaired run)
         row = [label, unit, *(fmt(results[n].get(key)) for n in names)]
         if base in results:
             for p in peers:
@@ -199,10 +268,16 @@ def table(results: dict[str, dict[str, float]], base: str = "bridger") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tunnels", default="bridger,openvpn,fastd")
+    p.add_argument("--tunnels", default="bridger,bridger-python,openvpn,fastd",
+                   help="comma-separated: bridger (default data path), bridger-native, "
+                   "bridger-python, bridger-nooffload, bridger-noguard, bridger-base "
+                   "(BRIDGER_BASE=DIR), openvpn, fastd")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--loss", type=float, default=0.0, help="WAN loss %% each way")
     p.add_argument("--delay", type=float, default=0.0, help="WAN delay ms each way")
+    p.add_argument("--lossy", action=argparse.BooleanOptionalAction, default=True,
+                   help="also TCP over 1%% loss and 10 ms delay each way, in a second lab "
+                   "per tunnel (default on; off when --loss/--delay impair the whole run)")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.tunnels.split(",") if n.strip()]
@@ -210,20 +285,28 @@ def main(argv: list[str] | None = None) -> int:
     impaired = bool(args.loss or args.delay)
     options = LabOptions(loss_pct=args.loss, delay_ms=args.delay,
                          engine="auto" if impaired else "direct")
+    lossy = args.lossy and not impaired
     results: dict[str, dict[str, float]] = {}
+    paths: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bridger-bench-") as tmp:
         for name in names:
             print(f"== {name}", flush=True)
-            results[name] = run_one(name, options, args.duration, Path(tmp))
-            print(json.dumps(results[name]), flush=True)
+            results[name], paths[name] = run_one(name, options, args.duration, Path(tmp))
+            if lossy:
+                figures, _ = run_one(name, LOSSY, args.duration, Path(tmp), measure_lossy)
+                results[name].update(figures)
+            print(f"data path: {paths[name]}", json.dumps(results[name]), flush=True)
     when = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     wan = f"loss {args.loss}% delay {args.delay} ms each way" if impaired else "no impairment"
+    ran = ", ".join(f"{n} {p}" for n, p in paths.items() if p != "-")
     header = (f"# bridger vs peers ({when})\n\n{os.cpu_count()} CPUs, kernel "
-              f"{os.uname().release}, WAN: {wan}, iperf3 {args.duration:.0f} s per test\n\n")
+              f"{os.uname().release}, WAN: {wan}, iperf3 {args.duration:.0f} s per test"
+              + (f", data paths: {ran}" if ran else "") + "\n\n")
     text = header + table(results) + "\n"
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"when": when, "wan": wan, "duration": args.duration, "results": results}
+    doc = {"when": when, "wan": wan, "duration": args.duration, "data_paths": paths,
+           "results": results}
     tag = "impaired" if impaired else "clean"
     for stem in (f"compare-{tag}-{when}", f"latest-{tag}"):
         (args.out / f"{stem}.md").write_text(text)
