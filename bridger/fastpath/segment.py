@@ -108,8 +108,17 @@ def segment_tcp(frame: bytes, hdr: VnetHdr, max_frame: int) -> tuple[list[bytes]
 
     Returns (segments, csum_start); each segment's TCP checksum is partial at
     csum_start + 16. Segments carry at most ``hdr.gso_size`` payload bytes (the
-    sender's MSS), fewer when ``max_frame`` demands it.
+    sender's MSS), fewer when ``max_frame`` demands it. A header layout that does
+    not add up (e.g. an IPv6 csum_start in front of the real TCP header) is a
+    SegmentError like any other malformed superframe.
     """
+    try:
+        return _segment_tcp(frame, hdr, max_frame)
+    except struct.error as exc:
+        raise SegmentError(f"inconsistent header layout: {exc}") from None
+
+
+def _segment_tcp(frame: bytes, hdr: VnetHdr, max_frame: int) -> tuple[list[bytes], int]:
     csum_start = hdr.csum_start if hdr.flags & VnetFlag.NEEDS_CSUM else None
     l3, l4, hdrlen, v4 = _tcp_layout(frame, csum_start)
     mss = min(hdr.gso_size or max_frame, max_frame - hdrlen)

@@ -150,7 +150,6 @@ class NativeLane:
             raise BridgerError(f"{where}: read failed: {exc.strerror}") from None
 
     async def _handovers(self) -> None:
-        fwd = self.fwd
         lane = self.lane
         fd = lane.punt_fd
         try:
