@@ -85,19 +85,28 @@ class NativeLane:
 
     async def serve_port(self, port: Port) -> None:
         """A port's task: registered in the lane while it runs."""
-        config = None if port.guard is None else port.guard.config
-        ident = self.lane.add_port(port.fd, port.vnet, guard_cfg(config))
-        self._ids[port] = ident
-        self._by_id[ident] = port
+        self.add_port(port)
         try:
             self.push(self.fwd.now())
             await trio.sleep_forever()
         finally:
-            with self.held():
-                self.lane.remove_port(ident)
-                self._ids.pop(port, None)
-                self._by_id.pop(ident, None)
-                self._pushed.pop(ident, None)
+            self.remove_port(port)
+
+    def add_port(self, port: Port) -> int:
+        config = None if port.guard is None else port.guard.config
+        ident: int = self.lane.add_port(port.fd, port.vnet, guard_cfg(config))
+        self._ids[port] = ident
+        self._by_id[ident] = port
+        return ident
+
+    def remove_port(self, port: Port) -> None:
+        ident = self._ids.pop(port, None)
+        if ident is None:
+            return
+        with self.held():
+            self.lane.remove_port(ident)
+            self._by_id.pop(ident, None)
+            self._pushed.pop(ident, None)
 
     def push(self, now: float) -> None:
         """The core's decisions into the lane's tables (only what changed)."""
@@ -164,6 +173,10 @@ class NativeLane:
         fwd = self.fwd
         lane = self.lane
         now = fwd.now()
+        # The Python side first learns what the lane did (the MACs it saw, its
+        # counters), so its guards and core decide on the same state as a
+        # pure-Python run would.
+        self.sync(now)
         udp = False
         for punt in punts:
             kind = punt[0]

@@ -23,8 +23,8 @@
 #define UDP_GRO 104
 #endif
 
-#define TBUF_CAP (1u << 20)
-#define RBUF_CAP (1u << 20)
+#define TBUF_CAP (320u << 10)
+#define RBUF_CAP (320u << 10)
 #define MAX_TX 4096
 #define MAX_PEND 2048
 #define MAX_SEGS 256
@@ -449,6 +449,11 @@ int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
             if (lens[i] > p->fits_csum)
                 return 0;
         uint64_t bytes = 0, nbytes = 0;
+        for (int i = 0; i < count; i++)
+            nbytes += lens[i];
+        /* counted on the first segment's headers before sealing encrypts them */
+        bn_account(&p->st.lan_to_wan, l->tbuf + offs[0], lens[0], (uint64_t)count, nbytes);
+        maclog(l, port, 0, l->tbuf + offs[0], lens[0], (uint64_t)count, nbytes);
         for (int i = 0; i < count; i++) {
             uint8_t *pt = l->tbuf + offs[i] - FRAME_CSUM_HLEN;
             pt[0] = INNER_FRAME_CSUM;
@@ -462,12 +467,9 @@ int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
             l->tlens[l->ntx] = (uint32_t)len;
             l->ntx++;
             bytes += len;
-            nbytes += lens[i];
         }
         l->tbuf_used = offs[count - 1] + lens[count - 1] + BN_TAG_LEN;
         l->tbuf_used = (l->tbuf_used + 15) & ~(size_t)15;
-        bn_account(&p->st.lan_to_wan, l->tbuf + offs[0], lens[0], (uint64_t)count, nbytes);
-        maclog(l, port, 0, l->tbuf + offs[0], lens[0], (uint64_t)count, nbytes);
         sent_data(l, p, (uint64_t)count, (uint64_t)count, bytes, now);
         return 1;
     }
@@ -769,6 +771,11 @@ void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
                          const struct sockaddr_storage *from, socklen_t from_len) {
     size_t size = gso_size > 0 && (size_t)gso_size < n ? (size_t)gso_size : n;
     size_t off = 0;
+    if (n == 0) { /* an empty datagram: Python counts it */
+        punt_raw(l, data, 0, 0, from, from_len);
+        hold_udp(l);
+        return;
+    }
     while (off < n) {
         size_t len = n - off < size ? n - off : size;
         int port = -1;

@@ -1,0 +1,308 @@
+"""The native lane against the pure-Python data path (tests/native/lanesim.py).
+
+The same tap reads and the same datagrams go to site A twice, once through the
+pure-Python forwarder and once through the native lane (with what it hands
+over run by the real NativeLane on the native side's own Python core).  Both
+must send the same datagrams, byte for byte, write the same frames to the tap,
+and end with the same counters (core, status, MAC tables) and timers.  The
+protocol's properties hold on the lane's receive path: replays, flipped bits,
+unknown indexes and other senders are rejected and counted as before.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridger.fastpath.vnet import PLAIN_HDR, VNET_HDR, GsoType, VnetFlag
+from bridger.guard.policy import GuardConfig
+from bridger.native import lane
+from tests.guard.frames import BROADCAST, HOST_A, HOST_B, eth, ipv4, tcp, udp
+
+pytestmark = pytest.mark.skipif(lane is None, reason="bridger.native._lane is not built")
+
+ETH_IP, ETH_ARP, ETH_IP6 = 0x0800, 0x0806, 0x86DD
+UNKNOWN = bytes.fromhex("02000000ffff")
+SLOW = settings(max_examples=int(os.environ.get("LANE_EXAMPLES", "60")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+def test_extension_built_when_root() -> None:
+    if os.geteuid() == 0:
+        assert lane is not None
+
+
+def run(fn, **twin_kwargs):  # type: ignore[no-untyped-def]
+    """Run ``fn(twin)`` in a Trio run with a mock clock (the forwarders read it)."""
+    from tests.native.lanesim import Twin
+
+    result = []
+
+    async def main() -> None:
+        twin = Twin(**(twin_kwargs or getattr(fn, "twin", {})))
+        try:
+            result.append(fn(twin))
+        finally:
+            twin.close()
+
+    trio.run(main, clock=trio.testing.MockClock())
+    return result[0]
+
+
+def twin_args(**kwargs):  # type: ignore[no-untyped-def]
+    def mark(fn):  # type: ignore[no-untyped-def]
+        fn.twin = kwargs
+        return fn
+    return mark
+
+
+# ---- frames ----------------------------------------------------------------------------
+
+def frame_to(dst: bytes, size: int, src: bytes = HOST_A, kind: str = "udp",
+             seed: int = 0) -> bytes:
+    body = random.Random(seed).randbytes(max(0, size))
+    if kind == "arp":
+        return eth(dst, ETH_ARP, body[:28].ljust(28, b"\0"), src=src)
+    if kind == "tcp":
+        return eth(dst, ETH_IP, ipv4(6, tcp() + body), src=src)
+    return eth(dst, ETH_IP, ipv4(17, udp(40000, 5201, body)), src=src)
+
+
+def tcp_superframe(payload: int, seq: int = 1000, v4: bool = True, src: bytes = HOST_A,
+                   dst: bytes = HOST_B) -> bytes:
+    """A TSO superframe as the kernel hands it to tap, virtio-net header first."""
+    options = bytes([1, 1, 8, 10]) + struct.pack(">II", 1, 2)
+    data = random.Random(seq).randbytes(payload)
+    seg = struct.pack(">HHIIBBHHH", 40000, 5201, seq, 7, (20 + len(options)) // 4 << 4, 0x18,
+                      502, 0, 0) + options + data
+    if v4:
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 0x1234, 0x4000, 64, 6, 0,
+                         bytes([192, 168, 1, 11]), bytes([192, 168, 1, 21]))
+        frame, l4, gso = eth(dst, ETH_IP, ip + seg, src=src), 34, GsoType.TCPV4
+    else:
+        ip = struct.pack(">IHBB16s16s", 0x60000000, len(seg), 6, 64, bytes(15) + b"\1",
+                         bytes(15) + b"\2")
+        frame, l4, gso = eth(dst, ETH_IP6, ip + seg, src=src), 54, GsoType.TCPV6
+    hdr = VNET_HDR.pack(VnetFlag.NEEDS_CSUM, gso, l4 + 32, 1448, l4, 16)
+    return hdr + frame
+
+
+def plain(frame: bytes) -> bytes:
+    return PLAIN_HDR + frame
+
+
+def partial_udp(dst: bytes, size: int) -> bytes:
+    frame = frame_to(dst, size)
+    return VNET_HDR.pack(VnetFlag.NEEDS_CSUM, 0, 0, 0, 34, 6) + frame
+
+
+# ---- comparison ---------------------------------------------------------------------------
+
+def same_everything(twin) -> None:  # type: ignore[no-untyped-def]
+    from tests.native.lanesim import counter_figures, drain, peer_figures, timer_shape
+
+    twin.nat.sync()
+    assert drain(twin.nat.wan) == drain(twin.ref.wan), "datagrams differ"
+    assert drain(twin.nat.tap) == drain(twin.ref.tap), "tap writes differ"
+    assert peer_figures(twin.nat.peer) == peer_figures(twin.ref.peer)
+    assert counter_figures(twin.nat.fwd) == counter_figures(twin.ref.fwd)
+    assert timer_shape(twin.nat.peer) == timer_shape(twin.ref.peer)
+    assert twin.nat.fwd.device.drops == twin.ref.fwd.device.drops
+    assert twin.nat.fwd.device.rx_datagrams == twin.ref.fwd.device.rx_datagrams
+
+
+def both_tap(twin, reads: list[bytes]) -> None:  # type: ignore[no-untyped-def]
+    twin.ref.tap_reads(reads)
+    twin.nat.tap_reads(reads)
+
+
+def both_wire(twin, datagrams: list[bytes], one_by_one: bool = True) -> None:  # type: ignore[no-untyped-def]
+    twin.ref.datagrams(datagrams, one_by_one)
+    twin.nat.datagrams(datagrams, one_by_one)
+
+
+def learn_host_b(twin) -> None:  # type: ignore[no-untyped-def]
+    """Site B's host talks first, so both copies know HOST_B is behind B."""
+    both_wire(twin, twin.seal_from_b([frame_to(HOST_A, 100, src=HOST_B)]))
+    twin.nat.sync()
+
+
+# ---- scenarios -----------------------------------------------------------------------------
+
+def test_ordinary_traffic_is_forwarded_natively_with_identical_results() -> None:
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        reads = [plain(frame_to(HOST_B, n, seed=n)) for n in (0, 46, 100, 1000, 1350)]
+        reads += [partial_udp(HOST_B, 200), tcp_superframe(20000), tcp_superframe(3000, v4=False),
+                  plain(frame_to(HOST_B, 40, kind="arp"))]
+        both_tap(twin, reads)
+        assert twin.nat.handovers == 0  # all of it took the native path
+        frames = [frame_to(HOST_A, n, src=HOST_B, seed=n) for n in (10, 500, 1350)]
+        both_wire(twin, twin.seal_from_b(frames), one_by_one=False)
+        assert twin.nat.handovers == 0
+        same_everything(twin)
+
+    run(scenario)
+
+
+def test_tcp_segments_from_the_peer_are_joined_as_python_joins_them() -> None:
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        # B's tap gave it a superframe: it seals the segments as FRAME_CSUM.
+        from bridger.fastpath.segment import segment_tcp
+        from bridger.fastpath.vnet import decode_vnet_hdr_untrusted
+
+        sf = tcp_superframe(30000, src=HOST_B, dst=HOST_A)
+        segments, start = segment_tcp(sf[10:], decode_vnet_hdr_untrusted(sf), 1400)
+        datagrams = twin.seal_from_b(segments, (start, 16))
+        both_wire(twin, datagrams, one_by_one=False)
+        assert twin.nat.handovers == 0
+        same_everything(twin)
+
+    run(scenario)
+
+
+def test_what_the_lane_leaves_to_python_ends_the_same() -> None:
+    """Broadcasts, unknown destinations, frames to fragment, runts, bad virtio
+    headers, a UDP superframe: handed over, and the results are the same."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        reads = [plain(frame_to(BROADCAST, 60, kind="arp")), plain(frame_to(UNKNOWN, 100)),
+                 plain(frame_to(HOST_B, 1480)), plain(b"\x02" * 9), b"\x00" * 5,
+                 VNET_HDR.pack(0, GsoType.UDP_L4, 0, 0, 0, 0) + frame_to(HOST_B, 3000),
+                 plain(frame_to(HOST_B, 300))]
+        for read in reads:  # one pass each: each one is handed over on its own
+            both_tap(twin, [read])
+        assert twin.nat.handovers == 6  # all but the last (an ordinary frame)
+        same_everything(twin)
+
+    run(scenario)
+
+
+def test_receive_properties_hold_on_the_lane() -> None:
+    """Replays, flipped bits, an unknown index, another sender, garbage,
+    keepalives and fragments: rejected or handled exactly as Python does."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        good = twin.seal_from_b([frame_to(HOST_A, 200, src=HOST_B, seed=k) for k in range(4)])
+        rng = random.Random(3)
+        flipped = []
+        for d in good:
+            b = bytearray(d)
+            bit = rng.randrange(len(b) * 8)
+            b[bit // 8] ^= 1 << (bit % 8)
+            flipped.append(bytes(b))
+        unknown = bytearray(good[0])
+        unknown[4:8] = b"\x01\x02\x03\x04"
+        big = twin.seal_from_b([frame_to(HOST_A, 1480, src=HOST_B)])  # fragments
+        keepalive = []
+        from bridger.protocol import Output
+
+        out = Output()
+        twin.b_peer._send_keepalive(0.0, out)
+        keepalive = [d for d, _ in out.datagrams]
+        sequence = good + good[:2] + flipped + [bytes(unknown), b"\x04\0\0\0" + bytes(40),
+                                                  b"junk"] + big + keepalive
+        both_wire(twin, sequence)
+        same_everything(twin)
+        drops = twin.nat.peer.drops
+        from bridger.protocol import DropReason
+
+        assert drops[DropReason.REPLAY] == 2
+        assert twin.nat.peer.stats().reassembled == 1
+
+    run(scenario)
+
+
+@twin_args(vnet=False)
+def _plain_tap(twin) -> None:  # type: ignore[no-untyped-def]
+    learn_host_b(twin)
+    both_tap(twin, [frame_to(HOST_B, n, seed=n) for n in (0, 60, 1000, 1439, 1440)])
+    from bridger.fastpath.segment import segment_tcp
+    from bridger.fastpath.vnet import decode_vnet_hdr_untrusted
+
+    sf = tcp_superframe(5000, src=HOST_B, dst=HOST_A)
+    segments, start = segment_tcp(sf[10:], decode_vnet_hdr_untrusted(sf), 1400)
+    both_wire(twin, twin.seal_from_b(segments, (start, 16)), one_by_one=False)
+    same_everything(twin)
+
+
+def test_without_offloads_checksums_are_completed_as_python_does() -> None:
+    run(_plain_tap)
+
+
+@twin_args(guard=GuardConfig(dhcp="local", ra="local", vlans=(5, 7), untagged=True))
+def _guarded(twin) -> None:  # type: ignore[no-untyped-def]
+    learn_host_b(twin)
+    tagged = eth(HOST_B, 0x8100, struct.pack(">H", 5) + struct.pack(">H", ETH_IP)
+                 + ipv4(17, udp(1, 2, b"x" * 50)))
+    other_vlan = eth(HOST_B, 0x8100, struct.pack(">H", 9) + struct.pack(">H", ETH_IP)
+                     + ipv4(17, udp(1, 2, b"x" * 50)))
+    dhcp = eth(BROADCAST, ETH_IP, ipv4(17, udp(67, 68, bytes(240))))
+    reads = [plain(f) for f in (tagged, other_vlan, dhcp, frame_to(HOST_B, 100),
+                                frame_to(HOST_B, 100, kind="tcp"))]
+    both_tap(twin, reads)
+    both_wire(twin, twin.seal_from_b([tagged, other_vlan, dhcp, frame_to(HOST_A, 80, src=HOST_B)]))
+    same_everything(twin)
+
+
+def test_guards_with_vlan_list_and_dhcp_ra_local_end_the_same() -> None:
+    run(_guarded)
+
+
+# ---- generated -------------------------------------------------------------------------------
+
+READS = st.one_of(
+    st.tuples(st.sampled_from([HOST_B, UNKNOWN, BROADCAST]), st.integers(0, 1600),
+              st.sampled_from(["udp", "tcp", "arp"])).map(
+        lambda t: plain(frame_to(t[0], t[1], kind=t[2]))),
+    st.integers(0, 40000).map(tcp_superframe),
+    st.integers(0, 1300).map(lambda n: partial_udp(HOST_B, n)),
+    st.binary(max_size=80),
+)
+WIRE = st.tuples(st.sampled_from(["frame", "csum", "flip", "replay", "junk"]),
+                 st.integers(0, 1600), st.integers(0, 10**6))
+
+
+CONFIGS = {
+    "offload": {"vnet": True},
+    "no-offload": {"vnet": False},
+    "no-guard": {"guard": None},
+    "guards-local": {"guard": GuardConfig(dhcp="local", ra="local", vlans=(1, 5),
+                                          untagged=True, flood_rate=50)},
+}
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@SLOW
+@given(st.lists(READS, max_size=12), st.lists(WIRE, max_size=12), st.booleans())
+def test_generated_traffic_ends_the_same(config: str, reads: list[bytes],
+                                         wire: list[tuple[str, int, int]], batch: bool) -> None:
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        both_tap(twin, reads)
+        datagrams: list[bytes] = []
+        for kind, size, seed in wire:
+            frame = frame_to(HOST_A, size, src=HOST_B, seed=seed)
+            if kind == "junk":
+                datagrams.append(random.Random(seed).randbytes(size % 100))
+                continue
+            sealed = twin.seal_from_b([frame], (34, 6) if kind == "csum" else None)
+            if kind == "flip" and sealed:
+                b = bytearray(sealed[0])
+                b[seed % len(b)] ^= 1 << (seed % 8)
+                sealed[0] = bytes(b)
+            datagrams += sealed
+            if kind == "replay":
+                datagrams += sealed
+        both_wire(twin, datagrams, one_by_one=not batch)
+        same_everything(twin)
+
+    run(scenario, **CONFIGS[config])
