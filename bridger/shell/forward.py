@@ -182,10 +182,10 @@ class Forwarder:
             if not self.udp_pass():
                 await trio.lowlevel.checkpoint()
 
-    def udp_pass(self, first: tuple[list[bytes], tuple[Any, ...]] | None = None) -> bool:
-        """One pass over the socket (``first``: datagrams already received, and
-        their sender): drain it until EAGAIN (at most BATCH receives), open,
-        deliver, answer. True when drained."""
+    def udp_pass(self, first: list[tuple[list[bytes], tuple[Any, ...]]] | None = None) -> bool:
+        """One pass over the socket (``first``: datagrams already received, with
+        their senders, in order): drain it until EAGAIN (at most BATCH
+        receives), open, deliver, answer. True when drained."""
         sock = self.udp.sock
         device = self.device
         gro = self.udp.gro
@@ -200,8 +200,12 @@ class Forwarder:
         # is still one core call per batch rather than per datagram.
         batch: list[bytes] = []
         batch_from: tuple[Any, ...] = ()
-        if first is not None:
-            batch, batch_from = list(first[0]), first[1]
+        for datagrams, sockaddr in first or ():
+            if sockaddr != batch_from and batch:
+                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                batch = []
+            batch_from = sockaddr
+            batch.extend(datagrams)
         drained = False
         for _ in range(BATCH):
             try:

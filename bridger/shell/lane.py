@@ -178,6 +178,7 @@ class NativeLane:
         # pure-Python run would.
         self.sync(now)
         udp = False
+        received: list[tuple[list[bytes], tuple[Any, ...]]] = []
         for punt in punts:
             kind = punt[0]
             if kind == "tap":
@@ -188,9 +189,9 @@ class NativeLane:
                     fwd.tap_pass(port, punt[2])
                 finally:
                     lane.release(punt[1])
-            elif kind == "raw":
+            elif kind == "raw":  # the rest of a receive, and receives after it
                 udp = True
-                fwd.udp_pass((punt[1], punt[2]))
+                received.append((punt[1], punt[2]))
             elif kind == "payload":
                 udp = True
                 _kind, _ident, index, plaintext, size, sockaddr = punt
@@ -206,7 +207,10 @@ class NativeLane:
                 port.deliver([frame], {} if start < 0 else {0: (start, offset)}, now)
                 lane.learn(punt[1], [frame])
         if udp:
-            lane.release(-1)
+            try:
+                fwd.udp_pass(received)  # they, then what waits on the socket
+            finally:
+                lane.release(-1)
         self.push(now)
 
     async def _sync(self) -> None:

@@ -392,8 +392,8 @@ static void tx_commit(bn_lane *l, size_t len) {
     l->tbuf_used += (len + 15) & ~(size_t)15;
 }
 
-static void sent_data(bn_lane *l, bn_port *p, uint64_t frames, uint64_t datagrams,
-                      uint64_t bytes, double now) {
+static void sent_data(bn_port *p, uint64_t frames, uint64_t datagrams, uint64_t bytes,
+                      double now) {
     p->st.tx_frames += frames;
     p->st.tx_datagrams += datagrams;
     p->st.tx_bytes += bytes;
@@ -470,7 +470,7 @@ int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
         }
         l->tbuf_used = offs[count - 1] + lens[count - 1] + BN_TAG_LEN;
         l->tbuf_used = (l->tbuf_used + 15) & ~(size_t)15;
-        sent_data(l, p, (uint64_t)count, (uint64_t)count, bytes, now);
+        sent_data(p, (uint64_t)count, (uint64_t)count, bytes, now);
         return 1;
     }
     int fits = partial ? p->fits_csum : p->fits_plain;
@@ -502,7 +502,7 @@ int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
     tx_commit(l, len);
     bn_account(&p->st.lan_to_wan, frame, flen, 1, flen);
     maclog(l, port, 0, frame, flen, 1, flen);
-    sent_data(l, p, 1, 1, len, now);
+    sent_data(p, 1, 1, len, now);
     return 1;
 }
 
@@ -598,12 +598,11 @@ static void write_port(bn_lane *l, int port, bn_frame_in *frames, int n) {
     }
 }
 
-/* Write every pending WAN -> tap frame, per port in arrival order. */
-void bn_lane_flush(bn_lane *l) {
-    if (l->npend == 0) {
-        l->rbuf_used = 0;
+/* Write every pending WAN -> tap frame, per port in arrival order; rbuf stays
+ * as it is (a receive may still be in progress in it). */
+static void write_pending(bn_lane *l) {
+    if (l->npend == 0)
         return;
-    }
     static __thread bn_frame_in sel[MAX_PEND];
     for (int port = 0; port < BN_MAX_PORTS; port++) {
         bn_port *p = &l->ports[port];
@@ -618,6 +617,12 @@ void bn_lane_flush(bn_lane *l) {
             write_port(l, port, sel, n);
     }
     l->npend = 0;
+}
+
+/* Write every pending frame, then reuse rbuf from its start: only between
+ * receives. */
+void bn_lane_flush(bn_lane *l) {
+    write_pending(l);
     l->rbuf_used = 0;
 }
 
@@ -734,7 +739,7 @@ static int rx_datagram(bn_lane *l, uint8_t *d, size_t n, const struct sockaddr_s
         return RX_FRAME;
     bn_macset_add(&p->known, frame + 6);
     if (l->npend >= MAX_PEND)
-        bn_lane_flush(l); /* cannot happen within one receive (<= 64 KB), kept safe */
+        write_pending(l); /* many small frames in GRO receives: write what waits */
     bn_frame_in *f = &l->pend[l->npend];
     f->data = frame;
     f->len = (uint32_t)flen;
@@ -816,41 +821,65 @@ void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
     }
 }
 
-/* Drain the UDP socket into rbuf; returns -1 on a fatal error. */
+/* Receives per recvmmsg and the room for each: with UDP_GRO a receive may be
+ * a whole GRO batch (up to 64 KB); without, one datagram, and none of
+ * bridger's is over 16 KB (a longer one is cut and then fails to open). */
+#define RX_VLEN_GRO 4
+#define RX_VLEN 16
+#define RX_SLOT 16384
+
+/* Drain the UDP socket into rbuf, several receives per recvmmsg. */
 static int pump_udp(bn_lane *l) {
-    for (int i = 0; i < BN_BATCH && !l->udp_held; i++) {
-        if (l->rbuf_used + BN_READ_SIZE > l->rbuf_cap)
+    struct mmsghdr msgs[RX_VLEN];
+    struct iovec iov[RX_VLEN];
+    struct sockaddr_storage from[RX_VLEN];
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } ctl[RX_VLEN];
+    int vlen = l->gro ? RX_VLEN_GRO : RX_VLEN;
+    size_t slot = l->gro ? (BN_READ_SIZE + 15) & ~(size_t)15 : RX_SLOT;
+    for (int reads = 0; reads < BN_BATCH && !l->udp_held; reads += vlen) {
+        if (l->rbuf_used + (size_t)vlen * slot > l->rbuf_cap)
             bn_lane_flush(l);
-        uint8_t *buf = l->rbuf + l->rbuf_used;
-        struct sockaddr_storage from;
-        union {
-            char buf[CMSG_SPACE(sizeof(int))];
-            struct cmsghdr align;
-        } ctl;
-        struct iovec iov = {buf, BN_READ_SIZE};
-        struct msghdr msg;
-        memset(&msg, 0, sizeof msg);
-        msg.msg_name = &from;
-        msg.msg_namelen = sizeof from;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl.buf;
-        msg.msg_controllen = sizeof ctl.buf;
-        ssize_t n = recvmsg(l->udp_fd, &msg, MSG_DONTWAIT);
-        if (n < 0) {
+        uint8_t *base = l->rbuf + l->rbuf_used;
+        memset(msgs, 0, sizeof msgs[0] * (size_t)vlen);
+        for (int k = 0; k < vlen; k++) {
+            iov[k].iov_base = base + (size_t)k * slot;
+            iov[k].iov_len = slot;
+            msgs[k].msg_hdr.msg_name = &from[k];
+            msgs[k].msg_hdr.msg_namelen = sizeof from[k];
+            msgs[k].msg_hdr.msg_iov = &iov[k];
+            msgs[k].msg_hdr.msg_iovlen = 1;
+            msgs[k].msg_hdr.msg_control = ctl[k].buf;
+            msgs[k].msg_hdr.msg_controllen = sizeof ctl[k].buf;
+        }
+        int got = recvmmsg(l->udp_fd, msgs, (unsigned)vlen, MSG_DONTWAIT, NULL);
+        if (got < 0) {
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
             continue; /* ICMP errors (port unreachable): the core's timers cope */
         }
-        int gso_size = 0;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm))
-            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO
-                && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
-                memcpy(&gso_size, CMSG_DATA(cm), sizeof gso_size);
-        l->rbuf_used += ((size_t)n + 15) & ~(size_t)15;
-        bn_lane_udp_receive(l, buf, (size_t)n, gso_size, &from, msg.msg_namelen);
+        l->rbuf_used += (size_t)got * slot;
+        for (int k = 0; k < got; k++) {
+            struct msghdr *m = &msgs[k].msg_hdr;
+            int gso_size = 0;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm))
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO
+                    && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
+                    memcpy(&gso_size, CMSG_DATA(cm), sizeof gso_size);
+            uint8_t *data = iov[k].iov_base;
+            size_t n = msgs[k].msg_len;
+            if (l->udp_held) /* received with the one handed over: Python's too, in order */
+                punt_raw(l, data, n, gso_size > 0 && (size_t)gso_size < n ? (size_t)gso_size : n,
+                         &from[k], m->msg_namelen);
+            else
+                bn_lane_udp_receive(l, data, n, gso_size, &from[k], m->msg_namelen);
+        }
+        if (got < vlen)
+            break; /* drained */
     }
     bn_lane_flush(l);
     return 0;
