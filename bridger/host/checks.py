@@ -11,11 +11,10 @@ import stat
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-
 from bridger.errors import HostError
 from bridger.host import tap as tapmod
 from bridger.host.netlink import ARPHRD_ETHER, IFF_LOOPBACK, Link, get_link
+from bridger.host.pyroute import IPRoute
 
 CAP_NET_ADMIN = 12
 IFNAMSIZ = 16

@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from bridger.errors import HostError
 from bridger.host.journal import Record
+from bridger.host.pyroute import IPRoute, NetlinkError
 
 AF_INET = 2
 AF_INET6 = 10

@@ -30,14 +30,12 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from bridger.config import DEFAULT_BRIDGE, DEFAULT_TAP, default_state_dir
 from bridger.errors import HostError
 from bridger.host import netlink as nl
 from bridger.host.checks import Facts, check_links, check_new_tap, check_process
 from bridger.host.journal import Journal, Record, StateLock
+from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.tap import open_tap
 

@@ -11,6 +11,9 @@ Protocol (one request per connection, line based, UTF-8):
 The socket file is created mode 0600 (``fchmod`` before ``bind``, so there is
 no window where it is wider), is refused if another daemon is listening on
 it, replaces a stale one left by a crash, and is removed on exit.
+
+The client's drawing (rich, the dashboard's layout) is imported by
+:func:`status_main` only: the daemon serves the socket without loading it.
 """
 
 from __future__ import annotations
@@ -29,12 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from rich.console import Console
-from rich.live import Live
 
 from bridger.errors import AlreadyRunning, BridgerError, HostError
 from bridger.status.counters import SCHEMA_VERSION
-from bridger.status.dashboard import History, render
 
 log = logging.getLogger("bridger.status.control")
 
@@ -241,6 +241,11 @@ def status_main(state_dir: Path, as_json: bool, watch: bool, *, interval: float 
     JSON mode prints the document (indented once; one line per sample when
     watching).  Errors are :class:`BridgerError` for the CLI to print.
     """
+    from rich.console import Console
+    from rich.live import Live
+
+    from bridger.status.dashboard import History, render
+
     path = control_path(state_dir)
     # Nothing printed here is markup: names and addresses must show verbatim.
     console = Console(markup=False, emoji=False, highlight=False)

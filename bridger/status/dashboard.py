@@ -15,6 +15,9 @@ markup (``[bold]``) and emoji codes (``:cd:`` in a MAC address).
 
 ``bridger status`` reuses :func:`render`, so the daemon's screen and the
 status command always show the same thing.
+
+rich is imported by the functions that draw, not by this module: a daemon
+without a terminal uses only the log lines and never loads it (memory).
 """
 
 from __future__ import annotations
@@ -25,16 +28,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from bridger.status.counters import KINDS, PEER_STATES
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 #: Display names of the two directions, keyed by the snapshot's direction keys.
 DIRECTIONS = (("tx", "LAN→WAN"), ("rx", "WAN→LAN"))
@@ -114,6 +117,8 @@ def sparkline(values: Iterable[float], width: int) -> str:
 
 def _plain(value: object, style: str = "") -> Text:
     """Any value as literal text: never parsed for markup or emoji."""
+    from rich.text import Text
+
     return Text(str(value), style=style, no_wrap=True, overflow="ellipsis")
 
 
@@ -245,6 +250,9 @@ def _table() -> Table:
     """A borderless table: header, one rule, rows; columns one space apart.
 
     Columns get explicit widths so the layout is predictable (no wrapping)."""
+    from rich import box
+    from rich.table import Table
+
     return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0),
                  expand=False, header_style="bold", show_header=True)
 
@@ -283,6 +291,9 @@ def _name_width(peers: list[dict[str, Any]]) -> int:
 def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
                  more: int) -> RenderableType:
     """One row per peer: state, endpoint, RTT, frames and Mbit/s each way, drops."""
+    from rich.console import Group
+    from rich.text import Text
+
     states = {p["name"]: peer_state(p) for p in peers}
     state_width = max(5, max((len(label) for label, _ in states.values()), default=5))
     columns = [
@@ -368,6 +379,8 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
 
 def _pairs(parts: list[tuple[str, str]], width: int, sep: str = "  ") -> Text:
     """``label value`` pairs; labels are ours, values may come from anywhere."""
+    from rich.text import Text
+
     text = Text(no_wrap=True, overflow="ellipsis")
     for i, (label, value) in enumerate(parts):
         if i:
@@ -395,6 +408,8 @@ def state_counts(snap: dict[str, Any]) -> dict[str, int]:
 
 def _header(snap: dict[str, Any], width: int) -> Text:
     """bridger, peers by state, mode and the local interfaces."""
+    from rich.text import Text
+
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append("bridger ", style="bold")
     peers = snap["peers"]
@@ -452,6 +467,8 @@ def _kinds(snap: dict[str, Any], width: int) -> Table:
 
 def _drops_line(snap: dict[str, Any], width: int) -> Text:
     """Drops of the whole device (every peer included) by reason, the biggest first."""
+    from rich.text import Text
+
     drops: dict[str, int] = snap["drops"]
     nonzero = sorted(((n, r) for r, n in drops.items() if n), reverse=True)
     text = Text(no_wrap=True, overflow="ellipsis")
@@ -484,6 +501,8 @@ def _guard_line(snap: dict[str, Any], width: int) -> Text:
     """Loop protection and MAC flaps of the whole device: ``loops detected N`` (red
     while a peer is blocked: its row says LOOP), MAC flaps (total, per second over
     the last 10 s) and the MAC that flaps most, with the two sides it moves between."""
+    from rich.text import Text
+
     guard = snap["guard"]
     text = Text("guard ", style="bold", no_wrap=True, overflow="ellipsis")
     text.append("loops detected ", style="dim")
@@ -503,6 +522,8 @@ def _guard_line(snap: dict[str, Any], width: int) -> Text:
 
 
 def _macs_title(snap: dict[str, Any], width: int) -> Text:
+    from rich.text import Text
+
     local = snap["macs"]["local"]
     remote = [p["macs"]["remote"] for p in snap["peers"]]
     parts = [("local ", f"{local['count']}/{local['capacity']}"),
@@ -520,6 +541,8 @@ def _macs_title(snap: dict[str, Any], width: int) -> Text:
 def _macs_table(snap: dict[str, Any], width: int, rows: int) -> Table:
     """Top talkers: local MACs and the MACs behind the peers side by side when wide
     enough, else merged into one list."""
+    from rich.text import Text
+
     local = snap["macs"]["local"]["top"]
     remote = [(p["name"], e) for p in snap["peers"] for e in p["macs"]["remote"]["top"]]
     remote.sort(key=lambda item: item[1]["bytes"], reverse=True)
@@ -593,6 +616,8 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
     counts the rest.
     Tables take 1 header + 1 rule + rows lines.
     """
+    from rich.console import Group
+
     width = max(20, width)
     budget = max(1, height) - 1  # the header
     peers: list[dict[str, Any]] = list(snapshot["peers"])
@@ -651,6 +676,9 @@ async def run_dashboard(
     and its time read from trio's clock, so a test's MockClock drives the
     rates; layout and terminal output run in a worker thread.
     """
+    from rich.console import Console
+    from rich.live import Live
+
     console = console or Console(markup=False, emoji=False, highlight=False)
     history = History()
     period = 1.0 / refresh_per_second

@@ -22,10 +22,10 @@ import logging
 import queue
 import sys
 import threading
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from rich.console import Console
-from rich.logging import RichHandler
+if TYPE_CHECKING:
+    from rich.console import Console
 
 #: Records waiting for the writer thread; beyond this they are dropped and counted.
 QUEUE_SIZE = 1000
@@ -107,6 +107,9 @@ def setup_logging(dashboard: bool, *, stream: IO[str] | None = None) -> Console 
     console = None
     target: logging.Handler
     if dashboard:
+        from rich.console import Console  # only with the dashboard: rich costs memory
+        from rich.logging import RichHandler
+
         console = Console(file=stream, markup=False, emoji=False, highlight=False)
         target = RichHandler(console=console, show_path=False, markup=False,
                              rich_tracebacks=False)
