@@ -718,3 +718,25 @@ def test_guard_settings_from_file_and_command_line(
             cli.guard.loop_protection) == ("shared", (30,), 0, False)
     assert build({"key_file": str(own[0]), "peer_public_key": PUB, "lan": "eth1"},
                  None, etc).guard == GuardConfig()
+
+
+def test_data_path_option_from_file_and_command_line(
+    tmp_path: Path, own: tuple[Path, str], etc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = {"lan": "eth1", "key_file": str(own[0]), "peer_public_key": PUB}
+    assert build(cli, None, etc).data_path == "auto"
+    path = write(tmp_path, '[local]\ndata_path = "python"\n')
+    assert build(cli, path, etc).data_path == "python"
+    assert build({**cli, "data_path": "auto"}, path, etc).data_path == "auto"
+    path = write(tmp_path, '[local]\ndata_path = "fast"\n')
+    assert error(lambda: build(cli, path, etc)) == (
+        f'{path}: local.data_path: must be "auto", "native" or "python"'
+    )
+    from bridger import native
+
+    monkeypatch.setattr(native, "lane", None)
+    monkeypatch.setattr(native, "unavailable", "not built (test)")
+    message = error(lambda: build({**cli, "data_path": "native"}, None, etc))
+    assert message.startswith("--data-path: the native data path is not built here")
+    assert "not built (test)" in message
+    assert build({**cli, "data_path": "auto"}, None, etc).data_path == "auto"
