@@ -14,6 +14,12 @@ Flow:
    early when a data path moved the deadline.
 Nothing here waits for a view: status, dashboard and metrics only sample
 ``Counters`` and the core's stats.
+
+With the native lane (``lane``, bridger/shell/lane.py) the first two loops are
+the lane's C loop: the tasks register the ports and run the lane, and the
+passes here (``tap_pass``, ``udp_pass``) run only on what the lane hands over,
+under the lane's mutex (``core()``); the timers task takes the lane's counts
+first.
 """
 
 from __future__ import annotations
