@@ -228,9 +228,10 @@ def _flow_key(frame: bytes, l3: int, l4: int, hdrlen: int, v4: bool) -> bytes:
 
 
 def coalesce(
-    frames: list[bytes], csum: dict[int, tuple[int, int]]
+    frames: list[bytes], csum: dict[int, tuple[int, int]], udp: bool = False
 ) -> Iterator[tuple[bytes, bytes, int, int]]:
-    """(virtio-net header, frame, count, nbytes) to write, with TCP segment runs joined.
+    """(virtio-net header, frame, count, nbytes) to write, with TCP segment runs joined
+    (and, with ``udp``, runs of UDP datagrams: :class:`_UdpRun`).
 
     Only frames whose checksum is partial (``csum``) are joined: their sender
     vouched for the data and the kernel completes the sum of the whole.
@@ -239,8 +240,27 @@ def coalesce(
     length, so the caller counts a run once instead of once per segment.
     """
     run: _Run | None = None
+    urun: _UdpRun | None = None
     for index, frame in enumerate(frames):
         meta = csum.get(index)
+        if udp and meta is not None and meta[1] == UDP_CSUM_OFFSET:
+            if run is not None:
+                yield run.build()
+                run = None
+            if urun is not None and urun.take(frame, meta[0]):
+                continue
+            if urun is not None:
+                yield urun.build()
+                urun = None
+            layout = _udp_layout(frame, meta[0])
+            if layout is None or len(frame) <= layout[2]:
+                yield csum_hdr(*meta), frame, 1, len(frame)
+            else:
+                urun = _UdpRun(frame, *layout)
+            continue
+        if urun is not None:
+            yield urun.build()
+            urun = None
         if meta is None or meta[1] != TCP_CSUM_OFFSET:
             if run is not None:
                 yield run.build()
@@ -283,6 +303,110 @@ def coalesce(
             yield csum_hdr(*meta), frame, 1, len(frame)
     if run is not None:
         yield run.build()
+    if urun is not None:
+        yield urun.build()
+
+
+UDP_CSUM_OFFSET = 6
+IPPROTO_UDP = 17
+UDP_HLEN = 8
+
+
+def _udp_layout(frame: bytes, csum_start: int) -> tuple[int, int, int, bool] | None:
+    """(l3, l4, header length, is IPv4) of a whole UDP datagram in ``frame`` whose
+    partial checksum starts at ``csum_start``; None for anything else (IPv4
+    fragments, IPv6 extension headers, a UDP length that is not the rest of
+    the frame)."""
+    try:
+        l3, ethertype = l3_offset_untrusted(frame)
+    except SegmentError:
+        return None
+    if ethertype == ETH_P_IP:
+        if (len(frame) < l3 + 20 or frame[l3] >> 4 != 4 or frame[l3] & 0x0F < 5
+                or frame[l3 + 9] != IPPROTO_UDP
+                or _U16.unpack_from(frame, l3 + 6)[0] & 0x3FFF):  # MF or an offset
+            return None
+        l4, v4 = l3 + (frame[l3] & 0x0F) * 4, True
+    elif ethertype == ETH_P_IPV6:
+        if len(frame) < l3 + 40 or frame[l3] >> 4 != 6 or frame[l3 + 6] != IPPROTO_UDP:
+            return None
+        l4, v4 = l3 + 40, False
+    else:
+        return None
+    if l4 != csum_start or len(frame) < l4 + UDP_HLEN:
+        return None
+    if _U16.unpack_from(frame, l4 + 4)[0] != len(frame) - l4:
+        return None
+    return l3, l4, l4 + UDP_HLEN, v4
+
+
+class _UdpRun:
+    """Datagrams of one UDP flow, all of one size but a shorter last one, to be
+    written as one UDP_L4 superframe: the kernel cuts it into datagrams of
+    that size with these headers (IPv4 ids counting up from the first's), so
+    the receiver gets the same datagrams for one trip through the bridge and
+    one wake-up of the receiving socket (the 64-byte packets case)."""
+
+    __slots__ = ("count", "first", "hdrlen", "l3", "l4", "next_id", "open", "payloads",
+                 "size", "total", "v4")
+
+    def __init__(self, frame: bytes, l3: int, l4: int, hdrlen: int, v4: bool) -> None:
+        self.first = frame
+        self.l3, self.l4, self.hdrlen, self.v4 = l3, l4, hdrlen, v4
+        self.size = len(frame) - hdrlen
+        self.total = self.size
+        self.count = 1
+        self.payloads = [frame[hdrlen:]]
+        self.next_id = (_U16.unpack_from(frame, l3 + 4)[0] + 1) & 0xFFFF if v4 else 0
+        self.open = True
+
+    def take(self, frame: bytes, csum_start: int) -> bool:
+        """Join ``frame`` if it continues the run."""
+        l3, l4, hdrlen = self.l3, self.l4, self.hdrlen
+        size = len(frame) - hdrlen
+        if (not self.open or csum_start != l4 or not 0 < size <= self.size
+                or self.count >= MAX_SEGMENTS or self.total + size + hdrlen > MAX_SUPERFRAME):
+            return False
+        first = self.first
+        # Every header byte but the lengths, the IPv4 id and checksums, and the
+        # UDP checksum must match; the IPv4 id must count up by one.
+        if self.v4:
+            same = (frame[:l3 + 2] == first[:l3 + 2]
+                    and frame[l3 + 6:l3 + 10] == first[l3 + 6:l3 + 10]
+                    and frame[l3 + 12:l4 + 4] == first[l3 + 12:l4 + 4]
+                    and _U16.unpack_from(frame, l3 + 4)[0] == self.next_id)
+        else:
+            same = (frame[:l3 + 4] == first[:l3 + 4]
+                    and frame[l3 + 6:l4 + 4] == first[l3 + 6:l4 + 4])
+        if not same or _U16.unpack_from(frame, l4 + 4)[0] != len(frame) - l4:
+            return False
+        self.payloads.append(frame[hdrlen:])
+        self.total += size
+        self.count += 1
+        self.next_id = (self.next_id + 1) & 0xFFFF
+        self.open = size == self.size
+        return True
+
+    def build(self) -> tuple[bytes, bytes, int, int]:
+        frame, l3, l4, hdrlen = self.first, self.l3, self.l4, self.hdrlen
+        if self.count == 1:
+            return csum_hdr(l4, UDP_CSUM_OFFSET), frame, 1, len(frame)
+        h = bytearray(frame[:hdrlen])
+        total = self.total
+        if self.v4:
+            _pack_u16(h, l3 + 2, hdrlen - l3 + total)
+            _set_ipv4_csum(h, l3, l4)
+            addrs = frame[l3 + 12:l3 + 20]
+        else:
+            _pack_u16(h, l3 + 4, UDP_HLEN + total)
+            addrs = frame[l3 + 8:l3 + 40]
+        _pack_u16(h, l4 + 4, UDP_HLEN + total)
+        _pack_u16(h, l4 + UDP_CSUM_OFFSET,
+                  _fold(ones_sum(addrs) + IPPROTO_UDP + UDP_HLEN + total))
+        vh = VNET_HDR.pack(VnetFlag.NEEDS_CSUM, GsoType.UDP_L4, hdrlen, self.size, l4,
+                           UDP_CSUM_OFFSET)
+        return (vh, bytes(h) + b"".join(self.payloads), self.count,
+                self.count * hdrlen + total)
 
 
 #: TCP option kinds (RFC 9293).

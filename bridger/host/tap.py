@@ -105,6 +105,27 @@ def enable_offloads(fd: int) -> int:
     return 0
 
 
+#: UDP segmentation offload (Linux 6.2): the tap takes (and could hand over)
+#: UDP_L4 superframes.
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+
+def takes_udp_superframes(fd: int, granted: int) -> bool:
+    """Whether this kernel's tap takes UDP_L4 superframes written with a
+    virtio-net header (the USO offloads exist). The offloads are only probed:
+    they are set back to ``granted`` at once, so the tap never *hands* us UDP
+    superframes (bridger does not cut those)."""
+    if not granted:
+        return False
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, granted | TUN_F_USO4 | TUN_F_USO6)
+    except OSError:
+        return False
+    fcntl.ioctl(fd, TUNSETOFFLOAD, granted)
+    return True
+
+
 @contextlib.contextmanager
 def _in_netns(netns: str | None) -> Iterator[None]:
     """Run the body with this thread in ``netns`` (test mode); the tap is created there."""

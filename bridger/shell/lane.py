@@ -95,6 +95,7 @@ class NativeLane:
     def add_port(self, port: Port) -> int:
         config = None if port.guard is None else port.guard.config
         ident: int = self.lane.add_port(port.fd, port.vnet, guard_cfg(config))
+        self.lane.set_udp_join(ident, port.udp_join)
         self._ids[port] = ident
         self._by_id[ident] = port
         return ident

@@ -65,6 +65,9 @@ class Port:
     vnet: bool = False
     #: Loop, storm, DHCP/RA and VLAN guards for this peer (docs/guard.md).
     guard: Guard | None = None
+    #: The tap takes UDP_L4 superframes: runs of one UDP flow's datagrams are
+    #: written as one (segment.coalesce(udp=True)).
+    udp_join: bool = False
 
     def plain_from_tap(self, frame: bytes, now: float, small: SmallFrames) -> None:
         """A tap read without a virtio-net header: one whole frame."""
@@ -135,7 +138,7 @@ class Port:
                     counters.drop(reason)
                 frames, csum = without(frames, csum, drops)
         if self.vnet:
-            for hdr, frame, count, nbytes in coalesce(frames, csum):
+            for hdr, frame, count, nbytes in coalesce(frames, csum, self.udp_join):
                 try:
                     os.writev(fd, (hdr, frame))
                 except OSError:

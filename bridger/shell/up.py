@@ -181,7 +181,7 @@ class Daemon:
 
 def prepare_port(port: Port, offload: bool) -> int:
     """The fast-path flags of one tap; returns the offloads granted."""
-    from bridger.host.tap import IFF_VNET_HDR, enable_offloads, tap_flags
+    from bridger.host.tap import IFF_VNET_HDR, enable_offloads, takes_udp_superframes, tap_flags
 
     if not offload:
         return 0
@@ -189,7 +189,9 @@ def prepare_port(port: Port, offload: bool) -> int:
         port.vnet = bool(tap_flags(port.fd) & IFF_VNET_HDR)
     except OSError:
         port.vnet = False
-    return enable_offloads(port.fd) if port.vnet else 0
+    granted = enable_offloads(port.fd) if port.vnet else 0
+    port.udp_join = takes_udp_superframes(port.fd, granted)
+    return granted
 
 
 def data_path(fwd: Forwarder) -> str:
@@ -204,14 +206,15 @@ def setup_fast_path(fwd: Forwarder, offload: bool, path: str = PYTHON) -> None:
         return
     fwd.udp.enable_offloads()
     granted = 0
-    vnet = False
+    vnet = udp_join = False
     for port in fwd.ports.values():
         offloads = prepare_port(port, offload)
         if port.vnet:
             vnet = True
             granted = offloads
+            udp_join = port.udp_join
     names = [name for bit, name in ((1, "csum"), (2, "tso4"), (4, "tso6"), (8, "tso-ecn"))
-             if granted & bit]
+             if granted & bit] + (["udp-joins"] if udp_join else [])
     log.info(
         "data path: %s; fast path: tap %s, UDP GSO %s, UDP GRO %s", path,
         ("offloads " + ",".join(names)) if names else

@@ -76,6 +76,9 @@ typedef struct {
  * written to out (<= n); the same headers, frames, counts and nbytes as
  * Python's generator, in order. */
 int bn_coalesce(const bn_frame_in *frames, int n, bn_out_frame *out);
+/* segment.coalesce(frames, csum, udp): with udp, runs of UDP datagrams of one
+ * flow are joined too (UDP_L4 superframes). */
+int bn_coalesce2(const bn_frame_in *frames, int n, bn_out_frame *out, int udp);
 
 /* ---- the guards' hot path and the frame-kind counters (bn_guard.c) -------- */
 

@@ -572,7 +572,7 @@ static void write_port(bn_lane *l, int port, bn_frame_in *frames, int n) {
     int i = 0;
     while (i < n) {
         int chunk = n - i < BN_MAX_SEGMENTS ? n - i : BN_MAX_SEGMENTS;
-        int nout = bn_coalesce(frames + i, chunk, outs);
+        int nout = bn_coalesce2(frames + i, chunk, outs, p->udp_join);
         for (int k = 0; k < nout; k++) {
             bn_out_frame *o = &outs[k];
             struct iovec iov[BN_MAX_SEGMENTS + 2];

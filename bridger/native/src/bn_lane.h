@@ -58,6 +58,7 @@ typedef struct {
 
 typedef struct {
     int used, fd, vnet, held;
+    int udp_join; /* the tap takes UDP_L4 superframes: join UDP runs too */
     /* Python's decisions (set_port). */
     bn_session *send; /* NULL: nothing is sent natively */
     void *send_ref;   /* the Python object owning *send */
@@ -142,6 +143,7 @@ int bn_lane_run(bn_lane *l);
 void bn_lane_stop(bn_lane *l);
 double bn_lane_now(const bn_lane *l);
 int bn_lane_add_port(bn_lane *l, int fd, int vnet, const bn_guard_cfg *g);
+
 void bn_lane_release(bn_lane *l, int port); /* port -1: the UDP socket */
 void bn_lane_hold_port(bn_lane *l, int port);
 void bn_macset_add(bn_macset *m, const uint8_t *mac);

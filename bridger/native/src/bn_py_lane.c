@@ -276,6 +276,18 @@ static void drop_rx(bn_lane *l, int port) {
     l->nrx = k;
 }
 
+static PyObject *Lane_set_udp_join(LaneObject *self, PyObject *args) {
+    int port, on;
+    if (!PyArg_ParseTuple(args, "ip", &port, &on))
+        return NULL;
+    if (check_port(self, port) < 0)
+        return NULL;
+    lock(self);
+    self->l->ports[port].udp_join = on;
+    unlock(self);
+    Py_RETURN_NONE;
+}
+
 static PyObject *Lane_remove_port(LaneObject *self, PyObject *args) {
     int port;
     if (!PyArg_ParseTuple(args, "i", &port))
@@ -710,6 +722,8 @@ static PyMethodDef Lane_methods[] = {
     {"add_port", (PyCFunction)Lane_add_port, METH_VARARGS,
      "add_port(fd, vnet, guard_cfg | None) -> port id"},
     {"remove_port", (PyCFunction)Lane_remove_port, METH_VARARGS, "remove_port(id)"},
+    {"set_udp_join", (PyCFunction)Lane_set_udp_join, METH_VARARGS,
+     "set_udp_join(port, on): join UDP datagram runs into UDP_L4 superframes"},
     {"set_port", (PyCFunction)(void (*)(void))Lane_set_port, METH_VARARGS | METH_KEYWORDS,
      "set_port(port, send, endpoint, fits_plain, fits_csum, room, max_frame, blocked)"},
     {"set_rx", (PyCFunction)Lane_set_rx, METH_VARARGS, "set_rx(port, sessions)"},

@@ -183,7 +183,8 @@ static int get_meta(PyObject *csum, Py_ssize_t index, bn_frame_in *f) {
 
 static PyObject *py_coalesce(PyObject *self, PyObject *args) {
     PyObject *frames_o, *csum;
-    if (!PyArg_ParseTuple(args, "OO!:coalesce", &frames_o, &PyDict_Type, &csum))
+    int udp = 0;
+    if (!PyArg_ParseTuple(args, "OO!|p:coalesce", &frames_o, &PyDict_Type, &csum, &udp))
         return NULL;
     PyObject *seq = PySequence_Fast(frames_o, "frames must be a sequence");
     if (seq == NULL)
@@ -222,7 +223,7 @@ static PyObject *py_coalesce(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    int k = bn_coalesce(in, (int)n, out);
+    int k = bn_coalesce2(in, (int)n, out, udp);
     PyObject *list = PyList_New(k);
     if (list == NULL)
         goto done;
@@ -275,7 +276,7 @@ static PyMethodDef segment_methods[] = {
     {"clamp_mss", py_clamp_mss, METH_VARARGS, "segment.clamp_mss(frame, room, partial) in C."},
     {"segment_tcp", py_segment_tcp, METH_VARARGS,
      "segment.segment_tcp(frame, vnet_hdr_bytes, max_frame) in C (ValueError: SegmentError)."},
-    {"coalesce", py_coalesce, METH_VARARGS, "list(segment.coalesce(frames, csum)) in C."},
+    {"coalesce", py_coalesce, METH_VARARGS, "list(segment.coalesce(frames, csum, udp=False)) in C."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -412,14 +412,167 @@ static int build(bn_out_frame *o, const bn_frame_in *frames, const run_t *r) {
     return 1;
 }
 
+/* ---- UDP runs (segment._UdpRun) ------------------------------------------------ */
+
+#define UDP_CSUM_OFFSET 6
+#define IPPROTO_UDP_ 17
+#define GSO_UDP_L4 5
+
+typedef struct {
+    uint32_t first, count;
+    layout L;
+    size_t size, total;
+    uint16_t next_id;
+    int open;
+} urun_t;
+
+/* segment._udp_layout: 0, or -1 where Python returns None. */
+static int udp_layout(const uint8_t *f, size_t len, long csum_start, layout *out) {
+    size_t off = BN_ETH_HLEN - 2;
+    uint16_t ethertype = 0;
+    int found = 0;
+    for (int i = 0; i < MAX_VLAN_TAGS + 1; i++) {
+        if (len < off + 2)
+            return -1;
+        ethertype = bn_be16(f + off);
+        if (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100) {
+            found = 1;
+            break;
+        }
+        off += VLAN_HLEN;
+    }
+    if (!found)
+        return -1;
+    size_t l3 = off + 2, l4;
+    int v4;
+    if (ethertype == ETH_P_IP) {
+        if (len < l3 + 20 || f[l3] >> 4 != 4 || (f[l3] & 0x0F) < 5 || f[l3 + 9] != IPPROTO_UDP_
+            || (bn_be16(f + l3 + 6) & 0x3FFF))
+            return -1;
+        l4 = l3 + (size_t)(f[l3] & 0x0F) * 4;
+        v4 = 1;
+    } else if (ethertype == ETH_P_IPV6) {
+        if (len < l3 + 40 || f[l3] >> 4 != 6 || f[l3 + 6] != IPPROTO_UDP_)
+            return -1;
+        l4 = l3 + 40;
+        v4 = 0;
+    } else {
+        return -1;
+    }
+    if (csum_start < 0 || (size_t)csum_start != l4 || len < l4 + 8)
+        return -1;
+    if (bn_be16(f + l4 + 4) != len - l4)
+        return -1;
+    out->l3 = l3;
+    out->l4 = l4;
+    out->hdrlen = l4 + 8;
+    out->v4 = v4;
+    return 0;
+}
+
+static int udp_take(urun_t *r, const bn_frame_in *frames, const bn_frame_in *fi) {
+    size_t l3 = r->L.l3, l4 = r->L.l4, hdrlen = r->L.hdrlen;
+    const uint8_t *f = fi->data, *a = frames[r->first].data;
+    size_t len = fi->len;
+    if (!r->open || fi->csum_start < 0 || (size_t)fi->csum_start != l4 || len <= hdrlen)
+        return 0;
+    size_t size = len - hdrlen;
+    if (size > r->size || r->count >= BN_MAX_SEGMENTS
+        || r->total + size + hdrlen > BN_MAX_SUPERFRAME)
+        return 0;
+    int same = r->L.v4 ? mem_eq(f, a, 0, l3 + 2) && mem_eq(f, a, l3 + 6, l3 + 10)
+                             && mem_eq(f, a, l3 + 12, l4 + 4) && bn_be16(f + l3 + 4) == r->next_id
+                       : mem_eq(f, a, 0, l3 + 4) && mem_eq(f, a, l3 + 6, l4 + 4);
+    if (!same || bn_be16(f + l4 + 4) != len - l4)
+        return 0;
+    r->total += size;
+    r->count++;
+    r->next_id = (uint16_t)(r->next_id + 1);
+    r->open = size == r->size;
+    return 1;
+}
+
+static int udp_build(bn_out_frame *o, const bn_frame_in *frames, const urun_t *r) {
+    const uint8_t *frame = frames[r->first].data;
+    size_t l3 = r->L.l3, l4 = r->L.l4, hdrlen = r->L.hdrlen, total = r->total;
+    if (r->count == 1) {
+        csum_hdr(o->vnet, (uint16_t)l4, UDP_CSUM_OFFSET);
+        o->head_len = 0;
+        o->first = r->first;
+        o->count = 1;
+        o->nbytes = frames[r->first].len;
+        return 1;
+    }
+    uint8_t *h = o->head; /* hdrlen <= BN_MAX_JOIN_HEAD: runs start only then */
+    memcpy(h, frame, hdrlen);
+    uint32_t addrs;
+    if (r->L.v4) {
+        bn_put_be16(h + l3 + 2, (uint16_t)(hdrlen - l3 + total));
+        h[l3 + 10] = h[l3 + 11] = 0;
+        bn_put_be16(h + l3 + 10, (uint16_t)~bn_ones_sum(h + l3, l4 - l3));
+        addrs = bn_ones_sum(frame + l3 + 12, 8);
+    } else {
+        bn_put_be16(h + l3 + 4, (uint16_t)(8 + total));
+        addrs = bn_ones_sum(frame + l3 + 8, 32);
+    }
+    bn_put_be16(h + l4 + 4, (uint16_t)(8 + total));
+    bn_put_be16(h + l4 + UDP_CSUM_OFFSET,
+                (uint16_t)fold((uint64_t)addrs + IPPROTO_UDP_ + 8 + total));
+    bn_vnet vh = {VNET_NEEDS_CSUM, GSO_UDP_L4, (uint16_t)hdrlen, (uint16_t)r->size,
+                  (uint16_t)l4, UDP_CSUM_OFFSET};
+    bn_vnet_encode(&vh, o->vnet);
+    o->head_len = (uint16_t)hdrlen;
+    o->first = r->first;
+    o->count = r->count;
+    o->nbytes = (uint32_t)(r->count * hdrlen + total);
+    return 1;
+}
+
 int bn_coalesce(const bn_frame_in *frames, int n, bn_out_frame *out) {
+    return bn_coalesce2(frames, n, out, 0);
+}
+
+int bn_coalesce2(const bn_frame_in *frames, int n, bn_out_frame *out, int udp) {
     int k = 0;
     run_t run;
     int have = 0;
+    urun_t urun;
+    int uhave = 0;
     for (int index = 0; index < n; index++) {
         const bn_frame_in *fi = &frames[index];
         const uint8_t *frame = fi->data;
         size_t len = fi->len;
+        if (udp && fi->csum_start >= 0 && fi->csum_offset == UDP_CSUM_OFFSET) {
+            if (have) {
+                k += build(&out[k], frames, &run);
+                have = 0;
+            }
+            if (uhave && udp_take(&urun, frames, fi))
+                continue;
+            if (uhave) {
+                k += udp_build(&out[k], frames, &urun);
+                uhave = 0;
+            }
+            layout L;
+            if (udp_layout(frame, len, fi->csum_start, &L) < 0 || len <= L.hdrlen
+                || L.hdrlen > BN_MAX_JOIN_HEAD) {
+                emit_single(&out[k++], fi, (uint32_t)index);
+                continue;
+            }
+            urun.first = (uint32_t)index;
+            urun.count = 1;
+            urun.L = L;
+            urun.size = len - L.hdrlen;
+            urun.total = urun.size;
+            urun.next_id = L.v4 ? (uint16_t)(bn_be16(frame + L.l3 + 4) + 1) : 0;
+            urun.open = 1;
+            uhave = 1;
+            continue;
+        }
+        if (uhave) {
+            k += udp_build(&out[k], frames, &urun);
+            uhave = 0;
+        }
         if (fi->csum_start < 0 || fi->csum_offset != BN_TCP_CSUM_OFFSET) {
             if (have) {
                 k += build(&out[k], frames, &run);
@@ -473,5 +626,7 @@ int bn_coalesce(const bn_frame_in *frames, int n, bn_out_frame *out) {
     }
     if (have)
         k += build(&out[k], frames, &run);
+    if (uhave)
+        k += udp_build(&out[k], frames, &urun);
     return k;
 }
