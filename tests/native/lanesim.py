@@ -143,6 +143,8 @@ class Twin:
     vnet: bool = True
     seed: int = 1
     wan_mtu: int = 1500
+    #: The taps take UDP_L4 superframes (runs of UDP datagrams are joined).
+    udp_join: bool = False
 
     def __post_init__(self) -> None:
         assert native is not None
@@ -171,7 +173,8 @@ class Twin:
         pc = counters.peer("b")
         guard = None if self.guard is None else Guard(self.guard, "b", None,
                                                        known=pc.remote_macs)
-        port = Port(peer=peer, counters=pc, tap="tap-b", fd=fd, vnet=self.vnet, guard=guard)
+        port = Port(peer=peer, counters=pc, tap="tap-b", fd=fd, vnet=self.vnet, guard=guard,
+                    udp_join=self.udp_join and self.vnet)
         fwd.ports[peer] = port
         side = Side(fwd, peer, port, tap, wan)
         if module is not None:

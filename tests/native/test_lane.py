@@ -186,6 +186,19 @@ def test_what_the_lane_leaves_to_python_ends_the_same() -> None:
     run(scenario)
 
 
+def test_udp_runs_from_the_peer_are_joined_as_python_joins_them() -> None:
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from tests.native.test_coalesce_udp import datagram
+
+        learn_host_b(twin)
+        run = [datagram(bytes([k]) * 64, ident=500 + k, dst_mac=HOST_A) for k in range(30)]
+        both_wire(twin, twin.seal_from_b(run, (34, 6)), one_by_one=False)
+        assert twin.nat.handovers == 0
+        same_everything(twin)
+
+    run(scenario, udp_join=True)
+
+
 def test_receive_properties_hold_on_the_lane() -> None:
     """Replays, flipped bits, an unknown index, another sender, garbage,
     keepalives and fragments: rejected or handled exactly as Python does."""
@@ -267,12 +280,13 @@ READS = st.one_of(
     st.integers(0, 1300).map(lambda n: partial_udp(HOST_B, n)),
     st.binary(max_size=80),
 )
-WIRE = st.tuples(st.sampled_from(["frame", "csum", "flip", "replay", "junk"]),
+WIRE = st.tuples(st.sampled_from(["frame", "csum", "flip", "replay", "junk", "udprun"]),
                  st.integers(0, 1600), st.integers(0, 10**6))
 
 
 CONFIGS = {
     "offload": {"vnet": True},
+    "udp-joins": {"vnet": True, "udp_join": True},
     "no-offload": {"vnet": False},
     "no-guard": {"guard": None},
     "guards-local": {"guard": GuardConfig(dhcp="local", ra="local", vlans=(1, 5),
@@ -291,6 +305,13 @@ def test_generated_traffic_ends_the_same(config: str, reads: list[bytes],
         datagrams: list[bytes] = []
         for kind, size, seed in wire:
             frame = frame_to(HOST_A, size, src=HOST_B, seed=seed)
+            if kind == "udprun":  # a UDP flow's datagrams, partial checksums, ids counting up
+                from tests.native.test_coalesce_udp import datagram
+
+                run = [datagram(bytes([k]) * (size % 200), ident=seed + k, dst_mac=HOST_A)
+                       for k in range(1 + seed % 20)]
+                datagrams += twin.seal_from_b(run, (34, 6))
+                continue
             if kind == "junk":
                 datagrams.append(random.Random(seed).randbytes(size % 100))
                 continue
