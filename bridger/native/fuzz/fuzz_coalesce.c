@@ -37,10 +37,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         in[n].data = bufs[n];
         in[n].len = (uint32_t)len;
         in[n].csum_start = meta & 1 ? (int32_t)start : -1;
-        in[n].csum_offset = meta & 2 ? BN_TCP_CSUM_OFFSET : offset;
+        in[n].csum_offset = meta & 2 ? BN_TCP_CSUM_OFFSET : meta & 4 ? 6 : offset;
         n++;
     }
-    int k = bn_coalesce(in, n, out);
+    for (int udp = 0; udp < 2; udp++) {
+    int k = bn_coalesce2(in, n, out, udp);
     CHECK(k >= 0 && k <= n);
     uint32_t next = 0;
     for (int j = 0; j < k; j++) {
@@ -68,12 +69,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(o->head_len <= BN_MAX_JOIN_HEAD);
         for (uint32_t i = o->first; i < o->first + o->count; i++) {
             CHECK(o->head_len < in[i].len);
-            CHECK(in[i].csum_start == f->csum_start && in[i].csum_offset == BN_TCP_CSUM_OFFSET);
+            CHECK(in[i].csum_start == f->csum_start && in[i].csum_offset == f->csum_offset);
             /* later segments carry no more payload than the first (gso_size) */
             CHECK(in[i].len - o->head_len <= v.gso_size);
         }
-        CHECK(v.flags == 1 && ((v.gso_type & 0x7F) == 1 || (v.gso_type & 0x7F) == 4));
-        CHECK(v.hdr_len == o->head_len && v.csum_start == f->csum_start && v.csum_offset == 16);
+        if (f->csum_offset == 6) { /* a UDP run (udp only) */
+            CHECK(udp && v.flags == 1 && v.gso_type == 5);
+            CHECK(v.hdr_len == o->head_len && v.csum_start == f->csum_start && v.csum_offset == 6);
+        } else {
+            CHECK(v.flags == 1 && ((v.gso_type & 0x7F) == 1 || (v.gso_type & 0x7F) == 4));
+            CHECK(v.hdr_len == o->head_len && v.csum_start == f->csum_start
+                  && v.csum_offset == 16);
+        }
         CHECK(v.gso_size == f->len - o->head_len);
         CHECK(nbytes - (uint64_t)(o->count - 1) * o->head_len <= BN_MAX_SUPERFRAME);
         /* The rewritten headers differ from the first frame's only in lengths,
@@ -81,6 +88,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(memcmp(o->head, f->data, 12) == 0);
     }
     CHECK(next == (uint32_t)n);
+    }
     for (int i = 0; i < n; i++)
         free(bufs[i]);
     return 0;
