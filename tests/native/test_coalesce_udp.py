@@ -58,7 +58,10 @@ def l4_of(frame: bytes) -> int:
     return l3 + (20 if frame[l3] >> 4 == 4 else 40)
 
 
-def py(frames: list[bytes], csum: dict[int, tuple[int, int]]) -> list[tuple[bytes, bytes, int, int]]:
+Written = list[tuple[bytes, bytes, int, int]]
+
+
+def py(frames: list[bytes], csum: dict[int, tuple[int, int]]) -> Written:
     return [(h, bytes(f), c, n) for h, f, c, n in seg.coalesce(frames, csum, udp=True)]
 
 
@@ -73,8 +76,9 @@ def udp_sequences(draw: st.DrawFn) -> tuple[list[bytes], dict[int, tuple[int, in
         ident = draw(st.integers(0, 0xFFFF))
         for i in range(draw(st.integers(1, 70))):
             n = size if draw(st.integers(0, 9)) else draw(st.integers(0, 400))
-            f = datagram(bytes([i & 0xFF]) * n, ident=ident + i + draw(st.sampled_from([0, 0, 0, 1])),
-                         v4=v4, tags=tags, sport=draw(st.sampled_from([5555, 5555, 5555, 1])))
+            skip = draw(st.sampled_from([0, 0, 0, 1]))
+            f = datagram(bytes([i & 0xFF]) * n, ident=ident + i + skip, v4=v4, tags=tags,
+                         sport=draw(st.sampled_from([5555, 5555, 5555, 1])))
             if draw(st.integers(0, 30)) == 0:  # a mangled header byte
                 b = bytearray(f)
                 b[draw(st.integers(0, min(len(b), 70) - 1))] ^= 0xFF
@@ -97,7 +101,9 @@ needs_lane = pytest.mark.skipif(lane is None, reason="bridger.native._lane is no
 @needs_lane
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(udp_sequences())
-def test_c_joins_udp_runs_as_python_does(case: tuple[list[bytes], dict[int, tuple[int, int]]]) -> None:
+def test_c_joins_udp_runs_as_python_does(
+    case: tuple[list[bytes], dict[int, tuple[int, int]]],
+) -> None:
     frames, csum = case
     assert lane is not None
     c = [(h, bytes(f), n, b) for h, f, n, b in lane.coalesce(frames, csum, True)]
@@ -113,8 +119,9 @@ def test_a_run_is_joined_and_its_counts_add_up() -> None:
     csum = {i: (l4_of(f), 6) for i, f in enumerate(frames)}
     out = py(frames, csum)
     assert len(out) == 1
-    hdr, frame, count, nbytes = out[0]
+    hdr, joined, count, nbytes = out[0]
     assert count == 11 and nbytes == sum(map(len, frames))
+    assert len(joined) == 42 + sum(len(f) - 42 for f in frames)
     v = decode_vnet_hdr_untrusted(hdr)
     assert (v.gso_type, v.gso_size, v.csum_start, v.csum_offset) == (5, 50, 34, 6)
     # a gap in the ids ends a run: 0-3, then 4 (id 999), then 5-10 (ids 105-110)
