@@ -116,25 +116,31 @@ static uint32_t fold(uint64_t total) {
     return (uint32_t)total;
 }
 
-/* segment._tcp_layout (with l3_offset_untrusted); csum_start < 0 is None.
- * 0, or -1 where Python raises SegmentError. */
-static int tcp_layout(const uint8_t *f, size_t len, long csum_start, layout *out) {
+/* segment.l3_offset_untrusted: the network header's offset (and *ethertype)
+ * behind up to two VLAN tags, or -1 (SegmentError). */
+static long l3_offset(const uint8_t *f, size_t len, uint16_t *ethertype) {
     size_t off = BN_ETH_HLEN - 2;
-    uint16_t ethertype = 0;
-    int found = 0;
     for (int i = 0; i < MAX_VLAN_TAGS + 1; i++) {
         if (len < off + 2)
             return -1;
-        ethertype = bn_be16(f + off);
-        if (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100) {
-            found = 1;
-            break;
+        uint16_t et = bn_be16(f + off);
+        if (et != 0x8100 && et != 0x88A8 && et != 0x9100) {
+            *ethertype = et;
+            return (long)(off + 2);
         }
         off += VLAN_HLEN;
     }
-    if (!found)
+    return -1;
+}
+
+/* segment._tcp_layout (with l3_offset_untrusted); csum_start < 0 is None.
+ * 0, or -1 where Python raises SegmentError. */
+static int tcp_layout(const uint8_t *f, size_t len, long csum_start, layout *out) {
+    uint16_t ethertype;
+    long at = l3_offset(f, len, &ethertype);
+    if (at < 0)
         return -1;
-    size_t l3 = off + 2, l4;
+    size_t l3 = (size_t)at, l4;
     int v4;
     if (ethertype == ETH_P_IP) {
         if (len < l3 + 20 || f[l3] >> 4 != 4 || f[l3 + 9] != IPPROTO_TCP_)
@@ -428,22 +434,11 @@ typedef struct {
 
 /* segment._udp_layout: 0, or -1 where Python returns None. */
 static int udp_layout(const uint8_t *f, size_t len, long csum_start, layout *out) {
-    size_t off = BN_ETH_HLEN - 2;
-    uint16_t ethertype = 0;
-    int found = 0;
-    for (int i = 0; i < MAX_VLAN_TAGS + 1; i++) {
-        if (len < off + 2)
-            return -1;
-        ethertype = bn_be16(f + off);
-        if (ethertype != 0x8100 && ethertype != 0x88A8 && ethertype != 0x9100) {
-            found = 1;
-            break;
-        }
-        off += VLAN_HLEN;
-    }
-    if (!found)
+    uint16_t ethertype;
+    long at = l3_offset(f, len, &ethertype);
+    if (at < 0)
         return -1;
-    size_t l3 = off + 2, l4;
+    size_t l3 = (size_t)at, l4;
     int v4;
     if (ethertype == ETH_P_IP) {
         if (len < l3 + 20 || f[l3] >> 4 != 4 || (f[l3] & 0x0F) < 5 || f[l3 + 9] != IPPROTO_UDP_
