@@ -206,12 +206,17 @@ class Forwarder:
         # is still one core call per batch rather than per datagram.
         batch: list[bytes] = []
         batch_from: tuple[Any, ...] = ()
-        for datagrams, sockaddr in first or ():
+
+        def add(datagrams: list[bytes], sockaddr: tuple[Any, ...]) -> None:
+            nonlocal batch, batch_from
             if sockaddr != batch_from and batch:
                 device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
                 batch = []
             batch_from = sockaddr
             batch.extend(datagrams)
+
+        for datagrams, sockaddr in first or ():
+            add(datagrams, sockaddr)
         drained = False
         for _ in range(BATCH):
             try:
@@ -226,14 +231,7 @@ class Forwarder:
             except OSError:
                 # ICMP errors (port unreachable) surface here; the core's timers cope.
                 continue
-            if sockaddr != batch_from and batch:
-                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
-                batch = []
-            batch_from = sockaddr
-            if ancdata:
-                batch.extend(split(data, ancdata))
-            else:
-                batch.append(data)
+            add(split(data, ancdata) if ancdata else [data], sockaddr)
             if len(batch) + len(out.frames) >= BATCH:
                 device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
                 batch = []

@@ -40,13 +40,14 @@ def test_extension_built_when_root() -> None:
 
 
 def run(fn, **twin_kwargs):  # type: ignore[no-untyped-def]
-    """Run ``fn(twin)`` in a Trio run with a mock clock (the forwarders read it)."""
+    """Run ``fn(twin)`` in a Trio run with a mock clock (the forwarders read it);
+    ``twin_kwargs`` configure the Twin."""
     from tests.native.lanesim import Twin
 
     result = []
 
     async def main() -> None:
-        twin = Twin(**(twin_kwargs or getattr(fn, "twin", {})))
+        twin = Twin(**twin_kwargs)
         try:
             result.append(fn(twin))
         finally:
@@ -54,13 +55,6 @@ def run(fn, **twin_kwargs):  # type: ignore[no-untyped-def]
 
     trio.run(main, clock=trio.testing.MockClock())
     return result[0]
-
-
-def twin_args(**kwargs):  # type: ignore[no-untyped-def]
-    def mark(fn):  # type: ignore[no-untyped-def]
-        fn.twin = kwargs
-        return fn
-    return mark
 
 
 # ---- frames ----------------------------------------------------------------------------
@@ -234,7 +228,6 @@ def test_receive_properties_hold_on_the_lane() -> None:
     run(scenario)
 
 
-@twin_args(vnet=False)
 def _plain_tap(twin) -> None:  # type: ignore[no-untyped-def]
     learn_host_b(twin)
     both_tap(twin, [frame_to(HOST_B, n, seed=n) for n in (0, 60, 1000, 1439, 1440)])
@@ -248,10 +241,9 @@ def _plain_tap(twin) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_without_offloads_checksums_are_completed_as_python_does() -> None:
-    run(_plain_tap)
+    run(_plain_tap, vnet=False)
 
 
-@twin_args(guard=GuardConfig(dhcp="local", ra="local", vlans=(5, 7), untagged=True))
 def _guarded(twin) -> None:  # type: ignore[no-untyped-def]
     learn_host_b(twin)
     tagged = eth(HOST_B, 0x8100, struct.pack(">H", 5) + struct.pack(">H", ETH_IP)
@@ -267,7 +259,7 @@ def _guarded(twin) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_guards_with_vlan_list_and_dhcp_ra_local_end_the_same() -> None:
-    run(_guarded)
+    run(_guarded, guard=GuardConfig(dhcp="local", ra="local", vlans=(5, 7), untagged=True))
 
 
 # ---- generated -------------------------------------------------------------------------------
