@@ -101,6 +101,17 @@ table ip nat {
 }
 """
 
+#: The router's own ICMP errors that path-MTU discovery needs, dropped.
+NFT_FILTER_ICMP = """\
+table inet lab_pmtu {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    icmp type destination-unreachable icmp code frag-needed counter drop
+    icmpv6 type packet-too-big counter drop
+  }
+}
+"""
+
 
 class LabError(HostError):
     """The lab cannot be built, changed or removed as asked."""
@@ -117,6 +128,12 @@ class LabOptions:
     duplicate_pct: float = 0
     rate_mbit: float | None = None
     wan_mtu: int = 1500
+    #: MTU of the router's own link towards site B (None: wan_mtu): a narrow
+    #: hop in the middle of the path that neither gateway's interface shows.
+    path_mtu_b: int | None = None
+    #: The router drops the ICMP "fragmentation needed" / "packet too big" it
+    #: would send (a path-MTU black hole, as behind many firewalls).
+    filter_icmp: bool = False
     nat_b: bool = False
     #: How many sites (A, B, C, ...) hang off the router: 2 to MAX_SITES.
     sites: int = MIN_SITES
@@ -150,6 +167,8 @@ class LabOptions:
             raise LabError(f"sites must be {MIN_SITES} to {MAX_SITES}")
         if not MIN_MTU <= self.wan_mtu <= MAX_MTU:
             raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
+        if self.path_mtu_b is not None and not MIN_MTU <= self.path_mtu_b <= MAX_MTU:
+            raise LabError(f"path_mtu_b must be between {MIN_MTU} and {MAX_MTU}")
         if self.prefix is not None and not PREFIX_RE.match(self.prefix):
             raise LabError("prefix must be 2-16 letters or digits")
         if self.engine not in ENGINES:
@@ -524,6 +543,10 @@ class Lab:
         self._build_wan()
         if opts.nat_b:
             self._build_nat()
+        if opts.path_mtu_b is not None:
+            self.set_path_mtu("B", opts.path_mtu_b)
+        if opts.filter_icmp:
+            self.filter_icmp_too_big(True)
         self._apply_impairment(self._impairment)
 
     def _build_site(self, site: str) -> None:
@@ -685,6 +708,35 @@ class Lab:
                 _cmd(*tc, "del", "dev", rt_if, "root", check=False)
             else:
                 _cmd(*tc, "replace", "dev", rt_if, "root", "netem", *_netem_args(imp))
+
+    def set_path_mtu(self, site: str, mtu: int | None) -> None:
+        """Set the MTU of the router's link towards ``site`` (None: back to wan_mtu).
+
+        Only the router's side changes; the gateway's ``wan0`` keeps the lab's
+        wan_mtu, so neither gateway can read the narrow hop off an interface.
+        Packets the router forwards towards the site beyond ``mtu`` get ICMP
+        "fragmentation needed" / "packet too big" back (unless
+        :meth:`filter_icmp_too_big`); packets from the site beyond it are
+        dropped by the link without a word, as a PPPoE line's far end does.
+        """
+        self._check_site(site)
+        value = self.options.wan_mtu if mtu is None else mtu
+        if not MIN_MTU <= value <= MAX_MTU:
+            raise LabError(f"MTU must be between {MIN_MTU} and {MAX_MTU}")
+        self._ip("wan", f"link set w{site} mtu {value}")
+
+    def filter_icmp_too_big(self, on: bool = True) -> None:
+        """Make the router drop (``on``) or send again the ICMP errors path-MTU
+        discovery relies on: IPv4 "fragmentation needed", ICMPv6 "packet too big"."""
+        ns = ["ip", "netns", "exec", self.ns("wan"), "nft"]
+        _cmd(*ns, "delete", "table", "inet", "lab_pmtu", check=False)
+        if on:
+            proc = subprocess.run(
+                [*ns, "-f", "-"], input=NFT_FILTER_ICMP, capture_output=True, text=True,
+                timeout=30, check=False,
+            )
+            if proc.returncode != 0:
+                raise LabError(f"nft in wan failed: {proc.stderr.strip()}")
 
     def change_wan_address(self, site: str) -> str:
         """Roam: give ``site``'s gateway a new WAN address, drop the old, return the new.
