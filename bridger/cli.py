@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--persistent-keepalive", metavar="SECONDS", type=_seconds,
         help="keepalive interval for NAT (25, 0 disables)",
     )
-    p.add_argument("--wan-mtu", metavar="BYTES", type=_int, help="underlay path MTU (1500)")
+    p.add_argument("--wan-mtu", metavar="BYTES", type=_int,
+                   help="upper bound on every peer's path MTU (default: none; each "
+                        "peer's is found by probing)")
     p.add_argument("--stp", action=on_off, help="spanning tree on the bridge (off)")
     p.add_argument("--metrics", metavar="HOST:PORT",
                    help="serve Prometheus metrics (:PORT for all addresses)")

@@ -98,7 +98,8 @@ class UpConfig:
     listen: int = DEFAULT_PORT
     bridge: str = DEFAULT_BRIDGE
     state_dir: Path = field(default_factory=lambda: default_state_dir(DEFAULT_BRIDGE))
-    wan_mtu: int = 1500
+    #: Upper bound on every peer's path MTU (None: found by probing alone).
+    wan_mtu: int | None = None
     stp: bool = False
     dashboard: bool = True
     metrics: str | None = None
@@ -758,7 +759,8 @@ key = "private.key"       # this site's private key (mode 0600), beside this fil
 #                         # links; "hub": this site also forwards between peers
 # listen = 55555          # UDP port, all addresses
 # bridge = "bridger0"
-# wan_mtu = 1500
+# wan_mtu = 1500          # an upper bound on the path MTU; without it each
+#                         # peer's is found by probing (and ICMP), any path
 # stp = false
 # metrics = "127.0.0.1:9555"
 # data_path = "auto"      # "auto": native per-packet code when built; "python"

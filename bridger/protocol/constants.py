@@ -60,15 +60,34 @@ REASSEMBLY_TIMEOUT = 3.0
 DEFAULT_MAX_FRAME = 1522
 HARD_MAX_FRAME = 9216
 MIN_WAN_MTU = 576
+#: The path MTU assumed where probing is off and no wan_mtu is configured.
+DEFAULT_WAN_MTU = 1500
 #: Keys are wiped after this long without a new handshake.
 ZERO_KEYS_AFTER = REJECT_AFTER_TIME * 3
-#: Path-MTU probing: attempts, spacing, and how long a verdict holds.
-PMTU_PROBE_ATTEMPTS = 3
-PMTU_PROBE_INTERVAL = 1.0
-PMTU_REPROBE_INTERVAL = 600.0
-#: While a raised path MTU is in use it is re-confirmed this often, so a
-#: shrunken path (black hole for large datagrams) is noticed within ~33 s.
-PMTU_CONFIRM_INTERVAL = 30.0
+#: The smallest MTU an IPv6 link may have (RFC 8200): the floor on IPv6 paths.
+IPV6_MIN_MTU = 1280
+#: Path MTU (whole outer IP packet) in use before any probe is answered.
+PMTU_BASE = 1280
+#: Sizes probed at once when a search starts, besides the ceiling: what real
+#: paths have (PPPoE 1492, DS-Lite 1452, LTE and IPsec about 1400, the IPv6
+#: minimum) and a few below it for IPv4 paths.
+PMTU_LADDER = (1492, 1452, 1400, 1280, 1200, 1024, 576)
+#: Probes per following round, spread evenly between the largest size acked
+#: and the smallest lost; the search ends when those are this close.
+PMTU_ROUND_PROBES = 3
+PMTU_PRECISION = 4
+#: A round waits 4 smoothed probe round trips for its acks, within these bounds.
+PMTU_ROUND_MIN = 0.25
+PMTU_ROUND_MAX = 1.0
+#: A round without a single ack is sent again this many times, then given up.
+PMTU_ROUND_RETRIES = 2
+#: While data flows the value in use is confirmed this often, so a shrunken
+#: path (a black hole for large datagrams) is found within a few seconds.
+PMTU_CONFIRM_INTERVAL = 1.0
+#: Below the ceiling, look for a path that grew back this often.
+PMTU_RAISE_INTERVAL = 60.0
+#: After an ICMP report proved false, further reports are ignored this long.
+PMTU_KERNEL_DISTRUST = 10.0
 #: Handshake rate limits (token buckets, messages per second and burst).
 #: Seconds after which our pending initiation, crossed by the peer's, counts as
 #: lost and is re-sent at once (one per peer initiation, which is rate-limited).

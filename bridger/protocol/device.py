@@ -88,18 +88,19 @@ _unpack_word = U32.unpack_from
 @dataclass(frozen=True)
 class DeviceConfig:
     private_key: bytes
-    #: Path MTU of the underlay assumed without probing.
-    wan_mtu: int = 1500
+    #: Upper bound on every peer's path MTU (None: the local route's MTU and
+    #: max_frame bound it); with probing off, the path MTU (None: 1500).
+    wan_mtu: int | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     #: Outer IP+UDP header bytes; None: 28 for an IPv4 endpoint, 48 otherwise.
     ip_overhead: int | None = None
-    #: Probe each peer's path for one that carries max_frame unfragmented.
+    #: Discover and track each peer's path MTU with probes (pmtu.py).
     pmtu_probing: bool = True
 
     def __post_init__(self) -> None:
         if len(self.private_key) != 32:
             raise ValueError("keys must be 32 bytes")
-        if not MIN_WAN_MTU <= self.wan_mtu <= 65535:
+        if self.wan_mtu is not None and not MIN_WAN_MTU <= self.wan_mtu <= 65535:
             raise ValueError(f"wan_mtu must be between {MIN_WAN_MTU} and 65535")
         if not 64 <= self.max_frame <= HARD_MAX_FRAME:
             raise ValueError(f"max_frame must be between 64 and {HARD_MAX_FRAME}")
@@ -183,6 +184,19 @@ class Device:
         if factory is None:
             return None
         return factory(local_index, remote_index, send_key, receive_key, created)
+
+    def path_mtu_report(
+        self, addr: Address, mtu: int, now: float, *, local: bool = False
+    ) -> Output:
+        """The kernel's word that a datagram to ``addr`` needed a path MTU of
+        ``mtu`` (ICMP fragmentation needed / packet too big; with ``local``, the
+        local interface refused it): news for the peer whose endpoint that is,
+        none for any other address (see :meth:`Peer.path_mtu_report`)."""
+        out = Output()
+        for peer in self.peers.values():
+            if peer.endpoint == addr:
+                peer.path_mtu_report(mtu, now, out, local=local)
+        return out
 
     def set_under_load(self, under_load: bool) -> None:
         """The shell's hint that handshakes arrive faster than it can serve."""

@@ -106,10 +106,13 @@ class SessionExpired:
 
 @dataclass(frozen=True, slots=True)
 class PathMtuChanged:
+    """A path-MTU search settled on a new value (outer IP packet bytes)."""
     old: int
     new: int
     #: Name of the peer this event is about.
     peer: str = ""
+    #: How it was learnt: "probe", "icmp", "configured" (pmtu.Source values).
+    how: str = ""
 
 
 @dataclass(frozen=True, slots=True)

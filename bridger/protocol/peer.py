@@ -27,14 +27,12 @@ from .aead import seal_transport
 from .checksum import complete_checksum
 from .constants import (
     DEFAULT_PERSISTENT_KEEPALIVE,
+    DEFAULT_WAN_MTU,
     HANDSHAKE_RACE_RESEND,
     IPV4_UDP_OVERHEAD,
     IPV6_UDP_OVERHEAD,
     MAX_QUEUED_FRAMES,
-    PMTU_CONFIRM_INTERVAL,
-    PMTU_PROBE_ATTEMPTS,
-    PMTU_PROBE_INTERVAL,
-    PMTU_REPROBE_INTERVAL,
+    MIN_WAN_MTU,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
@@ -64,7 +62,6 @@ from .keypair import Keypair
 from .messages import (
     FRAME_CSUM_HEADER_LEN,
     TRANSPORT_NONCE,
-    U32,
     BadPacket,
     CookieReply,
     Initiation,
@@ -87,6 +84,7 @@ from .noise import (
     create_response,
     tai64n,
 )
+from .pmtu import PathMtu, floor_for
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -136,6 +134,8 @@ class PeerStats:
     rekeys: int
     rtt: float | None
     path_mtu: int
+    #: How path_mtu was learnt: "base", "probe", "icmp", "configured".
+    pmtu_source: str
     queued_frames: int
     reassembly_in_progress: int
     fragments_sent: int
@@ -180,10 +180,11 @@ class Peer:
         self._established_at: float | None = None
         self._last_handshake_at: float | None = None
         self._rtt: float | None = None
-        self._path_mtu = device.config.wan_mtu
-        self._probe_id: int | None = None
-        self._probe_attempts = 0
-        self._probe_due = device.config.pmtu_probing
+        self.pmtu = PathMtu(self._pmtu_bound(), self._pmtu_floor(),
+                            probing=device.config.pmtu_probing)
+        #: The path is new (first session, endpoint moved, peer was lost):
+        #: the next session searches its MTU from the start.
+        self._pmtu_new_path = True
         self.handshakes = 0
         self.rekeys = 0
         self.fragments_sent = 0
@@ -211,7 +212,8 @@ class Peer:
 
     @property
     def path_mtu(self) -> int:
-        return self._path_mtu
+        """The path MTU in use: the largest outer IP packet sent to the peer."""
+        return self.pmtu.value
 
     def frame_room(self, csum: bool = False) -> int:
         """Largest frame :meth:`send_frames` carries in one datagram on the current
@@ -220,17 +222,29 @@ class Peer:
         return min(self._max_plaintext() - overhead, self.device.config.max_frame)
 
     def next_deadline(self) -> float | None:
-        deadline = self.timers.next_deadline()
-        reassembly = self._reassembler.next_deadline()
-        if reassembly is not None and (deadline is None or reassembly < deadline):
-            return reassembly
-        return deadline
+        best = self.timers.next_deadline()
+        for when in (self._reassembler.next_deadline(), self.pmtu.next_deadline()):
+            if when is not None and (best is None or when < best):
+                best = when
+        return best
+
+    def path_mtu_report(self, mtu: int, now: float, out: Output, *, local: bool = False) -> None:
+        """The kernel's word on a datagram to this peer: it needed a path MTU of
+        ``mtu`` (an ICMP "fragmentation needed" / "packet too big", which is
+        unauthenticated news), or with ``local`` the local interface refused it
+        as larger than ``mtu`` (EMSGSIZE)."""
+        if local:
+            self.pmtu.local_limit(mtu, now)
+        else:
+            self.pmtu.kernel_report(mtu, now)
+        self._pmtu_step(now, out)
 
     def set_endpoint(self, addr: Address | None, now: float, out: Output) -> None:
         """Endpoint from configuration or DNS; starts a handshake if frames wait."""
         old = self._endpoint
         self._endpoint = addr
         if addr is not None and addr != old:
+            self._new_path(now, out)
             out.events.append(EndpointChanged(old, addr, self.name))
             if self.config.persistent_keepalive > 0 and self.timers.persistent_keepalive is None:
                 self.timers.persistent_keepalive = now
@@ -315,6 +329,7 @@ class Peer:
         if sent:
             self.frames_sent += sent
             self.timers.data_sent(now)
+            self.pmtu.data_sent(now)
             self._sent_on(kp, now, out)
         if self._queue and self._handshake is None and counter >= REJECT_AFTER_MESSAGES:
             self._initiate(now, out, retry=False)
@@ -349,6 +364,7 @@ class Peer:
             timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
         if sent_first:
             timers.data_sent(sent_first)
+            self.pmtu.data_sent(sent_first)
         if received_first:
             timers.data_received(received_first)
         kp = self.current
@@ -384,7 +400,8 @@ class Peer:
             handshakes=self.handshakes,
             rekeys=self.rekeys,
             rtt=self._rtt,
-            path_mtu=self._path_mtu,
+            path_mtu=self.pmtu.value,
+            pmtu_source=self.pmtu.source.value,
             queued_frames=len(self._queue),
             reassembly_in_progress=len(self._reassembler),
             fragments_sent=self.fragments_sent,
@@ -415,7 +432,8 @@ class Peer:
             silent = now - (self._last_received if self._last_received is not None else now)
             self._unreachable = True
             out.events.append(PeerUnreachable(silent, self.name))
-            self._reset_path_mtu(out)
+            self.pmtu.peer_lost()
+            self._pmtu_new_path = True
             if self._handshake is None:
                 self._initiate(now, out, retry=False)
         if t.send_keepalive is not None and now >= t.send_keepalive:
@@ -430,9 +448,9 @@ class Peer:
         if t.zero_keys is not None and now >= t.zero_keys:
             t.zero_keys = None
             self._zero_keys(out)
-        if t.pmtu_probe is not None and now >= t.pmtu_probe:
-            t.pmtu_probe = None
-            self._probe_step(now, out)
+        pmtu_due = self.pmtu.next_deadline()
+        if pmtu_due is not None and now >= pmtu_due:
+            self._pmtu_step(now, out)
 
     # --- state ---------------------------------------------------------------
 
@@ -462,7 +480,7 @@ class Peer:
         return ip_overhead_for(self._endpoint)
 
     def _max_plaintext(self) -> int:
-        return self._path_mtu - self._ip_overhead - TRANSPORT_OVERHEAD
+        return self.pmtu.value - self._ip_overhead - TRANSPORT_OVERHEAD
 
     def _jitter(self) -> float:
         return int.from_bytes(self.device.random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
@@ -481,10 +499,11 @@ class Peer:
             rekey = self.current is not None
             self._install_current(kp)
             self._session_up(kp, rekey, False, now, out)
-            self._maybe_start_probe(now, out)
         self._authenticated_received(addr, now, out)
         if kp is self.current:
             self._flush_queue(now, out)
+            if self.pmtu.next_deadline() == 0.0:
+                self._pmtu_step(now, out)
 
     def _run_done(self, kp: Keypair, delivered: int, now: float, out: Output) -> None:
         """End of a run of datagrams on ``kp``: data timers and rekey-on-receive."""
@@ -499,15 +518,17 @@ class Peer:
         ):
             self._initiate(now, out, retry=False)
 
-    def _update_endpoint(self, addr: Address, out: Output) -> None:
+    def _update_endpoint(self, addr: Address, now: float, out: Output) -> None:
         """Roaming: called only after a packet from ``addr`` authenticated."""
         if addr != self._endpoint:
             old = self._endpoint
             self._endpoint = addr
+            if old is not None:
+                self._new_path(now, out)
             out.events.append(EndpointChanged(old, addr, self.name))
 
     def _authenticated_received(self, addr: Address, now: float, out: Output) -> None:
-        self._update_endpoint(addr, out)
+        self._update_endpoint(addr, now, out)
         self._last_received = now
         self._unreachable = False
         self.timers.any_authenticated_received()
@@ -633,7 +654,7 @@ class Peer:
         self._authenticated_received(addr, now, out)
         if not self._flush_queue(now, out):
             self._send_keepalive(now, out)  # confirms the session to the responder
-        self._maybe_start_probe(now, out)
+        self._pmtu_step(now, out)
 
     def _install_current(self, kp: Keypair) -> None:
         index = self.device.index
@@ -653,6 +674,9 @@ class Peer:
             self._established_at = now
         self._last_handshake_at = now
         self.timers.session_derived(now)
+        if self._pmtu_new_path:
+            self._pmtu_new_path = False
+            self.pmtu.restart(now, self._pmtu_bound(), self._pmtu_floor())
         out.events.append(
             HandshakeCompleted(rekey, initiator, self._rtt if initiator else None, self.name)
         )
@@ -754,62 +778,53 @@ class Peer:
                 self._sent_on(reply, now, out)
         elif kind == InnerType.PROBE_ACK:
             probe_id, acked = decode_probe_ack_untrusted(plaintext)
-            self._on_probe_ack(probe_id, acked, now, out)
+            if self.pmtu.acked(probe_id, acked + self._ip_overhead, now):
+                self._pmtu_step(now, out)
         else:
             self.drops[DropReason.MALFORMED] += 1
         return 0
 
-    # --- path MTU ------------------------------------------------------------
+    # --- path MTU (the state machine is pmtu.PathMtu) ----------------------------
 
-    def _probe_target(self) -> int:
-        """Path MTU that carries max_frame in one datagram."""
-        return self.device.config.max_frame + 1 + TRANSPORT_OVERHEAD + self._ip_overhead
+    def _pmtu_floor(self) -> int:
+        return floor_for(self._ip_overhead != IPV4_UDP_OVERHEAD)
 
-    def _maybe_start_probe(self, now: float, out: Output) -> None:
-        if self._probe_due and self._probe_target() > self._path_mtu:
-            self._probe_due = False
-            self._probe_attempts = 0
-            self._probe_step(now, out)
-
-    def _probe_step(self, now: float, out: Output) -> None:
+    def _pmtu_bound(self) -> int:
+        """The largest path MTU worth using: the one that carries max_frame in one
+        datagram, within ``wan_mtu``; with probing off the configured value
+        (1500 unless set)."""
         cfg = self.device.config
+        if not cfg.pmtu_probing:
+            return cfg.wan_mtu or DEFAULT_WAN_MTU
+        bound = cfg.max_frame + 1 + TRANSPORT_OVERHEAD + self._ip_overhead
+        if cfg.wan_mtu is not None:
+            bound = min(bound, cfg.wan_mtu)
+        return max(bound, MIN_WAN_MTU)
+
+    def _new_path(self, now: float, out: Output) -> None:
+        """The endpoint moved: the path's MTU is searched afresh (now if a
+        session can carry probes, else when the next one is up)."""
+        if self._sendable(self.current, now) is None:
+            self._pmtu_new_path = True
+            return
+        self.pmtu.restart(now, self._pmtu_bound(), self._pmtu_floor())
+        self._pmtu_step(now, out)
+
+    def _pmtu_step(self, now: float, out: Output) -> None:
+        """Send the probes the path-MTU search wants now; report a settled change."""
         kp = self._sendable(self.current, now)
-        target = self._probe_target()
-        if kp is None or target <= cfg.wan_mtu:
-            self._probe_due = kp is None and cfg.pmtu_probing
-            return
-        if self._probe_attempts >= PMTU_PROBE_ATTEMPTS:
-            self._probe_id = None
-            self._probe_attempts = 0
-            self._reset_path_mtu(out)
-            self.timers.pmtu_probe = now + PMTU_REPROBE_INTERVAL
-            return
-        self._probe_attempts += 1
-        self._probe_id = int(U32.unpack(self.device.random(4))[0])
-        plaintext_len = target - self._ip_overhead - TRANSPORT_OVERHEAD
-        # Not an "authenticated send" for the timers: a probe may well be lost,
-        # so it must not stand in for a keepalive.
-        self._seal(kp, encode_probe(self._probe_id, plaintext_len), out)
-        self.timers.pmtu_probe = now + PMTU_PROBE_INTERVAL
-
-    def _on_probe_ack(self, probe_id: int, acked: int, now: float, out: Output) -> None:
-        target = self._probe_target()
-        if probe_id != self._probe_id or acked != target - self._ip_overhead:
-            return
-        self._probe_id = None
-        self._probe_attempts = 0
-        if self._path_mtu != target:
-            out.events.append(PathMtuChanged(self._path_mtu, target, self.name))
-            self._path_mtu = target
-        self.timers.pmtu_probe = now + PMTU_CONFIRM_INTERVAL
-
-    def _reset_path_mtu(self, out: Output) -> None:
-        wan_mtu = self.device.config.wan_mtu
-        if self._path_mtu != wan_mtu:
-            out.events.append(PathMtuChanged(self._path_mtu, wan_mtu, self.name))
-            self._path_mtu = wan_mtu
-        self._probe_due = self.device.config.pmtu_probing
-        self._probe_id = None
+        if kp is None:
+            self.pmtu.postpone(now)
+        else:
+            overhead = self._ip_overhead + TRANSPORT_OVERHEAD
+            # Not an "authenticated send" for the timers: a probe may well be
+            # lost, so it must not stand in for a keepalive.
+            for probe_id, size in self.pmtu.due(now):
+                self._seal(kp, encode_probe(probe_id, size - overhead), out)
+        settled = self.pmtu.take_settled()
+        if settled is not None:
+            out.events.append(PathMtuChanged(settled.old, settled.new, self.name,
+                                             settled.source.value))
 
     # --- expiry --------------------------------------------------------------
 

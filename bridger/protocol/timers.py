@@ -25,8 +25,6 @@ class Timers:
     persistent_keepalive: float | None = None
     #: Wipe keys after long silence.
     zero_keys: float | None = None
-    #: Next path-MTU probe step.
-    pmtu_probe: float | None = None
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -36,7 +34,6 @@ class Timers:
             self.new_handshake,
             self.persistent_keepalive,
             self.zero_keys,
-            self.pmtu_probe,
         ):
             if when is not None and (best is None or when < best):
                 best = when

@@ -57,12 +57,12 @@ class TunnelConfig:
     endpoint: Address | None = None
     #: Seconds; 0 disables.
     persistent_keepalive: float = DEFAULT_PERSISTENT_KEEPALIVE
-    #: Path MTU of the underlay assumed without probing.
-    wan_mtu: int = 1500
+    #: Upper bound on the path MTU (with probing off: the path MTU, None: 1500).
+    wan_mtu: int | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     #: Outer IP+UDP header bytes; None: 28 for an IPv4 endpoint, 48 otherwise.
     ip_overhead: int | None = None
-    #: Probe for a path that carries max_frame unfragmented.
+    #: Discover and track the path MTU with probes (pmtu.py).
     pmtu_probing: bool = True
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ from bridger.errors import BridgerError
 from bridger.fastpath import udp as fast_udp
 from bridger.guard.loop import LoopDetector
 from bridger.protocol import Address, Device, Output, Peer
+from bridger.protocol.messages import MAX_UDP_PAYLOAD
 from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
@@ -79,7 +80,7 @@ class Forwarder:
         for peer in self.ports:
             if peer.endpoint == addr:
                 return peer.path_mtu
-        return self.device.config.wan_mtu
+        return MAX_UDP_PAYLOAD  # not a peer's: no probe, any refusal is a drop
 
     @staticmethod
     def now() -> float:
@@ -239,6 +240,8 @@ class Forwarder:
                 out = Output()
         if batch:
             device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+        for addr, mtu, local in self.udp.kernel_mtu_reports():
+            out.extend(device.path_mtu_report(addr, mtu, now, local=local))
         self.handle(out, now)
         return drained
 

@@ -191,8 +191,9 @@ class NativeLane:
                 finally:
                     lane.release(punt[1])
             elif kind == "raw":  # the rest of a receive, and receives after it
-                udp = True
-                received.append((punt[1], punt[2]))
+                udp = True  # (empty: the socket has errors queued; udp_pass reads them)
+                if punt[1]:
+                    received.append((punt[1], punt[2]))
             elif kind == "payload":
                 udp = True
                 _kind, _ident, index, plaintext, size, sockaddr = punt

@@ -1,11 +1,13 @@
 """The device's one UDP socket: bind (dual-stack where possible), send without
-waiting (a full buffer or an error is a counted drop), address forms."""
+waiting (a full buffer or an error is a counted drop), the kernel's path-MTU
+news from its error queue, address forms."""
 
 from __future__ import annotations
 
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,17 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 #: Set DF and ignore the kernel's path-MTU cache: the core fragments and probes itself.
 PMTUDISC_PROBE = 3
+#: Queue ICMP errors (and local ones) for the socket: the kernel's path-MTU news.
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+#: ``sock_extended_err.ee_origin`` (linux/errqueue.h).
+SO_EE_ORIGIN_LOCAL = 1
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+#: struct sock_extended_err: errno, origin, type, code, pad, info, data.
+EXTENDED_ERR = struct.Struct("=IBBBBII")
+#: Error-queue entries read per pass at most (forged ICMP cannot hold the loop).
+MAX_ERRORS_PER_PASS = 64
 #: The smallest outer header: a datagram this much under the path MTU should fit.
 IPV4_UDP_HEADERS = 28
 
@@ -52,6 +65,9 @@ class UdpEndpoint:
     gso: bool = False
     #: Fast path: the kernel may join received datagrams (UDP_GRO).
     gro: bool = False
+    #: ICMP errors are queued on the socket (IP_RECVERR): read them with
+    #: :meth:`kernel_mtu_reports`.
+    recverr: bool = False
 
     @classmethod
     def bind(cls, port: int) -> UdpEndpoint:
@@ -76,7 +92,43 @@ class UdpEndpoint:
                 raise ConfigError(f"--listen: UDP port {port} is already in use") from exc
             raise BridgerError(f"cannot open UDP port {port}: {exc.strerror}") from exc
         sock.setblocking(False)
-        return cls(sock, dual, f"{'[::]' if dual else '0.0.0.0'}:{port}")
+        recverr = True
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            if dual:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        except OSError:
+            recverr = False  # path MTU from probes alone
+        return cls(sock, dual, f"{'[::]' if dual else '0.0.0.0'}:{port}", recverr=recverr)
+
+    def kernel_mtu_reports(self) -> list[tuple[Address, int, bool]]:
+        """Drain the error queue: for each path-MTU error, (the destination of the
+        datagram it is about, the MTU the kernel names, whether the local
+        interface refused it: EMSGSIZE) rather than a router's ICMP "fragmentation
+        needed" / "packet too big".  Other errors (port unreachable...) are
+        dropped here; the core's timers cope with a silent peer."""
+        reports: list[tuple[Address, int, bool]] = []
+        if not self.recverr:
+            return reports
+        for _ in range(MAX_ERRORS_PER_PASS):
+            try:
+                _data, ancdata, _flags, sockaddr = self.sock.recvmsg(
+                    0, 256, socket.MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                break
+            for level, kind, data in ancdata:
+                if (level, kind) not in ((socket.IPPROTO_IP, IP_RECVERR),
+                                         (socket.IPPROTO_IPV6, IPV6_RECVERR)):
+                    continue
+                if len(data) < EXTENDED_ERR.size or not sockaddr:
+                    continue
+                err, origin, _type, _code, _pad, info, _ = EXTENDED_ERR.unpack_from(data)
+                if err != errno.EMSGSIZE or not 0 < info <= 65535:
+                    continue
+                if origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6, SO_EE_ORIGIN_LOCAL):
+                    reports.append((normalise_address(sockaddr), info,
+                                    origin == SO_EE_ORIGIN_LOCAL))
+        return reports
 
     def enable_offloads(self) -> None:
         self.gso = fast_udp.gso_supported(self.sock)

@@ -146,6 +146,7 @@ class Daemon:
             rekeys=stats.rekeys,
             rtt_ms=None if stats.rtt is None else stats.rtt * 1000.0,
             path_mtu=stats.path_mtu,
+            path_mtu_source=stats.pmtu_source,
             drops=dict(stats.drops),
             fragments={
                 "sent": stats.fragments_sent,

@@ -110,6 +110,8 @@ class PeerInfo:
     rekeys: int = 0
     rtt_ms: float | None = None
     path_mtu: int = 0
+    #: How path_mtu was learnt: "base", "probe", "icmp", "configured" ("": unknown).
+    path_mtu_source: str = ""
     drops: dict[str, int] = field(default_factory=dict)  # from the core, every reason
     fragments: dict[str, int] = field(default_factory=dict)  # e.g. sent/received/reassembled
     #: ``Guard.snapshot(now)`` of this peer's guard (loop state, settings); None: no guard.
@@ -411,6 +413,7 @@ def _peer_element(
         "rekeys": int(info.rekeys),
         "rtt_ms": info.rtt_ms,
         "path_mtu": int(info.path_mtu),
+        "path_mtu_source": info.path_mtu_source,
         "frames": {"tx": counters._tx.frames, "rx": counters._rx.frames},
         "bytes": {"tx": counters._tx.bytes, "rx": counters._rx.bytes},
         "kinds": {"tx": counters._tx.as_kinds(), "rx": counters._rx.as_kinds()},

@@ -75,6 +75,14 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.0f} B" if n < 1000 else fmt_count(n) + "B"
 
 
+def fmt_mtu(peer: dict[str, Any]) -> str:
+    """A peer's path MTU and how it was learnt: "1492 probe", "1280 base"; '—' unknown."""
+    if not peer.get("path_mtu"):
+        return "—"
+    source = peer.get("path_mtu_source") or ""
+    return f"{peer['path_mtu']} {source}".rstrip()
+
+
 def fmt_age(seconds: float | None) -> str:
     """A duration for humans: 45s, 3m12s, 2h05m, 3d04h; '—' when unknown."""
     if seconds is None or math.isnan(seconds):
@@ -343,7 +351,7 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
         _Column("handshake", "last hs", 7),
         _Column("handshakes", "hshakes", 7),
         _Column("rekeys", "rekeys", 6),
-        _Column("mtu", "MTU", 5),
+        _Column("mtu", "path MTU", 10),
         _Column("macs", "MACs", 5),
         _Column("fragments", "frags", 5),
         _Column("key", "public key", 0, "left", flex_min=10, flex_max=44),  # base64
@@ -365,7 +373,7 @@ def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
             "handshake": _plain(fmt_age(peer["last_handshake_age"])),
             "handshakes": _plain(fmt_count(peer["handshakes"])),
             "rekeys": _plain(fmt_count(peer["rekeys"])),
-            "mtu": _plain(peer["path_mtu"] or "—"),
+            "mtu": _plain(fmt_mtu(peer)),
             "macs": _plain(fmt_count(peer["macs"]["remote"]["count"])),
             "fragments": _plain(fmt_count(fragments.get("sent", 0)
                                           + fragments.get("received", 0))),

@@ -168,7 +168,8 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
             state.add_metric([name, value], 1.0 if peer["state"] == value else 0.0)
         peer_info.add_metric([name], {"public_key": peer["public_key"],
                                       "host": peer["host"] or "", "tap": peer["tap"],
-                                      "endpoint": peer["endpoint"] or ""})
+                                      "endpoint": peer["endpoint"] or "",
+                                      "path_mtu_source": peer.get("path_mtu_source", "")})
         for key, label in DIRECTION_LABELS:
             frames.add_metric([name, label], peer["frames"][key])
             nbytes.add_metric([name, label], peer["bytes"][key])

@@ -143,6 +143,7 @@ _PEER_FIELDS: dict[str, Any] = {
     "rekeys": _COUNT,
     "rtt_ms": _AGE,
     "path_mtu": _COUNT,
+    "path_mtu_source": {"type": "string"},
     "frames": _PER_DIRECTION,
     "bytes": _PER_DIRECTION,
     "kinds": _KINDS_PER_DIRECTION,

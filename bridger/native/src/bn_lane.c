@@ -778,6 +778,25 @@ static void punt_raw(bn_lane *l, uint8_t *data, size_t n, size_t size,
     p->from_len = from_len;
 }
 
+/* The UDP socket has an error queued (with IP_RECVERR: an ICMP "fragmentation
+ * needed" / "packet too big" / "port unreachable", or a local EMSGSIZE): the
+ * error queue is Python's to read (path-MTU reports go to the core), so the
+ * socket is handed over as for a datagram the lane does not take, with an
+ * empty receive.  Held until Python gives it back: epoll stops reporting the
+ * error meanwhile, so the loop does not spin on it. */
+static void punt_udp_error(bn_lane *l) {
+    if (l->udp_held)
+        return;
+    bn_punt *p = punt_new(l, BN_PUNT_RAW, -1, NULL, 0);
+    if (!p)
+        return; /* no memory: the next wake-up tries again */
+    memset(&p->from, 0, sizeof p->from);
+    p->from.ss_family = l->dual ? AF_INET6 : AF_INET;
+    p->from_len = l->dual ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    p->count = 0;
+    hold_udp(l);
+}
+
 /* One UDP receive of n bytes at data (several datagrams of gso_size with GRO). */
 void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
                          const struct sockaddr_storage *from, socklen_t from_len) {
@@ -867,7 +886,8 @@ static int pump_udp(bn_lane *l) {
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            continue; /* ICMP errors (port unreachable): the core's timers cope */
+            punt_udp_error(l); /* an ICMP or local error: Python reads the error queue */
+            break;
         }
         l->rbuf_used += (size_t)got * slot;
         for (int k = 0; k < got; k++) {
@@ -925,7 +945,9 @@ int bn_lane_run(bn_lane *l) {
             if (tag == EV_STOP) {
                 l->stopping = 1;
             } else if (tag == EV_UDP) {
-                if (!l->udp_held)
+                if (evs[i].events & EPOLLERR)
+                    punt_udp_error(l);
+                else if (!l->udp_held)
                     rc = pump_udp(l);
             } else if (tag < BN_MAX_PORTS) {
                 bn_port *p = &l->ports[tag];
