@@ -227,13 +227,14 @@ class NativeLane:
         and the status counters; then the core's decisions into the lane."""
         fwd = self.fwd
         device_stats, ports, macs = self.lane.take_stats()
-        rx_dgrams, rx_bytes, blocked, failed, too_big, wakeups, _lost, gso_refused = device_stats
+        (rx_dgrams, rx_bytes, blocked, failed, too_big, wakeups, _lost, gso_refused,
+         truncated) = device_stats
         device = fwd.device
         device.rx_datagrams += rx_dgrams
         device.rx_bytes += rx_bytes
         counters = fwd.counters
         for reason, n in (("udp_send_blocked", blocked), ("udp_send_failed", failed),
-                          ("udp_send_too_big", too_big)):
+                          ("udp_send_too_big", too_big), ("udp_truncated", truncated)):
             if n:
                 counters.drop(reason, n)
         fwd.heartbeat += wakeups - self._wakeups

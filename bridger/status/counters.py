@@ -64,6 +64,8 @@ DAEMON_DROP_REASONS: dict[str, str] = {
     "udp_send_failed": "a datagram could not be sent (an error other than the two below)",
     "udp_send_blocked": "a datagram dropped because the UDP socket buffer was full",
     "udp_send_too_big": "a datagram refused by the kernel as larger than the path MTU",
+    "udp_truncated": "a UDP receive cut short by the kernel (the datagram or its control "
+                     "messages did not fit the native lane's buffers), dropped",
     # The guards' reasons (bridger.guard.GUARD_DROP_REASONS, docs/guard.md).
     Reason.LOOP_BLOCKED: "the peer is blocked by loop protection: only loop probes cross",
     Reason.LOOP_PROBE: "one of our own loop probes came back and was consumed",

@@ -319,3 +319,75 @@ def test_generated_traffic_ends_the_same(config: str, reads: list[bytes],
         same_everything(twin)
 
     run(scenario, **CONFIGS[config])
+
+
+# ---- issue 21: findings of a read of the native code -------------------------------------
+
+DHCP_CLIENT = eth(BROADCAST, ETH_IP, ipv4(17, udp(68, 67, bytes(240))), src=HOST_B)
+
+
+def test_a_frame_handed_over_before_a_reload_never_reaches_the_port_reusing_its_slot() -> None:
+    """A frame from site B that the inbound guard must see (a DHCP client
+    message with ``dhcp = "local"``) is opened by the lane and queued as a
+    hand-over naming B's port slot.  Before Python runs it, a reload removes
+    B and adds site C, which gets the freed slot.  The hand-over named only
+    the slot, so Python wrote B's frame into C's tap.  Now freeing the slot
+    takes the port out of its queued hand-overs: the frame reaches no tap, and
+    the UDP socket handed over with it is still given back."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from tests.native.lanesim import drain
+
+        learn_host_b(twin)
+        nat = twin.nat
+        lane_obj = nat.lane.lane
+        addr = nat.fwd.udp.sockaddr(nat.wan.getsockname()[:2])
+        assert lane_obj.udp_receive(twin.seal_from_b([DHCP_CLIENT]), addr) == 1
+        assert lane_obj.held == [-1]  # handed over: the frame, with the socket
+        nat.lane.remove_port(nat.port)  # the reload: B goes...
+        del nat.fwd.ports[nat.peer]
+        port_c, tap_c = twin.new_port(nat, "c")  # ...and C comes
+        try:
+            assert nat.lane.add_port(port_c) == nat.ident  # the same slot, at once
+            with nat.lane.held():
+                nat.lane._handle(lane_obj.take_punts())
+            assert drain(tap_c) == [], "site B's frame was written into site C's tap"
+            assert lane_obj.held == []
+        finally:
+            nat.lane.remove_port(port_c)
+            os.close(port_c.fd)
+            tap_c.close()
+
+    run(scenario, guard=GuardConfig(dhcp="local"))
+
+
+def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
+    """The lane's loop drops a receive the kernel cut short (MSG_TRUNC) and
+    counts it; the sync turns the count into the device drop ``udp_truncated``
+    (docs/status.md), where before the first 16 KiB were taken as a datagram."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        import select
+        import threading
+
+        from bridger.status.counters import DeviceInfo
+
+        nat = twin.nat
+        lane_obj = nat.lane.lane
+        before = nat.fwd.device.rx_datagrams
+        thread = threading.Thread(target=lane_obj.run, daemon=True)
+        thread.start()
+        try:
+            target = ("127.0.0.1", nat.fwd.udp.sock.getsockname()[1])
+            nat.wan.sendto(b"\x04" + bytes(20000), target)
+            nat.wan.sendto(b"junk", target)  # handed over once the first is done
+            assert select.select([lane_obj.punt_fd], [], [], 10.0)[0]
+        finally:
+            lane_obj.stop()
+            thread.join(10.0)
+        assert not thread.is_alive()
+        with nat.lane.held():
+            nat.lane._handle(lane_obj.take_punts())
+        snap = nat.fwd.counters.snapshot(DeviceInfo(), [], 0.0)
+        assert snap["device_drops"]["udp_truncated"] == 1
+        assert nat.fwd.device.rx_datagrams == before + 1  # the junk only
+
+    run(scenario)
