@@ -98,12 +98,17 @@ class NativeLane:
         self.lane.set_udp_join(ident, port.udp_join)
         self._ids[port] = ident
         self._by_id[ident] = port
+        # The lane's known MACs stay a subset of the guard's ``known`` (the
+        # remote MAC table): what the table evicts, the lane forgets.
+        lane = self.lane
+        port.counters.on_remote_evict(lambda mac: lane.forget(ident, (mac,)))
         return ident
 
     def remove_port(self, port: Port) -> None:
         ident = self._ids.pop(port, None)
         if ident is None:
             return
+        port.counters.on_remote_evict(None)
         with self.held():
             self.lane.remove_port(ident)
             self._by_id.pop(ident, None)

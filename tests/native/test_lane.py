@@ -391,3 +391,30 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         assert nat.fwd.device.rx_datagrams == before + 1  # the junk only
 
     run(scenario)
+
+
+def test_a_mac_evicted_from_pythons_table_is_forgotten_by_the_lane() -> None:
+    """The guards' ``known`` is the peer's remote MAC table, an LRU of
+    ``mac_table`` entries; the lane kept its own set (2048 slots, never aged).
+    A MAC the LRU evicted stayed known to the lane, so frames to it went out
+    natively as known unicast, where Python counts them against the flood
+    budget.  Now every eviction tells the lane to forget the MAC: with a table
+    of 4 and a budget of 2 frames, the frames to the evicted MAC are flooded
+    and dropped the same way on both paths."""
+    macs = [bytes([2, 0, 0, 0, 0x10, k]) for k in range(5)]
+
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        frames = [frame_to(HOST_A, 60, src=mac, seed=k) for k, mac in enumerate(macs)]
+        both_wire(twin, twin.seal_from_b(frames))
+        twin.nat.sync()  # the lane's MAC log into the table: macs[0] is evicted
+        assert macs[0] not in twin.nat.port.counters.remote_macs
+        both_tap(twin, [plain(frame_to(macs[0], 100, seed=k)) for k in range(6)])
+        same_everything(twin)
+        from tests.native.lanesim import counter_figures
+
+        assert counter_figures(twin.ref.fwd)["drops"]["storm"] > 0  # flooded, over budget
+        lane_obj = twin.nat.lane.lane
+        assert not lane_obj.knows(twin.nat.ident, macs[0])
+        assert all(lane_obj.knows(twin.nat.ident, mac) for mac in macs[1:])
+
+    run(scenario, mac_table=4, guard=GuardConfig(flood_rate=2))
