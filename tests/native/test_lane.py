@@ -418,3 +418,38 @@ def test_a_mac_evicted_from_pythons_table_is_forgotten_by_the_lane() -> None:
         assert all(lane_obj.knows(twin.nat.ident, mac) for mac in macs[1:])
 
     run(scenario, mac_table=4, guard=GuardConfig(flood_rate=2))
+
+
+def test_sessions_the_core_lets_go_of_are_wiped_when_the_lane_lets_go_too() -> None:
+    """Issue 21: "zeroes its keys" held only at the native sessions' dealloc.
+    When the core drops its keypairs (here all of them, as after 540 s of
+    silence) the next push takes them out of the lane and wipes them."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.protocol import Output
+
+        nat = twin.nat
+        session = nat.peer.current.session
+        assert not session.wiped
+        nat.peer._zero_keys(Output())
+        nat.lane.push(0.0)
+        assert session.wiped and session.send_key == bytes(32)
+        assert not nat.lane.lane.tap_read(nat.ident, plain(frame_to(HOST_B, 60)))
+
+    run(scenario)
+
+
+def test_a_peer_removed_by_a_reload_has_its_sessions_wiped() -> None:
+    """``live.retire_peer`` (removal, replacement, a new private key): once the
+    peer's tasks stopped (its port is out of the lane), its sessions' native
+    keys are zeroed, not left for the collector."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.service.live import retire_peer
+
+        nat = twin.nat
+        session = nat.peer.current.session
+        nat.lane.remove_port(nat.port)
+        retire_peer(nat.fwd.device, nat.peer)
+        assert session.wiped and session.receive_key == bytes(32)
+        assert nat.peer.current is None
+
+    run(scenario)
