@@ -44,6 +44,7 @@ from bridger.service.notify import Notifier
 from bridger.service.reload import ReloadPlan, plan_reload, refused_line
 from bridger.service.watchdog import overdue, peers_status, readable, status_task, watchdog_task
 from bridger.shell.forward import Forwarder
+from bridger.shell.lane import held_sessions, wipe_sessions
 from bridger.shell.port import Port
 from bridger.shell.resolver import resolve_peer
 from bridger.shell.up import Psks, peer_config, read_keys
@@ -52,6 +53,22 @@ log = logging.getLogger("bridger")
 
 #: A timer this late (seconds) counts as work the data plane has not taken.
 TIMER_SLACK = 1.0
+
+
+def retire_peer(device: Device, peer: Peer) -> None:
+    """Remove ``peer`` from ``device`` for good (its tasks are stopped, so its
+    port is out of the native lane's tables): what can be wiped is wiped.
+
+    Wiped: the key copies of its native sessions (``Session.wipe``: zeroed
+    with ``sodium_memzero``, then refused by seal/open and by the lane).
+    Not wiped: the core's own copies, ``Keypair.send_key`` / ``receive_key``
+    and the handshake state's keys, which are immutable ``bytes`` inside
+    ``bridger.protocol`` (as are the private key and PSKs read from disk):
+    ``remove_peer`` drops the last references, and their memory is freed,
+    not overwritten, when collected."""
+    sessions = held_sessions(peer)
+    device.remove_peer(peer)
+    wipe_sessions(sessions)
 
 @dataclasses.dataclass
 class _Tasks:
@@ -228,7 +245,7 @@ class Live:
                 await self._stop(self._peer_tasks.pop(settings.name, None))
                 port = self.port_of(settings.name)
                 del fwd.ports[port.peer]
-                fwd.device.remove_peer(port.peer)  # zeroes its keys
+                retire_peer(fwd.device, port.peer)
                 fwd.counters.remove_peer(settings.name)
                 if fwd.detector is not None:
                     fwd.detector.remove_peer(settings.name)
@@ -262,11 +279,12 @@ class Live:
         self.remember_endpoints(now)
 
     def _replace_peer(self, settings: PeerSettings, psk: bytes | None, now: float) -> None:
-        """A new core peer on the same tap: a new handshake, the old session zeroed."""
+        """A new core peer on the same tap: a new handshake, the old sessions'
+        native keys zeroed (``retire_peer``)."""
         fwd = self.fwd
         old = self.port_of(settings.name)
         del fwd.ports[old.peer]
-        fwd.device.remove_peer(old.peer)
+        retire_peer(fwd.device, old.peer)
         peer = fwd.device.add_peer(peer_config(settings, psk), now)
         fwd.ports[peer] = self.make_port(peer, old.tap, old.fd)
 
@@ -291,7 +309,7 @@ class Live:
                 peer = fwd.device.add_peer(peer_config(settings, psks[settings.name]), now)
                 fwd.ports[peer] = self.make_port(peer, old.tap, old.fd)
             for peer in list(old_device.peers.values()):
-                old_device.remove_peer(peer)  # zeroes the old sessions' keys
+                retire_peer(old_device, peer)
             self.private = private
             ok = True
         except BaseException:

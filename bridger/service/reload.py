@@ -6,11 +6,12 @@ the daemon must do. It touches nothing; the daemon applies the plan in this
 order, so a tap name or key that moves from one peer to another is free
 before it is taken again:
 
-1. ``removed``: stop the peer's tasks, ``Device.remove_peer`` (its keys are
-   zeroed), remove its tap from the bridge;
+1. ``removed``: stop the peer's tasks, ``live.retire_peer`` (its native
+   sessions' keys zeroed; the core's ``bytes`` copies only dropped), remove
+   its tap from the bridge;
 2. ``changed``: the same name, public key and tap with a new psk, host, port
-   or keepalive: the core peer is replaced (a new handshake, keys of the old
-   session zeroed); the tap and its bridge port stay;
+   or keepalive: the core peer is replaced (a new handshake, the old one
+   retired the same way); the tap and its bridge port stay;
 3. ``added``: add the tap, the core peer and its tasks;
 4. ``rekey_all``: this site's private key changed: a new identity, so every
    peer that stays handshakes again (with the new key), none restarts.

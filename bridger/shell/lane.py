@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,24 @@ log = logging.getLogger("bridger")
 SYNC_INTERVAL = 0.1
 
 
+def held_sessions(peer: Peer) -> set[Any]:
+    """The native sessions of the keypairs ``peer`` still holds."""
+    return {kp.session for kp in (peer.current, peer.previous, peer.next)
+            if kp is not None and kp.session is not None}
+
+
+def wipe_sessions(sessions: Iterable[Any]) -> None:
+    """Zero the keys of retired native sessions now (``Session.wipe``), rather
+    than when the last reference goes.  Only the native copies can be wiped:
+    the core's ``Keypair.send_key`` / ``receive_key``, the handshake's keys,
+    the private key and the PSKs are immutable ``bytes`` in
+    ``bridger.protocol`` and stay in memory until collected (docs/native.md).
+    The caller makes sure the lane's tables no longer hold them, or holds the
+    lane's mutex (a wiped session is refused by the lane anyway)."""
+    for session in sessions:
+        session.wipe()
+
+
 def clock_offset() -> float:
     """Trio's clock minus CLOCK_MONOTONIC (``time.perf_counter`` on Linux): the
     lane reads the monotonic clock and adds this to get the core's ``now``."""
@@ -68,6 +86,8 @@ class NativeLane:
         self._ids: dict[Port, int] = {}
         self._by_id: dict[int, Port] = {}
         self._pushed: dict[int, tuple[Any, ...]] = {}
+        #: The sessions last pushed per port (send and receive).
+        self._sessions: dict[int, set[Any]] = {}
         self._wakeups = 0
         self._gso_warned = False
 
@@ -98,16 +118,22 @@ class NativeLane:
         self.lane.set_udp_join(ident, port.udp_join)
         self._ids[port] = ident
         self._by_id[ident] = port
+        # The lane's known MACs stay a subset of the guard's ``known`` (the
+        # remote MAC table): what the table evicts, the lane forgets.
+        lane = self.lane
+        port.counters.on_remote_evict(lambda mac: lane.forget(ident, (mac,)))
         return ident
 
     def remove_port(self, port: Port) -> None:
         ident = self._ids.pop(port, None)
         if ident is None:
             return
+        port.counters.on_remote_evict(None)
         with self.held():
             self.lane.remove_port(ident)
             self._by_id.pop(ident, None)
             self._pushed.pop(ident, None)
+            self._sessions.pop(ident, None)
 
     def push(self, now: float) -> None:
         """The core's decisions into the lane's tables (only what changed)."""
@@ -125,11 +151,17 @@ class NativeLane:
             state = (id(send), endpoint, tuple(map(id, rx)), plain, csum, blocked)
             if self._pushed.get(ident) == state:
                 continue
+            sessions = set(rx) | ({send} if send is not None else set())
             with self.held():
                 lane.set_port(ident, send, None if endpoint is None else sockaddr(endpoint),
                               plain, csum, csum, self.fwd.device.config.max_frame, blocked)
                 lane.set_rx(ident, rx)
+                # Sessions the core let go of (rotated out, expired) are done:
+                # their keys are zeroed now, not when the last reference goes.
+                wipe_sessions(self._sessions.get(ident, set()) - sessions
+                              - held_sessions(peer))
             self._pushed[ident] = state
+            self._sessions[ident] = sessions
 
     def learn(self, port: Port, frames: list[bytes]) -> None:
         """Frames Python delivered to a port: their sources are behind its peer."""
@@ -228,13 +260,14 @@ class NativeLane:
         and the status counters; then the core's decisions into the lane."""
         fwd = self.fwd
         device_stats, ports, macs = self.lane.take_stats()
-        rx_dgrams, rx_bytes, blocked, failed, too_big, wakeups, _lost, gso_refused = device_stats
+        (rx_dgrams, rx_bytes, blocked, failed, too_big, wakeups, _lost, gso_refused,
+         truncated) = device_stats
         device = fwd.device
         device.rx_datagrams += rx_dgrams
         device.rx_bytes += rx_bytes
         counters = fwd.counters
         for reason, n in (("udp_send_blocked", blocked), ("udp_send_failed", failed),
-                          ("udp_send_too_big", too_big)):
+                          ("udp_send_too_big", too_big), ("udp_truncated", truncated)):
             if n:
                 counters.drop(reason, n)
         fwd.heartbeat += wakeups - self._wakeups

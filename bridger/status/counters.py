@@ -18,7 +18,7 @@ peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -64,6 +64,8 @@ DAEMON_DROP_REASONS: dict[str, str] = {
     "udp_send_failed": "a datagram could not be sent (an error other than the two below)",
     "udp_send_blocked": "a datagram dropped because the UDP socket buffer was full",
     "udp_send_too_big": "a datagram refused by the kernel as larger than the path MTU",
+    "udp_truncated": "a UDP receive cut short by the kernel (the datagram or its control "
+                     "messages did not fit the native lane's buffers), dropped",
     # The guards' reasons (bridger.guard.GUARD_DROP_REASONS, docs/guard.md).
     Reason.LOOP_BLOCKED: "the peer is blocked by loop protection: only loop probes cross",
     Reason.LOOP_PROBE: "one of our own loop probes came back and was consumed",
@@ -144,16 +146,18 @@ class MacTable:
     """Bounded LRU of source MACs seen on one side: mac -> [frames, bytes, last_seen].
 
     New MACs evict the least recently seen one when full, so a MAC flood
-    costs at most ``capacity`` entries; evictions are counted.
+    costs at most ``capacity`` entries; evictions are counted, and each is told
+    to ``on_evict`` when set (a native lane's copy of the table forgets it).
     """
 
-    __slots__ = ("_entries", "capacity", "evicted")
+    __slots__ = ("_entries", "capacity", "evicted", "on_evict")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError("MAC table capacity must be at least 1")
         self.capacity = capacity
         self.evicted = 0
+        self.on_evict: Callable[[bytes], None] | None = None
         self._entries: OrderedDict[bytes, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -164,8 +168,10 @@ class MacTable:
         entry = entries.get(mac)
         if entry is None:
             if len(entries) >= self.capacity:
-                entries.popitem(last=False)
+                old, _ = entries.popitem(last=False)
                 self.evicted += 1
+                if self.on_evict is not None:
+                    self.on_evict(old)
             entries[mac] = [frames, nbytes, now]
         else:
             entry[0] += frames
@@ -265,6 +271,12 @@ class PeerCounters:
         peer's ``Guard`` takes as ``known``.  ``mac in remote_macs`` is one dict
         lookup; nothing is copied."""
         return self._remote_view
+
+    def on_remote_evict(self, callback: Callable[[bytes], None] | None) -> None:
+        """Call ``callback(mac)`` whenever a MAC leaves :attr:`remote_macs` (None:
+        stop): a native lane keeps its own set of the known MACs and must never
+        know one this table, the guards' ``known``, has evicted."""
+        self._remote.on_evict = callback
 
     def lan_to_wan(
         self, frame: bytes | memoryview, now: float, count: int = 1, nbytes: int = -1

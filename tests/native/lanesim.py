@@ -145,6 +145,8 @@ class Twin:
     wan_mtu: int = 1500
     #: The taps take UDP_L4 superframes (runs of UDP datagrams are joined).
     udp_join: bool = False
+    #: Counters' MAC tables (the guards' ``known`` is the peer's remote table).
+    mac_table: int = 1024
 
     def __post_init__(self) -> None:
         assert native is not None
@@ -167,7 +169,7 @@ class Twin:
         peer = device.add_peer(PeerConfig(b_pub, endpoint=(LOCALHOST, wan.getsockname()[1]),
                                           persistent_keepalive=0, name="b"), 0.0)
         udp = UdpEndpoint.bind(0)
-        counters = Counters()
+        counters = Counters(self.mac_table)
         fwd = Forwarder(device=device, udp=udp, counters=counters)
         fd, tap = _tap()
         pc = counters.peer("b")
@@ -204,6 +206,24 @@ class Twin:
         self.b.receive_datagrams(confirms[0], a_addr, 0.0, WALL_EPOCH)
         assert self.b_peer.current is not None and self.ref.peer.current is not None
         self.nat.lane.push(0.0)  # type: ignore[union-attr]
+
+    def new_port(self, side: Side, name: str) -> tuple[Port, socket.socket]:
+        """A reload's new peer (another site, another key) on ``side``, with its
+        own fake tap: its port and the tap's far end."""
+        rng = random.Random(name)
+        _priv, pub = keypair(rng)
+        wan = _udp()
+        peer = side.fwd.device.add_peer(PeerConfig(pub, endpoint=(LOCALHOST, wan.getsockname()[1]),
+                                                   persistent_keepalive=0, name=name), 0.0)
+        wan.close()
+        fd, tap = _tap()
+        pc = side.fwd.counters.peer(name)
+        guard = None if self.guard is None else Guard(self.guard, name, None,
+                                                       known=pc.remote_macs)
+        port = Port(peer=peer, counters=pc, tap=f"tap-{name}", fd=fd, vnet=self.vnet,
+                    guard=guard, udp_join=self.udp_join and self.vnet)
+        side.fwd.ports[peer] = port
+        return port, tap
 
     def seal_from_b(self, frames: list[bytes], csum: tuple[int, int] | None = None) -> list[bytes]:
         """Datagrams site B's core seals for ``frames``."""

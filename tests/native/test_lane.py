@@ -319,3 +319,137 @@ def test_generated_traffic_ends_the_same(config: str, reads: list[bytes],
         same_everything(twin)
 
     run(scenario, **CONFIGS[config])
+
+
+# ---- issue 21: findings of a read of the native code -------------------------------------
+
+DHCP_CLIENT = eth(BROADCAST, ETH_IP, ipv4(17, udp(68, 67, bytes(240))), src=HOST_B)
+
+
+def test_a_frame_handed_over_before_a_reload_never_reaches_the_port_reusing_its_slot() -> None:
+    """A frame from site B that the inbound guard must see (a DHCP client
+    message with ``dhcp = "local"``) is opened by the lane and queued as a
+    hand-over naming B's port slot.  Before Python runs it, a reload removes
+    B and adds site C, which gets the freed slot.  The hand-over named only
+    the slot, so Python wrote B's frame into C's tap.  Now freeing the slot
+    takes the port out of its queued hand-overs: the frame reaches no tap, and
+    the UDP socket handed over with it is still given back."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from tests.native.lanesim import drain
+
+        learn_host_b(twin)
+        nat = twin.nat
+        lane_obj = nat.lane.lane
+        addr = nat.fwd.udp.sockaddr(nat.wan.getsockname()[:2])
+        assert lane_obj.udp_receive(twin.seal_from_b([DHCP_CLIENT]), addr) == 1
+        assert lane_obj.held == [-1]  # handed over: the frame, with the socket
+        nat.lane.remove_port(nat.port)  # the reload: B goes...
+        del nat.fwd.ports[nat.peer]
+        port_c, tap_c = twin.new_port(nat, "c")  # ...and C comes
+        try:
+            assert nat.lane.add_port(port_c) == nat.ident  # the same slot, at once
+            with nat.lane.held():
+                nat.lane._handle(lane_obj.take_punts())
+            assert drain(tap_c) == [], "site B's frame was written into site C's tap"
+            assert lane_obj.held == []
+        finally:
+            nat.lane.remove_port(port_c)
+            os.close(port_c.fd)
+            tap_c.close()
+
+    run(scenario, guard=GuardConfig(dhcp="local"))
+
+
+def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
+    """The lane's loop drops a receive the kernel cut short (MSG_TRUNC) and
+    counts it; the sync turns the count into the device drop ``udp_truncated``
+    (docs/status.md), where before the first 16 KiB were taken as a datagram."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        import select
+        import threading
+
+        from bridger.status.counters import DeviceInfo
+
+        nat = twin.nat
+        lane_obj = nat.lane.lane
+        before = nat.fwd.device.rx_datagrams
+        thread = threading.Thread(target=lane_obj.run, daemon=True)
+        thread.start()
+        try:
+            target = ("127.0.0.1", nat.fwd.udp.sock.getsockname()[1])
+            nat.wan.sendto(b"\x04" + bytes(20000), target)
+            nat.wan.sendto(b"junk", target)  # handed over once the first is done
+            assert select.select([lane_obj.punt_fd], [], [], 10.0)[0]
+        finally:
+            lane_obj.stop()
+            thread.join(10.0)
+        assert not thread.is_alive()
+        with nat.lane.held():
+            nat.lane._handle(lane_obj.take_punts())
+        snap = nat.fwd.counters.snapshot(DeviceInfo(), [], 0.0)
+        assert snap["device_drops"]["udp_truncated"] == 1
+        assert nat.fwd.device.rx_datagrams == before + 1  # the junk only
+
+    run(scenario)
+
+
+def test_a_mac_evicted_from_pythons_table_is_forgotten_by_the_lane() -> None:
+    """The guards' ``known`` is the peer's remote MAC table, an LRU of
+    ``mac_table`` entries; the lane kept its own set (2048 slots, never aged).
+    A MAC the LRU evicted stayed known to the lane, so frames to it went out
+    natively as known unicast, where Python counts them against the flood
+    budget.  Now every eviction tells the lane to forget the MAC: with a table
+    of 4 and a budget of 2 frames, the frames to the evicted MAC are flooded
+    and dropped the same way on both paths."""
+    macs = [bytes([2, 0, 0, 0, 0x10, k]) for k in range(5)]
+
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        frames = [frame_to(HOST_A, 60, src=mac, seed=k) for k, mac in enumerate(macs)]
+        both_wire(twin, twin.seal_from_b(frames))
+        twin.nat.sync()  # the lane's MAC log into the table: macs[0] is evicted
+        assert macs[0] not in twin.nat.port.counters.remote_macs
+        both_tap(twin, [plain(frame_to(macs[0], 100, seed=k)) for k in range(6)])
+        same_everything(twin)
+        from tests.native.lanesim import counter_figures
+
+        assert counter_figures(twin.ref.fwd)["drops"]["storm"] > 0  # flooded, over budget
+        lane_obj = twin.nat.lane.lane
+        assert not lane_obj.knows(twin.nat.ident, macs[0])
+        assert all(lane_obj.knows(twin.nat.ident, mac) for mac in macs[1:])
+
+    run(scenario, mac_table=4, guard=GuardConfig(flood_rate=2))
+
+
+def test_sessions_the_core_lets_go_of_are_wiped_when_the_lane_lets_go_too() -> None:
+    """Issue 21: "zeroes its keys" held only at the native sessions' dealloc.
+    When the core drops its keypairs (here all of them, as after 540 s of
+    silence) the next push takes them out of the lane and wipes them."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.protocol import Output
+
+        nat = twin.nat
+        session = nat.peer.current.session
+        assert not session.wiped
+        nat.peer._zero_keys(Output())
+        nat.lane.push(0.0)
+        assert session.wiped and session.send_key == bytes(32)
+        assert not nat.lane.lane.tap_read(nat.ident, plain(frame_to(HOST_B, 60)))
+
+    run(scenario)
+
+
+def test_a_peer_removed_by_a_reload_has_its_sessions_wiped() -> None:
+    """``live.retire_peer`` (removal, replacement, a new private key): once the
+    peer's tasks stopped (its port is out of the lane), its sessions' native
+    keys are zeroed, not left for the collector."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.service.live import retire_peer
+
+        nat = twin.nat
+        session = nat.peer.current.session
+        nat.lane.remove_port(nat.port)
+        retire_peer(nat.fwd.device, nat.peer)
+        assert session.wiped and session.receive_key == bytes(32)
+        assert nat.peer.current is None
+
+    run(scenario)

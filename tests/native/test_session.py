@@ -310,3 +310,20 @@ def test_methods_reject() -> None:
         s.open("datagram" * 8)
     with pytest.raises(TypeError):
         s.open(None)
+
+
+@needs_lane
+def test_wipe_zeroes_the_keys_and_the_session_is_refused_from_then_on() -> None:
+    """Issue 21: a retired session's keys were zeroed only at dealloc.
+    ``wipe()`` zeroes them at once; sealing or opening with it then raises
+    rather than using zero keys, and its counter and age make the lane refuse it."""
+    a, b = pair()
+    datagram = a.seal(0, b"frame")
+    a.wipe()
+    assert a.wiped and not b.wiped
+    assert a.send_key == bytes(32) and a.receive_key == bytes(32)
+    assert a.send_counter >= REJECT_AFTER_MESSAGES
+    for call in (lambda: a.seal(1, b"x"), lambda: a.open(datagram)):
+        with pytest.raises(ValueError, match="wiped"):
+            call()
+    assert b.open(datagram) == b"frame"  # the other end's session is its own

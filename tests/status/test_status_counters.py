@@ -345,3 +345,17 @@ def test_every_schema_field_is_documented() -> None:
     missing = [name for name in sorted(_property_names(STATUS_SCHEMA))
                if not re.search(rf"[`.]{re.escape(name)}[`.\[]", doc)]
     assert not missing, f"fields missing from docs/status.md: {missing}"
+
+
+def test_remote_mac_evictions_are_told_to_the_watcher_in_order() -> None:
+    """A native lane's known-MAC set follows the remote table through this hook."""
+    peer = Counters(mac_table_size=2).peer("b")
+    gone: list[bytes] = []
+    peer.on_remote_evict(gone.append)
+    for k in range(4):
+        peer.wan_to_lan(bytes(6) + bytes([2, 0, 0, 0, 0, k]) + b"\x08\x00", 0.0)
+    assert gone == [bytes([2, 0, 0, 0, 0, 0]), bytes([2, 0, 0, 0, 0, 1])]
+    assert set(peer.remote_macs) == {bytes([2, 0, 0, 0, 0, 2]), bytes([2, 0, 0, 0, 0, 3])}
+    peer.on_remote_evict(None)
+    peer.wan_to_lan(bytes(6) + bytes([2, 0, 0, 0, 0, 9]) + b"\x08\x00", 0.0)
+    assert len(gone) == 2

@@ -136,6 +136,7 @@ typedef struct {
     uint64_t send_counter;
     bn_replay replay;
     double created; /* Keypair.created, the core's clock */
+    int wiped;      /* keys zeroed (Session.wipe): nothing is sealed or opened with it */
 } bn_session;
 
 /* aead.seal_transport: header (type 4, remote_index, counter) at out[0..16),

@@ -95,6 +95,16 @@ void bn_macset_add(bn_macset *m, const uint8_t *mac) {
     m->keys[(s + (m->next_victim++ & 3)) & (BN_MACSET_SLOTS - 1)] = k;
 }
 
+void bn_macset_del(bn_macset *m, const uint8_t *mac) {
+    uint64_t k = mac_key(mac);
+    uint32_t s = mac_slot(k);
+    for (int i = 0; i < 4; i++) {
+        uint64_t *slot = &m->keys[(s + (uint32_t)i) & (BN_MACSET_SLOTS - 1)];
+        if (*slot == k)
+            *slot = 0; /* lookups probe all four slots: a hole breaks no chain */
+    }
+}
+
 /* ---- setup ---------------------------------------------------------------- */
 
 static int ep_add(bn_lane *l, int fd, uint64_t tag) {
@@ -190,46 +200,66 @@ int bn_lane_add_port(bn_lane *l, int fd, int vnet, const bn_guard_cfg *g) {
         p->vnet = vnet;
         if (g)
             p->guard = *g;
-        if (fd >= 0 && ep_add(l, fd, (uint64_t)i) < 0)
+        if (fd >= 0 && ep_add(l, fd, (uint64_t)i) < 0) {
+            int err = errno;
+            memset(p, 0, sizeof *p); /* the slot stays free */
+            errno = err;
             return -1;
+        }
         return i;
     }
     errno = ENOSPC;
     return -1;
 }
 
-void bn_lane_hold_port(bn_lane *l, int port) {
+void bn_lane_fail(bn_lane *l, int err, int port) {
+    if (l->err == 0) {
+        l->err = err;
+        l->err_port = port;
+    }
+    bn_lane_stop(l);
+}
+
+int bn_lane_hold_port(bn_lane *l, int port) {
     bn_port *p = &l->ports[port];
     if (!p->held) {
         p->held = 1;
-        if (p->fd >= 0)
-            epoll_ctl(l->epfd, EPOLL_CTL_DEL, p->fd, NULL);
+        if (p->fd >= 0 && epoll_ctl(l->epfd, EPOLL_CTL_DEL, p->fd, NULL) < 0) {
+            bn_lane_fail(l, errno, port);
+            return -1;
+        }
     }
+    return 0;
 }
 
 static void hold_udp(bn_lane *l) {
     if (!l->udp_held) {
         l->udp_held = 1;
-        if (l->udp_fd >= 0)
-            epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->udp_fd, NULL);
+        if (l->udp_fd >= 0 && epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->udp_fd, NULL) < 0)
+            bn_lane_fail(l, errno, -1);
     }
 }
 
-void bn_lane_release(bn_lane *l, int port) {
+int bn_lane_release(bn_lane *l, int port) {
     if (port < 0) {
         if (l->udp_held) {
             l->udp_held = 0;
-            if (l->udp_fd >= 0)
-                ep_add(l, l->udp_fd, EV_UDP);
+            if (l->udp_fd >= 0 && ep_add(l, l->udp_fd, EV_UDP) < 0) {
+                bn_lane_fail(l, errno, -1);
+                return -1;
+            }
         }
-        return;
+        return 0;
     }
     bn_port *p = &l->ports[port];
     if (p->used && p->held) {
         p->held = 0;
-        if (p->fd >= 0)
-            ep_add(l, p->fd, (uint64_t)port);
+        if (p->fd >= 0 && ep_add(l, p->fd, (uint64_t)port) < 0) {
+            bn_lane_fail(l, errno, port);
+            return -1;
+        }
     }
+    return 0;
 }
 
 void bn_lane_stop(bn_lane *l) {
@@ -265,6 +295,23 @@ static bn_punt *punt_new(bn_lane *l, int kind, int port, const uint8_t *data, si
         /* already signalled */
     }
     return p;
+}
+
+void bn_lane_forget_punts(bn_lane *l, int port) {
+    bn_punt **link = &l->punts;
+    l->punt_tail = &l->punts;
+    while (*link) {
+        bn_punt *p = *link;
+        if (p->port == port && p->kind == BN_PUNT_TAP) {
+            *link = p->next;
+            free_punt(p);
+            continue;
+        }
+        if (p->port == port)
+            p->port = -1;
+        link = &p->next;
+        l->punt_tail = link;
+    }
 }
 
 /* ---- counters ------------------------------------------------------------- */
@@ -539,7 +586,8 @@ static int pump_tap(bn_lane *l, int port) {
                 rc = -1;
                 break;
             }
-            bn_lane_hold_port(l, port);
+            if (bn_lane_hold_port(l, port) < 0)
+                rc = -1;
             break;
         }
     }
@@ -892,6 +940,10 @@ static int pump_udp(bn_lane *l) {
         l->rbuf_used += (size_t)got * slot;
         for (int k = 0; k < got; k++) {
             struct msghdr *m = &msgs[k].msg_hdr;
+            if (m->msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
+                l->st.udp_truncated++; /* cut short: not the datagram(s) sent */
+                continue;
+            }
             int gso_size = 0;
             for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm))
                 if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO
@@ -916,6 +968,8 @@ static int pump_udp(bn_lane *l) {
 
 int bn_lane_run(bn_lane *l) {
     struct epoll_event evs[BN_MAX_PORTS + 2];
+    if (l->err)
+        return -1; /* a fatal error while it was not running (a failed release) */
     l->running = 1;
     int rc = 0;
     int busy = 0;
@@ -955,10 +1009,12 @@ int bn_lane_run(bn_lane *l) {
                     rc = pump_tap(l, (int)tag);
             }
         }
+        if (l->err)
+            rc = -1; /* an epoll_ctl failed (bn_lane_fail) */
         pthread_mutex_unlock(&l->mu);
         if (rc < 0)
             break;
     }
     l->running = 0;
-    return rc;
+    return l->err ? -1 : rc;
 }

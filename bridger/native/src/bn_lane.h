@@ -105,6 +105,9 @@ typedef struct {
     uint64_t rx_datagrams, rx_bytes;
     uint64_t udp_send_blocked, udp_send_failed, udp_send_too_big;
     uint64_t wakeups, maclog_lost, gso_refused;
+    /* Receives cut short (MSG_TRUNC: the datagram; MSG_CTRUNC: its control
+     * messages, so a GRO segment size may be lost): dropped, counted. */
+    uint64_t udp_truncated;
 } bn_lane_stats;
 
 typedef struct bn_lane {
@@ -144,10 +147,21 @@ void bn_lane_stop(bn_lane *l);
 double bn_lane_now(const bn_lane *l);
 int bn_lane_add_port(bn_lane *l, int fd, int vnet, const bn_guard_cfg *g);
 
-void bn_lane_release(bn_lane *l, int port); /* port -1: the UDP socket */
-void bn_lane_hold_port(bn_lane *l, int port);
+/* Hand a port's fd (release: port -1, the UDP socket) back to / take it out of
+ * the loop's epoll.  0, or -1 when epoll_ctl failed: that is the lane's fatal
+ * error (bn_lane_fail), and run() returns -1. */
+int bn_lane_release(bn_lane *l, int port);
+int bn_lane_hold_port(bn_lane *l, int port);
+/* Record a fatal error (the first one sticks) and stop the loop. */
+void bn_lane_fail(bn_lane *l, int err, int port);
+/* A port's slot is freed (under the mutex): its queued hand-overs must never
+ * reach the port that reuses the slot.  Tap reads are dropped; opened frames
+ * and payloads stay (they carry the UDP socket's hand-over, which Python must
+ * still give back) but no longer name the port. */
+void bn_lane_forget_punts(bn_lane *l, int port);
 void bn_macset_add(bn_macset *m, const uint8_t *mac);
 int bn_macset_has(const bn_macset *m, const uint8_t *mac);
+void bn_macset_del(bn_macset *m, const uint8_t *mac);
 
 /* For tests and fuzzing without fds: run one tap read / one UDP receive
  * through the same per-frame code the loop uses.  Outputs (datagrams, tap

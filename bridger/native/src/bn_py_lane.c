@@ -14,6 +14,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "bn_lane.h"
@@ -297,13 +298,18 @@ static PyObject *Lane_remove_port(LaneObject *self, PyObject *args) {
     lock(self);
     bn_lane *l = self->l;
     bn_port *p = &l->ports[port];
-    bn_lane_hold_port(l, port); /* out of epoll */
+    /* out of epoll; a closed fd is out already */
+    if (!p->held && p->fd >= 0 && epoll_ctl(l->epfd, EPOLL_CTL_DEL, p->fd, NULL) < 0
+        && errno != ENOENT && errno != EBADF)
+        bn_lane_fail(l, errno, port);
     Py_CLEAR(*(PyObject **)&p->send_ref);
     p->send = NULL;
     drop_rx(l, port);
-    /* pending frames for it (none outside a wake-up) and punts stay harmless:
-     * Python ignores punts of unknown ports */
+    /* pending frames for it: none outside a wake-up.  Its queued hand-overs
+     * must not reach a port that reuses the slot (a reload frees and refills
+     * slots at once): they go, or stop naming it. */
     memset(p, 0, sizeof *p);
+    bn_lane_forget_punts(l, port);
     unlock(self);
     Py_RETURN_NONE;
 }
@@ -548,13 +554,14 @@ static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
         Py_DECREF(t);
     }
     l->nmaclog = 0;
-    dev = Py_BuildValue("(KKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
+    dev = Py_BuildValue("(KKKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
                         (unsigned long long)l->st.rx_bytes,
                         (unsigned long long)l->st.udp_send_blocked,
                         (unsigned long long)l->st.udp_send_failed,
                         (unsigned long long)l->st.udp_send_too_big,
                         (unsigned long long)l->st.wakeups, (unsigned long long)l->st.maclog_lost,
-                        (unsigned long long)l->st.gso_refused);
+                        (unsigned long long)l->st.gso_refused,
+                        (unsigned long long)l->st.udp_truncated);
     uint64_t wakeups = l->st.wakeups;
     memset(&l->st, 0, sizeof l->st);
     l->st.wakeups = wakeups;
@@ -588,6 +595,46 @@ static PyObject *Lane_learn(LaneObject *self, PyObject *args) {
     unlock(self);
     Py_DECREF(fast);
     Py_RETURN_NONE;
+}
+
+static PyObject *Lane_forget(LaneObject *self, PyObject *args) {
+    int port;
+    PyObject *macs;
+    if (!PyArg_ParseTuple(args, "iO", &port, &macs))
+        return NULL;
+    if (check_port(self, port) < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(macs, "macs must be a sequence");
+    if (!fast)
+        return NULL;
+    lock(self);
+    bn_port *p = &self->l->ports[port];
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        PyObject *m = PySequence_Fast_GET_ITEM(fast, i);
+        if (PyBytes_Check(m) && PyBytes_GET_SIZE(m) == 6)
+            bn_macset_del(&p->known, (const uint8_t *)PyBytes_AS_STRING(m));
+    }
+    unlock(self);
+    Py_DECREF(fast);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_knows(LaneObject *self, PyObject *args) {
+    int port;
+    Py_buffer mac;
+    if (!PyArg_ParseTuple(args, "iy*", &port, &mac))
+        return NULL;
+    if (check_port(self, port) < 0 || mac.len != 6) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "a MAC is 6 bytes");
+        PyBuffer_Release(&mac);
+        return NULL;
+    }
+    lock(self);
+    int known = bn_macset_has(&self->l->ports[port].known, mac.buf);
+    unlock(self);
+    PyBuffer_Release(&mac);
+    return PyBool_FromLong(known);
 }
 
 /* Test entry points: the loop's per-read steps without the loop. */
@@ -734,6 +781,10 @@ static PyMethodDef Lane_methods[] = {
      "(device, ports, macs) since the last take; zeroes them"},
     {"learn", (PyCFunction)Lane_learn, METH_VARARGS,
      "learn(port, frames): their source MACs are behind the port's peer"},
+    {"forget", (PyCFunction)Lane_forget, METH_VARARGS,
+     "forget(port, macs): these MACs are no longer known behind the port's peer"},
+    {"knows", (PyCFunction)Lane_knows, METH_VARARGS,
+     "knows(port, mac) -> the MAC is in the port's known set (test entry point)"},
     {"tap_read", (PyCFunction)Lane_tap_read, METH_VARARGS,
      "tap_read(port, data) -> handled (test entry point)"},
     {"flush_tx", (PyCFunction)Lane_flush_tx, METH_VARARGS,

@@ -8,6 +8,7 @@
  */
 #include "bn_py.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #include <sodium.h>
@@ -82,6 +83,32 @@ static void session_dealloc(PyObject *op) {
     Py_TYPE(op)->tp_free(op);
 }
 
+/* Zero the keys for good.  The send counter goes to the message limit and the
+ * creation time to -inf, so the lane's own checks (too many messages, too old)
+ * refuse the session wherever a pointer to it may still sit; seal() and open()
+ * refuse it here. */
+static PyObject *session_wipe(PyObject *op, PyObject *unused) {
+    bn_session *s = &((BnSessionObject *)op)->s;
+    sodium_memzero(s->send_key, sizeof s->send_key);
+    sodium_memzero(s->recv_key, sizeof s->recv_key);
+    s->send_counter = BN_REJECT_AFTER_MESSAGES;
+    s->created = -INFINITY;
+    s->wiped = 1;
+    Py_RETURN_NONE;
+}
+
+static int check_not_wiped(PyObject *op) {
+    if (((BnSessionObject *)op)->s.wiped) {
+        PyErr_SetString(PyExc_ValueError, "the session's keys were wiped");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *session_get_wiped(PyObject *op, void *closure) {
+    return PyBool_FromLong(((BnSessionObject *)op)->s.wiped);
+}
+
 static PyObject *session_check(PyObject *op, PyObject *arg) {
     uint64_t counter;
     if (get_uint(arg, UINT64_MAX, "counter", &counter) < 0)
@@ -95,6 +122,8 @@ static PyObject *session_seal(PyObject *op, PyObject *const *args, Py_ssize_t na
                      nargs);
         return NULL;
     }
+    if (check_not_wiped(op) < 0)
+        return NULL;
     uint64_t counter;
     if (get_uint(args[0], UINT64_MAX, "counter", &counter) < 0)
         return NULL;
@@ -116,6 +145,8 @@ static PyObject *session_seal(PyObject *op, PyObject *const *args, Py_ssize_t na
 }
 
 static PyObject *session_open(PyObject *op, PyObject *arg) {
+    if (check_not_wiped(op) < 0)
+        return NULL;
     Py_buffer b;
     if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -165,6 +196,9 @@ static PyMethodDef session_methods[] = {
      "check(counter) -> 0 ok (recorded), 1 replay, 2 too old: ReplayWindow.check."},
     {"seal", (PyCFunction)(void (*)(void))session_seal, METH_FASTCALL,
      "seal(counter, plaintext) -> the whole transport datagram (aead.seal_transport)."},
+    {"wipe", session_wipe, METH_NOARGS,
+     "wipe(): zero the keys now (a retired session); seal() and open() then raise\n"
+     "ValueError and the lane refuses it.  Dealloc zeroes them too."},
     {"open", session_open, METH_O,
      "open(datagram) -> plaintext, or None when it is shorter than 32 bytes or fails\n"
      "authentication (counter from its header; the replay window is not touched)."},
@@ -182,6 +216,7 @@ static PyGetSetDef session_getset[] = {
     {"send_key", session_get_send_key, NULL, NULL, NULL},
     {"receive_key", session_get_receive_key, NULL, NULL, NULL},
     {"send_counter", session_get_send_counter, session_set_send_counter, NULL, NULL},
+    {"wiped", session_get_wiped, NULL, "the keys were zeroed by wipe()", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
