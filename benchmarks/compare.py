@@ -1,10 +1,10 @@
 """bridger against the tunnels a user would pick instead, same lab, same run.
 
-    python3 benchmarks/compare.py [--duration 10]
-                                  [--tunnels bridger,bridger-python,openvpn,fastd,
-                                             tinc,wireguard-vxlan]
-                                  [--loss 1 --delay 10] [--no-lossy]
-                                  [--path-mtu 1400 [--filter-icmp]]
+    .venv/bin/python benchmarks/compare.py [--duration 10]
+                                       [--tunnels bridger,bridger-python,openvpn,fastd,
+                                                  tinc,wireguard-vxlan]
+                                       [--loss 1 --delay 10] [--no-lossy]
+                                       [--path-mtu 1400 [--filter-icmp]]
 
 Builds the namespace lab (engine ``direct``: routed in-kernel, so the WAN is
 not the bottleneck; with ``--loss``/``--delay`` the impairing engine), then for
@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -276,8 +277,8 @@ def run_or_note(name: str, options: LabOptions, duration: float, workdir: Path,
 
 
 def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
+    if value is None or math.isnan(value):
+        return "-"  # not measured, or nothing carried to divide by (a stalled TCP run)
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
@@ -297,7 +298,10 @@ def table(results: dict[str, dict[str, float]], base: str = "bridger") -> str:
         if base in results:
             for p in peers:
                 a, b = results[base].get(key), results[p].get(key)
-                row.append(f"{a / b:.2f}x" if a is not None and b else "-")
+                if a is None or not b or math.isnan(a) or math.isnan(b):
+                    row.append("-")
+                else:
+                    row.append(f"{a / b:.2f}x")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -311,7 +315,8 @@ def notes_table(notes: dict[str, list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tunnels", default="bridger,bridger-python,openvpn,fastd",
+    p.add_argument("--tunnels",
+                   default="bridger,bridger-python,openvpn,fastd,tinc,wireguard-vxlan",
                    help="comma-separated: bridger (default data path), bridger-native, "
                    "bridger-python, bridger-nooffload, bridger-noguard, bridger-base "
                    "(BRIDGER_BASE=DIR), openvpn, fastd, tinc, wireguard-vxlan")
