@@ -1,8 +1,10 @@
 """bridger against the tunnels a user would pick instead, same lab, same run.
 
-    python3 benchmarks/compare.py [--duration 10]
-                                  [--tunnels bridger,bridger-python,openvpn,fastd]
-                                  [--loss 1 --delay 10] [--no-lossy]
+    .venv/bin/python benchmarks/compare.py [--duration 10]
+                                       [--tunnels bridger,bridger-python,openvpn,fastd,
+                                                  tinc,wireguard-vxlan]
+                                       [--loss 1 --delay 10] [--no-lossy]
+                                       [--path-mtu 1400 [--filter-icmp]]
 
 Builds the namespace lab (engine ``direct``: routed in-kernel, so the WAN is
 not the bottleneck; with ``--loss``/``--delay`` the impairing engine), then for
@@ -14,6 +16,14 @@ each tunnel then gets a second lab with 1% loss and 10 ms delay each way (the
 impairing engine: netem, or without it the lab's userspace wire) for the rows
 "TCP, 1% loss 10 ms". Prints a table with the ratios bridger/peer and writes
 it as Markdown and JSON to benchmarks/results/ (gitignored).
+
+``--path-mtu N`` narrows the router's link towards site B to N bytes in every
+lab of the run (``LabOptions.path_mtu_b``): a hop in the middle of the path
+that neither gateway's interface shows; ``--filter-icmp`` also makes the
+router drop the ICMP "fragmentation needed" it would send (a PMTU black
+hole). The peers are then set up as their manuals advise a user who knows
+the path MTU (the notes under the table say what each was given); bridger
+gets no MTU option and has to find the path MTU itself.
 
 The bridger rows: ``bridger`` runs the default data path (``auto``: the
 native one when the extension is built), ``bridger-native`` passes
@@ -30,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -52,7 +64,14 @@ from bridger.lab import Lab, LabOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PACKAGES = {"openvpn": "openvpn", "fastd": "fastd", "iperf3": "iperf3"}
+#: Tunnel (or tool) name -> {program it needs: Debian package that ships it}.
+PACKAGES: dict[str, dict[str, str]] = {
+    "iperf3": {"iperf3": "iperf3"},
+    "openvpn": {"openvpn": "openvpn"},
+    "fastd": {"fastd": "fastd"},
+    "tinc": {"tincd": "tinc"},
+    "wireguard-vxlan": {"wireguard-go": "wireguard-go", "wg": "wireguard-tools"},
+}
 SERVER, CLIENT = "hostB1", "hostA1"
 
 #: (key, label, unit, higher is better)
@@ -81,12 +100,16 @@ def make_runner(name: str, lab: Lab, workdir: Path) -> Runner:
 
 
 def ensure_installed(names: list[str]) -> None:
-    """apt-get the peers (and iperf3) that are not on PATH yet."""
-    missing = [PACKAGES[n] for n in names if n in PACKAGES and shutil.which(n) is None]
+    """apt-get the peers (and iperf3) whose programs are not on PATH yet.
+
+    Without recommends: wireguard-tools would otherwise pull in a kernel image.
+    """
+    missing = sorted({pkg for n in names for prog, pkg in PACKAGES.get(n, {}).items()
+                      if shutil.which(prog) is None})
     if missing:
         print(f"installing {' '.join(missing)} ...", flush=True)
-        subprocess.run(["apt-get", "install", "-y", *missing], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                       check=True, stdout=subprocess.DEVNULL)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -227,21 +250,35 @@ Measure = Callable[[Runner, Lab, float], dict[str, float]]
 
 
 def run_one(name: str, options: LabOptions, duration: float, workdir: Path,
-            how: Measure = measure) -> tuple[dict[str, float], str]:
-    """``how``'s figures for tunnel ``name`` in a fresh lab, and the data path it ran."""
+            how: Measure = measure) -> tuple[dict[str, float], str, list[str]]:
+    """``how``'s figures for tunnel ``name`` in a fresh lab, the data path it ran,
+    and the runner's notes (what it was configured with for the path)."""
     with Lab(options) as lab:
         runner = make_runner(name, lab, workdir)
         try:
             runner.start()
             wait_link(lab, runner)
-            return how(runner, lab, duration), data_path(runner)
+            runner.settle()
+            return how(runner, lab, duration), data_path(runner), runner.notes
         finally:
             runner.stop()
 
 
+def run_or_note(name: str, options: LabOptions, duration: float, workdir: Path,
+                how: Measure = measure) -> tuple[dict[str, float], str, list[str]]:
+    """:func:`run_one`, but a tunnel that fails (it may, on a narrow path) leaves
+    empty figures and a note instead of ending the run."""
+    try:
+        return run_one(name, options, duration, workdir, how)
+    except (RuntimeError, subprocess.SubprocessError, json.JSONDecodeError, KeyError) as exc:
+        detail = f"{exc} {getattr(exc, 'stderr', None) or ''}".strip() or type(exc).__name__
+        print(f"{name}: failed: {detail}", flush=True)
+        return {}, "-", [f"failed ({how.__name__}): {detail.splitlines()[0]}"]
+
+
 def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
+    if value is None or math.isnan(value):
+        return "-"  # not measured, or nothing carried to divide by (a stalled TCP run)
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
@@ -261,53 +298,81 @@ def table(results: dict[str, dict[str, float]], base: str = "bridger") -> str:
         if base in results:
             for p in peers:
                 a, b = results[base].get(key), results[p].get(key)
-                row.append(f"{a / b:.2f}x" if a is not None and b else "-")
+                if a is None or not b or math.isnan(a) or math.isnan(b):
+                    row.append("-")
+                else:
+                    row.append(f"{a / b:.2f}x")
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def notes_table(notes: dict[str, list[str]]) -> str:
+    """Markdown: what each tunnel was given (or found) for the path."""
+    lines = ["| tunnel | MTU settings for this path |", "|---|---|"]
+    lines += [f"| {name} | {'; '.join(dict.fromkeys(n))} |" for name, n in notes.items() if n]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tunnels", default="bridger,bridger-python,openvpn,fastd",
+    p.add_argument("--tunnels",
+                   default="bridger,bridger-python,openvpn,fastd,tinc,wireguard-vxlan",
                    help="comma-separated: bridger (default data path), bridger-native, "
                    "bridger-python, bridger-nooffload, bridger-noguard, bridger-base "
-                   "(BRIDGER_BASE=DIR), openvpn, fastd")
+                   "(BRIDGER_BASE=DIR), openvpn, fastd, tinc, wireguard-vxlan")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--loss", type=float, default=0.0, help="WAN loss %% each way")
     p.add_argument("--delay", type=float, default=0.0, help="WAN delay ms each way")
     p.add_argument("--lossy", action=argparse.BooleanOptionalAction, default=True,
                    help="also TCP over 1%% loss and 10 ms delay each way, in a second lab "
                    "per tunnel (default on; off when --loss/--delay impair the whole run)")
+    p.add_argument("--path-mtu", type=int, default=None, metavar="N",
+                   help="narrow the router's link towards site B to N bytes (every lab of "
+                   "the run); the peers get the MTU settings their manuals advise")
+    p.add_argument("--filter-icmp", action="store_true",
+                   help="the router drops ICMP fragmentation-needed / packet-too-big")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.tunnels.split(",") if n.strip()]
     ensure_installed(["iperf3", *names])
     impaired = bool(args.loss or args.delay)
+    path = {"path_mtu_b": args.path_mtu, "filter_icmp": args.filter_icmp}
     options = LabOptions(loss_pct=args.loss, delay_ms=args.delay,
-                         engine="auto" if impaired else "direct")
+                         engine="auto" if impaired else "direct", **path)
+    lossy_options = dataclasses.replace(LOSSY, **path)
     lossy = args.lossy and not impaired
     results: dict[str, dict[str, float]] = {}
     paths: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="bridger-bench-") as tmp:
         for name in names:
             print(f"== {name}", flush=True)
-            results[name], paths[name] = run_one(name, options, args.duration, Path(tmp))
+            results[name], paths[name], notes[name] = run_or_note(
+                name, options, args.duration, Path(tmp))
             if lossy:
-                figures, _ = run_one(name, LOSSY, args.duration, Path(tmp), measure_lossy)
+                figures, _, more = run_or_note(name, lossy_options, args.duration, Path(tmp),
+                                               measure_lossy)
                 results[name].update(figures)
-            print(f"data path: {paths[name]}", json.dumps(results[name]), flush=True)
+                notes[name] += more
+            print(f"data path: {paths[name]}", json.dumps(results[name]),
+                  "; ".join(dict.fromkeys(notes[name])), flush=True)
     when = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     wan = f"loss {args.loss}% delay {args.delay} ms each way" if impaired else "no impairment"
+    mtu = (f"path MTU {args.path_mtu} (the router's link to gwB)" if args.path_mtu
+           else "path MTU 1500") + (", ICMP too-big dropped" if args.filter_icmp else "")
     ran = ", ".join(f"{n} {p}" for n, p in paths.items() if p != "-")
     header = (f"# bridger vs peers ({when})\n\n{os.cpu_count()} CPUs, kernel "
-              f"{os.uname().release}, WAN: {wan}, iperf3 {args.duration:.0f} s per test"
+              f"{os.uname().release}, WAN: {wan}, {mtu}, iperf3 {args.duration:.0f} s per test"
               + (f", data paths: {ran}" if ran else "") + "\n\n")
-    text = header + table(results) + "\n"
+    text = header + table(results) + "\n\n" + notes_table(notes) + "\n"
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"when": when, "wan": wan, "duration": args.duration, "data_paths": paths,
-           "results": results}
-    tag = "impaired" if impaired else "clean"
+    doc = {"when": when, "wan": wan, "path_mtu": args.path_mtu or 1500,
+           "filter_icmp": args.filter_icmp, "duration": args.duration, "data_paths": paths,
+           "results": results, "notes": {n: list(dict.fromkeys(v)) for n, v in notes.items()}}
+    tag = ("impaired" if impaired else "clean") + (
+        f"-pmtu{args.path_mtu}" if args.path_mtu else "") + (
+        "-noicmp" if args.filter_icmp else "")
     for stem in (f"compare-{tag}-{when}", f"latest-{tag}"):
         (args.out / f"{stem}.md").write_text(text)
         (args.out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")

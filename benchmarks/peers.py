@@ -3,12 +3,19 @@
 Every peer is configured the way a user would pick it for this job: a tap
 interface in a Linux bridge with ``eth1`` (eth1's addresses moved to the
 bridge, as ``bridger up`` does), UDP, the simplest secure configuration.
+
+On a lab with a narrow hop (``LabOptions.path_mtu_b``) each peer is set up as
+its manual tells a user who knows the path MTU (``Runner.path_mtu``), and
+``Runner.notes`` says what was set; bridger gets no MTU option at all (it has
+to find the path MTU itself).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -36,9 +43,25 @@ class Runner:
     workdir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     name: str = "?"
+    #: What this tunnel was configured with for the path (MTU settings), for the table.
+    notes: list[str] = field(default_factory=list)
 
     def start(self) -> None:
         raise NotImplementedError
+
+    @property
+    def path_mtu(self) -> int:
+        """The path MTU between the gateways, as a user who measured it would know it."""
+        opts = self.lab.options
+        return opts.wan_mtu if opts.path_mtu_b is None else min(opts.path_mtu_b, opts.wan_mtu)
+
+    @property
+    def narrow(self) -> bool:
+        """Whether the path is narrower than the gateways' own WAN links."""
+        return self.path_mtu < self.lab.options.wan_mtu
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the tunnel has finished adapting to the path (after the first ping)."""
 
     def pids(self) -> dict[str, int]:
         return {site: proc.pid for site, proc in self.procs.items()}
@@ -92,6 +115,7 @@ class Bridger(Runner):
             write_private_key_file(workdir / f"{self.name}-{s}.key", self.keys[s])
 
     def start(self) -> None:
+        self.notes.append("no MTU option: finds the path MTU itself")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(self.root), env.get("PYTHONPATH")]))
@@ -112,16 +136,27 @@ class BridgedPeer(Runner):
 
     tap = "ptap0"
     bridge = "pbr0"
+    #: The tap's MTU in the bridge: the LAN's, or the bridge drops larger frames.
+    tap_mtu = 1500
 
     def __init__(self, lab: Lab, workdir: Path, name: str) -> None:
         super().__init__(lab, workdir, name=name)
         self._addrs: dict[str, list[str]] = {}
 
-    def bridge_up(self, site: str, timeout: float = 15.0) -> None:
-        """Wait for the tap, then the same host setup bridger does: br + eth1 + tap."""
+    def attach_command(self) -> str:
+        """The ``ip`` command that puts the tap into the bridge."""
+        return f"link set {self.tap} mtu {self.tap_mtu} master {self.bridge} up"
+
+    def bridge_up(self, site: str, timeout: float = 15.0, attach: bool = True) -> None:
+        """Wait for the tap, then the same host setup bridger does: br + eth1 + tap.
+
+        ``attach=False``: the bridge with eth1 only, before the tunnel starts; the
+        tunnel's own up-script runs :meth:`attach_command` (tinc's ``tinc-up``).
+        """
         gw = f"gw{site}"
         deadline = time.monotonic() + timeout
-        while self.lab.run(gw, "ip", "link", "show", self.tap, check=False).returncode:
+        while attach and self.lab.run(gw, "ip", "link", "show", self.tap,
+                                      check=False).returncode:
             if time.monotonic() > deadline or self.procs[site].poll() is not None:
                 raise RuntimeError(f"{self.name}: no tap on gw{site}\n{self.logs()}")
             time.sleep(0.1)
@@ -132,7 +167,7 @@ class BridgedPeer(Runner):
         cmds = [
             f"link add {self.bridge} type bridge",
             f"link set {self.bridge} address {mac} mtu 1500",
-            f"link set {self.tap} mtu 1500 master {self.bridge} up",
+            *([self.attach_command()] if attach else []),
             *(f"addr del {a} dev eth1" for a in addrs),
             f"link set eth1 master {self.bridge}",
             *(f"addr add {a} dev {self.bridge}" for a in addrs),
@@ -140,6 +175,15 @@ class BridgedPeer(Runner):
         ]
         for cmd in cmds:
             self.lab.run(gw, "ip", *cmd.split())
+
+    def wait_attached(self, site: str, timeout: float = 15.0) -> None:
+        """Wait until the tunnel's own script has put the tap into the bridge."""
+        master = f"/sys/class/net/{self.tap}/master"
+        deadline = time.monotonic() + timeout
+        while self.lab.run(f"gw{site}", "test", "-e", master, check=False).returncode:
+            if time.monotonic() > deadline or self.procs[site].poll() is not None:
+                raise RuntimeError(f"{self.name}: tap not bridged on gw{site}\n{self.logs()}")
+            time.sleep(0.1)
 
     def unbridge(self) -> None:
         for site, addrs in self._addrs.items():
@@ -175,7 +219,20 @@ class OpenVpn(BridgedPeer):
             ).stdout
             self.fp[s] = out.strip().split("=", 1)[1]
 
+    def mtu_options(self) -> list[str]:
+        """The manual's advice for a path whose PMTU discovery cannot be trusted:
+        ``--fragment`` (OpenVPN splits datagrams itself) with ``--mssfix`` taking
+        its size from it; 2.6's ``mtu`` keyword counts the IP and UDP headers, so
+        the figure is the path MTU itself. On a full path: the default mssfix."""
+        if not self.narrow:
+            self.notes.append("tun-mtu 1500, default mssfix (1492 mtu)")
+            return []
+        p = str(self.path_mtu)
+        self.notes.append(f"tun-mtu 1500, --fragment {p} mtu, --mssfix {p} mtu")
+        return ["--fragment", p, "mtu", "--mssfix", p, "mtu"]
+
     def start(self) -> None:
+        mtu = self.mtu_options()
         for s in SITES:
             role = ["--tls-server", "--dh", "none"] if s == "A" else ["--tls-client"]
             self._popen(
@@ -189,6 +246,7 @@ class OpenVpn(BridgedPeer):
                 "--disable-dco", "--verb", "3", "--ping", "10",
                 # the same 4 MB socket buffers bridger asks for: a fair comparison
                 "--sndbuf", "4194304", "--rcvbuf", "4194304", "--txqueuelen", "1000",
+                *mtu,
             )
         for s in SITES:
             self.bridge_up(s)
@@ -208,6 +266,9 @@ class Fastd(BridgedPeer):
             self.public[s] = re.search(r"Public: (\w+)", out).group(1)  # type: ignore[union-attr]
 
     def start(self) -> None:
+        self.notes.append("mtu 1500, pmtu no (unchanged on a narrow path: fastd has no"
+                          " fragmentation or MSS clamping of its own)" if self.narrow
+                          else "mtu 1500, pmtu no")
         for s in SITES:
             o = other(s)
             conf = self.workdir / f"fastd-{s}.conf"
@@ -223,6 +284,173 @@ class Fastd(BridgedPeer):
             self.bridge_up(s)
 
 
+class Tinc(BridgedPeer):
+    """tinc 1.0 in switch mode: a tap, RSA keys, the default data cipher
+    (aes-256-cbc + 4 bytes of HMAC-SHA256), UDP with its TCP meta connection.
+
+    ``tinc-up`` puts the tap into the bridge (the bridge with eth1 is made
+    before tincd starts). On a narrow path nothing needs setting: tinc probes
+    the path MTU itself (``PMTUDiscovery = yes``, the default) and clamps TCP
+    MSS to it (``ClampMSS = yes``, the default); both are written out in the
+    host files so the configuration says what it relies on.
+    """
+
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        super().__init__(lab, workdir, "tinc")
+        for s in SITES:
+            conf = self.confdir(s)
+            (conf / "hosts").mkdir(parents=True, exist_ok=True)
+            host = conf / "hosts" / f"gw{s}"
+            host.write_text(
+                f"Address = {lab.gateway_wan_address(s)}\nPort = {PORT}\n"
+                "PMTUDiscovery = yes\nClampMSS = yes\n"
+            )
+            (conf / "tinc.conf").write_text(f"Name = gw{s}\n")
+            # 1.0's -K writes rsa_key.priv and appends the public key to hosts/<Name>.
+            subprocess.run(["tincd", "-c", str(conf), "-K"], check=True,
+                           stdin=subprocess.DEVNULL, capture_output=True)
+        for s in SITES:  # exchange the host files, as a user mails them
+            mine = self.confdir(s) / "hosts" / f"gw{s}"
+            (self.confdir(other(s)) / "hosts" / f"gw{s}").write_text(mine.read_text())
+
+    def confdir(self, site: str) -> Path:
+        return self.workdir / f"tinc-{site}"
+
+    def start(self) -> None:
+        self.notes.append("PMTUDiscovery = yes, ClampMSS = yes (the defaults; nothing set"
+                          " for the path)")
+        for s in SITES:
+            conf = self.confdir(s)
+            (conf / "tinc.conf").write_text(
+                f"Name = gw{s}\nMode = switch\nInterface = {self.tap}\n"
+                f"AddressFamily = ipv4\nBindToAddress = {self.lab.gateway_wan_address(s)}\n"
+                + (f"ConnectTo = gw{other(s)}\n" if s == "A" else "")
+            )
+            up = conf / "tinc-up"
+            up.write_text(f"#!/bin/sh\nexec ip {self.attach_command()}\n")
+            up.chmod(0o755)
+            self.bridge_up(s, attach=False)
+            self._popen(s, "tincd", "-c", str(conf), "-D", "-d1",
+                        f"--pidfile={conf / 'tincd.pid'}")
+        for s in SITES:
+            self.wait_attached(s)
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until both daemons have fixed the path MTU to each other.
+
+        tincd's SIGUSR2 dumps its nodes (``... pmtu N (min A max B)``) to its
+        log; discovery is over when min == max. Until then, frames above the
+        lower bound go over the TCP meta connection.
+        """
+        deadline = time.monotonic() + timeout
+        fixed: dict[str, int] = {}
+        while time.monotonic() < deadline:
+            for s in SITES:
+                if s in fixed:
+                    continue
+                self.procs[s].send_signal(signal.SIGUSR2)
+                time.sleep(0.2)
+                found = re.findall(rf"gw{other(s)} at .*?pmtu (\d+) \(min (\d+) max (\d+)\)",
+                                   self.log(s).read_text(errors="replace"))
+                if found and found[-1][1] == found[-1][2]:
+                    fixed[s] = int(found[-1][0])
+            if len(fixed) == len(SITES):
+                self.notes.append("discovered PMTU " + ", ".join(
+                    f"gw{s}->gw{other(s)} {fixed[s]}" for s in SITES))
+                return
+            time.sleep(1.0)
+        self.notes.append(f"PMTU discovery not finished after {timeout:.0f} s")
+
+
+class WireguardVxlan(BridgedPeer):
+    """wireguard-go (userspace; this kernel has no WireGuard module) carrying
+    kernel VXLAN, whose interface is the bridge port.
+
+    Addresses 10.200.0.1/.2 on the WireGuard interfaces, VXLAN VNI 42 on port
+    4789 between them. wireguard-go does no path-MTU discovery, so the
+    WireGuard MTU is set as wg-quick sets it: the path MTU less 80 (the
+    IPv6-safe overhead; 1420 on a 1500 path), from the path MTU the user
+    knows. VXLAN adds 50 bytes, so the VXLAN interface could only carry
+    frames of (WireGuard MTU - 50) whole; the LAN keeps 1500 and a bridge
+    drops frames larger than a port's MTU, so vx0 is given 1500 (which the
+    kernel allows only for a VXLAN device not bound to the WireGuard one with
+    ``dev``) and the kernel fits VXLAN packets to the WireGuard MTU by IP
+    fragmentation (``df unset``).
+
+    The WireGuard interfaces get a random name per run (``wg<hex><site>``):
+    wireguard-go's control socket lives in /run/wireguard/<ifname>.sock,
+    which all namespaces share. The CPU and RSS figures are wireguard-go's;
+    VXLAN's encapsulation is kernel time and not counted.
+    """
+
+    tap = "vx0"
+    net = "10.200.0"
+
+    def __init__(self, lab: Lab, workdir: Path) -> None:
+        super().__init__(lab, workdir, "wireguard-vxlan")
+        token = secrets.token_hex(3)
+        self.ifname = {s: f"wg{token}{s}" for s in SITES}
+        self.public: dict[str, str] = {}
+        for s in SITES:
+            key = subprocess.run(["wg", "genkey"], check=True, capture_output=True,
+                                 text=True).stdout.strip()
+            self.public[s] = subprocess.run(["wg", "pubkey"], input=key, check=True,
+                                            capture_output=True, text=True).stdout.strip()
+            conf = workdir / f"wg-{s}.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(f"[Interface]\nPrivateKey = {key}\nListenPort = {PORT}\n")
+
+    def address(self, site: str) -> str:
+        return f"{self.net}.{SITES.index(site) + 1}"
+
+    @property
+    def wg_mtu(self) -> int:
+        return self.path_mtu - 80
+
+    def start(self) -> None:
+        self.notes.append(f"wg MTU {self.wg_mtu} (path - 80, as wg-quick), vx0 MTU 1500"
+                          f" (whole frames only up to {self.wg_mtu - 50})")
+        for s in SITES:
+            o = other(s)
+            conf = self.workdir / f"wg-{s}.conf"
+            with conf.open("a") as f:
+                f.write(f"\n[Peer]\nPublicKey = {self.public[o]}\n"
+                        f"Endpoint = {self.lab.gateway_wan_address(o)}:{PORT}\n"
+                        f"AllowedIPs = {self.address(o)}/32\n")
+            wg = self.ifname[s]
+            self._popen(s, "wireguard-go", "-f", wg,
+                        env=dict(os.environ, LOG_LEVEL="error"))
+            sock = Path("/run/wireguard") / f"{wg}.sock"
+            deadline = time.monotonic() + 15
+            while not sock.exists():
+                if time.monotonic() > deadline or self.procs[s].poll() is not None:
+                    raise RuntimeError(f"{self.name}: wireguard-go did not start\n{self.logs()}")
+                time.sleep(0.1)
+            gw = f"gw{s}"
+            self.lab.run(gw, "wg", "setconf", wg, str(conf))
+            for cmd in (
+                f"addr add {self.address(s)}/24 dev {wg}",
+                f"link set {wg} mtu {self.wg_mtu} up",
+                # No ``dev {wg}``: bound to a device, VXLAN refuses an MTU above
+                # that device's MTU - 50. Unbound, the route to the peer's
+                # address leads over the WireGuard interface all the same.
+                f"link add {self.tap} type vxlan id 42 local {self.address(s)}"
+                f" remote {self.address(o)} dstport 4789 df unset",
+            ):
+                self.lab.run(gw, "ip", *cmd.split())
+            self.bridge_up(s)
+
+    def stop(self) -> None:
+        super().stop()
+        for wg in self.ifname.values():
+            (Path("/run/wireguard") / f"{wg}.sock").unlink(missing_ok=True)
+
+    def unbridge(self) -> None:
+        for site in self._addrs:
+            self.lab.run(f"gw{site}", "ip", "link", "del", self.tap, check=False)
+        super().unbridge()
+
+
 def make(name: str, lab: Lab, workdir: Path) -> Runner:
     table: dict[str, Any] = {
         "bridger": lambda: Bridger(lab, workdir),
@@ -236,6 +464,8 @@ def make(name: str, lab: Lab, workdir: Path) -> Runner:
                                         root=Path(os.environ["BRIDGER_BASE"])),
         "openvpn": lambda: OpenVpn(lab, workdir),
         "fastd": lambda: Fastd(lab, workdir),
+        "tinc": lambda: Tinc(lab, workdir),
+        "wireguard-vxlan": lambda: WireguardVxlan(lab, workdir),
     }
     runner: Runner = table[name]()
     return runner
