@@ -9,6 +9,10 @@ host code uses pyroute2)::
                      .1.1    10.100.1.2   10.100.1.1  10.100.2.1   10.100.2.2   .1.2
   nat_b=True:   wB ── wan0 [natB] lan0 ── wan0 [gwB]     natB: 10.100.2.2 outside,
                                                          172.16.2.1 inside, gwB 172.16.2.2
+  path_mtu_b=N: wB ══ wan0 [ispB] lan0 ── wan0 [gwB]     ispB: 10.100.2.2 (router side),
+                   (the link wB-ispB has MTU N)          10.102.2.1 inside, gwB 10.102.2.2
+                                                         routed, not NATed; IPv6 likewise
+                                                         (fd00:100:2::2, fd00:102:2::/64)
 
 With ``sites=N`` (up to :data:`MAX_SITES`) sites C, D, ... hang off the same
 router the same way: site ``k`` (A=1, B=2, ...) has hosts ``192.168.1.k1`` and
@@ -85,8 +89,12 @@ def site_roles(site: str) -> tuple[str, ...]:
     return (f"gw{site}", *hosts, f"sw{site}")
 
 
-#: Every role any lab can have (a lab has those of its own sites, "wan", maybe "natB").
-ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB")
+#: Every role any lab can have (a lab has those of its own sites, "wan", maybe
+#: "natB" or "ispB").
+ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB")
+#: Behind ispB: gwB's routed WAN subnets (the router reaches them through ispB).
+ISP_INSIDE_NET = "10.102.2"
+ISP_INSIDE6_NET = "fd00:102:2"
 PREFIX_RE = re.compile(r"^[A-Za-z0-9]{2,16}$")
 #: Prefixes this module generates: ``bl`` + 6 hex digits.
 AUTO_PREFIX_RE = re.compile(r"^bl[0-9a-f]{6}$")
@@ -128,8 +136,10 @@ class LabOptions:
     duplicate_pct: float = 0
     rate_mbit: float | None = None
     wan_mtu: int = 1500
-    #: MTU of the router's own link towards site B (None: wan_mtu): a narrow
-    #: hop in the middle of the path that neither gateway's interface shows.
+    #: Put a second router (``ispB``) between the WAN router and gwB, joined to
+    #: the WAN router by a link of this MTU: a narrow hop in the middle of the
+    #: path, between two routers, that neither gateway's interface shows
+    #: (None: no ispB).  :meth:`Lab.set_path_mtu` changes it while running.
     path_mtu_b: int | None = None
     #: The router drops the ICMP "fragmentation needed" / "packet too big" it
     #: would send (a path-MTU black hole, as behind many firewalls).
@@ -169,6 +179,8 @@ class LabOptions:
             raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
         if self.path_mtu_b is not None and not MIN_MTU <= self.path_mtu_b <= MAX_MTU:
             raise LabError(f"path_mtu_b must be between {MIN_MTU} and {MAX_MTU}")
+        if self.path_mtu_b is not None and self.nat_b:
+            raise LabError("path_mtu_b and nat_b cannot be combined (both sit before gwB)")
         if self.prefix is not None and not PREFIX_RE.match(self.prefix):
             raise LabError("prefix must be 2-16 letters or digits")
         if self.engine not in ENGINES:
@@ -319,6 +331,8 @@ class Lab:
             raise LabError(f"unknown role {role!r}; one of {', '.join(self.roles())}")
         if role == "natB" and not self.options.nat_b:
             raise LabError("this lab has no natB (build it with nat_b=True)")
+        if role == "ispB" and self.options.path_mtu_b is None:
+            raise LabError("this lab has no ispB (build it with path_mtu_b=MTU)")
         if role not in self.roles():
             raise LabError(f"this lab has no {role} (it has sites {', '.join(self.sites)})")
         return f"{self.prefix}-{role}"
@@ -329,6 +343,8 @@ class Lab:
         roles.append("wan")
         if self.options.nat_b:
             roles.append("natB")
+        if self.options.path_mtu_b is not None:
+            roles.append("ispB")
         return roles
 
     def hosts(self, site: str | None = None) -> list[str]:
@@ -384,15 +400,25 @@ class Lab:
 
     def _site_wan_role(self, site: str) -> str:
         """The namespace whose ``wan0`` faces the router for ``site``."""
-        return "natB" if site == "B" and self.options.nat_b else f"gw{site}"
+        if site == "B" and self.options.nat_b:
+            return "natB"
+        if site == "B" and self.options.path_mtu_b is not None:
+            return "ispB"
+        return f"gw{site}"
+
+    def _behind_isp(self, site: str) -> bool:
+        return site == "B" and self.options.path_mtu_b is not None
 
     def gateway_wan_address(self, site: str) -> str:
         """The address the other gateway sees for ``site``.
 
         For B behind NAT this is the NAT's public address: packets from gwB come
-        from it, but nothing listens there, so A listens and B dials A.
+        from it, but nothing listens there, so A listens and B dials A.  Behind
+        ispB it is gwB's own (routed) address.
         """
         self._check_site(site)
+        if self._behind_isp(site):
+            return f"{ISP_INSIDE_NET}.{FIRST_WAN_HOST}"
         return self._wan_addr(site)
 
     def gateway_wan_address6(self, site: str) -> str:
@@ -400,6 +426,8 @@ class Lab:
         self._check_site(site)
         if site == "B" and self.options.nat_b:
             raise LabError("site B behind NAT has no IPv6 WAN address")
+        if self._behind_isp(site):
+            return f"{ISP_INSIDE6_NET}::{FIRST_WAN_HOST}"
         return f"{WAN6_NET[site]}::{FIRST_WAN_HOST}"
 
     def gateway_private_address(self, site: str) -> str:
@@ -407,7 +435,7 @@ class Lab:
         self._check_site(site)
         if site == "B" and self.options.nat_b:
             return f"{NAT_INSIDE_NET}.{self._nat_inside_host}"
-        return self._wan_addr(site)
+        return self.gateway_wan_address(site)
 
     def lan_address(self, role: str, family: int = 4) -> str:
         """A host's (or gateway's: role ``gwA``, ``gwC``, ...) LAN address, no prefix length."""
@@ -544,6 +572,7 @@ class Lab:
         if opts.nat_b:
             self._build_nat()
         if opts.path_mtu_b is not None:
+            self._build_isp()
             self.set_path_mtu("B", opts.path_mtu_b)
         if opts.filter_icmp:
             self.filter_icmp_too_big(True)
@@ -602,6 +631,11 @@ class Lab:
                 self._ip(attach, f"addr add {self.gateway_wan_address6(site)}/{WAN6_PREFIXLEN}"
                                  " dev wan0 nodad")
                 self._ip(attach, f"-6 route add default via {WAN6_NET[site]}::1")
+            elif attach == "ispB":
+                self._ip("wan", f"addr add {WAN6_NET[site]}::1/{WAN6_PREFIXLEN} dev {rt_if} nodad")
+                self._ip(attach, f"addr add {WAN6_NET[site]}::{FIRST_WAN_HOST}/{WAN6_PREFIXLEN}"
+                                 " dev wan0 nodad")
+                self._ip(attach, f"-6 route add default via {WAN6_NET[site]}::1")
         if self.engine == "wire":
             self._offload_off("wan", *(f"w{site}" for site in self.sites))
             for site in self.sites:
@@ -637,6 +671,31 @@ class Lab:
             _cmd(*natb, *masquerade.split())
         else:
             raise LabError("nat_b needs nft or iptables (apt-get install nftables)")
+
+    def _build_isp(self) -> None:
+        """ispB: a plain router between the WAN router and gwB (no NAT), so that
+        the narrow link is between two routers and each direction meets it
+        while being forwarded (ICMP "fragmentation needed" / "packet too big"
+        from whichever router cannot forward, unless filtered)."""
+        mtu = self.options.wan_mtu
+        self._ip(
+            "ispB",
+            f"link add lan0 mtu {mtu} type veth peer name wan0 netns {self.ns('gwB')} mtu {mtu}",
+        )
+        self._ip("ispB", f"addr add {ISP_INSIDE_NET}.1/{WAN_PREFIXLEN} dev lan0")
+        self._ip("ispB", f"addr add {ISP_INSIDE6_NET}::1/{WAN6_PREFIXLEN} dev lan0 nodad")
+        self._ip("ispB", "link set lan0 up")
+        self._sysctl("ispB", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        gw_v4, gw_v6 = self.gateway_wan_address("B"), self.gateway_wan_address6("B")
+        self._ip("gwB", f"addr add {gw_v4}/{WAN_PREFIXLEN} dev wan0")
+        self._ip("gwB", f"addr add {gw_v6}/{WAN6_PREFIXLEN} dev wan0 nodad")
+        self._ip("gwB", "link set wan0 up")
+        self._ip("gwB", f"route add default via {ISP_INSIDE_NET}.1")
+        self._ip("gwB", f"-6 route add default via {ISP_INSIDE6_NET}::1")
+        isp_v4 = self._wan_addr("B")
+        self._ip("wan", f"route add {ISP_INSIDE_NET}.0/{WAN_PREFIXLEN} via {isp_v4}")
+        self._ip("wan", f"-6 route add {ISP_INSIDE6_NET}::/{WAN6_PREFIXLEN}"
+                        f" via {WAN6_NET['B']}::{FIRST_WAN_HOST}")
 
     def _offload_off(self, role: str, *ifnames: str) -> None:
         argv = [sys.executable, "-m", "bridger.lab.wire", "offload-off", *ifnames]
@@ -710,33 +769,41 @@ class Lab:
                 _cmd(*tc, "replace", "dev", rt_if, "root", "netem", *_netem_args(imp))
 
     def set_path_mtu(self, site: str, mtu: int | None) -> None:
-        """Set the MTU of the router's link towards ``site`` (None: back to wan_mtu).
+        """Set the MTU of the link between the WAN router and ispB (None: back to
+        wan_mtu); only site B, in a lab built with ``path_mtu_b``.
 
-        Only the router's side changes; the gateway's ``wan0`` keeps the lab's
-        wan_mtu, so neither gateway can read the narrow hop off an interface.
-        Packets the router forwards towards the site beyond ``mtu`` get ICMP
-        "fragmentation needed" / "packet too big" back (unless
-        :meth:`filter_icmp_too_big`); packets from the site beyond it are
-        dropped by the link without a word, as a PPPoE line's far end does.
+        Both ends are routers, so neither gateway can read the narrow hop off
+        an interface: a packet too big for it is dropped where it would be
+        forwarded onto it, with an ICMP "fragmentation needed" / "packet too
+        big" back to its sender unless :meth:`filter_icmp_too_big`.
         """
         self._check_site(site)
+        if not self._behind_isp(site):
+            raise LabError("only site B of a lab built with path_mtu_b has a narrow hop")
         value = self.options.wan_mtu if mtu is None else mtu
         if not MIN_MTU <= value <= MAX_MTU:
             raise LabError(f"MTU must be between {MIN_MTU} and {MAX_MTU}")
+        self._ip("ispB", f"link set wan0 mtu {value}")
+        if self.engine == "wire":  # the wire's own veths carry what the link does
+            for port in (f"x{site}", f"p{site}"):
+                self._ip("wan", f"link set {port} mtu {value}")
         self._ip("wan", f"link set w{site} mtu {value}")
 
     def filter_icmp_too_big(self, on: bool = True) -> None:
-        """Make the router drop (``on``) or send again the ICMP errors path-MTU
-        discovery relies on: IPv4 "fragmentation needed", ICMPv6 "packet too big"."""
-        ns = ["ip", "netns", "exec", self.ns("wan"), "nft"]
-        _cmd(*ns, "delete", "table", "inet", "lab_pmtu", check=False)
-        if on:
-            proc = subprocess.run(
-                [*ns, "-f", "-"], input=NFT_FILTER_ICMP, capture_output=True, text=True,
-                timeout=30, check=False,
-            )
-            if proc.returncode != 0:
-                raise LabError(f"nft in wan failed: {proc.stderr.strip()}")
+        """Make the routers (the WAN router, and ispB where there is one) drop
+        (``on``) or send again the ICMP errors path-MTU discovery relies on:
+        IPv4 "fragmentation needed", ICMPv6 "packet too big"."""
+        routers = ["wan", *(["ispB"] if self.options.path_mtu_b is not None else [])]
+        for router in routers:
+            ns = ["ip", "netns", "exec", self.ns(router), "nft"]
+            _cmd(*ns, "delete", "table", "inet", "lab_pmtu", check=False)
+            if on:
+                proc = subprocess.run(
+                    [*ns, "-f", "-"], input=NFT_FILTER_ICMP, capture_output=True, text=True,
+                    timeout=30, check=False,
+                )
+                if proc.returncode != 0:
+                    raise LabError(f"nft in {router} failed: {proc.stderr.strip()}")
 
     def change_wan_address(self, site: str) -> str:
         """Roam: give ``site``'s gateway a new WAN address, drop the old, return the new.
@@ -745,6 +812,8 @@ class Lab:
         afresh); the public side is changed by :meth:`change_nat_mapping`.
         """
         self._check_site(site)
+        if self._behind_isp(site):
+            raise LabError("gwB behind ispB keeps its address (no roaming in that lab)")
         if site == "B" and self.options.nat_b:
             old = self.gateway_private_address("B")
             self._nat_inside_host = self._next_host(self._nat_inside_host)

@@ -73,9 +73,9 @@ PMTU_BASE = 1280
 #: minimum) and a few below it for IPv4 paths.
 PMTU_LADDER = (1492, 1452, 1400, 1280, 1200, 1024, 576)
 #: Probes per following round, spread evenly between the largest size acked
-#: and the smallest lost; the search ends when those are this close.
+#: and the smallest lost; the search ends when those are this close (1: exact).
 PMTU_ROUND_PROBES = 3
-PMTU_PRECISION = 4
+PMTU_PRECISION = 1
 #: A round waits 4 smoothed probe round trips for its acks, within these bounds.
 PMTU_ROUND_MIN = 0.25
 PMTU_ROUND_MAX = 1.0

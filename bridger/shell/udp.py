@@ -163,8 +163,11 @@ class Sender:
     def _send_gso(self, datagrams: list[tuple[bytes, Address]]) -> None:
         sock = self.udp.sock
         for group, addr, size in fast_udp.gso_batches(datagrams):
-            if len(group) == 1:
-                self._send_each([(group[0], addr)])
+            if len(group) == 1 or (len(group) == 2 and len(group[1]) != size):
+                # One size alone gains nothing from GSO; and probes of different
+                # sizes (a path-MTU search) must each meet the path on their
+                # own, where a router would judge a GSO batch by its largest.
+                self._send_each([(d, addr) for d in group])
                 continue
             try:
                 sock.sendmsg(group, fast_udp.gso_cmsg(size), 0, self.udp.sockaddr(addr))
