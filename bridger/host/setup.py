@@ -8,8 +8,11 @@ Flow of :func:`bring_up` (each numbered change is one journaled step):
    bridge the NIC is already in.
 2. Give the bridge the NIC's MTU and MAC (neighbours' ARP caches stay right),
    up, before any port joins (else it would briefly take the lowest port MAC).
+   With a flood budget (``HostPlan.storm``): the nftables table that cuts
+   storms before the taps' queues (``bridger.host.storm``).
 3. Open each planned tap (non-persistent), set its MTU to the NIC's, enslave
-   it, mark the port ``isolated`` if planned, up.
+   it, mark the port ``isolated`` if planned, police its flooding in the
+   table, up.
 4. Remove the NIC's routes (through-gateway routes first), then its addresses.
 5. Enslave the NIC to the bridge, up.
 6. Add the NIC's addresses, then its routes (on-link routes first) to the bridge.
@@ -24,6 +27,7 @@ journaled the same way.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
@@ -33,11 +37,15 @@ from types import TracebackType
 from bridger.config import DEFAULT_BRIDGE, DEFAULT_TAP, default_state_dir
 from bridger.errors import HostError
 from bridger.host import netlink as nl
+from bridger.host import storm as nft
 from bridger.host.checks import Facts, check_links, check_new_tap, check_process
 from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
+from bridger.host.storm import KernelStorm, NftError, StormBudget
 from bridger.host.tap import open_tap
+
+log = logging.getLogger("bridger")
 
 STP_FORWARD_DELAY = 200  # centiseconds: the kernel's minimum (2 s) while STP runs
 TAP_KIND = "tun"
@@ -73,6 +81,9 @@ class HostPlan:
     netns: str | None = None
     #: Open the taps with a virtio-net header (the fast path's offloads).
     offload: bool = True
+    #: Each tap's flood budget, enforced in the kernel before its queue (the
+    #: guard's; None: no kernel storm control).
+    storm: StormBudget | None = None
     tap: InitVar[str | None] = None
 
     def __post_init__(self, tap: str | None) -> None:
@@ -99,6 +110,8 @@ def apply_undo(ipr: IPRoute, rec: Record) -> None:
         nl.add_route(ipr, rec["route"])
     elif op == "del_route":
         nl.del_route(ipr, rec["route"])
+    elif op == nft.UNDO_OP:
+        nft.apply_undo(rec)
     else:
         raise HostError(f"unknown journal record {op!r}")
 
@@ -145,6 +158,8 @@ class HostSession:
         self.taps: dict[str, int] = {}
         self.bridge_name = plan.bridge
         self.mtu = 0
+        #: The kernel's storm cut (None: off, or nft missing or refused).
+        self.storm: KernelStorm | None = None
         self._lan = plan.lan
         self._ipr = ipr
         self._lock = lock
@@ -175,6 +190,8 @@ class HostSession:
                                         "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
             nl.set_port_isolated(self._ipr, actual, True)
+        if self.storm is not None:
+            self.storm.add_tap(actual)  # before the port forwards anything
         nl.set_link(self._ipr, actual, {"up": True})
 
     def _close_tap(self, name: str) -> None:
@@ -211,15 +228,35 @@ class HostSession:
             self._close_tap(name)
             nl.del_link(self._ipr, name, TAP_KIND)
             self._forget(name)
+            if self.storm is not None:
+                self.storm.remove_tap(name)
 
     def _forget(self, name: str) -> None:
-        rec = _tap_record(name)
+        self._forget_record(_tap_record(name))
+
+    def _forget_record(self, rec: Record) -> None:
         records = self._journal.records
         for i in range(len(records) - 1, -1, -1):
             if records[i] == rec:
                 del records[i]
                 self._journal.save()
                 return
+
+    # -- storm control in the kernel ------------------------------------------
+
+    def _start_storm(self, budget: StormBudget, undo: Record) -> None:
+        """Create the storm table (its undo is journaled); if nft refuses, say so
+        in one line and go on without it (one nft transaction: nothing was made,
+        so the record goes again)."""
+        storm = KernelStorm(self.bridge_name, budget, self.plan.netns)
+        try:
+            storm.create()
+        except NftError as exc:
+            log.warning("storm control in the kernel is off (%s): the guard alone limits "
+                        "flooding, after the taps' queues", exc)
+            self._forget_record(undo)
+            return
+        self.storm = storm
 
     # -- restore -------------------------------------------------------------
 
@@ -385,6 +422,17 @@ def _apply(
          {"op": "set_link", "ifname": bridge,
           "attrs": {"mtu": br.mtu, "address": br.address, "up": br.up}},
          lambda: nl.set_link(ipr, bridge, {"mtu": lan.mtu, "address": lan.address, "up": True}))
+
+    # 2b. storm control in the kernel, before any tap exists
+    if plan.storm is not None:
+        if nft.nft_path() is None:
+            log.warning("storm control in the kernel is off (nft not found): the guard alone "
+                        "limits flooding, after the taps' queues")
+        else:
+            undo = nft.undo_record(nft.table_name(bridge), plan.netns)
+            budget = plan.storm
+            step("create the storm-control table", undo,
+                 lambda: session._start_storm(budget, undo))
 
     # 3. the taps
     for tap in plan.taps:

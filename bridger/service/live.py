@@ -12,7 +12,8 @@ session as before, then hands them to :class:`Live`:
    per-tap and socket tasks there: per peer a task group (its tap's
    ``tap_to_wan`` and its resolver) in its own cancel scope, the socket task
    (``wan_to_tap``, restarted when the device is replaced), and the service
-   tasks: remembered endpoints, STATUS= lines, the watchdog. Then
+   tasks: remembered endpoints, STATUS= lines, the watchdog, the kernel's
+   storm counters (read once a second, never on the data path). Then
    ``live.ready()`` once everything runs (the bridge exists, the socket is
    bound): READY=1.
 3. ``await live.reload()`` on SIGHUP: RELOADING=1, read the config again,
@@ -38,6 +39,7 @@ import trio
 from bridger.config import PeerSettings, UpConfig
 from bridger.errors import BridgerError
 from bridger.host import HostSession, TapPlan
+from bridger.host.storm import KernelStorm, NftError
 from bridger.protocol import Address, Device, DeviceConfig, Output, Peer
 from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
@@ -53,6 +55,23 @@ log = logging.getLogger("bridger")
 
 #: A timer this late (seconds) counts as work the data plane has not taken.
 TIMER_SLACK = 1.0
+#: Seconds between two reads of the kernel's storm counters.
+KERNEL_COUNTERS_INTERVAL = 1.0
+
+
+async def kernel_counters_task(storm: KernelStorm) -> None:
+    """Keep ``storm.drops`` current (an ``nft`` run in a worker thread, once a
+    second); a failure is logged once and the last values stay."""
+    failing = False
+    while True:
+        try:
+            await trio.to_thread.run_sync(storm.read)
+            failing = False
+        except NftError as exc:
+            if not failing:
+                log.warning("storm control in the kernel: cannot read its counters (%s)", exc)
+            failing = True
+        await trio.sleep(KERNEL_COUNTERS_INTERVAL)
 
 
 def retire_peer(device: Device, peer: Peer) -> None:
@@ -153,6 +172,8 @@ class Live:
         self._socket_task = self._spawn(self.fwd.wan_to_tap)
         nursery.start_soon(remember_task, self.book, self._up_endpoints)
         nursery.start_soon(status_task, self.notifier, self.peer_states)
+        if self.host.storm is not None:
+            nursery.start_soon(kernel_counters_task, self.host.storm)
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             fwd = self.fwd

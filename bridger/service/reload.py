@@ -12,7 +12,8 @@ before it is taken again:
 2. ``changed``: the same name, public key and tap with a new psk, host, port
    or keepalive: the core peer is replaced (a new handshake, the old one
    retired the same way); the tap and its bridge port stay;
-3. ``added``: add the tap, the core peer and its tasks;
+3. ``added``: add the tap (with its storm rules in the kernel, when on), the
+   core peer and its tasks;
 4. ``rekey_all``: this site's private key changed: a new identity, so every
    peer that stays handshakes again (with the new key), none restarts.
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,7 +40,10 @@ from bridger.service.notify import Notifier
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
 from bridger.shell.udp import UdpEndpoint, format_address
-from bridger.status.counters import Counters, DeviceInfo, PeerInfo
+from bridger.status.counters import KERNEL_DROP_REASON, Counters, DeviceInfo, PeerInfo
+
+if TYPE_CHECKING:
+    from bridger.host.storm import KernelStorm
 
 log = logging.getLogger("bridger")
 
@@ -99,11 +102,14 @@ class Daemon:
     """The running daemon: the forwarder plus what status views read."""
 
     def __init__(
-        self, config: UpConfig, fwd: Forwarder, interface: dict[str, str]
+        self, config: UpConfig, fwd: Forwarder, interface: dict[str, str],
+        storm: KernelStorm | None = None,
     ) -> None:
         self.config = config
         self.fwd = fwd
         self.interface = interface
+        #: The kernel's storm cut; its ``drops`` (read in the slow path) are shown.
+        self.storm = storm
         self._hosts = {s.name: s.host for s in config.peers}
         self._last_drops: dict[str, int] = {}
 
@@ -133,6 +139,10 @@ class Daemon:
         def age(t: float | None) -> float | None:
             return None if t is None else max(0.0, now - t)
 
+        drops = dict(stats.drops)
+        if self.storm is not None:
+            drops[KERNEL_DROP_REASON] = self.storm.drops.get(port.tap, 0)
+
         return PeerInfo(
             name=peer.name,
             public_key=encode_key(peer.public_key),
@@ -147,7 +157,7 @@ class Daemon:
             rtt_ms=None if stats.rtt is None else stats.rtt * 1000.0,
             path_mtu=stats.path_mtu,
             path_mtu_source=stats.pmtu_source,
-            drops=dict(stats.drops),
+            drops=drops,
             fragments={
                 "sent": stats.fragments_sent,
                 "received": stats.fragments_received,
@@ -306,6 +316,7 @@ def run_up(config: UpConfig, reread: Callable[[], UpConfig] | None = None) -> in
 
 def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
     from bridger.host import HostPlan, StopSignals, TapPlan, bring_up, drop_privileges
+    from bridger.host.storm import StormBudget
     from bridger.service.live import Live
     from bridger.status.logs import setup_logging
 
@@ -329,6 +340,8 @@ def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
                 lan=config.lan, bridge=config.bridge,
                 taps=tuple(TapPlan(p.tap, isolated=isolated) for p in config.peers),
                 state_dir=config.state_dir, stp=config.stp, offload=config.offload,
+                storm=StormBudget.of(config.guard.flood_rate, config.guard.burst,
+                                     config.guard.nd_share),
             )
             with bring_up(plan, interrupted=stop.check) as host:
                 async def main() -> None:
@@ -381,7 +394,7 @@ def _run_up(config: UpConfig, reread: Callable[[], UpConfig] | None) -> int:
                         daemon = Daemon(config, fwd, {
                             "lan": config.lan, "bridge": host.bridge_name,
                             "listen": udp.listen,
-                        })
+                        }, storm=host.storm)
 
                         live = Live(
                             config, private, psks, fwd, host, notifier, reread=reread,

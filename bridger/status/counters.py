@@ -51,6 +51,9 @@ _BROADCAST = b"\xff\xff\xff\xff\xff\xff"
 #: Ethernet header) are counted in neither partition.
 KINDS = ("unicast", "broadcast", "multicast", "arp", "ipv4", "ipv6", "vlan", "other", "runt")
 
+#: Flooded frames the kernel dropped before a peer's tap queue (bridger.host.storm).
+KERNEL_DROP_REASON = "storm_kernel"
+
 #: Every drop reason the daemon (the I/O shell, not the protocol core) may
 #: count, with its meaning.  This table is the single source of those names:
 #: ``docs/status.md`` lists exactly these plus the core's ``DropReason``
@@ -78,6 +81,10 @@ DAEMON_DROP_REASONS: dict[str, str] = {
     Reason.STORM: "a flooded frame to the peer over its flood budget (`flood_rate`)",
     Reason.STORM_ND: "ARP or IPv6 neighbour discovery over its share and the flood budget",
     Reason.STORM_CTL: "a BPDU or another site's loop probe over the control budget",
+    # Counted by the kernel before the peer's tap queue (bridger.host.storm), read
+    # in the slow path (at most once a second).
+    KERNEL_DROP_REASON: "a broadcast or multicast frame to the peer cut in the kernel, before "
+                        "its tap queue: a storm far over the flood budget",
 }
 
 #: How many top talkers per MAC table a snapshot lists.
