@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import Bridger, Runner, make
 
+from bridger.keys import encode_key, public_key
 from bridger.lab import Lab, LabOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,6 +86,9 @@ METRICS = [
     ("tcp_retransmits", "TCP retransmits A->B", "segments", False),
     ("tcp_lossy_a_to_b_mbit", "TCP A->B, 1% loss 10 ms", "Mbit/s", True),
     ("tcp_lossy_b_to_a_mbit", "TCP B->A, 1% loss 10 ms", "Mbit/s", True),
+    ("tcp_attack_base_mbit", "TCP A->B, same lab, no attack", "Mbit/s", True),
+    ("tcp_attack4k_ratio", "TCP A->B under attack 4k/s (x unattacked)", "ratio", True),
+    ("tcp_attack20k_ratio", "TCP A->B under attack 20k/s (x unattacked)", "ratio", True),
 ]
 #: The lab of the "1% loss 10 ms" rows: one-way knobs on the router's egress to each gateway.
 LOSSY = LabOptions(loss_pct=1.0, delay_ms=10.0)
@@ -246,6 +250,53 @@ def measure_lossy(runner: Runner, lab: Lab, duration: float) -> dict[str, float]
             "tcp_lossy_b_to_a_mbit": down["end"]["sum_received"]["bits_per_second"] / 1e6}
 
 
+#: Datagrams/s of scripts/attack.py at gwB's port for the "under attack" rows.
+ATTACK_RATES = (4000, 20000)
+
+
+def measure_attacked(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
+    """bridger only: TCP A->B alone, then while scripts/attack.py sprays gwB's
+    port at each of ATTACK_RATES (junk, flips and replays of captured tunnel
+    traffic, handshakes with bad and valid mac1, spoofed sources); the rows
+    are the ratios to the unattacked run of the same lab."""
+    if not isinstance(runner, Bridger):
+        return {}
+    attack = Path(__file__).resolve().parents[1] / "scripts" / "attack.py"
+    res: dict[str, float] = {}
+    with iperf_server(lab):
+        pcap = runner.workdir / "attack-capture.pcap"
+        dump = lab.popen("wan", "tcpdump", "-i", "wB", "-nn", "-U", "-c", "400", "-w", str(pcap),
+                         "udp port 55555", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.0)
+        iperf(lab, duration=1)
+        dump.terminate()
+        dump.wait()
+        base = iperf(lab, duration=duration)["end"]["sum_received"]["bits_per_second"] / 1e6
+        res["tcp_attack_base_mbit"] = base
+        for rate in ATTACK_RATES:
+            proc = lab.popen(
+                "wan", sys.executable, str(attack), "--iface", "wB",
+                "--target", f"{lab.gateway_wan_address('B')}:55555",
+                "--peer", lab.gateway_wan_address("A"),
+                "--target-key", encode_key(public_key(runner.keys["B"])),
+                "--source-base", f"{lab.gateway_wan_address('B').rsplit('.', 1)[0]}.200",
+                "--capture", str(pcap), "--duration", str(duration + 10), "--rate", str(rate),
+                "--json", str(runner.workdir / f"attack-{rate}.json"),
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            try:
+                assert proc.stdout is not None
+                proc.stdout.readline()  # "spraying"
+                time.sleep(1.0)
+                got = iperf(lab, duration=duration)["end"]["sum_received"]["bits_per_second"]
+            finally:
+                proc.terminate()
+                out, _ = proc.communicate(timeout=60)
+            res[f"tcp_attack{rate // 1000}k_ratio"] = got / 1e6 / base if base else math.nan
+            print(f"under attack {rate}/s: {got / 1e6:,.0f} Mbit/s; attacker:",
+                  out.strip().splitlines()[-1] if out.strip() else "-", flush=True)
+    return res
+
+
 Measure = Callable[[Runner, Lab, float], dict[str, float]]
 
 
@@ -331,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                    "the run); the peers get the MTU settings their manuals advise")
     p.add_argument("--filter-icmp", action="store_true",
                    help="the router drops ICMP fragmentation-needed / packet-too-big")
+    p.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the bridger rows under a WAN attack at gwB's port (scripts/"
+                   "attack.py at 4k and 20k datagrams/s), in another lab per bridger tunnel")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.tunnels.split(",") if n.strip()]
@@ -352,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             if lossy:
                 figures, _, more = run_or_note(name, lossy_options, args.duration, Path(tmp),
                                                measure_lossy)
+                results[name].update(figures)
+                notes[name] += more
+            if args.attack and name.startswith("bridger"):
+                figures, _, more = run_or_note(name, options, args.duration, Path(tmp),
+                                               measure_attacked)
                 results[name].update(figures)
                 notes[name] += more
             print(f"data path: {paths[name]}", json.dumps(results[name]),

@@ -88,8 +88,8 @@ class Forwarder:
 
     def handle(self, out: Output, now: float) -> None:
         """Send, deliver and log what the core returned."""
-        if out.datagrams:
-            self.sender.send(out.datagrams)
+        if out.datagrams and (self.lane is None or not self.lane.send_later(out.datagrams)):
+            self.sender.send(out.datagrams)  # (with the lane's mutex held: once released)
         if out.frames:
             self._deliver(out, now)
         if self.lane is not None:

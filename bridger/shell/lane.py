@@ -8,14 +8,18 @@ an error propagates like any task's):
    GIL released; its fatal error (a tap that cannot be read) is raised here as
    the same one-line BridgerError the Python loop raises. On cancellation the
    loop is told to stop and the thread is waited for.
-2. ``_handovers``: woken by the lane's eventfd when the lane handed something
-   over with its fd: a tap read it does not forward (no session, a frame the
-   guards must look at, a frame to fragment...), or a datagram it does not
-   take (handshakes, unknown index, another address: roaming...), or an
-   opened payload that is not a frame (fragments, probes), or a frame the
-   inbound guard must see.  Under the lane's mutex it runs the ordinary
-   Python pass (``Forwarder.tap_pass`` / ``udp_pass``) on that fd, starting
-   with what was handed over, then gives the fd back.
+2. ``_handovers``: woken by the lane's eventfd when the lane queued
+   something (the records of ``bridger.native.contract``).  A handshake
+   message (past the lane's length and mac1 checks, through its bounded
+   queue; nothing is held) goes to the core on its own, under the mutex for
+   just that message.  Anything else came with its fd: a tap read the lane
+   does not forward (no session, a frame the guards must look at, a frame to
+   fragment...), an authenticated datagram from another address (roaming) or
+   to an index only Python holds, an opened payload that is not a frame
+   (fragments, probes), or a frame the inbound guard must see.  Under the
+   lane's mutex it runs the ordinary Python pass (``Forwarder.tap_pass`` /
+   ``udp_pass``) on that fd, starting with what was handed over, then gives
+   the fd back.
 3. ``_sync`` every SYNC_INTERVAL (and before the timers run, and before a
    status snapshot): takes the lane's counters and timer facts into the core
    and the status counters, and pushes the core's decisions (sendable
@@ -23,21 +27,33 @@ an error propagates like any task's):
    tables (``push``, also after every core call through ``Forwarder.handle``).
 
 No frame waits for Python: the lane's tables always hold the last decision.
+Nothing Python sends while it holds the mutex leaves under it: ``held``
+collects the datagrams and sends them once the mutex is released.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bridger.errors import BridgerError
+from bridger.native import contract
+from bridger.native.contract import (
+    FramePunt,
+    HandOver,
+    HandshakePunt,
+    PayloadPunt,
+    RawPunt,
+    TapPunt,
+)
 from bridger.native.guardcfg import guard_cfg
 from bridger.protocol import DropReason, Output, Peer
+from bridger.protocol.keypair import Keypair
 from bridger.shell.udp import normalise_address
 
 if TYPE_CHECKING:
@@ -48,6 +64,11 @@ log = logging.getLogger("bridger")
 
 #: Seconds between syncs of the lane's counters and timer facts into the core.
 SYNC_INTERVAL = 0.1
+#: Seconds the device stays under load (cookies required) after the lane shed
+#: a handshake message or the queue was deep (wireguard-go's UnderLoadAfterTime).
+UNDER_LOAD_AFTER = 1.0
+#: Handshake messages in one take that make the device under load.
+UNDER_LOAD_QUEUE = contract.HS_QUEUE // 8
 
 
 def held_sessions(peer: Peer) -> set[Any]:
@@ -90,16 +111,38 @@ class NativeLane:
         self._sessions: dict[int, set[Any]] = {}
         self._wakeups = 0
         self._gso_warned = False
+        #: The transport indexes last told to the lane as Python's own.
+        self._py_indexes: tuple[int, ...] = ()
+        self._mac1_for = b""
+        self._loaded_until = -1.0
+        #: Depth of ``held``, and what Python sent meanwhile (sent on release).
+        self._depth = 0
+        self._outbox: list[tuple[bytes, Any]] = []
 
     # -- the mutex -------------------------------------------------------------
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        """The lane's mutex (recursive).  Datagrams the core returns meanwhile
+        (``send_later``) leave when the outermost hold ends, after the unlock."""
         self.lane.lock()
+        self._depth += 1
         try:
             yield
         finally:
+            self._depth -= 1
             self.lane.unlock()
+            if self._depth == 0 and self._outbox:
+                outbox, self._outbox = self._outbox, []
+                self.fwd.sender.send(outbox)
+
+    def send_later(self, datagrams: list[tuple[bytes, Any]]) -> bool:
+        """Keep ``datagrams`` for the end of the current hold: True, or False
+        when the mutex is not held (the caller sends them)."""
+        if self._depth == 0:
+            return False
+        self._outbox.extend(datagrams)
+        return True
 
     # -- ports -------------------------------------------------------------------
 
@@ -139,6 +182,14 @@ class NativeLane:
         """The core's decisions into the lane's tables (only what changed)."""
         lane = self.lane
         sockaddr = self.fwd.udp.sockaddr
+        device = self.fwd.device
+        if device.public_key != self._mac1_for:
+            lane.set_mac1_key(contract.mac1_key(device.public_key))
+            self._mac1_for = device.public_key
+        indexes = tuple(i for i, entry in device.index.items() if type(entry) is Keypair)
+        if indexes != self._py_indexes:
+            lane.set_python_indexes(indexes[:contract.MAX_PY_INDEXES])
+            self._py_indexes = indexes
         for port, ident in self._ids.items():
             peer = port.peer
             kp = peer.sendable(now)
@@ -197,12 +248,36 @@ class NativeLane:
         try:
             while True:
                 await trio.lowlevel.wait_readable(fd)
-                with self.held():
-                    self._handle(lane.take_punts())
+                self._handle(contract.take_punts(lane))
         finally:
             lane.stop()
 
-    def _handle(self, punts: list[tuple[Any, ...]]) -> None:
+    def _handle(self, punts: list[HandOver]) -> None:
+        """The hand-overs of one take, in order: handshake messages one by one
+        (the mutex held for each alone), the rest under one hold."""
+        handshakes = [p for p in punts if isinstance(p, HandshakePunt)]
+        rest = [p for p in punts if not isinstance(p, HandshakePunt)]
+        if rest:
+            with self.held():
+                self._handle_held(rest)
+        if handshakes:
+            self._handshakes(handshakes)
+
+    def _handshakes(self, messages: list[HandshakePunt]) -> None:
+        fwd = self.fwd
+        device = fwd.device
+        now = fwd.now()
+        if len(messages) >= UNDER_LOAD_QUEUE:
+            self._loaded_until = now + UNDER_LOAD_AFTER
+        device.set_under_load(now < self._loaded_until)
+        wall = time.time()
+        for msg in messages:
+            with self.held():
+                out = device.receive_datagrams((msg.data,), normalise_address(msg.sockaddr),
+                                               now, wall)
+                fwd.handle(out, now)
+
+    def _handle_held(self, punts: Sequence[HandOver]) -> None:
         fwd = self.fwd
         lane = self.lane
         now = fwd.now()
@@ -213,33 +288,32 @@ class NativeLane:
         udp = False
         received: list[tuple[list[bytes], tuple[Any, ...]]] = []
         for punt in punts:
-            kind = punt[0]
-            if kind == "tap":
-                port = self._by_id.get(punt[1])
+            if isinstance(punt, TapPunt):
+                port = self._by_id.get(punt.port)
                 if port is None:
                     continue
                 try:
-                    fwd.tap_pass(port, punt[2])
+                    fwd.tap_pass(port, punt.data)
                 finally:
-                    lane.release(punt[1])
-            elif kind == "raw":  # the rest of a receive, and receives after it
+                    lane.release(punt.port)
+            elif isinstance(punt, RawPunt):  # the rest of a receive, and receives after it
                 udp = True  # (empty: the socket has errors queued; udp_pass reads them)
-                if punt[1]:
-                    received.append((punt[1], punt[2]))
-            elif kind == "payload":
+                if punt.datagrams:
+                    received.append((punt.datagrams, punt.sockaddr))
+            elif isinstance(punt, PayloadPunt):
                 udp = True
-                _kind, _ident, index, plaintext, size, sockaddr = punt
-                out = fwd.device.receive_payload(index, plaintext, size,
-                                                 normalise_address(sockaddr), now, time.time())
+                out = fwd.device.receive_payload(punt.local_index, punt.plaintext, punt.size,
+                                                 normalise_address(punt.sockaddr), now,
+                                                 time.time())
                 fwd.handle(out, now)
-            elif kind == "frame":
+            elif isinstance(punt, FramePunt):
                 udp = True
-                port = self._by_id.get(punt[1])
+                port = self._by_id.get(punt.port)
                 if port is None:
                     continue
-                frame, start, offset = punt[2], punt[3], punt[4]
-                port.deliver([frame], {} if start < 0 else {0: (start, offset)}, now)
-                lane.learn(punt[1], [frame])
+                start, offset = punt.csum_start, punt.csum_offset
+                port.deliver([punt.frame], {} if start < 0 else {0: (start, offset)}, now)
+                lane.learn(punt.port, [punt.frame])
         if udp:
             try:
                 fwd.udp_pass(received)  # they, then what waits on the socket
@@ -259,48 +333,57 @@ class NativeLane:
         """The lane's counts and timer facts since the last sync, into the core
         and the status counters; then the core's decisions into the lane."""
         fwd = self.fwd
-        device_stats, ports, macs = self.lane.take_stats()
-        (rx_dgrams, rx_bytes, blocked, failed, too_big, wakeups, _lost, gso_refused,
-         truncated) = device_stats
+        stats = contract.take_stats(self.lane)
+        st = stats.lane
         device = fwd.device
-        device.rx_datagrams += rx_dgrams
-        device.rx_bytes += rx_bytes
-        counters = fwd.counters
-        for reason, n in (("udp_send_blocked", blocked), ("udp_send_failed", failed),
-                          ("udp_send_too_big", too_big), ("udp_truncated", truncated)):
+        device.rx_datagrams += st.rx_datagrams
+        device.rx_bytes += st.rx_bytes
+        for reason, n in ((DropReason.MALFORMED, st.drop_malformed),
+                          (DropReason.UNKNOWN_INDEX, st.drop_unknown_index),
+                          (DropReason.HANDSHAKE_MAC1, st.drop_mac1)):
             if n:
-                counters.drop(reason, n)
-        fwd.heartbeat += wakeups - self._wakeups
-        self._wakeups = wakeups
-        if gso_refused and not self._gso_warned:
+                device.drops[reason] += n
+        counters = fwd.counters
+        for name, n in (("udp_send_blocked", st.udp_send_blocked),
+                        ("udp_send_failed", st.udp_send_failed),
+                        ("udp_send_too_big", st.udp_send_too_big),
+                        ("udp_truncated", st.udp_truncated),
+                        ("handshake_shed", st.handshakes_shed)):
+            if n:
+                counters.drop(name, n)
+        if st.handshakes_shed:
+            self._loaded_until = now + UNDER_LOAD_AFTER
+        device.set_under_load(now < self._loaded_until)
+        fwd.heartbeat += st.wakeups - self._wakeups
+        self._wakeups = st.wakeups
+        if st.gso_refused and not self._gso_warned:
             self._gso_warned = True
             fwd.udp.gso = False
             log.warning("UDP GSO refused by the egress device: sending datagrams one by one")
         out = Output()
-        for row in ports:
-            port = self._by_id.get(row[0])
+        for row in stats.ports:
+            port = self._by_id.get(row.port)
             if port is None:
                 continue
-            (_ident, tx_frames, tx_dgrams, tx_bytes, p_rx_dgrams, p_rx_bytes, rx_frames,
-             auth, replay, too_old, too_big_frames, malformed, tap_failed, tx, rx,
-             sent_first, sent_last, received_last, received_first) = row
             peer: Peer = port.peer
             drops = {reason: n for reason, n in (
-                (DropReason.AUTH_FAILED, auth), (DropReason.REPLAY, replay),
-                (DropReason.TOO_OLD, too_old), (DropReason.FRAME_TOO_BIG, too_big_frames),
-                (DropReason.MALFORMED, malformed)) if n}
-            peer.native_counts(tx_frames, tx_dgrams, tx_bytes, p_rx_dgrams, p_rx_bytes,
-                               rx_frames, drops)
-            peer.native_activity(sent_first, sent_last, received_last, received_first, now, out)
-            port.counters.add_native(tx, rx)
-            if tap_failed:
-                port.counters.drop("tap_write_failed", tap_failed)
-        for ident, direction, mac, frames, nbytes in macs:
-            port = self._by_id.get(ident)
+                (DropReason.AUTH_FAILED, row.drop_auth), (DropReason.REPLAY, row.drop_replay),
+                (DropReason.TOO_OLD, row.drop_too_old),
+                (DropReason.FRAME_TOO_BIG, row.drop_too_big),
+                (DropReason.MALFORMED, row.drop_malformed),
+                (DropReason.STALE_SESSION, row.drop_stale)) if n}
+            peer.native_counts(row.tx_frames, row.tx_datagrams, row.tx_bytes, row.rx_datagrams,
+                               row.rx_bytes, row.rx_frames, drops)
+            peer.native_activity(row.tx_first_data, row.tx_last, row.rx_last,
+                                 row.rx_first_data, now, out)
+            port.counters.add_native(row.lan_to_wan, row.wan_to_lan)
+            if row.tap_write_failed:
+                port.counters.drop("tap_write_failed", row.tap_write_failed)
+        for entry in stats.macs:
+            port = self._by_id.get(entry.port)
             if port is None:
                 continue
-            inbound = direction == 1
-            port.counters.native_source(inbound, mac, frames, nbytes, now)
+            port.counters.native_source(entry.inbound, entry.mac, entry.frames, entry.bytes, now)
             if port.guard is not None:
-                port.guard.note_source(mac, inbound, now)
+                port.guard.note_source(entry.mac, entry.inbound, now)
         fwd.handle(out, now)  # rekeys; pushes; wakes the timers if deadlines moved

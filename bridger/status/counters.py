@@ -21,9 +21,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridger.guard.policy import Reason
+
+if TYPE_CHECKING:
+    from bridger.native.contract import DirCounts
 
 #: Version of the snapshot document; bumped only on incompatible changes
 #: (2: one ``peers`` element per peer instead of one ``link``).
@@ -69,6 +72,10 @@ DAEMON_DROP_REASONS: dict[str, str] = {
     "udp_send_too_big": "a datagram refused by the kernel as larger than the path MTU",
     "udp_truncated": "a UDP receive cut short by the kernel (the datagram or its control "
                      "messages did not fit the native lane's buffers), dropped",
+    "handshake_shed": "a handshake message the native lane did not queue for the core: its "
+                      "bounded queue was full, or more came from addresses that are no "
+                      "peer's endpoint than it admits a second (the device is then under "
+                      "load: cookies are required)",
     # The guards' reasons (bridger.guard.GUARD_DROP_REASONS, docs/guard.md).
     Reason.LOOP_BLOCKED: "the peer is blocked by loop protection: only loop probes cross",
     Reason.LOOP_PROBE: "one of our own loop probes came back and was consumed",
@@ -303,13 +310,14 @@ class PeerCounters:
         is behind this peer. ``count``/``nbytes`` as for :meth:`lan_to_wan`."""
         _account(self._rx, self._remote, frame, now, count, len(frame) if nbytes < 0 else nbytes)
 
-    def add_native(self, tx: tuple[int, ...], rx: tuple[int, ...]) -> None:
-        """Add a native lane's counts: (frames, bytes, *KINDS) per direction, as
-        :func:`_account` counts them (the MACs come through :meth:`native_source`)."""
+    def add_native(self, tx: DirCounts, rx: DirCounts) -> None:
+        """Add a native lane's counts per direction (frames, bytes, and the frame
+        kinds in KINDS' order), as :func:`_account` counts them (the MACs come
+        through :meth:`native_source`)."""
         for d, counts in ((self._tx, tx), (self._rx, rx)):
-            d.frames += counts[0]
-            d.bytes += counts[1]
-            for kind, n in zip(KINDS, counts[2:], strict=True):
+            d.frames += counts.frames
+            d.bytes += counts.bytes
+            for kind, n in zip(KINDS, counts.kinds, strict=True):
                 setattr(d, kind, getattr(d, kind) + n)
 
     def native_source(self, inbound: bool, mac: bytes, frames: int, nbytes: int,

@@ -123,8 +123,11 @@ def test_flood_during_transfer(bridged: BridgedLab, tmp_path: Path) -> None:
     assert grew["replay"] + grew["too_old"] > 0
     assert drops["internal_error"] == 0
     # Cookies engaged: nearly every valid-mac1 initiation was turned away before
-    # any DH (the global bucket admits 20/s); the rest were rate limited or cost one DH.
-    assert grew["handshake_mac2"] >= 0.8 * summary["sent"]["hs_valid"]
+    # any DH (the global bucket admits 20/s), or (native lane) shed before the
+    # core saw it (its queue admits strangers' handshakes at a bounded rate);
+    # the rest were rate limited or cost one DH.
+    turned_away = grew["handshake_mac2"] + grew["handshake_shed"]
+    assert turned_away >= 0.8 * summary["sent"]["hs_valid"]
     assert rss_after - rss_before < 16 * 1024, "daemon memory grew under attack"
     assert link.procs["A"].poll() is None
     assert link.stop("A", signal.SIGTERM) == 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from bridger.guard.policy import Guard, GuardConfig
 from bridger.native import lane as native
+from bridger.native.contract import TapPunt, take_punts
 from bridger.protocol import Device, DeviceConfig, Output, Peer, PeerConfig
 from bridger.shell.forward import Forwarder
 from bridger.shell.lane import NativeLane
@@ -89,16 +90,18 @@ class Side:
             lane.flush_tx(self.ident)  # what came before leaves first
             self.handovers += 1
             with self.lane.held():
-                self.lane._handle([("tap", self.ident, data)])
+                self.lane._handle([TapPunt(self.ident, data)])
         lane.flush_tx(self.ident)
 
-    def datagrams(self, datagrams: list[bytes], one_by_one: bool) -> None:
-        """Datagrams from site B's socket for this side, received together (one
-        batch) or each in a receive of its own."""
+    def datagrams(self, datagrams: list[bytes], one_by_one: bool,
+                  sender: socket.socket | None = None) -> None:
+        """Datagrams from site B's socket (or ``sender``) for this side, received
+        together (one batch) or each in a receive of its own."""
+        source = self.wan if sender is None else sender
         groups = [[d] for d in datagrams] if one_by_one else [datagrams]
         for group in groups:
             for d in group:
-                self.wan.sendto(d, (LOCALHOST, self.fwd.udp.sock.getsockname()[1]))
+                source.sendto(d, (LOCALHOST, self.fwd.udp.sock.getsockname()[1]))
             if self.lane is None:
                 while not self.fwd.udp_pass():
                     pass
@@ -106,15 +109,16 @@ class Side:
             # The lane's loop would read these from the socket; here they are
             # taken off it and given to its receive step in one go.
             got = _recv_all(self.fwd.udp.sock, len(group))
-            addr = self.fwd.udp.sockaddr(self.wan.getsockname()[:2])
+            addr = self.fwd.udp.sockaddr(source.getsockname()[:2])
             lane = self.lane.lane
             while got:
                 n = lane.udp_receive(got, addr)
                 got = got[n:]
-                if -1 in lane.held:
-                    self.handovers += 1
+                punts = take_punts(lane)  # the socket handed over, or handshakes queued
+                if punts:
+                    self.handovers += -1 in lane.held
                     with self.lane.held():
-                        self.lane._handle(lane.take_punts())
+                        self.lane._handle(punts)
 
     def sync(self) -> None:
         if self.lane is not None:

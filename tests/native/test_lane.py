@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from bridger.fastpath.vnet import PLAIN_HDR, VNET_HDR, GsoType, VnetFlag
 from bridger.guard.policy import GuardConfig
 from bridger.native import lane
+from bridger.native.contract import take_punts
 from tests.guard.frames import BROADCAST, HOST_A, HOST_B, eth, ipv4, tcp, udp
 
 pytestmark = pytest.mark.skipif(lane is None, reason="bridger.native._lane is not built")
@@ -349,7 +350,7 @@ def test_a_frame_handed_over_before_a_reload_never_reaches_the_port_reusing_its_
         try:
             assert nat.lane.add_port(port_c) == nat.ident  # the same slot, at once
             with nat.lane.held():
-                nat.lane._handle(lane_obj.take_punts())
+                nat.lane._handle(take_punts(lane_obj))
             assert drain(tap_c) == [], "site B's frame was written into site C's tap"
             assert lane_obj.held == []
         finally:
@@ -378,17 +379,19 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         try:
             target = ("127.0.0.1", nat.fwd.udp.sock.getsockname()[1])
             nat.wan.sendto(b"\x04" + bytes(20000), target)
-            nat.wan.sendto(b"junk", target)  # handed over once the first is done
+            # a cookie reply for no one: queued for Python once the first is done
+            nat.wan.sendto(b"\x03\0\0\0" + bytes(60), target)
             assert select.select([lane_obj.punt_fd], [], [], 10.0)[0]
         finally:
             lane_obj.stop()
             thread.join(10.0)
         assert not thread.is_alive()
         with nat.lane.held():
-            nat.lane._handle(lane_obj.take_punts())
+            nat.lane._handle(take_punts(lane_obj))
+        nat.sync()
         snap = nat.fwd.counters.snapshot(DeviceInfo(), [], 0.0)
         assert snap["device_drops"]["udp_truncated"] == 1
-        assert nat.fwd.device.rx_datagrams == before + 1  # the junk only
+        assert nat.fwd.device.rx_datagrams == before + 1  # the cookie reply only
 
     run(scenario)
 
@@ -451,5 +454,75 @@ def test_a_peer_removed_by_a_reload_has_its_sessions_wiped() -> None:
         retire_peer(nat.fwd.device, nat.peer)
         assert session.wiped and session.receive_key == bytes(32)
         assert nat.peer.current is None
+
+    run(scenario)
+
+
+# ---- issue 21, part B: what the WAN sends that no one may answer -----------------------------
+
+def test_an_attackers_datagrams_are_dropped_by_the_lane_as_python_drops_them() -> None:
+    """From an address that is not the peer's: replays and bit-flips of the
+    peer's datagrams, junk, short datagrams, an unknown index, initiations with
+    a wrong mac1.  The lane counts each where Python would (same core and
+    status counters) without handing the socket over; then an authentic
+    datagram from that address (the peer roaming) is handed over, and both
+    paths move the endpoint and deliver its frame the same way."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.protocol import DropReason
+        from tests.native.lanesim import LOCALHOST, _udp
+
+        learn_host_b(twin)
+        good = twin.seal_from_b([frame_to(HOST_A, 200, src=HOST_B, seed=k) for k in range(3)])
+        both_wire(twin, good)
+        flipped = bytearray(good[1])
+        flipped[40] ^= 4
+        unknown = bytearray(good[0])
+        unknown[4:8] = b"\x09\x09\x09\x09"
+        bad_mac1 = b"\x01\0\0\0" + random.Random(5).randbytes(144)
+        attack = [*good, bytes(flipped), bytes(unknown), b"", b"\x04\0", b"\x02" * 92,
+                  bad_mac1, b"\x05\0\0\0" + bytes(40)]
+        attacker = _udp()
+        try:
+            for side in (twin.ref, twin.nat):
+                side.datagrams(attack, one_by_one=True, sender=attacker)
+            assert twin.nat.handovers == 0  # all of it dropped by the lane itself
+            same_everything(twin)
+            drops = twin.nat.peer.drops
+            assert drops[DropReason.REPLAY] == 3 and drops[DropReason.AUTH_FAILED] == 1
+            device = twin.nat.fwd.device.drops
+            assert device[DropReason.HANDSHAKE_MAC1] == 1 and device[DropReason.UNKNOWN_INDEX] == 1
+            assert device[DropReason.MALFORMED] == 4
+            roamed = twin.seal_from_b([frame_to(HOST_A, 300, src=HOST_B, seed=9)])
+            for side in (twin.ref, twin.nat):
+                side.datagrams(roamed, one_by_one=True, sender=attacker)
+            assert twin.nat.handovers == 1
+            same_everything(twin)
+            assert twin.nat.peer.endpoint == (LOCALHOST, attacker.getsockname()[1])
+        finally:
+            attacker.close()
+
+    run(scenario)
+
+
+def test_a_valid_handshake_reaches_python_through_the_queue_without_the_socket() -> None:
+    """Site B's initiation (a rekey) passes the lane's mac1 check, goes to
+    Python through the handshake queue (the socket stays the lane's), and is
+    answered exactly as the pure-Python path answers it."""
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        from bridger.protocol import Output
+
+        learn_host_b(twin)
+        out = Output()
+        twin.b_peer._initiate(1.0, out, retry=False)  # a rekey, whatever the timers say
+        initiation = [d for d, _ in out.datagrams]
+        assert len(initiation) == 1 and initiation[0][0] == 1
+        both_wire(twin, initiation)
+        assert twin.nat.handovers == 0  # queued, nothing held
+        from tests.native.lanesim import drain
+
+        answers = drain(twin.nat.wan)
+        assert answers == drain(twin.ref.wan)  # the same response, byte for byte
+        assert [d[0] for d in answers] == [2]
+        same_everything(twin)
 
     run(scenario)

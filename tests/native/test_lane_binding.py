@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from bridger.native import lane as native
+from bridger.native.contract import HandshakePunt, TapPunt, take_punts, take_stats
 
 pytestmark = pytest.mark.skipif(native is None, reason="bridger.native._lane is not built")
 
@@ -31,6 +32,8 @@ RX_SLOT = 16384
 #: A broadcast frame: with no session the lane hands every tap read over.
 FRAME = b"\xff" * 6 + b"\x02\0\0\0\0\x01" + b"\x08\x06" + bytes(28)
 WAIT = 10.0
+#: A cookie reply's shape (type 3, 64 bytes): the lane queues it for Python.
+MARKER = b"\x03\0\0\0" + bytes(60)
 #: Linux asm-generic/socket.h (the socket module does not export it).
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)
 
@@ -99,9 +102,8 @@ def tap() -> Iterator[tuple[int, socket.socket]]:
     theirs.close()
 
 
-def device_stats(lane: Any) -> tuple[int, ...]:
-    device, _ports, _macs = lane.take_stats()
-    return tuple(device)
+def truncated(lane: Any) -> int:
+    return take_stats(lane).lane.udp_truncated
 
 
 # ---- 1. a freed port slot and its queued hand-overs ------------------------------------
@@ -123,7 +125,7 @@ def test_a_tap_read_handed_over_before_a_reload_never_reaches_the_slots_next_por
     try:
         new = lane.add_port(other.fileno(), False, None)
         assert new == old  # the slot is reused at once
-        assert [p for p in lane.take_punts() if p[0] == "tap"] == []
+        assert [p for p in take_punts(lane) if isinstance(p, TapPunt)] == []
         assert lane.held == []
     finally:
         other.close()
@@ -136,17 +138,17 @@ def test_a_datagram_longer_than_the_receive_slot_is_a_counted_drop(
         lane: Any, udp: socket.socket) -> None:
     """recvmmsg cut a datagram longer than the slot (MSG_TRUNC) and the lane
     took the first 16384 bytes as if they were the datagram.  Now it is
-    dropped and counted (udp_truncated, the last device stat); the datagram
-    after it is handled as ever (handed over: it is not a transport one)."""
+    dropped and counted (udp_truncated); the datagram after it is handled as
+    ever (a cookie reply: queued for Python)."""
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         with running(lane):
             sender.sendto(b"\x04" + bytes(RX_SLOT + 100), udp.getsockname())
-            sender.sendto(b"marker", udp.getsockname())
+            sender.sendto(MARKER, udp.getsockname())
             wait_readable(lane.punt_fd)
-        punts = lane.take_punts()
-        assert punts == [("raw", [b"marker"], (LOCALHOST, sender.getsockname()[1]))]
-        assert device_stats(lane)[-1] == 1
+        punts = take_punts(lane)
+        assert punts == [HandshakePunt(MARKER, (LOCALHOST, sender.getsockname()[1]))]
+        assert truncated(lane) == 1
     finally:
         sender.close()
 
@@ -159,20 +161,20 @@ def test_a_receive_with_its_control_messages_cut_short_is_a_counted_drop(
     never handed over."""
     udp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    truncated = 0
+    seen = 0
 
     def both_counted() -> bool:
-        nonlocal truncated
-        truncated += device_stats(lane)[-1]  # take_stats zeroes: keep the sum
-        return truncated >= 2
+        nonlocal seen
+        seen += truncated(lane)  # take_stats zeroes: keep the sum
+        return seen >= 2
 
     try:
         with running(lane):
             sender.sendto(b"\x04" + bytes(40), udp.getsockname())
             sender.sendto(b"junk", udp.getsockname())
             wait_for(both_counted)
-        assert truncated == 2
-        assert lane.take_punts() == []
+        assert seen == 2
+        assert take_punts(lane) == []
     finally:
         sender.close()
 

@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <sched.h>
+#include <sodium.h>
 #include <unistd.h>
 
 #ifndef SOL_UDP
@@ -129,7 +130,9 @@ int bn_lane_init(bn_lane *l, int udp_fd, int dual, int gso, int gro, double cloc
     l->clock_offset = clock_offset;
     l->punt_tail = &l->punts;
     l->epfd = l->stop_fd = l->punt_fd = -1;
+    l->hs_tokens = BN_HS_BURST;
     l->rbuf = malloc(RBUF_CAP);
+    l->sbuf = malloc(BN_READ_SIZE);
     l->tbuf = malloc(TBUF_CAP);
     l->tlens = calloc(MAX_TX, sizeof *l->tlens);
     l->toffs = calloc(MAX_TX, sizeof *l->toffs);
@@ -137,7 +140,7 @@ int bn_lane_init(bn_lane *l, int udp_fd, int dual, int gso, int gro, double cloc
     l->pend_port = calloc(MAX_PEND, sizeof *l->pend_port);
     l->rbuf_cap = RBUF_CAP;
     l->tbuf_cap = TBUF_CAP;
-    if (!l->rbuf || !l->tbuf || !l->tlens || !l->toffs || !l->pend || !l->pend_port) {
+    if (!l->rbuf || !l->sbuf || !l->tbuf || !l->tlens || !l->toffs || !l->pend || !l->pend_port) {
         errno = ENOMEM;
         return -1;
     }
@@ -176,12 +179,13 @@ void bn_lane_free(bn_lane *l) {
         close(l->punt_fd);
     l->epfd = l->stop_fd = l->punt_fd = -1;
     free(l->rbuf);
+    free(l->sbuf);
     free(l->tbuf);
     free(l->tlens);
     free(l->toffs);
     free(l->pend);
     free(l->pend_port);
-    l->rbuf = l->tbuf = NULL;
+    l->rbuf = l->sbuf = l->tbuf = NULL;
     l->tlens = NULL;
     l->toffs = NULL;
     l->pend = NULL;
@@ -706,29 +710,153 @@ static const bn_rx *rx_find(const bn_lane *l, uint32_t index) {
     return NULL;
 }
 
-/* One datagram (decrypted in place).  RX_DONE: forwarded or counted here;
- * RX_RAW: untouched, Python must process it; RX_PAYLOAD / RX_FRAME:
- * authenticated and counted, Python must finish it (*out_* say what). */
+static int py_index_has(const bn_lane *l, uint32_t index) {
+    for (int i = 0; i < l->npy_index; i++)
+        if (l->py_index[i] == index)
+            return 1;
+    return 0;
+}
+
+/* A datagram the lane finishes itself: the device's receive counters. */
+static void rx_counted(bn_lane *l, size_t n) {
+    l->st.rx_datagrams++;
+    l->st.rx_bytes += n;
+}
+
+static int from_a_peer(const bn_lane *l, const struct sockaddr_storage *from, socklen_t from_len) {
+    for (int i = 0; i < BN_MAX_PORTS; i++) {
+        const bn_port *p = &l->ports[i];
+        if (p->used && p->ep_len && same_addr(from, from_len, &p->ep, p->ep_len))
+            return 1;
+    }
+    return 0;
+}
+
+/* Admission of one handshake message from a source that is no peer's endpoint
+ * (a token bucket of BN_HS_RATE a second, BN_HS_BURST deep). */
+static int hs_admit(bn_lane *l) {
+    double now = bn_lane_now(l);
+    if (now > l->hs_stamp) {
+        l->hs_tokens += (now - l->hs_stamp) * BN_HS_RATE;
+        if (l->hs_tokens > BN_HS_BURST)
+            l->hs_tokens = BN_HS_BURST;
+        l->hs_stamp = now;
+    }
+    if (l->hs_tokens < 1.0)
+        return 0;
+    l->hs_tokens -= 1.0;
+    return 1;
+}
+
+/* A datagram whose first word is not the transport type: dropped and counted
+ * as Device._receive_handshake would (malformed, handshake_mac1), or queued
+ * for Python without waiting for it (or shed when the queue is full or the
+ * rate of strangers' handshakes is spent). */
+static void rx_handshake(bn_lane *l, const uint8_t *d, size_t n,
+                         const struct sockaddr_storage *from, socklen_t from_len) {
+    uint32_t type = bn_le32(d);
+    size_t want = type == BN_MSG_INITIATION   ? BN_INITIATION_LEN
+                  : type == BN_MSG_RESPONSE   ? BN_RESPONSE_LEN
+                  : type == BN_MSG_COOKIE_REPLY ? BN_COOKIE_REPLY_LEN
+                                              : 0;
+    if (want == 0 || n != want) {
+        rx_counted(l, n);
+        l->st.drop_malformed++;
+        return;
+    }
+    if (type != BN_MSG_COOKIE_REPLY && l->has_mac1_key) {
+        size_t off = n - 2 * BN_MAC_LEN;
+        uint8_t mac1[BN_MAC_LEN];
+        crypto_generichash(mac1, sizeof mac1, d, off, l->mac1_key, BN_MAC1_KEY_LEN);
+        if (sodium_memcmp(mac1, d + off, BN_MAC_LEN) != 0) {
+            rx_counted(l, n);
+            l->st.drop_mac1++;
+            return;
+        }
+    }
+    if (l->nhs >= BN_HS_QUEUE || (!from_a_peer(l, from, from_len) && !hs_admit(l))) {
+        rx_counted(l, n);
+        l->st.hs_shed++;
+        return;
+    }
+    bn_punt *p = punt_new(l, BN_PUNT_HANDSHAKE, -1, d, n);
+    if (!p) {
+        rx_counted(l, n);
+        l->st.hs_shed++;
+        return;
+    }
+    p->from = *from;
+    p->from_len = from_len;
+    l->nhs++;
+    l->st.hs_queued++;
+}
+
+/* One datagram (decrypted in place).  RX_DONE: forwarded, counted or queued
+ * here; RX_RAW: untouched, Python must process it with the socket;
+ * RX_PAYLOAD / RX_FRAME: authenticated and counted, Python must finish it
+ * (*out_* say what).  The checks run in Device.receive_datagrams' order, so
+ * each drop lands on the counter Python would have used. */
 static int rx_datagram(bn_lane *l, uint8_t *d, size_t n, const struct sockaddr_storage *from,
                        socklen_t from_len, int *out_port, const uint8_t **pt, size_t *ptlen,
                        uint32_t *out_index, int32_t *cs, uint16_t *co) {
-    if (n < 32 || bn_le32(d) != 4)
-        return RX_RAW;
+    if (n < 4) {
+        rx_counted(l, n);
+        l->st.drop_malformed++;
+        return RX_DONE;
+    }
+    if (bn_le32(d) != BN_MSG_TRANSPORT) {
+        rx_handshake(l, d, n, from, from_len);
+        return RX_DONE;
+    }
+    if (n < BN_TRANSPORT_OVERHEAD) {
+        rx_counted(l, n);
+        l->st.drop_malformed++;
+        return RX_DONE;
+    }
     uint32_t index = bn_le32(d + 4);
     uint64_t counter = bn_le64(d + 8);
     const bn_rx *e = rx_find(l, index);
-    if (e == NULL)
-        return RX_RAW;
+    if (e == NULL) {
+        if (py_index_has(l, index))
+            return RX_RAW;
+        rx_counted(l, n);
+        l->st.drop_unknown_index++;
+        return RX_DONE;
+    }
     bn_port *p = &l->ports[e->port];
     bn_session *s = e->s;
     double now = bn_lane_now(l);
-    if (!same_addr(from, from_len, &p->ep, p->ep_len) || now - s->created >= BN_REJECT_AFTER_TIME
-        || counter >= BN_REJECT_AFTER_MESSAGES)
-        return RX_RAW;
-    l->st.rx_datagrams++;
-    l->st.rx_bytes += n;
+    int stale = now - s->created >= BN_REJECT_AFTER_TIME || counter >= BN_REJECT_AFTER_MESSAGES;
+    if (!stale && !same_addr(from, from_len, &p->ep, p->ep_len)) {
+        /* Another source: a peer roaming, or someone replaying or forging.
+         * Authenticate a copy and look at the window without moving it; only
+         * an authentic fresh datagram goes to Python, which opens it again. */
+        long plen = bn_open(s, counter, d, n, l->sbuf);
+        int verdict = BN_REPLAY_OK;
+        if (plen >= 0) {
+            bn_replay peek = s->replay;
+            verdict = bn_replay_check(&peek, counter);
+            if (verdict == BN_REPLAY_OK)
+                return RX_RAW;
+        }
+        rx_counted(l, n);
+        p->st.rx_datagrams++;
+        p->st.rx_bytes += n;
+        if (plen < 0)
+            p->st.drop_auth++;
+        else if (verdict == BN_REPLAY_REPLAY)
+            p->st.drop_replay++;
+        else
+            p->st.drop_too_old++;
+        return RX_DONE;
+    }
+    rx_counted(l, n);
     p->st.rx_datagrams++;
     p->st.rx_bytes += n;
+    if (stale) {
+        p->st.drop_stale++;
+        return RX_DONE;
+    }
     long plen = bn_open(s, counter, d, n, d + BN_TRANSPORT_HEADER);
     if (plen < 0) {
         p->st.drop_auth++;
@@ -850,9 +978,9 @@ void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
                          const struct sockaddr_storage *from, socklen_t from_len) {
     size_t size = gso_size > 0 && (size_t)gso_size < n ? (size_t)gso_size : n;
     size_t off = 0;
-    if (n == 0) { /* an empty datagram: Python counts it */
-        punt_raw(l, data, 0, 0, from, from_len);
-        hold_udp(l);
+    if (n == 0) { /* an empty datagram */
+        rx_counted(l, 0);
+        l->st.drop_malformed++;
         return;
     }
     while (off < n) {
@@ -966,6 +1094,21 @@ static int pump_udp(bn_lane *l) {
 
 /* ---- the loop ----------------------------------------------------------- */
 
+/* While Python waits for the mutex (Lane.lock), the loop does not take it
+ * back at once: a woken waiter needs tens of microseconds to run, and the
+ * loop would win every race.  It waits up to GIVE_WAY_NS for the waiter. */
+#define GIVE_WAY_NS 2000000L
+#define GIVE_WAY_STEP_NS 20000L
+
+static void give_way(bn_lane *l) {
+    for (long waited = 0;
+         waited < GIVE_WAY_NS && __atomic_load_n(&l->waiters, __ATOMIC_ACQUIRE);
+         waited += GIVE_WAY_STEP_NS) {
+        struct timespec ts = {0, GIVE_WAY_STEP_NS};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int bn_lane_run(bn_lane *l) {
     struct epoll_event evs[BN_MAX_PORTS + 2];
     if (l->err)
@@ -992,10 +1135,17 @@ int bn_lane_run(bn_lane *l) {
             rc = -1;
             break;
         }
+        give_way(l);
         pthread_mutex_lock(&l->mu);
         l->st.wakeups++;
         for (int i = 0; i < n && rc == 0; i++) {
             uint64_t tag = evs[i].data.u64;
+            if (i > 0 && __atomic_load_n(&l->waiters, __ATOMIC_ACQUIRE)) {
+                /* Python waits: let it in between two fds' batches */
+                pthread_mutex_unlock(&l->mu);
+                give_way(l);
+                pthread_mutex_lock(&l->mu);
+            }
             if (tag == EV_STOP) {
                 l->stopping = 1;
             } else if (tag == EV_UDP) {

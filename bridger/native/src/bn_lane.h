@@ -12,10 +12,23 @@
  *    receiver index is opened, replay-checked and, if it holds a frame the
  *    guard passes, written to the peer's tap (segments re-joined).
  *
+ * What no one may answer is dropped and counted here, never handed over:
+ * datagrams too short or of no message type, transport datagrams to an index
+ * neither the lane nor Python holds, failing authentication, replayed or on a
+ * stale session (from any source), handshake messages of the wrong length or
+ * with a wrong mac1.  Handshake messages that pass those checks go to Python
+ * through a bounded queue (BN_HS_QUEUE; from sources that are no peer's
+ * endpoint, at most BN_HS_RATE a second): the lane never waits on Python and
+ * keeps the socket; what does not fit is dropped and counted (hs_shed).
+ *
  * Anything else is *handed over* ("punted") to Python with the fd it came
  * from: the lane stops polling that fd until Python, having run its own batch
  * on it (the reference path, the same code as without the lane), gives it
  * back.  So order is kept per fd and there is one authority per decision.
+ * On the UDP socket that is only ever an authenticated datagram (a payload
+ * other than a frame, a frame the inbound guard must see, a peer roaming) or
+ * one to an index only Python holds (a session the responder has not yet
+ * confirmed), or an error queued on the socket.
  * Counters and timer facts (first data sent since the last receive, ...) are
  * accumulated here and taken by Python in a periodic sync.
  */
@@ -35,8 +48,34 @@
 #define BN_MACLOG 2048
 /* constants.REJECT_AFTER_TIME */
 #define BN_REJECT_AFTER_TIME 180.0
+/* Handshake messages waiting for Python at most; admitted per second (and
+ * burst) from sources that are no peer's endpoint. */
+#define BN_HS_QUEUE 256
+#define BN_HS_RATE 500.0
+#define BN_HS_BURST 64.0
+/* Transport indexes only Python holds (sessions not yet confirmed), at most. */
+#define BN_MAX_PY_INDEXES 256
 
-enum { BN_PUNT_TAP = 1, BN_PUNT_RAW, BN_PUNT_PAYLOAD, BN_PUNT_FRAME };
+/* Wire facts (messages.py, constants.py). */
+#define BN_MSG_INITIATION 1
+#define BN_MSG_RESPONSE 2
+#define BN_MSG_COOKIE_REPLY 3
+#define BN_MSG_TRANSPORT 4
+#define BN_INITIATION_LEN 148
+#define BN_RESPONSE_LEN 92
+#define BN_COOKIE_REPLY_LEN 64
+#define BN_MAC_LEN 16
+/* HASH(LABEL_MAC1 || our static public key): BLAKE2b-512, the mac1 key. */
+#define BN_MAC1_KEY_LEN 64
+
+/* What the lane hands over (bridger/native/contract.py's Punt mirrors it). */
+enum {
+    BN_PUNT_TAP = 1,   /* a tap read; the tap is held */
+    BN_PUNT_RAW,       /* datagrams as received; the UDP socket is held */
+    BN_PUNT_PAYLOAD,   /* an opened inner message other than a frame; socket held */
+    BN_PUNT_FRAME,     /* an opened frame the inbound guard must see; socket held */
+    BN_PUNT_HANDSHAKE, /* a handshake message past the cheap checks; nothing held */
+};
 
 typedef struct {
     uint64_t keys[BN_MACSET_SLOTS];
@@ -46,7 +85,7 @@ typedef struct {
 typedef struct {
     uint64_t tx_frames, tx_datagrams, tx_bytes;
     uint64_t rx_datagrams, rx_bytes, rx_frames;
-    uint64_t drop_auth, drop_replay, drop_too_old, drop_too_big, drop_malformed;
+    uint64_t drop_auth, drop_replay, drop_too_old, drop_too_big, drop_malformed, drop_stale;
     uint64_t tap_write_failed;
     bn_dir lan_to_wan, wan_to_lan;
     /* Core-clock times; 0: none since the last take. */
@@ -108,6 +147,9 @@ typedef struct {
     /* Receives cut short (MSG_TRUNC: the datagram; MSG_CTRUNC: its control
      * messages, so a GRO segment size may be lost): dropped, counted. */
     uint64_t udp_truncated;
+    /* Dropped here, the device's counters (DropReason MALFORMED, UNKNOWN_INDEX,
+     * HANDSHAKE_MAC1), and handshake messages queued for Python / shed. */
+    uint64_t drop_malformed, drop_unknown_index, drop_mac1, hs_queued, hs_shed;
 } bn_lane_stats;
 
 typedef struct bn_lane {
@@ -119,6 +161,14 @@ typedef struct bn_lane {
     bn_rx rx[BN_MAX_RX];
     int nrx;
     bn_punt *punts, **punt_tail;
+    int nhs; /* handshake punts queued */
+    double hs_tokens, hs_stamp;
+    uint8_t mac1_key[BN_MAC1_KEY_LEN];
+    int has_mac1_key;
+    uint32_t py_index[BN_MAX_PY_INDEXES];
+    int npy_index;
+    /* Python threads waiting for the mutex: the loop lets them have it first. */
+    int waiters;
     bn_lane_stats st;
     bn_maclog_entry maclog[BN_MACLOG];
     int nmaclog;
@@ -127,6 +177,7 @@ typedef struct bn_lane {
     /* Buffers (allocated once). */
     uint8_t *rbuf;   /* tap reads / UDP receives */
     size_t rbuf_cap;
+    uint8_t *sbuf;   /* a datagram opened to look, not to use (another source) */
     uint8_t *tbuf;   /* outgoing datagrams of one port */
     size_t tbuf_cap, tbuf_used;
     uint32_t *tlens;

@@ -30,9 +30,12 @@ typedef struct {
 static void lock(LaneObject *self) {
     if (pthread_mutex_trylock(&self->l->mu) == 0)
         return;
+    /* the loop gives way while someone waits (give_way in bn_lane.c) */
+    __atomic_add_fetch(&self->l->waiters, 1, __ATOMIC_ACQ_REL);
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->l->mu);
     Py_END_ALLOW_THREADS
+    __atomic_sub_fetch(&self->l->waiters, 1, __ATOMIC_ACQ_REL);
 }
 
 static void unlock(LaneObject *self) { pthread_mutex_unlock(&self->l->mu); }
@@ -423,20 +426,28 @@ static PyObject *Lane_release(LaneObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* One hand-over as (kind, fields...): bridger/native/contract.py turns it into
+ * its record (TapPunt, RawPunt, PayloadPunt, FramePunt, HandshakePunt). */
 static PyObject *punt_tuple(const bn_punt *p) {
     switch (p->kind) {
     case BN_PUNT_TAP:
-        return Py_BuildValue("(siy#)", "tap", p->port, (const char *)p->data, (Py_ssize_t)p->len);
+        return Py_BuildValue("(iiy#)", p->kind, p->port, (const char *)p->data,
+                             (Py_ssize_t)p->len);
     case BN_PUNT_FRAME:
-        return Py_BuildValue("(siy#ii)", "frame", p->port, (const char *)p->data,
+        return Py_BuildValue("(iiy#ii)", p->kind, p->port, (const char *)p->data,
                              (Py_ssize_t)p->len, (int)p->csum_start, (int)p->csum_offset);
     case BN_PUNT_PAYLOAD: {
         PyObject *addr = from_sockaddr(&p->from, p->from_len);
         if (!addr)
             return NULL;
-        PyObject *t = Py_BuildValue("(siIy#IN)", "payload", p->port, p->local_index,
-                                    (const char *)p->data, (Py_ssize_t)p->len, p->size, addr);
-        return t;
+        return Py_BuildValue("(iiIy#IN)", p->kind, p->port, p->local_index,
+                             (const char *)p->data, (Py_ssize_t)p->len, p->size, addr);
+    }
+    case BN_PUNT_HANDSHAKE: {
+        PyObject *addr = from_sockaddr(&p->from, p->from_len);
+        if (!addr)
+            return NULL;
+        return Py_BuildValue("(iy#N)", p->kind, (const char *)p->data, (Py_ssize_t)p->len, addr);
     }
     case BN_PUNT_RAW: {
         PyObject *list = PyList_New(p->count);
@@ -457,7 +468,7 @@ static PyObject *punt_tuple(const bn_punt *p) {
             Py_DECREF(list);
             return NULL;
         }
-        return Py_BuildValue("(sNN)", "raw", list, addr);
+        return Py_BuildValue("(iNN)", p->kind, list, addr);
     }
     }
     Py_RETURN_NONE;
@@ -474,6 +485,7 @@ static PyObject *Lane_take_punts(LaneObject *self, PyObject *unused) {
     bn_punt *p = self->l->punts;
     self->l->punts = NULL;
     self->l->punt_tail = &self->l->punts;
+    self->l->nhs = 0;
     unlock(self);
     PyObject *list = PyList_New(0);
     while (p) {
@@ -492,15 +504,29 @@ static PyObject *Lane_take_punts(LaneObject *self, PyObject *unused) {
     return list;
 }
 
+/* The order of take_stats' tuples, exported as PORT_STAT_FIELDS,
+ * LANE_STAT_FIELDS and DIR_FIELDS: contract.py's records must have these
+ * fields in this order (tests/native/test_contract.py). */
+static const char *const PORT_STAT_FIELDS[] = {
+    "port", "tx_frames", "tx_datagrams", "tx_bytes", "rx_datagrams", "rx_bytes", "rx_frames",
+    "drop_auth", "drop_replay", "drop_too_old", "drop_too_big", "drop_malformed", "drop_stale",
+    "tap_write_failed", "lan_to_wan", "wan_to_lan", "tx_first_data", "tx_last", "rx_last",
+    "rx_first_data", NULL};
+static const char *const LANE_STAT_FIELDS[] = {
+    "rx_datagrams", "rx_bytes", "udp_send_blocked", "udp_send_failed", "udp_send_too_big",
+    "wakeups", "maclog_lost", "gso_refused", "udp_truncated", "drop_malformed",
+    "drop_unknown_index", "drop_mac1", "handshakes_queued", "handshakes_shed", NULL};
+static const char *const DIR_FIELDS[] = {"frames", "bytes", "kinds", NULL};
+static const char *const MACLOG_FIELDS[] = {"port", "direction", "mac", "frames", "bytes", NULL};
+
 static PyObject *dir_tuple(const bn_dir *d) {
-    PyObject *t = PyTuple_New(2 + BN_NKINDS);
-    if (!t)
+    PyObject *kinds = PyTuple_New(BN_NKINDS);
+    if (!kinds)
         return NULL;
-    PyTuple_SET_ITEM(t, 0, PyLong_FromUnsignedLongLong(d->frames));
-    PyTuple_SET_ITEM(t, 1, PyLong_FromUnsignedLongLong(d->bytes));
     for (int i = 0; i < BN_NKINDS; i++)
-        PyTuple_SET_ITEM(t, 2 + i, PyLong_FromUnsignedLongLong(d->kinds[i]));
-    return t;
+        PyTuple_SET_ITEM(kinds, i, PyLong_FromUnsignedLongLong(d->kinds[i]));
+    return Py_BuildValue("(KKN)", (unsigned long long)d->frames, (unsigned long long)d->bytes,
+                         kinds);
 }
 
 static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
@@ -519,13 +545,14 @@ static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
             continue;
         PyObject *tx = dir_tuple(&s->lan_to_wan), *rx = dir_tuple(&s->wan_to_lan);
         PyObject *t = tx && rx ? Py_BuildValue(
-            "(iKKKKKKKKKKKKNNdddd)", i,
+            "(iKKKKKKKKKKKKKNNdddd)", i,
             (unsigned long long)s->tx_frames, (unsigned long long)s->tx_datagrams,
             (unsigned long long)s->tx_bytes, (unsigned long long)s->rx_datagrams,
             (unsigned long long)s->rx_bytes, (unsigned long long)s->rx_frames,
             (unsigned long long)s->drop_auth, (unsigned long long)s->drop_replay,
             (unsigned long long)s->drop_too_old, (unsigned long long)s->drop_too_big,
-            (unsigned long long)s->drop_malformed, (unsigned long long)s->tap_write_failed,
+            (unsigned long long)s->drop_malformed, (unsigned long long)s->drop_stale,
+            (unsigned long long)s->tap_write_failed,
             tx, rx, s->tx_first_data, s->tx_last, s->rx_last, s->rx_first_data) : NULL;
         if (!t) {
             Py_XDECREF(tx);
@@ -554,14 +581,18 @@ static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
         Py_DECREF(t);
     }
     l->nmaclog = 0;
-    dev = Py_BuildValue("(KKKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
+    dev = Py_BuildValue("(KKKKKKKKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
                         (unsigned long long)l->st.rx_bytes,
                         (unsigned long long)l->st.udp_send_blocked,
                         (unsigned long long)l->st.udp_send_failed,
                         (unsigned long long)l->st.udp_send_too_big,
                         (unsigned long long)l->st.wakeups, (unsigned long long)l->st.maclog_lost,
                         (unsigned long long)l->st.gso_refused,
-                        (unsigned long long)l->st.udp_truncated);
+                        (unsigned long long)l->st.udp_truncated,
+                        (unsigned long long)l->st.drop_malformed,
+                        (unsigned long long)l->st.drop_unknown_index,
+                        (unsigned long long)l->st.drop_mac1,
+                        (unsigned long long)l->st.hs_queued, (unsigned long long)l->st.hs_shed);
     uint64_t wakeups = l->st.wakeups;
     memset(&l->st, 0, sizeof l->st);
     l->st.wakeups = wakeups;
@@ -573,6 +604,54 @@ done:
     Py_XDECREF(ports);
     Py_XDECREF(macs);
     return result;
+}
+
+static PyObject *Lane_set_mac1_key(LaneObject *self, PyObject *args) {
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "y*", &key))
+        return NULL;
+    if (check_ready(self) < 0 || key.len != BN_MAC1_KEY_LEN) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "the mac1 key is %d bytes", BN_MAC1_KEY_LEN);
+        PyBuffer_Release(&key);
+        return NULL;
+    }
+    lock(self);
+    memcpy(self->l->mac1_key, key.buf, BN_MAC1_KEY_LEN);
+    self->l->has_mac1_key = 1;
+    unlock(self);
+    PyBuffer_Release(&key);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_set_python_indexes(LaneObject *self, PyObject *args) {
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "O", &seq))
+        return NULL;
+    if (check_ready(self) < 0)
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "indexes must be a sequence");
+    if (!fast)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    uint32_t got[BN_MAX_PY_INDEXES];
+    int k = 0;
+    for (Py_ssize_t i = 0; i < n && k < BN_MAX_PY_INDEXES; i++) {
+        unsigned long v = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred() || v > UINT32_MAX) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "an index is 32 bits");
+            return NULL;
+        }
+        got[k++] = (uint32_t)v;
+    }
+    Py_DECREF(fast);
+    lock(self);
+    memcpy(self->l->py_index, got, (size_t)k * sizeof got[0]);
+    self->l->npy_index = k;
+    unlock(self);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Lane_learn(LaneObject *self, PyObject *args) {
@@ -779,6 +858,10 @@ static PyMethodDef Lane_methods[] = {
     {"take_punts", (PyCFunction)Lane_take_punts, METH_NOARGS, "The queued hand-overs, in order."},
     {"take_stats", (PyCFunction)Lane_take_stats, METH_NOARGS,
      "(device, ports, macs) since the last take; zeroes them"},
+    {"set_mac1_key", (PyCFunction)Lane_set_mac1_key, METH_VARARGS,
+     "set_mac1_key(key): HASH(LABEL_MAC1 || our public key); mac1 is checked from now on"},
+    {"set_python_indexes", (PyCFunction)Lane_set_python_indexes, METH_VARARGS,
+     "set_python_indexes(indexes): transport indexes Python holds (others are unknown)"},
     {"learn", (PyCFunction)Lane_learn, METH_VARARGS,
      "learn(port, frames): their source MACs are behind the port's peer"},
     {"forget", (PyCFunction)Lane_forget, METH_VARARGS,
@@ -823,5 +906,32 @@ int bn_py_lane_add(PyObject *module) {
         Py_DECREF(&Lane_Type);
         return -1;
     }
-    return PyModule_AddIntConstant(module, "MAX_PORTS", BN_MAX_PORTS);
+    if (PyModule_AddIntConstant(module, "MAX_PORTS", BN_MAX_PORTS) < 0)
+        return -1;
+    struct {
+        const char *name;
+        const char *const *fields;
+    } lists[] = {{"PORT_STAT_FIELDS", PORT_STAT_FIELDS}, {"LANE_STAT_FIELDS", LANE_STAT_FIELDS},
+                 {"DIR_FIELDS", DIR_FIELDS}, {"MACLOG_FIELDS", MACLOG_FIELDS}};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        Py_ssize_t n = 0;
+        while (lists[i].fields[n])
+            n++;
+        PyObject *t = PyTuple_New(n);
+        if (!t)
+            return -1;
+        for (Py_ssize_t k = 0; k < n; k++) {
+            PyObject *name = PyUnicode_FromString(lists[i].fields[k]);
+            if (!name) {
+                Py_DECREF(t);
+                return -1;
+            }
+            PyTuple_SET_ITEM(t, k, name);
+        }
+        if (PyModule_AddObject(module, lists[i].name, t) < 0) {
+            Py_DECREF(t);
+            return -1;
+        }
+    }
+    return 0;
 }
