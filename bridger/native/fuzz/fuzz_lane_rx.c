@@ -197,6 +197,7 @@ static void free_punts(bn_lane *l) {
     }
     l->punts = NULL;
     l->punt_tail = &l->punts;
+    l->nhs = 0;
 }
 
 static void reset(uint8_t cfg) {
@@ -225,6 +226,12 @@ static void reset(uint8_t cfg) {
         rx_sess[i].created = i == 3 ? now - BN_REJECT_AFTER_TIME - 20 : now;
     }
     memset(&l->st, 0, sizeof l->st);
+    l->hs_tokens = BN_HS_BURST; /* the strangers' handshake bucket starts full */
+    l->hs_stamp = now;
+    /* a mac1 key: initiations and responses mostly fail mac1 (counted);
+     * cookie replies reach the handshake queue */
+    memset(l->mac1_key, 0x5a, sizeof l->mac1_key);
+    l->has_mac1_key = 1;
     l->nmaclog = 0;
     l->udp_held = 0;
     l->npend = 0;
@@ -261,13 +268,23 @@ static void check_monotone(const snap *a, const snap *b) {
 }
 
 static void check_punts(void) {
-    int count = 0;
+    int count = 0, handshakes = 0;
     for (bn_punt *p = lane.punts; p; p = p->next) {
         count++;
-        CHECK(p->kind == BN_PUNT_RAW || p->kind == BN_PUNT_PAYLOAD || p->kind == BN_PUNT_FRAME);
+        CHECK(p->kind == BN_PUNT_RAW || p->kind == BN_PUNT_PAYLOAD || p->kind == BN_PUNT_FRAME
+              || p->kind == BN_PUNT_HANDSHAKE);
         CHECK((p->data != NULL) == (p->len > 0));
         CHECK(p->len <= BN_READ_SIZE);
-        if (p->kind == BN_PUNT_RAW) {
+        if (p->kind == BN_PUNT_HANDSHAKE) {
+            /* a whole message of its type's length, nothing held for it */
+            CHECK(p->port == -1 && p->lens == NULL && p->len >= 4);
+            uint32_t type = bn_le32(p->data);
+            CHECK((type == BN_MSG_INITIATION && p->len == BN_INITIATION_LEN)
+                  || (type == BN_MSG_RESPONSE && p->len == BN_RESPONSE_LEN)
+                  || (type == BN_MSG_COOKIE_REPLY && p->len == BN_COOKIE_REPLY_LEN));
+            CHECK(p->from_len > 0 && p->from_len <= sizeof p->from);
+            handshakes++;
+        } else if (p->kind == BN_PUNT_RAW) {
             CHECK(p->port == -1 && p->len > 0 && p->count >= 1 && p->lens != NULL);
             size_t sum = 0;
             for (int i = 0; i < p->count; i++) {
@@ -291,6 +308,7 @@ static void check_punts(void) {
         }
     }
     CHECK(count < 100000);
+    CHECK(handshakes == lane.nhs && lane.nhs <= BN_HS_QUEUE);
 }
 
 static void drain(void) {
