@@ -674,7 +674,7 @@ class Peer:
             self._established_at = now
         self._last_handshake_at = now
         self.timers.session_derived(now)
-        if self._pmtu_new_path:
+        if self._pmtu_new_path or not (self.pmtu.proven or self.pmtu.searching):
             self._pmtu_new_path = False
             self.pmtu.restart(now, self._pmtu_bound(), self._pmtu_floor())
         out.events.append(
