@@ -355,8 +355,8 @@ class PathMtu:
             return
         self._data_since_confirm = False
         self._confirm_at = None
-        if self.value < self.ceiling:
-            self._raise_at = now + PMTU_RAISE_INTERVAL
+        if self.value < self.ceiling and self._raise_at is None:
+            self._raise_at = now + PMTU_RAISE_INTERVAL  # (confirmations never delay it)
         if self.value != self._settled and self.source is Source.PROBE:
             self._report = Settled(self._settled, self.value, self.source)
             self._settled = self.value

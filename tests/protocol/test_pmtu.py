@@ -184,8 +184,12 @@ def test_a_shrinking_path_is_noticed_within_seconds_while_data_flows(icmp: bool)
     assert fixed - shrunk < PMTU_CONFIRM_INTERVAL + (0.1 if icmp else 2.5)
 
 
-def test_a_path_that_grows_back_is_used_again() -> None:
+@pytest.mark.parametrize("data", [False, True])
+def test_a_path_that_grows_back_is_used_again(data: bool) -> None:
+    """Also while data flows: the confirmations every second must not keep
+    putting the look upwards off (they did, in the first lab run)."""
     path = started(1400)
+    path.data = data
     path.run(5.0)
     path.mtu = 1500
     path.run(5.0 + PMTU_RAISE_INTERVAL + 5.0)
