@@ -11,6 +11,7 @@ as missing.  Raw sockets: run as root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -84,10 +85,9 @@ def sweep(host: str, max_payload: int) -> dict[str, object]:
     for _ in range(3):
         got: set[int] = set()
         for size in missing:
-            try:
+            # EMSGSIZE: our own interface refused it (it will be missing)
+            with contextlib.suppress(OSError):
                 sock.sendto(request(family, ident, size, size), (host, 0))
-            except OSError:
-                pass  # EMSGSIZE: our own interface refused it (it will be missing)
             sent += 1
             time.sleep(PACE)
             got |= replies(sock, family, ident, time.monotonic())

@@ -23,6 +23,7 @@ given: bridger must find the path MTU itself, on both data paths.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -173,7 +174,7 @@ def test_a_narrow_path_carries_everything_with_hosts_at_1500(
 def stream_gaps(lines: list[str]) -> list[tuple[float, float]]:
     """(start, length) of each stall between two of the receiver's progress lines."""
     times = [float(line.split()[0]) for line in lines if line and line[0].isdigit()]
-    return [(a, b - a) for a, b in zip(times, times[1:], strict=False)]
+    return [(a, b - a) for a, b in itertools.pairwise(times)]
 
 
 SHRINK = [
