@@ -362,9 +362,9 @@ class Peer:
             timers.any_authenticated_received()
         if sent_last:
             timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
+            self.pmtu.data_sent(sent_last)  # the lane sends frames only
         if sent_first:
             timers.data_sent(sent_first)
-            self.pmtu.data_sent(sent_first)
         if received_first:
             timers.data_received(received_first)
         kp = self.current
