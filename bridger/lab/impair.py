@@ -20,17 +20,11 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Sized
 from dataclasses import dataclass, field, fields
-from typing import Generic, TypeVar
 
 #: Frames waiting in one direction before new ones are dropped (netem's default
 #: limit is 1000; a long-delay, high-rate test needs more headroom).
 QUEUE_LIMIT = 10_000
-
-#: What travels on a link: frames (the wire), or anything whose size the
-#: caller gives (the protocol simulation's addressed datagrams).
-T = TypeVar("T", bound=Sized)
 
 
 class ImpairmentError(ValueError):
@@ -98,21 +92,18 @@ class LinkCounters:
 
 
 @dataclass
-class ImpairedLink(Generic[T]):
+class ImpairedLink:
     """One direction of an impaired wire."""
 
     impairment: Impairment
     rng: random.Random
     counters: LinkCounters = field(default_factory=LinkCounters)
-    _queue: list[tuple[float, int, T]] = field(default_factory=list)
+    _queue: list[tuple[float, int, bytes]] = field(default_factory=list)
     _seq: int = 0
     _link_free_at: float = 0.0
 
-    def submit(self, frame: T, now: float, size: int | None = None) -> None:
-        """A frame entered the link at ``now``; schedule it (or count its drop).
-        ``size`` (bytes, for the rate) defaults to ``len(frame)``."""
-        if size is None:
-            size = len(frame)
+    def submit(self, frame: bytes, now: float) -> None:
+        """A frame entered the link at ``now``; schedule it (or count its drop)."""
         self.counters.received += 1
         imp = self.impairment
         if imp.loss_pct and self.rng.random() * 100 < imp.loss_pct:
@@ -123,9 +114,9 @@ class ImpairedLink(Generic[T]):
             copies = 2
             self.counters.duplicated += 1
         for _ in range(copies):
-            self._schedule(frame, size, now)
+            self._schedule(frame, now)
 
-    def _schedule(self, frame: T, size: int, now: float) -> None:
+    def _schedule(self, frame: bytes, now: float) -> None:
         if len(self._queue) >= QUEUE_LIMIT:
             self.counters.dropped_queue_full += 1
             return
@@ -140,7 +131,7 @@ class ImpairedLink(Generic[T]):
             due = now + max(0.0, delay) / 1000.0
         if imp.rate_mbit is not None:
             due = max(due, self._link_free_at)
-            self._link_free_at = due + size * 8 / (imp.rate_mbit * 1e6)
+            self._link_free_at = due + len(frame) * 8 / (imp.rate_mbit * 1e6)
         self._seq += 1
         heapq.heappush(self._queue, (due, self._seq, frame))
 
@@ -148,9 +139,9 @@ class ImpairedLink(Generic[T]):
         """When the next frame is due, or None if nothing is queued."""
         return self._queue[0][0] if self._queue else None
 
-    def pop_due(self, now: float) -> list[T]:
+    def pop_due(self, now: float) -> list[bytes]:
         """Frames whose time has come, in departure order."""
-        out: list[T] = []
+        out: list[bytes] = []
         while self._queue and self._queue[0][0] <= now:
             out.append(heapq.heappop(self._queue)[2])
         self.counters.delivered += len(out)
