@@ -362,9 +362,9 @@ class Peer:
             timers.any_authenticated_received()
         if sent_last:
             timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
+            self.pmtu.data_sent(sent_last)  # the lane sends frames only
         if sent_first:
             timers.data_sent(sent_first)
-            self.pmtu.data_sent(sent_first)
         if received_first:
             timers.data_received(received_first)
         kp = self.current
@@ -674,7 +674,7 @@ class Peer:
             self._established_at = now
         self._last_handshake_at = now
         self.timers.session_derived(now)
-        if self._pmtu_new_path:
+        if self._pmtu_new_path or not (self.pmtu.proven or self.pmtu.searching):
             self._pmtu_new_path = False
             self.pmtu.restart(now, self._pmtu_bound(), self._pmtu_floor())
         out.events.append(

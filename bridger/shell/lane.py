@@ -210,7 +210,7 @@ class NativeLane:
         # counters), so its guards and core decide on the same state as a
         # pure-Python run would.
         self.sync(now)
-        udp = False
+        udp = errors = False
         received: list[tuple[list[bytes], tuple[Any, ...]]] = []
         for punt in punts:
             kind = punt[0]
@@ -223,9 +223,11 @@ class NativeLane:
                 finally:
                     lane.release(punt[1])
             elif kind == "raw":  # the rest of a receive, and receives after it
-                udp = True  # (empty: the socket has errors queued; udp_pass reads them)
+                udp = True
                 if punt[1]:
                     received.append((punt[1], punt[2]))
+                else:  # the socket has errors queued (ICMP): udp_pass reads them
+                    errors = True
             elif kind == "payload":
                 udp = True
                 _kind, _ident, index, plaintext, size, sockaddr = punt
@@ -242,7 +244,7 @@ class NativeLane:
                 lane.learn(punt[1], [frame])
         if udp:
             try:
-                fwd.udp_pass(received)  # they, then what waits on the socket
+                fwd.udp_pass(received, errors)  # they, then what waits on the socket
             finally:
                 lane.release(-1)
         self.push(now)

@@ -174,6 +174,39 @@ def test_path_shrinks_falls_back_to_fragments() -> None:
     assert sim.delivered_ratio(1, start[1]) == 1.0
 
 
+@pytest.mark.parametrize("link_mtu", [1492, 1452, 1400, 1280])
+def test_a_narrow_path_from_the_start_loses_no_frame(link_mtu: int) -> None:
+    """No probing has to succeed first: until an ack proves more, datagrams are
+    sized to the safe base, so every frame of every size arrives."""
+    sim = Sim(seed=11, link=LinkParams(mtu=link_mtu))
+    sim.traffic(20.0, rate=30.0)
+    sim.run_until(21.0)
+    for peer in sim.peers:
+        assert peer.tunnel.path_mtu == link_mtu
+    assert sim.delivered_ratio(0) == sim.delivered_ratio(1) == 1.0
+
+
+def test_a_path_that_shrinks_mid_session_carries_again_within_seconds() -> None:
+    """No ICMP in this network: only probes can tell. Large frames sent from 5 s
+    after the shrink on all arrive; the path MTU is right within 5 s."""
+    sim = Sim(seed=12, link=LinkParams(mtu=1500))
+    sim.traffic(10.0, rate=30.0, sizes=(1400, 1514))
+    assert sim.peers[0].tunnel.path_mtu == 1500
+    sim.link.mtu = 1400
+    shrunk = sim.now
+    start = [p.next_seq for p in sim.peers]
+    sim.traffic(shrunk + 5.0, rate=30.0, sizes=(1400, 1514))
+    for peer in sim.peers:
+        assert peer.tunnel.path_mtu == 1400
+        changes = [t for t, e in peer.events if isinstance(e, PathMtuChanged) and t > shrunk]
+        assert changes and changes[0] - shrunk < 5.0
+    after = [p.next_seq for p in sim.peers]
+    sim.traffic(sim.now + 10.0, rate=30.0, sizes=(1400, 1514))
+    sim.run_until(sim.now + 1.0)
+    assert sim.delivered_ratio(0, after[0]) == sim.delivered_ratio(1, after[1]) == 1.0
+    assert sim.delivered_ratio(0, start[0]) > 0.5  # the frames of the first seconds
+
+
 def test_cookie_under_load_still_connects() -> None:
     sim = Sim(seed=9, keepalive=0)
     sim.peers[1].tunnel.set_under_load(True)
