@@ -50,7 +50,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from bridger.errors import HostError
-from bridger.lab.impair import Impairment, ImpairmentError
+from bridger.lab.impair import Impairment, ImpairmentError, ImpairmentKnobs
 
 # --- addressing plan (the README diagram shows the same numbers) -----------------
 #: Site letters in order; site number k = position + 1 numbers its addresses.
@@ -125,16 +125,11 @@ class LabError(HostError):
     """The lab cannot be built, changed or removed as asked."""
 
 
-@dataclass
-class LabOptions:
-    """Knobs for one lab. Impairments are one-way (an RTT sees them twice)."""
+@dataclass(frozen=True)
+class LabOptions(ImpairmentKnobs):
+    """Knobs for one lab: the impairment knobs first (one-way: an RTT sees them
+    twice; declared in :class:`ImpairmentKnobs`), then these."""
 
-    delay_ms: float = 0
-    jitter_ms: float = 0
-    loss_pct: float = 0
-    reorder_pct: float = 0
-    duplicate_pct: float = 0
-    rate_mbit: float | None = None
     wan_mtu: int = 1500
     #: Put a second router (``ispB``; with nat_b the NAT box is that router)
     #: between the WAN router and gwB, joined to the WAN router by a link of
@@ -158,14 +153,7 @@ class LabOptions:
     def impairment(self) -> Impairment:
         """The impairment knobs as a validated record."""
         try:
-            return Impairment(
-                delay_ms=self.delay_ms,
-                jitter_ms=self.jitter_ms,
-                loss_pct=self.loss_pct,
-                reorder_pct=self.reorder_pct,
-                duplicate_pct=self.duplicate_pct,
-                rate_mbit=self.rate_mbit,
-            )
+            return Impairment.of(self)
         except ImpairmentError as exc:
             raise LabError(str(exc)) from exc
 
