@@ -44,7 +44,7 @@ pytestmark = pytest.mark.netns
 
 HERE = Path(__file__).resolve().parent
 DFSWEEP = str(HERE / "dfsweep.py")
-STREAM = str(HERE / "tcpstream.py")
+XFER = str(HERE / "tcpxfer.py")
 #: Largest echo payload that fills a 1500-byte LAN packet.
 MAX_PING = {4: 1500 - 28, 6: 1500 - 48}
 NBYTES = 4_000_000
@@ -196,12 +196,12 @@ def test_tcp_flows_again_within_seconds_when_the_path_shrinks(
     case: Case = request.node.callspec.params["bridged"]
     grow = case.filter_icmp and case.data_path == "native"
     wait_path_mtu(gws, 1500, within=15.0)
-    rx = lab.popen("hostB1", sys.executable, STREAM, "recv", "5002",
+    rx = lab.popen("hostB1", sys.executable, XFER, "recv", "5002", "progress",
                    stdout=subprocess.PIPE, text=True)
     assert rx.stdout is not None and rx.stdout.readline().strip() == "listening"
     seconds = 12.0 + (PMTU_RAISE_INTERVAL + 10.0 if grow else 0.0)
-    tx = lab.popen("hostA1", sys.executable, STREAM, "send", lab.lan_address("hostB1"),
-                   "5002", str(seconds), stdout=subprocess.PIPE, text=True)
+    tx = lab.popen("hostA1", sys.executable, XFER, "send", lab.lan_address("hostB1"),
+                   "5002", f"{seconds}s", stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(3.0)  # the stream runs at full speed first (the scenario, not a wait)
         shrunk = time.time()
