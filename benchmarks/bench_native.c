@@ -45,16 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-
 #define WAN_PORT 51820
 #define SINK_ADDR "10.99.0.2" /* routed into the dummy d0: freed on transmit */
 #define MSS 1448              /* TCP payload per segment (timestamps on) */

@@ -69,6 +69,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PACKAGES: dict[str, dict[str, str]] = {
     "iperf3": {"iperf3": "iperf3"},
     "openvpn": {"openvpn": "openvpn"},
+    "openvpn-mssfix": {"openvpn": "openvpn"},
     "fastd": {"fastd": "fastd"},
     "tinc": {"tincd": "tinc"},
     "wireguard-vxlan": {"wireguard-go": "wireguard-go", "wg": "wireguard-tools"},
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                    default="bridger,bridger-python,openvpn,fastd,tinc,wireguard-vxlan",
                    help="comma-separated: bridger (default data path), bridger-native, "
                    "bridger-python, bridger-nooffload, bridger-noguard, bridger-base "
-                   "(BRIDGER_BASE=DIR), openvpn, fastd, tinc, wireguard-vxlan")
+                   "(BRIDGER_BASE=DIR), openvpn, openvpn-mssfix, fastd, tinc, wireguard-vxlan")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--loss", type=float, default=0.0, help="WAN loss %% each way")
     p.add_argument("--delay", type=float, default=0.0, help="WAN delay ms each way")

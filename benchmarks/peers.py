@@ -202,8 +202,11 @@ class OpenVpn(BridgedPeer):
     (static-key mode is deprecated); the data channel is AES-256-GCM.
     """
 
-    def __init__(self, lab: Lab, workdir: Path) -> None:
-        super().__init__(lab, workdir, "openvpn")
+    def __init__(self, lab: Lab, workdir: Path, *, fragment: bool = True) -> None:
+        super().__init__(lab, workdir, "openvpn" if fragment else "openvpn-mssfix")
+        #: False: on a narrow path only ``--mssfix`` (TCP fits; other large
+        #: packets are left to IP fragmentation or are lost where ICMP is).
+        self.fragment = fragment
         self.fp: dict[str, str] = {}
         for s in SITES:
             key, crt = workdir / f"ovpn-{s}.key", workdir / f"ovpn-{s}.crt"
@@ -228,6 +231,10 @@ class OpenVpn(BridgedPeer):
             self.notes.append("tun-mtu 1500, default mssfix (1492 mtu)")
             return []
         p = str(self.path_mtu)
+        if not self.fragment:
+            self.notes.append(f"tun-mtu 1500, --mssfix {p} mtu only (no --fragment: TCP "
+                              "only is sized to the path)")
+            return ["--mssfix", p, "mtu"]
         self.notes.append(f"tun-mtu 1500, --fragment {p} mtu, --mssfix {p} mtu")
         return ["--fragment", p, "mtu", "--mssfix", p, "mtu"]
 
@@ -463,6 +470,7 @@ def make(name: str, lab: Lab, workdir: Path) -> Runner:
         "bridger-base": lambda: Bridger(lab, workdir, name="bridger-base",
                                         root=Path(os.environ["BRIDGER_BASE"])),
         "openvpn": lambda: OpenVpn(lab, workdir),
+        "openvpn-mssfix": lambda: OpenVpn(lab, workdir, fragment=False),
         "fastd": lambda: Fastd(lab, workdir),
         "tinc": lambda: Tinc(lab, workdir),
         "wireguard-vxlan": lambda: WireguardVxlan(lab, workdir),

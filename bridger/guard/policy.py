@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridger.errors import ConfigError
-from bridger.guard.bucket import TokenBucket
 from bridger.guard.classify import (
     NEIGHBOUR_KINDS,
     FrameKind,
@@ -50,6 +49,7 @@ from bridger.guard.constants import (
 )
 from bridger.guard.flaps import MacFlaps
 from bridger.guard.loop import LoopDetector, PeerLoop, ProbeVerdict
+from bridger.protocol.bucket import TokenBucket
 
 SHARED = "shared"
 LOCAL = "local"

@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sized
+from dataclasses import dataclass, field, fields
+from typing import Generic, TypeVar
 
 #: Frames waiting in one direction before new ones are dropped (netem's default
 #: limit is 1000; a long-delay, high-rate test needs more headroom).
 QUEUE_LIMIT = 10_000
+
+#: What travels on a link: frames (the wire), or anything whose size the
+#: caller gives (the protocol simulation's addressed datagrams).
+T = TypeVar("T", bound=Sized)
 
 
 class ImpairmentError(ValueError):
@@ -32,8 +38,10 @@ class ImpairmentError(ValueError):
 
 
 @dataclass(frozen=True)
-class Impairment:
-    """One direction's knobs; percentages are 0..100, times in milliseconds."""
+class ImpairmentKnobs:
+    """The knobs, declared once: :class:`Impairment` validates them, the lab's
+    ``LabOptions`` and the protocol simulation's link take them from here.
+    Percentages are 0..100, times in milliseconds, one direction."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -41,6 +49,16 @@ class Impairment:
     reorder_pct: float = 0.0
     duplicate_pct: float = 0.0
     rate_mbit: float | None = None
+
+
+@dataclass(frozen=True)
+class Impairment(ImpairmentKnobs):
+    """One direction's knobs, validated."""
+
+    @classmethod
+    def of(cls, knobs: ImpairmentKnobs) -> Impairment:
+        """The validated record of ``knobs`` (ImpairmentError when out of range)."""
+        return cls(**{f.name: getattr(knobs, f.name) for f in fields(ImpairmentKnobs)})
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms"):
@@ -80,18 +98,21 @@ class LinkCounters:
 
 
 @dataclass
-class ImpairedLink:
+class ImpairedLink(Generic[T]):
     """One direction of an impaired wire."""
 
     impairment: Impairment
     rng: random.Random
     counters: LinkCounters = field(default_factory=LinkCounters)
-    _queue: list[tuple[float, int, bytes]] = field(default_factory=list)
+    _queue: list[tuple[float, int, T]] = field(default_factory=list)
     _seq: int = 0
     _link_free_at: float = 0.0
 
-    def submit(self, frame: bytes, now: float) -> None:
-        """A frame entered the link at ``now``; schedule it (or count its drop)."""
+    def submit(self, frame: T, now: float, size: int | None = None) -> None:
+        """A frame entered the link at ``now``; schedule it (or count its drop).
+        ``size`` (bytes, for the rate) defaults to ``len(frame)``."""
+        if size is None:
+            size = len(frame)
         self.counters.received += 1
         imp = self.impairment
         if imp.loss_pct and self.rng.random() * 100 < imp.loss_pct:
@@ -102,9 +123,9 @@ class ImpairedLink:
             copies = 2
             self.counters.duplicated += 1
         for _ in range(copies):
-            self._schedule(frame, now)
+            self._schedule(frame, size, now)
 
-    def _schedule(self, frame: bytes, now: float) -> None:
+    def _schedule(self, frame: T, size: int, now: float) -> None:
         if len(self._queue) >= QUEUE_LIMIT:
             self.counters.dropped_queue_full += 1
             return
@@ -119,7 +140,7 @@ class ImpairedLink:
             due = now + max(0.0, delay) / 1000.0
         if imp.rate_mbit is not None:
             due = max(due, self._link_free_at)
-            self._link_free_at = due + len(frame) * 8 / (imp.rate_mbit * 1e6)
+            self._link_free_at = due + size * 8 / (imp.rate_mbit * 1e6)
         self._seq += 1
         heapq.heappush(self._queue, (due, self._seq, frame))
 
@@ -127,9 +148,9 @@ class ImpairedLink:
         """When the next frame is due, or None if nothing is queued."""
         return self._queue[0][0] if self._queue else None
 
-    def pop_due(self, now: float) -> list[bytes]:
+    def pop_due(self, now: float) -> list[T]:
         """Frames whose time has come, in departure order."""
-        out: list[bytes] = []
+        out: list[T] = []
         while self._queue and self._queue[0][0] <= now:
             out.append(heapq.heappop(self._queue)[2])
         self.counters.delivered += len(out)

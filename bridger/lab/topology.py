@@ -50,7 +50,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from bridger.errors import HostError
-from bridger.lab.impair import Impairment, ImpairmentError
+from bridger.lab.impair import Impairment, ImpairmentError, ImpairmentKnobs
 
 # --- addressing plan (the README diagram shows the same numbers) -----------------
 #: Site letters in order; site number k = position + 1 numbers its addresses.
@@ -125,21 +125,17 @@ class LabError(HostError):
     """The lab cannot be built, changed or removed as asked."""
 
 
-@dataclass
-class LabOptions:
-    """Knobs for one lab. Impairments are one-way (an RTT sees them twice)."""
+@dataclass(frozen=True)
+class LabOptions(ImpairmentKnobs):
+    """Knobs for one lab: the impairment knobs first (one-way: an RTT sees them
+    twice; declared in :class:`ImpairmentKnobs`), then these."""
 
-    delay_ms: float = 0
-    jitter_ms: float = 0
-    loss_pct: float = 0
-    reorder_pct: float = 0
-    duplicate_pct: float = 0
-    rate_mbit: float | None = None
     wan_mtu: int = 1500
-    #: Put a second router (``ispB``) between the WAN router and gwB, joined to
-    #: the WAN router by a link of this MTU: a narrow hop in the middle of the
-    #: path, between two routers, that neither gateway's interface shows
-    #: (None: no ispB).  :meth:`Lab.set_path_mtu` changes it while running.
+    #: Put a second router (``ispB``; with nat_b the NAT box is that router)
+    #: between the WAN router and gwB, joined to the WAN router by a link of
+    #: this MTU: a narrow hop in the middle of the path, between two routers,
+    #: that neither gateway's interface shows (None: no narrow hop).
+    #: :meth:`Lab.set_path_mtu` changes it while running.
     path_mtu_b: int | None = None
     #: The router drops the ICMP "fragmentation needed" / "packet too big" it
     #: would send (a path-MTU black hole, as behind many firewalls).
@@ -157,14 +153,7 @@ class LabOptions:
     def impairment(self) -> Impairment:
         """The impairment knobs as a validated record."""
         try:
-            return Impairment(
-                delay_ms=self.delay_ms,
-                jitter_ms=self.jitter_ms,
-                loss_pct=self.loss_pct,
-                reorder_pct=self.reorder_pct,
-                duplicate_pct=self.duplicate_pct,
-                rate_mbit=self.rate_mbit,
-            )
+            return Impairment.of(self)
         except ImpairmentError as exc:
             raise LabError(str(exc)) from exc
 
@@ -179,8 +168,6 @@ class LabOptions:
             raise LabError(f"wan_mtu must be between {MIN_MTU} and {MAX_MTU}")
         if self.path_mtu_b is not None and not MIN_MTU <= self.path_mtu_b <= MAX_MTU:
             raise LabError(f"path_mtu_b must be between {MIN_MTU} and {MAX_MTU}")
-        if self.path_mtu_b is not None and self.nat_b:
-            raise LabError("path_mtu_b and nat_b cannot be combined (both sit before gwB)")
         if self.prefix is not None and not PREFIX_RE.match(self.prefix):
             raise LabError("prefix must be 2-16 letters or digits")
         if self.engine not in ENGINES:
@@ -331,8 +318,8 @@ class Lab:
             raise LabError(f"unknown role {role!r}; one of {', '.join(self.roles())}")
         if role == "natB" and not self.options.nat_b:
             raise LabError("this lab has no natB (build it with nat_b=True)")
-        if role == "ispB" and self.options.path_mtu_b is None:
-            raise LabError("this lab has no ispB (build it with path_mtu_b=MTU)")
+        if role == "ispB" and (self.options.path_mtu_b is None or self.options.nat_b):
+            raise LabError("this lab has no ispB (build it with path_mtu_b=MTU, no nat_b)")
         if role not in self.roles():
             raise LabError(f"this lab has no {role} (it has sites {', '.join(self.sites)})")
         return f"{self.prefix}-{role}"
@@ -343,7 +330,7 @@ class Lab:
         roles.append("wan")
         if self.options.nat_b:
             roles.append("natB")
-        if self.options.path_mtu_b is not None:
+        if self.options.path_mtu_b is not None and not self.options.nat_b:
             roles.append("ispB")
         return roles
 
@@ -407,7 +394,7 @@ class Lab:
         return f"gw{site}"
 
     def _behind_isp(self, site: str) -> bool:
-        return site == "B" and self.options.path_mtu_b is not None
+        return site == "B" and self.options.path_mtu_b is not None and not self.options.nat_b
 
     def gateway_wan_address(self, site: str) -> str:
         """The address the other gateway sees for ``site``.
@@ -572,7 +559,8 @@ class Lab:
         if opts.nat_b:
             self._build_nat()
         if opts.path_mtu_b is not None:
-            self._build_isp()
+            if not opts.nat_b:
+                self._build_isp()
             self.set_path_mtu("B", opts.path_mtu_b)
         if opts.filter_icmp:
             self.filter_icmp_too_big(True)
@@ -778,12 +766,12 @@ class Lab:
         big" back to its sender unless :meth:`filter_icmp_too_big`.
         """
         self._check_site(site)
-        if not self._behind_isp(site):
+        if site != "B" or self.options.path_mtu_b is None:
             raise LabError("only site B of a lab built with path_mtu_b has a narrow hop")
         value = self.options.wan_mtu if mtu is None else mtu
         if not MIN_MTU <= value <= MAX_MTU:
             raise LabError(f"MTU must be between {MIN_MTU} and {MAX_MTU}")
-        self._ip("ispB", f"link set wan0 mtu {value}")
+        self._ip(self._site_wan_role(site), f"link set wan0 mtu {value}")
         if self.engine == "wire":  # the wire's own veths carry what the link does
             for port in (f"x{site}", f"p{site}"):
                 self._ip("wan", f"link set {port} mtu {value}")
@@ -793,7 +781,9 @@ class Lab:
         """Make the routers (the WAN router, and ispB where there is one) drop
         (``on``) or send again the ICMP errors path-MTU discovery relies on:
         IPv4 "fragmentation needed", ICMPv6 "packet too big"."""
-        routers = ["wan", *(["ispB"] if self.options.path_mtu_b is not None else [])]
+        routers = ["wan"]
+        if self.options.path_mtu_b is not None:
+            routers.append(self._site_wan_role("B"))
         for router in routers:
             ns = ["ip", "netns", "exec", self.ns(router), "nft"]
             _cmd(*ns, "delete", "table", "inet", "lab_pmtu", check=False)

@@ -85,7 +85,7 @@ class _Port:
 class _Pair:
     gw: _Port
     router: _Port
-    link: ImpairedLink  # router -> gateway direction
+    link: ImpairedLink[bytes]  # router -> gateway direction
     send_errors: int = 0
     passed: int = 0  # frames forwarded without impairment (either direction)
 

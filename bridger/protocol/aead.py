@@ -43,17 +43,19 @@ def _check(nonce: bytes, key: bytes) -> None:
 
 
 def _seal_direct(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
-                 key: bytes) -> bytes:
-    """A whole transport datagram: header, then ``plaintext`` sealed under ``key``."""
+                 key: bytes, aad: bytes = b"") -> bytes:
+    """A whole transport datagram: header, then ``plaintext`` sealed under ``key``.
+    The transport has no associated data; ``aad`` is there for RFC 8439's vectors."""
     _check(nonce, key)
     n = len(plaintext)
     buf = bytearray(_HEADER_LEN + n + TAG_LEN)
     _pack_header_into(buf, 0, word, receiver, counter)
-    _encrypt(_from_buffer(buf) + _HEADER_LEN, _NULL, plaintext, n, _NULL, 0, _NULL, nonce, key)
+    _encrypt(_from_buffer(buf) + _HEADER_LEN, _NULL, plaintext, n, aad, len(aad), _NULL, nonce,
+             key)
     return bytes(buf)
 
 
-def _open_direct(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
+def _open_direct(datagram: bytes, nonce: bytes, key: bytes, aad: bytes = b"") -> bytes | None:
     """The plaintext of a transport datagram, or None if authentication fails."""
     _check(nonce, key)
     clen = len(datagram) - _HEADER_LEN
@@ -61,27 +63,27 @@ def _open_direct(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
         return None
     out = bytearray(clen - TAG_LEN)
     src = _from_buffer(datagram) + _HEADER_LEN
-    if _decrypt(_from_buffer(out), _NULL, _NULL, src, clen, _NULL, 0, nonce, key) != 0:
+    if _decrypt(_from_buffer(out), _NULL, _NULL, src, clen, aad, len(aad), nonce, key) != 0:
         return None
     return bytes(out)
 
 
 def _seal_public(word: int, receiver: int, counter: int, plaintext: bytes, nonce: bytes,
-                 key: bytes) -> bytes:
+                 key: bytes, aad: bytes = b"") -> bytes:
     _check(nonce, key)
     header = TRANSPORT_HEADER.pack(word, receiver, counter)
     return header + nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(
-        plaintext, None, nonce, key
+        plaintext, aad or None, nonce, key
     )
 
 
-def _open_public(datagram: bytes, nonce: bytes, key: bytes) -> bytes | None:
+def _open_public(datagram: bytes, nonce: bytes, key: bytes, aad: bytes = b"") -> bytes | None:
     _check(nonce, key)
     if len(datagram) - _HEADER_LEN < TAG_LEN:
         return None
     try:
         return nacl.bindings.crypto_aead_chacha20poly1305_ietf_decrypt(
-            bytes(datagram[_HEADER_LEN:]), None, nonce, key
+            bytes(datagram[_HEADER_LEN:]), aad or None, nonce, key
         )
     except nacl.exceptions.CryptoError:
         return None

@@ -23,6 +23,7 @@ from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt,
 )
 
+from .bucket import TokenBucket as TokenBucket  # device.py imports it from here
 from .constants import (
     COOKIE_REFRESH_TIME,
     KEY_LEN,
@@ -129,28 +130,6 @@ class CookieGenerator:
         self._cookie_at = now
         self._last_mac1 = None
         return True
-
-
-class TokenBucket:
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def refill(self, now: float) -> float:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        return self.tokens
-
-    def take(self, now: float) -> bool:
-        if self.refill(now) >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class RateLimiter:

@@ -5,11 +5,18 @@ Pure functions of their inputs: randomness (ephemeral keys) and the timestamp
 are passed in, so fixed inputs give fixed bytes (tests/protocol/vectors.json).
 Only PyNaCl primitives are used; HMAC is RFC 2104 over BLAKE2b as Noise's HKDF
 specifies.  Failures raise :class:`HandshakeError` (a :class:`BadPacket`).
+
+The hash and the protocol name and prologue a handshake starts from are a
+:class:`Suite`; bridger runs only :data:`BRIDGER`.  The functions take it as a
+keyword so the very same code can be run with BLAKE2s, plain Noise's protocol
+name and a foreign prologue against published Noise test vectors
+(tests/protocol/test_noise_vectors.py).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nacl.exceptions
@@ -53,26 +60,6 @@ def mac(key: bytes, data: bytes) -> bytes:
     return crypto_generichash_blake2b_salt_personal(data, digest_size=MAC_LEN, key=key)
 
 
-def hmac(key: bytes, data: bytes) -> bytes:
-    """HMAC-BLAKE2b per RFC 2104 (B = 128, L = 64)."""
-    if len(key) > BLOCK_LEN:
-        key = hash_(key)
-    key = key.ljust(BLOCK_LEN, b"\0")
-    inner = hash_(key.translate(_IPAD) + data)
-    return hash_(key.translate(_OPAD) + inner)
-
-
-def kdf(chaining_key: bytes, material: bytes, n: int) -> list[bytes]:
-    """Noise HKDF: ``n`` 64-byte outputs from the chaining key and input material."""
-    temp = hmac(chaining_key, material)
-    out: list[bytes] = []
-    prev = b""
-    for i in range(1, n + 1):
-        prev = hmac(temp, prev + bytes([i]))
-        out.append(prev)
-    return out
-
-
 def dh(private: bytes, public: bytes) -> bytes:
     """X25519; a low-order peer point (all-zero result) is a handshake failure."""
     try:
@@ -108,13 +95,52 @@ def tai64n(ns: int) -> bytes:
     return _TAI64N.pack(_TAI64_EPOCH + secs, nanos)
 
 
-def _initial_state() -> tuple[bytes, bytes]:
-    """(chaining key, hash) after protocol name and prologue (Noise 5.2/5.3)."""
-    h = CONSTRUCTION.ljust(HASH_LEN, b"\0")
-    return h, hash_(h + IDENTIFIER)
+@dataclass(frozen=True, slots=True)
+class Suite:
+    """A Noise hash (HASH, HMAC, HKDF) and the state after the protocol name and
+    prologue (Noise sections 4.3, 5.2, 5.3)."""
+
+    hash: Callable[[bytes], bytes]
+    block_len: int
+    #: ck and h after InitializeSymmetric(protocol_name) and MixHash(prologue).
+    chaining_key: bytes
+    initial_hash: bytes
+
+    @classmethod
+    def create(cls, hash: Callable[[bytes], bytes], hash_len: int, block_len: int,
+               protocol_name: bytes, prologue: bytes) -> Suite:
+        """A name of at most ``hash_len`` bytes is zero-padded, a longer one hashed."""
+        if len(protocol_name) <= hash_len:
+            h = protocol_name.ljust(hash_len, b"\0")
+        else:
+            h = hash(protocol_name)
+        return cls(hash, block_len, h, hash(h + prologue))
+
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        """HMAC per RFC 2104 over this suite's hash."""
+        if len(key) > self.block_len:
+            key = self.hash(key)
+        key = key.ljust(self.block_len, b"\0")
+        inner = self.hash(key.translate(_IPAD) + data)
+        return self.hash(key.translate(_OPAD) + inner)
+
+    def kdf(self, chaining_key: bytes, material: bytes, n: int) -> list[bytes]:
+        """Noise HKDF: ``n`` hash-length outputs from the chaining key and input material."""
+        temp = self.hmac(chaining_key, material)
+        out: list[bytes] = []
+        prev = b""
+        for i in range(1, n + 1):
+            prev = self.hmac(temp, prev + bytes([i]))
+            out.append(prev)
+        return out
 
 
-INITIAL_CHAINING_KEY, INITIAL_HASH = _initial_state()
+#: bridger's handshake: BLAKE2b-512 (HMAC block 128), CONSTRUCTION, IDENTIFIER.
+BRIDGER = Suite.create(hash_, HASH_LEN, BLOCK_LEN, CONSTRUCTION, IDENTIFIER)
+INITIAL_CHAINING_KEY, INITIAL_HASH = BRIDGER.chaining_key, BRIDGER.initial_hash
+#: HMAC-BLAKE2b (B = 128, L = 64) and the Noise HKDF over it.
+hmac = BRIDGER.hmac
+kdf = BRIDGER.kdf
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +153,12 @@ class Identity:
     hash_as_responder: bytes
 
     @classmethod
-    def create(cls, private: bytes) -> Identity:
+    def create(cls, private: bytes, *, suite: Suite = BRIDGER) -> Identity:
         if len(private) != 32:
             raise ValueError("X25519 keys are 32 bytes")
         pub = public_key(private)
-        return cls(private=private, public=pub, hash_as_responder=hash_(INITIAL_HASH + pub))
+        return cls(private=private, public=pub,
+                   hash_as_responder=suite.hash(suite.initial_hash + pub))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +172,8 @@ class PeerKeys:
     hash_as_initiator: bytes
 
     @classmethod
-    def create(cls, ident: Identity, peer_public: bytes, psk: bytes | None) -> PeerKeys:
+    def create(cls, ident: Identity, peer_public: bytes, psk: bytes | None, *,
+               suite: Suite = BRIDGER) -> PeerKeys:
         if len(peer_public) != 32:
             raise ValueError("X25519 keys are 32 bytes")
         if psk is not None and len(psk) != 32:
@@ -154,7 +182,7 @@ class PeerKeys:
             peer_public=peer_public,
             psk=psk if psk is not None else bytes(32),
             static_static=dh(ident.private, peer_public),
-            hash_as_initiator=hash_(INITIAL_HASH + peer_public),
+            hash_as_initiator=suite.hash(suite.initial_hash + peer_public),
         )
 
 
@@ -186,10 +214,13 @@ class SessionKeys:
 
 
 def create_initiation(
-    ident: Identity, peer: PeerKeys, local_index: int, ephemeral_private: bytes, timestamp: bytes
+    ident: Identity, peer: PeerKeys, local_index: int, ephemeral_private: bytes, timestamp: bytes,
+    *, suite: Suite = BRIDGER,
 ) -> tuple[Initiation, InitiatorState]:
-    """Message 1 with zero macs (cookie.py adds mac1/mac2)."""
-    ck, h = INITIAL_CHAINING_KEY, peer.hash_as_initiator
+    """Message 1 with zero macs (cookie.py adds mac1/mac2); ``timestamp`` is its
+    Noise payload."""
+    hash_, kdf = suite.hash, suite.kdf
+    ck, h = suite.chaining_key, peer.hash_as_initiator
     e_pub = public_key(ephemeral_private)
     (ck,) = kdf(ck, e_pub, 1)
     h = hash_(h + e_pub)
@@ -203,10 +234,13 @@ def create_initiation(
     return msg, InitiatorState(local_index, ephemeral_private, ck, h)
 
 
-def decrypt_initiator_static(ident: Identity, msg: Initiation) -> tuple[bytes, bytes, bytes]:
+def decrypt_initiator_static(
+    ident: Identity, msg: Initiation, *, suite: Suite = BRIDGER
+) -> tuple[bytes, bytes, bytes]:
     """First half of consuming message 1: the initiator's static public key (which
     selects the peer), with the chaining key and hash to continue from."""
-    ck, h = INITIAL_CHAINING_KEY, ident.hash_as_responder
+    hash_, kdf = suite.hash, suite.kdf
+    ck, h = suite.chaining_key, ident.hash_as_responder
     (ck,) = kdf(ck, msg.ephemeral, 1)
     h = hash_(h + msg.ephemeral)
     ck, k = kdf(ck, dh(ident.private, msg.ephemeral), 2)
@@ -215,10 +249,12 @@ def decrypt_initiator_static(ident: Identity, msg: Initiation) -> tuple[bytes, b
 
 
 def consume_initiation(
-    peer: PeerKeys, msg: Initiation, chaining_key: bytes, hash_value: bytes
+    peer: PeerKeys, msg: Initiation, chaining_key: bytes, hash_value: bytes, *,
+    suite: Suite = BRIDGER,
 ) -> ResponderState:
     """Second half: authenticate message 1 as coming from ``peer`` (whose static key
     :func:`decrypt_initiator_static` returned) and read its timestamp."""
+    hash_, kdf = suite.hash, suite.kdf
     ck, h = chaining_key, hash_value
     h = hash_(h + msg.encrypted_static)
     ck, k = kdf(ck, peer.static_static, 2)
@@ -228,9 +264,13 @@ def consume_initiation(
 
 
 def create_response(
-    peer: PeerKeys, state: ResponderState, local_index: int, ephemeral_private: bytes
+    peer: PeerKeys, state: ResponderState, local_index: int, ephemeral_private: bytes, *,
+    payload: bytes = b"", suite: Suite = BRIDGER,
 ) -> tuple[Response, SessionKeys]:
-    """Message 2 (zero macs) and the responder's transport keys."""
+    """Message 2 (zero macs) and the responder's transport keys.  bridger's
+    message 2 has an empty Noise payload; a test passes another to reproduce a
+    Noise vector."""
+    hash_, kdf = suite.hash, suite.kdf
     ck, h = state.chaining_key, state.hash
     e_pub = public_key(ephemeral_private)
     (ck,) = kdf(ck, e_pub, 1)
@@ -239,16 +279,18 @@ def create_response(
     (ck,) = kdf(ck, dh(ephemeral_private, peer.peer_public), 1)
     ck, tau, k = kdf(ck, peer.psk, 3)
     h = hash_(h + tau)
-    enc_nothing = aead_encrypt(k, b"", h)
+    enc_nothing = aead_encrypt(k, payload, h)
     t_initiator, t_responder = kdf(ck, b"", 2)
     msg = Response(local_index, state.remote_index, e_pub, enc_nothing, _ZERO_MAC, _ZERO_MAC)
     return msg, SessionKeys(send=t_responder[:KEY_LEN], receive=t_initiator[:KEY_LEN])
 
 
 def consume_response(
-    ident: Identity, peer: PeerKeys, state: InitiatorState, msg: Response
+    ident: Identity, peer: PeerKeys, state: InitiatorState, msg: Response, *,
+    suite: Suite = BRIDGER,
 ) -> SessionKeys:
     """Authenticate message 2 for our pending initiation; the initiator's keys."""
+    hash_, kdf = suite.hash, suite.kdf
     ck, h = state.chaining_key, state.hash
     (ck,) = kdf(ck, msg.ephemeral, 1)
     h = hash_(h + msg.ephemeral)

@@ -185,6 +185,8 @@ class Peer:
         #: The path is new (first session, endpoint moved, peer was lost):
         #: the next session searches its MTU from the start.
         self._pmtu_new_path = True
+        #: The lane's last counts included large datagrams (native_counts).
+        self._native_big = False
         self.handshakes = 0
         self.rekeys = 0
         self.fragments_sent = 0
@@ -292,8 +294,12 @@ class Peer:
         remote, key, counter = kp.remote_index, kp.send_key, kp.send_counter
         append = out.datagrams.append
         sent = tx = tx_bytes = 0
+        big = self._big_frame  # a frame above this could vanish if the path shrank
+        has_big = False
         for frame in frames:
             n = len(frame)
+            if n > big:
+                has_big = True
             if n == 0 or n > max_frame:
                 self.drops[DropReason.FRAME_SIZE] += 1
                 continue
@@ -329,7 +335,8 @@ class Peer:
         if sent:
             self.frames_sent += sent
             self.timers.data_sent(now)
-            self.pmtu.data_sent(now)
+            if has_big:
+                self.pmtu.data_sent(now)
             self._sent_on(kp, now, out)
         if self._queue and self._handshake is None and counter >= REJECT_AFTER_MESSAGES:
             self._initiate(now, out, retry=False)
@@ -362,9 +369,11 @@ class Peer:
             timers.any_authenticated_received()
         if sent_last:
             timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
+            if self._native_big:
+                self.pmtu.data_sent(sent_last)
+        self._native_big = False
         if sent_first:
             timers.data_sent(sent_first)
-            self.pmtu.data_sent(sent_first)
         if received_first:
             timers.data_received(received_first)
         kp = self.current
@@ -380,7 +389,12 @@ class Peer:
         self, frames_sent: int, tx_datagrams: int, tx_bytes: int, rx_datagrams: int,
         rx_bytes: int, frames_received: int, drops: dict[DropReason, int],
     ) -> None:
-        """Add what a native lane counted for this peer (see :meth:`native_activity`)."""
+        """Add what a native lane counted for this peer (see :meth:`native_activity`,
+        called after it)."""
+        # Large frames among them (the lane tells totals only: judged by the mean
+        # datagram): the path MTU in use is worth confirming.
+        big = self._big_frame + 1 + TRANSPORT_OVERHEAD + self._ip_overhead
+        self._native_big = tx_datagrams > 0 and tx_bytes > tx_datagrams * big // 2
         self.frames_sent += frames_sent
         self.tx_datagrams += tx_datagrams
         self.tx_bytes += tx_bytes
@@ -674,7 +688,7 @@ class Peer:
             self._established_at = now
         self._last_handshake_at = now
         self.timers.session_derived(now)
-        if self._pmtu_new_path:
+        if self._pmtu_new_path or not (self.pmtu.proven or self.pmtu.searching):
             self._pmtu_new_path = False
             self.pmtu.restart(now, self._pmtu_bound(), self._pmtu_floor())
         out.events.append(
@@ -800,6 +814,13 @@ class Peer:
         if cfg.wan_mtu is not None:
             bound = min(bound, cfg.wan_mtu)
         return max(bound, MIN_WAN_MTU)
+
+    @property
+    def _big_frame(self) -> int:
+        """Frames longer than this make datagrams above the path's floor: only
+        they vanish when a path shrinks, so only they call for confirmations
+        (small frames, loop probes and keepalives cost no probes)."""
+        return self.pmtu.floor - self._ip_overhead - TRANSPORT_OVERHEAD - 1
 
     def _new_path(self, now: float, out: Output) -> None:
         """The endpoint moved: the path's MTU is searched afresh (now if a

@@ -13,8 +13,9 @@ Flow (the peer feeds the event verbs and seals what :meth:`PathMtu.due` asks):
     paths have (PPPoE 1492, DS-Lite 1452, LTE/IPsec ~1400, the IPv6 minimum).
  2. An ack larger than the value becomes the value at once (proof).  A round
     ends when no probe larger than the largest acked is still out, or at its
-    deadline (a few round trips): probes larger than that are lost, the
-    smallest lost one bounds the search from above.
+    deadline (a few round trips): probes larger than that are lost.  A size
+    must be lost twice to bound the search from above (one loss may be just
+    loss): a size lost once is probed again in the next round.
  3. Following rounds probe evenly between the largest acked and the smallest
     lost until they are ``PMTU_PRECISION`` apart; the value is then settled
     and one ``settled`` report is made when it differs from the last one.
@@ -111,6 +112,7 @@ class PathMtu:
         self._lo = 0  # largest size acked in this search (0: none)
         self._hi = bound + 1  # smallest size known lost in this search
         self._out: dict[int, tuple[int, float]] = {}  # probe id -> (size, sent at)
+        self._lost_once: set[int] = set()  # sizes lost once in this search
         self._queued: list[int] = []  # sizes of the next round, sent by due()
         self._deadline: float | None = None  # end of the round in flight
         self._retries = 0
@@ -203,8 +205,10 @@ class PathMtu:
     def next_deadline(self) -> float | None:
         if self._queued:
             return 0.0
+        if self._search is not None:
+            return self._deadline
         best = None
-        for when in (self._deadline, self._confirm_at, self._raise_at):
+        for when in (self._confirm_at, self._raise_at):
             if when is not None and (best is None or when < best):
                 best = when
         return best
@@ -228,14 +232,16 @@ class PathMtu:
         return self._send_queued(now)
 
     def postpone(self, now: float) -> None:
-        """Nothing can be sent now (no session): keep the round for later."""
-        if self._queued or self._deadline is not None:
-            self._queued = sorted({*self._queued, *(s for s, _ in self._out.values())},
-                                  reverse=True)
+        """Nothing can be sent now (no session): a search in progress ends, as
+        nothing can be proven without acks; the value stays (a value never
+        proven stays the safe base, and :attr:`proven` tells the peer to search
+        again when a session is up)."""
+        if self._search is not None:
+            self._search = None
             self._out.clear()
+            self._queued = []
             self._deadline = None
-        if self._confirm_at is not None and now >= self._confirm_at:
-            self._confirm_at = None
+        self._confirm_at = None
         if self._raise_at is not None and now >= self._raise_at:
             self._raise_at = now + PMTU_RAISE_INTERVAL
 
@@ -247,6 +253,11 @@ class PathMtu:
     @property
     def searching(self) -> bool:
         return self._search is not None
+
+    @property
+    def proven(self) -> bool:
+        """Whether the value in use was ever confirmed by a probe (or configured)."""
+        return self.source in (Source.PROBE, Source.CONFIGURED)
 
     # --- inside ------------------------------------------------------------------
 
@@ -260,8 +271,10 @@ class PathMtu:
         """Start a search: ``lo`` is a size known to pass (0: none), ``hi`` one
         above the largest size it looks at (default: above the ceiling)."""
         self._search = kind
+        self._confirm_at = None  # the search confirms, or replaces, the value
         self._lo = lo
         self._hi = self.ceiling + 1 if hi is None else min(hi, self.ceiling + 1)
+        self._lost_once = set()
         self._retries = 0
         self._out.clear()
         self._deadline = None
@@ -290,11 +303,15 @@ class PathMtu:
     def _end_round(self, now: float) -> None:
         if self._search is None:
             return
-        lost = [s for s, _ in self._out.values() if s > self._lo]
+        lost = {s for s, _ in self._out.values() if s > self._lo}
         self._out.clear()
         self._deadline = None
-        if lost:
-            self._hi = min(self._hi, min(lost))
+        twice = lost & self._lost_once
+        again = sorted((s for s in lost - twice if s < self._hi), reverse=True)
+        self._lost_once |= lost
+        if twice:
+            self._hi = min(self._hi, min(twice))
+        again = [s for s in again if s < self._hi]
         kind = self._search
         if kind is Search.CONFIRM:
             self._finish(now)  # lost: a shrink search follows
@@ -303,7 +320,7 @@ class PathMtu:
             # Nothing acked: no proof of anything (the path may be down).
             self._retries += 1
             if self._retries <= PMTU_ROUND_RETRIES and lost:
-                self._queued = sorted(set(lost), reverse=True)
+                self._queued = sorted(lost, reverse=True)
                 return
             self._finish(now)
             return
@@ -315,8 +332,8 @@ class PathMtu:
             self._set(self._lo, Source.PROBE)
         elif self.source is not Source.PROBE:
             self._set(self._lo, Source.PROBE)
-        if self._hi - self._lo > PMTU_PRECISION:
-            self._queued = self._between(self._lo, self._hi)
+        if self._hi - self._lo > PMTU_PRECISION or again:
+            self._queued = sorted({*self._between(self._lo, self._hi), *again}, reverse=True)
             return
         self._finish(now)
 
@@ -330,17 +347,24 @@ class PathMtu:
             # The value in use was lost: look below it (a shrunken path).
             sizes = [self.value, *self._ladder(self.floor, self.value)]
             self._begin(Search.SHRINK, now, sizes, hi=self.value + 1)
+            # The confirmation was the value's first loss; it is probed twice
+            # more now, so that only three losses in a row (not plain loss)
+            # lower it.
+            self._lost_once = {self.value}
+            self._queued.insert(0, self.value)
             return
         self._data_since_confirm = False
         self._confirm_at = None
-        if self.value < self.ceiling:
-            self._raise_at = now + PMTU_RAISE_INTERVAL
+        if self.value < self.ceiling and self._raise_at is None:
+            self._raise_at = now + PMTU_RAISE_INTERVAL  # (confirmations never delay it)
         if self.value != self._settled and self.source is Source.PROBE:
             self._report = Settled(self._settled, self.value, self.source)
             self._settled = self.value
 
     def _between(self, lo: int, hi: int) -> list[int]:
         """Up to PMTU_ROUND_PROBES sizes spread evenly strictly between lo and hi."""
+        if hi - lo <= PMTU_PRECISION:
+            return []
         n = PMTU_ROUND_PROBES
         sizes = {lo + (hi - lo) * k // (n + 1) for k in range(1, n + 1)}
         return sorted((s for s in sizes if lo < s < hi), reverse=True)

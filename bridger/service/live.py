@@ -2,7 +2,8 @@
 remembered endpoints and the systemd notifications.
 
 `bridger up` (``bridger.shell.up``) builds the core, the forwarder and the host
-session as before, then hands them to :class:`Live`:
+session, then hands them to :class:`Live`; a reload builds peers from the same
+parts (``bridger.shell.assembly``), never from ``up`` itself:
 
 1. ``live.remember_endpoints(now)`` before serving: each peer without an
    endpoint gets its last authenticated one from ``STATE_DIR/endpoints.json``
@@ -45,11 +46,11 @@ from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
 from bridger.service.reload import ReloadPlan, plan_reload, refused_line
 from bridger.service.watchdog import overdue, peers_status, readable, status_task, watchdog_task
+from bridger.shell.assembly import Psks, peer_config, read_keys
 from bridger.shell.forward import Forwarder
 from bridger.shell.lane import held_sessions, wipe_sessions
 from bridger.shell.port import Port
 from bridger.shell.resolver import resolve_peer
-from bridger.shell.up import Psks, peer_config, read_keys
 
 log = logging.getLogger("bridger")
 

@@ -5,5 +5,7 @@
 - ``forward``: the tasks that move frames (taps <-> socket) and the timers;
 - ``resolver``: a peer's DNS name, off the data path;
 - ``eventlog``: one log line per protocol event;
-- ``up``: `bridger up`'s orchestration (keys, signals, host, the Trio run).
+- ``assembly``: the parts a running bridge is built from (keys, core,
+  forwarder, ports, fast path), for ``up`` and for ``bridger.service.live``;
+- ``up``: `bridger up`'s run in phases (check, bring up, serve, stop).
 """

@@ -51,6 +51,8 @@ log = logging.getLogger("bridger")
 
 #: Frames or datagrams handled per wake-up before yielding to other tasks.
 BATCH = 128
+#: The socket's error queue is read at least this often while datagrams keep coming.
+ERROR_QUEUE_INTERVAL = 0.05
 #: Largest datagram, frame or (fast path) superframe plus virtio-net header read in one call.
 READ_SIZE = 65536 + 1024
 
@@ -71,6 +73,8 @@ class Forwarder:
     timer_at: float = math.inf
     #: Bumped by every pass of the forwarding tasks: a watchdog can see they run.
     heartbeat: int = 0
+    #: When udp_pass last read the socket's error queue.
+    errors_read_at: float = -math.inf
     sender: Sender = field(init=False)
 
     def __post_init__(self) -> None:
@@ -189,10 +193,14 @@ class Forwarder:
             if not self.udp_pass():
                 await trio.lowlevel.checkpoint()
 
-    def udp_pass(self, first: list[tuple[list[bytes], tuple[Any, ...]]] | None = None) -> bool:
+    def udp_pass(
+        self, first: list[tuple[list[bytes], tuple[Any, ...]]] | None = None,
+        errors: bool = False,
+    ) -> bool:
         """One pass over the socket (``first``: datagrams already received, with
         their senders, in order): drain it until EAGAIN (at most BATCH
-        receives), open, deliver, answer. True when drained."""
+        receives), open, deliver, answer; read the error queue where errors may
+        wait (``errors``: the lane saw them). True when drained."""
         sock = self.udp.sock
         device = self.device
         gro = self.udp.gro
@@ -219,7 +227,7 @@ class Forwarder:
         for datagrams, sockaddr in first or ():
             add(datagrams, sockaddr)
         drained = False
-        for _ in range(BATCH):
+        for i in range(BATCH):
             try:
                 if gro:
                     data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)
@@ -228,9 +236,11 @@ class Forwarder:
                     ancdata = None
             except BlockingIOError:
                 drained = True
+                errors = errors or (i == 0 and not first)  # woken for an error?
                 break
             except OSError:
-                # ICMP errors (port unreachable) surface here; the core's timers cope.
+                # An ICMP error (IP_RECVERR): its news waits in the error queue.
+                errors = True
                 continue
             add(split(data, ancdata) if ancdata else [data], sockaddr)
             if len(batch) + len(out.frames) >= BATCH:
@@ -240,8 +250,12 @@ class Forwarder:
                 out = Output()
         if batch:
             device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
-        for addr, mtu, local in self.udp.kernel_mtu_reports():
-            out.extend(device.path_mtu_report(addr, mtu, now, local=local))
+        if errors or now - self.errors_read_at >= ERROR_QUEUE_INTERVAL:
+            # (Not every pass: a send may have taken the error's signal, so the
+            # queue is also read now and then while datagrams keep coming.)
+            self.errors_read_at = now
+            for addr, mtu, local in self.udp.kernel_mtu_reports():
+                out.extend(device.path_mtu_report(addr, mtu, now, local=local))
         self.handle(out, now)
         return drained
 

@@ -285,7 +285,7 @@ class NativeLane:
         # counters), so its guards and core decide on the same state as a
         # pure-Python run would.
         self.sync(now)
-        udp = False
+        udp = errors = False
         received: list[tuple[list[bytes], tuple[Any, ...]]] = []
         for punt in punts:
             if isinstance(punt, TapPunt):
@@ -297,9 +297,11 @@ class NativeLane:
                 finally:
                     lane.release(punt.port)
             elif isinstance(punt, RawPunt):  # the rest of a receive, and receives after it
-                udp = True  # (empty: the socket has errors queued; udp_pass reads them)
+                udp = True
                 if punt.datagrams:
                     received.append((punt.datagrams, punt.sockaddr))
+                else:  # the socket has errors queued (ICMP): udp_pass reads them
+                    errors = True
             elif isinstance(punt, PayloadPunt):
                 udp = True
                 out = fwd.device.receive_payload(punt.local_index, punt.plaintext, punt.size,
@@ -316,7 +318,7 @@ class NativeLane:
                 lane.learn(punt.port, [punt.frame])
         if udp:
             try:
-                fwd.udp_pass(received)  # they, then what waits on the socket
+                fwd.udp_pass(received, errors)  # they, then what waits on the socket
             finally:
                 lane.release(-1)
         self.push(now)

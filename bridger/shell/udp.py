@@ -141,6 +141,19 @@ class UdpEndpoint:
         return (host, port)
 
 
+def _retry_stale(send: Callable[..., int], *args: Any) -> int:
+    """``send(*args)``, once more if it failed other than for a full buffer: with
+    IP_RECVERR an ICMP error that came for an earlier datagram (a path-MTU
+    probe's "fragmentation needed", a "port unreachable") is returned by the
+    next send on the socket and aborts it; the second answer is the real one."""
+    try:
+        return send(*args)
+    except BlockingIOError:
+        raise
+    except OSError:
+        return send(*args)
+
+
 class Sender:
     """Sends datagrams without waiting; a full socket buffer or an error is a
     counted drop (UDP may lose). ``path_mtu`` tells, for a refused datagram,
@@ -170,7 +183,8 @@ class Sender:
                 self._send_each([(d, addr) for d in group])
                 continue
             try:
-                sock.sendmsg(group, fast_udp.gso_cmsg(size), 0, self.udp.sockaddr(addr))
+                _retry_stale(sock.sendmsg, group, fast_udp.gso_cmsg(size), 0,
+                             self.udp.sockaddr(addr))
             except BlockingIOError:
                 self.counters.drop("udp_send_blocked")
             except OSError as exc:
@@ -192,7 +206,7 @@ class Sender:
         sock = self.udp.sock
         for data, addr in datagrams:
             try:
-                sock.sendto(data, self.udp.sockaddr(addr))
+                _retry_stale(sock.sendto, data, self.udp.sockaddr(addr))
             except BlockingIOError:
                 self.counters.drop("udp_send_blocked")
             except OSError as exc:

@@ -1,7 +1,13 @@
 """Byte-exact TCP transfer over IPv4 or IPv6, run inside lab namespaces.
 
-    python3 tcpxfer.py recv PORT              -> prints "<bytes> <sha256>" after EOF
+    python3 tcpxfer.py recv PORT [progress]   -> prints "<bytes> <sha256>" after EOF;
+                                                with "progress", first "<epoch> <bytes>"
+                                                lines (at most one per 50 ms, only when
+                                                data came) and then "done <bytes> <sha256>"
     python3 tcpxfer.py send HOST PORT N       -> sends N seeded bytes, prints the same
+    python3 tcpxfer.py send HOST PORT Ns      -> sends seeded bytes for N seconds
+
+The progress lines show where a stream stalled (the gap between two of them).
 """
 
 from __future__ import annotations
@@ -13,22 +19,31 @@ import sys
 import time
 
 CHUNK = 1 << 16
+REPORT = 0.05
 
 
-def recv(port: int) -> None:
+def recv(port: int, progress: bool = False) -> None:
     srv = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
     print("listening", flush=True)
     conn, _ = srv.accept()
     digest = hashlib.sha256()
     total = 0
+    last = 0.0
     while data := conn.recv(CHUNK):
         digest.update(data)
         total += len(data)
-    print(total, digest.hexdigest(), flush=True)
+        if progress and (now := time.time()) - last >= REPORT:
+            print(f"{now:.3f} {total}", flush=True)
+            last = now
+    conn.sendall(b"k")
+    print(*(["done"] if progress else []), total, digest.hexdigest(), flush=True)
 
 
-def send(host: str, port: int, nbytes: int) -> None:
-    rng = random.Random(nbytes)
+def send(host: str, port: int, amount: str) -> None:
+    """``amount``: a byte count, or seconds with an "s" after them."""
+    seconds = float(amount[:-1]) if amount.endswith("s") else None
+    nbytes = int(amount) if seconds is None else 0
+    rng = random.Random(nbytes or port)
     digest = hashlib.sha256()
     deadline = time.monotonic() + 30
     while True:
@@ -41,8 +56,9 @@ def send(host: str, port: int, nbytes: int) -> None:
             time.sleep(0.5)
     conn.settimeout(None)
     sent = 0
-    while sent < nbytes:
-        block = rng.randbytes(min(CHUNK, nbytes - sent))
+    end = None if seconds is None else time.monotonic() + seconds
+    while sent < nbytes if end is None else time.monotonic() < end:
+        block = rng.randbytes(CHUNK if end is not None else min(CHUNK, nbytes - sent))
         conn.sendall(block)
         digest.update(block)
         sent += len(block)
@@ -53,6 +69,6 @@ def send(host: str, port: int, nbytes: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "recv":
-        recv(int(sys.argv[2]))
+        recv(int(sys.argv[2]), progress=sys.argv[3:] == ["progress"])
     else:
-        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        send(sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,16 @@ def cpu_load(link: BridgedLab, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     elapsed = time.monotonic() - start
     return {site: (cpu_seconds(pid) - before[site]) / elapsed for site, pid in pids.items()}
+
+
+def wait_until(condition: Callable[[], bool], within: float, step: float = 0.1) -> bool:
+    """Poll ``condition`` until it holds (True) or ``within`` seconds pass (False)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
 
 
 def log_marks(link: BridgedLab, sites: tuple[str, ...]) -> dict[str, int]:
@@ -193,9 +204,12 @@ def test_backup_cable_loop_is_cut_at_the_tunnel_and_the_tunnel_comes_back(
         tx0, rx0 = frames(link, "A")
         sent, received, out = ping_stats(lab, "hostA1", b1, "-c", "10", "-i", "0.1", "-W", "2")
         assert received == sent == 10, out
-        time.sleep(1.2)  # the status file is rewritten about once a second
-        tx1, rx1 = frames(link, "A")
-        assert tx1 - tx0 >= 10 and rx1 - rx0 >= 10, ((tx0, rx0), (tx1, rx1))
+        # the status file is rewritten about once a second: poll it
+        def counted() -> bool:
+            tx1, rx1 = frames(link, "A")
+            return tx1 - tx0 >= 10 and rx1 - rx0 >= 10
+
+        assert wait_until(counted, within=5), ((tx0, rx0), frames(link, "A"))
         for site in ("A", "B"):
             peer = the_peer(link, site)
             assert (peer.get("guard") or {}).get("loop") is False, peer
@@ -421,7 +435,10 @@ def test_router_advertisement_from_site_a_configures_site_b_only_when_shared(
                 if mode == "shared":
                     assert wait_slaac(lab, "hostB1", within=15), link.logs()
                 else:
-                    time.sleep(9)  # two more advertisements at least
+                    # two RAs at least reached the guard (and were dropped there)
+                    assert wait_until(lambda: drops(link, "A", "guard_ra")
+                                      + drops(link, "B", "guard_ra") >= 2, within=20), \
+                        link.logs()
             finally:
                 radvd.terminate()
                 radvd.wait(timeout=10)

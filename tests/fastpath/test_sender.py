@@ -60,3 +60,37 @@ def _device() -> Any:
     from bridger.status.counters import DeviceInfo
 
     return DeviceInfo()
+
+
+def test_an_icmp_error_for_an_earlier_datagram_does_not_cost_the_next_one() -> None:
+    """Regression (issue 20): with IP_RECVERR on, the kernel returns a pending
+    ICMP error (here "port unreachable" from loopback; in the lab a path-MTU
+    probe's "fragmentation needed") from the next send, which it aborts: the
+    next probe of a search vanished and the search ended a byte short."""
+    import select
+    import socket
+
+    udp = UdpEndpoint.bind(0)
+    assert udp.recverr
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(("127.0.0.1", 0))
+    closed_addr = ("127.0.0.1", closed.getsockname()[1])
+    closed.close()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(5)
+    counters = Counters()
+    sender = Sender(udp, counters, lambda addr: 1500)
+    try:
+        sender.send([(b"to nobody", closed_addr)])
+        poller = select.poll()
+        poller.register(udp.sock, select.POLLERR)
+        assert poller.poll(5000), "no ICMP error came back"
+        sender.send([(b"real data", ("127.0.0.1", listener.getsockname()[1]))])
+        assert listener.recv(100) == b"real data"
+        drops = counters.snapshot(_device(), [], 0.0)["drops"]
+        assert drops["udp_send_failed"] == 0 and drops["udp_send_too_big"] == 0
+        assert udp.kernel_mtu_reports() == []  # a port unreachable is no path-MTU news
+    finally:
+        listener.close()
+        udp.sock.close()

@@ -17,8 +17,8 @@ from bridger.guard import (
     Reason,
     without,
 )
-from bridger.guard.bucket import TokenBucket
 from bridger.guard.loop import Probe, encode_probe
+from bridger.protocol.bucket import TokenBucket
 from tests.fuzz.budget import fuzz
 from tests.guard import frames as f
 

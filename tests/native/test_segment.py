@@ -487,23 +487,3 @@ def test_coalesce_generated(batch: tuple[list[bytes], dict[int, tuple[int, int]]
        st.dictionaries(st.integers(0, 8), st.tuples(st.integers(0, 120), st.just(16))))
 def test_coalesce_random_bytes(frames: list[bytes], csum: dict[int, tuple[int, int]]) -> None:
     same_coalesce(frames, csum)
-
-
-# ---- speed (printed, not asserted) ---------------------------------------------------------------
-
-@needs_lane
-def test_speed_report(capsys: pytest.CaptureFixture[str]) -> None:
-    import timeit
-
-    frame = tcp_frame(os.urandom(65000 - 66))
-    hdr = vnet(34, 1448)
-    parsed = decode_vnet_hdr_untrusted(hdr)
-    n = 50
-    py_seg = timeit.timeit(lambda: seg.segment_tcp(frame, parsed, 1514), number=n) / n
-    c_seg = timeit.timeit(lambda: c().segment_tcp(frame, hdr, 1514), number=n) / n
-    py_sum = timeit.timeit(lambda: checksum.ones_sum(frame), number=n) / n
-    c_sum = timeit.timeit(lambda: c().ones_sum(frame), number=n) / n
-    with capsys.disabled():
-        print(f"\n64 KB superframe: segment_tcp py {py_seg * 1e6:.0f} us, C {c_seg * 1e6:.0f} us"
-              f" (binding incl. bytes objects); ones_sum py {py_sum * 1e6:.1f} us,"
-              f" C {c_sum * 1e6:.1f} us")

@@ -1,7 +1,9 @@
 """Two real tunnels over an in-memory lossy link with a virtual clock.
 
-The link loses, duplicates, reorders (random delay) and drops datagrams larger
-than its MTU; all randomness comes from one seeded ``random.Random``.  Frames
+The link is the lab's impairment core (:class:`bridger.lab.impair.ImpairedLink`
+with its :class:`Impairment` knobs: loss, duplication, delay ± jitter, which
+reorders) plus an MTU and an on/off switch; all randomness comes from one
+seeded ``random.Random``.  Frames
 carry a sequence number and a payload derived from it, so the receiver can
 check each arrives intact and at most once.
 """
@@ -9,13 +11,13 @@ check each arrives intact and at most once.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import struct
 from dataclasses import dataclass, field
 
 from nacl.bindings import crypto_scalarmult_base
 
+from bridger.lab.impair import ImpairedLink, Impairment
 from bridger.protocol import Address, Event, Output, Tunnel, TunnelConfig
 
 WALL_EPOCH = 1_700_000_000.0
@@ -56,12 +58,13 @@ class Peer:
 
 @dataclass
 class LinkParams:
-    loss: float = 0.0
-    duplicate: float = 0.0
-    delay: float = 0.02
-    jitter: float = 0.0
+    impairment: Impairment = field(default_factory=lambda: Impairment(delay_ms=20.0))
     mtu: int = 1500  # IP MTU of the link (IPv4: 28 bytes of headers)
     up: bool = True
+
+
+#: What the simulated link carries: a datagram with its source and destination.
+Carried = tuple[bytes, Address, Address]
 
 
 class Sim:
@@ -77,8 +80,7 @@ class Sim:
         self.rng = random.Random(seed)
         self.link = link or LinkParams()
         self.now = 0.0
-        self._queue: list[tuple[float, int, bytes, Address, Address]] = []
-        self._order = 0
+        self._wan: ImpairedLink[Carried] = ImpairedLink(self.link.impairment, self.rng)
         self.keys = [keypair(self.rng), keypair(self.rng)]
         self.psk = psk
         self.keepalive = keepalive
@@ -135,15 +137,8 @@ class Sim:
         link = self.link
         if not link.up or len(datagram) + 28 > link.mtu:
             return
-        copies = 1
-        if self.rng.random() < link.duplicate:
-            copies = 2
-        for _ in range(copies):
-            if self.rng.random() < link.loss:
-                continue
-            when = self.now + link.delay + self.rng.random() * link.jitter
-            self._order += 1
-            heapq.heappush(self._queue, (when, self._order, datagram, src, dest))
+        self._wan.impairment = link.impairment  # a test may have changed the knobs
+        self._wan.submit((datagram, src, dest), self.now, len(datagram))
 
     def send(self, i: int, size: int) -> None:
         peer = self.peers[i]
@@ -156,26 +151,28 @@ class Sim:
         """Deliver datagrams and fire timers up to ``end`` (virtual seconds)."""
         while True:
             candidates = [end]
-            if self._queue:
-                candidates.append(self._queue[0][0])
+            due = self._wan.next_deadline()
+            if due is not None:
+                candidates.append(due)
             for peer in self.peers:
                 deadline = peer.tunnel.next_deadline()
                 if deadline is not None:
                     candidates.append(max(deadline, self.now))
             t = min(candidates)
-            if t >= end and not (self._queue and self._queue[0][0] <= end):
+            if t >= end and not (due is not None and due <= end):
                 self.now = end
                 return
             self.now = max(self.now, t)
             wall = WALL_EPOCH + self.now
-            if self._queue and self._queue[0][0] <= self.now:
-                _, _, datagram, src, dest = heapq.heappop(self._queue)
+            arrived = self._wan.pop_due(self.now)
+            for datagram, src, dest in arrived:
                 for peer in self.peers:
                     if peer.addr == dest:
                         self.delivered_datagrams += 1
                         self._absorb(
                             peer, peer.tunnel.receive_datagram(datagram, src, self.now, wall)
                         )
+            if arrived:
                 continue
             for peer in self.peers:
                 deadline = peer.tunnel.next_deadline()

@@ -6,9 +6,11 @@ BRIDGER_SIM_HOURS (default 1) sets how much simulated time the long runs cover.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
+from bridger.lab.impair import Impairment
 from bridger.protocol import (
     DropReason,
     EndpointChanged,
@@ -31,7 +33,7 @@ def assert_clean(sim: Sim) -> None:
 
 
 def test_clean_link_rekeys_lose_no_frame() -> None:
-    sim = Sim(seed=1, link=LinkParams(delay=0.03, jitter=0.02))
+    sim = Sim(seed=1, link=LinkParams(Impairment(delay_ms=40, jitter_ms=10)))
     sim.traffic(HOURS * 3600, rate=2.0)
     sim.run_until(sim.now + 5)
     assert sim.delivered_ratio(0) == 1.0
@@ -45,7 +47,9 @@ def test_clean_link_rekeys_lose_no_frame() -> None:
 
 
 def test_lossy_duplicating_reordering_link() -> None:
-    sim = Sim(seed=2, link=LinkParams(loss=0.2, duplicate=0.05, delay=0.03, jitter=0.08))
+    # delay 30..110 ms: datagrams overtake each other
+    link = LinkParams(Impairment(delay_ms=70, jitter_ms=40, loss_pct=20, duplicate_pct=5))
+    sim = Sim(seed=2, link=link)
     sim.traffic(HOURS * 3600, rate=2.0)
     assert_clean(sim)
     for i in (0, 1):
@@ -56,7 +60,7 @@ def test_lossy_duplicating_reordering_link() -> None:
         assert stats.drops[DropReason.REPLAY] > 0  # duplicates were seen and dropped
         assert stats.reassembled > 0
     # recovery: a quiet lossless period afterwards delivers everything
-    sim.link.loss = sim.link.duplicate = 0.0
+    sim.link.impairment = replace(sim.link.impairment, loss_pct=0, duplicate_pct=0)
     start = [p.next_seq for p in sim.peers]
     sim.run_until(sim.now + 30)
     sim.traffic(sim.now + 300, rate=2.0)
@@ -83,7 +87,7 @@ def test_simultaneous_initiation_converges_to_one_session() -> None:
 
 
 def test_peer_restart_with_fresh_state_recovers() -> None:
-    sim = Sim(seed=4, link=LinkParams(loss=0.05, jitter=0.02))
+    sim = Sim(seed=4, link=LinkParams(Impairment(delay_ms=30, jitter_ms=10, loss_pct=5)))
     sim.traffic(600, rate=2.0)
     for victim in (1, 0):
         sim.restart(victim)
@@ -168,6 +172,39 @@ def test_path_shrinks_falls_back_to_fragments() -> None:
     sim.run_until(sim.now + 5)
     assert sim.delivered_ratio(0, start[0]) == 1.0
     assert sim.delivered_ratio(1, start[1]) == 1.0
+
+
+@pytest.mark.parametrize("link_mtu", [1492, 1452, 1400, 1280])
+def test_a_narrow_path_from_the_start_loses_no_frame(link_mtu: int) -> None:
+    """No probing has to succeed first: until an ack proves more, datagrams are
+    sized to the safe base, so every frame of every size arrives."""
+    sim = Sim(seed=11, link=LinkParams(mtu=link_mtu))
+    sim.traffic(20.0, rate=30.0)
+    sim.run_until(21.0)
+    for peer in sim.peers:
+        assert peer.tunnel.path_mtu == link_mtu
+    assert sim.delivered_ratio(0) == sim.delivered_ratio(1) == 1.0
+
+
+def test_a_path_that_shrinks_mid_session_carries_again_within_seconds() -> None:
+    """No ICMP in this network: only probes can tell. Large frames sent from 5 s
+    after the shrink on all arrive; the path MTU is right within 5 s."""
+    sim = Sim(seed=12, link=LinkParams(mtu=1500))
+    sim.traffic(10.0, rate=30.0, sizes=(1400, 1514))
+    assert sim.peers[0].tunnel.path_mtu == 1500
+    sim.link.mtu = 1400
+    shrunk = sim.now
+    start = [p.next_seq for p in sim.peers]
+    sim.traffic(shrunk + 5.0, rate=30.0, sizes=(1400, 1514))
+    for peer in sim.peers:
+        assert peer.tunnel.path_mtu == 1400
+        changes = [t for t, e in peer.events if isinstance(e, PathMtuChanged) and t > shrunk]
+        assert changes and changes[0] - shrunk < 5.0
+    after = [p.next_seq for p in sim.peers]
+    sim.traffic(sim.now + 10.0, rate=30.0, sizes=(1400, 1514))
+    sim.run_until(sim.now + 1.0)
+    assert sim.delivered_ratio(0, after[0]) == sim.delivered_ratio(1, after[1]) == 1.0
+    assert sim.delivered_ratio(0, start[0]) > 0.5  # the frames of the first seconds
 
 
 def test_cookie_under_load_still_connects() -> None:

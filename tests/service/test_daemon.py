@@ -97,8 +97,13 @@ def test_notify_lifecycle(lab: Lab, tmp_path: Path) -> None:
             assert ports is not None and TAP in ports and "eth1" in ports, ports
             assert udp_bound(lab, "gwA")
 
-            # Only A runs: its one peer is not up yet, and STATUS says so.
-            time.sleep(3.0)
+            # Only A runs: its one peer is not up yet, and STATUS says so.  Wait for
+            # its "1 peer" STATUS and four watchdog pings (every 0.5 s), at most 10 s.
+            deadline = time.monotonic() + 10
+            while not (any(s.startswith("1 peer: ") for s in statuses(listener))
+                       and len(listener.times("WATCHDOG")) >= 4):
+                assert time.monotonic() < deadline, (statuses(listener), link.logs())
+                time.sleep(0.1)
             assert any(s.startswith("1 peer: ") and "up" not in s.split(": ", 1)[1]
                        for s in statuses(listener)), statuses(listener)
             pings = listener.times("WATCHDOG")

@@ -38,7 +38,8 @@ DEVICE = DeviceInfo(mode="mesh", data_path="python",
 BERLIN = PeerInfo(
     name="berlin", public_key=KEY_B, host="berlin.example", tap="berlin", state="up",
     endpoint="203.0.113.5:55555", session_age=3725.0, last_handshake_age=70.0, handshakes=3,
-    rekeys=2, rtt_ms=14.2, path_mtu=1420, drops={"auth_failed": 12, "replay": 3},
+    rekeys=2, rtt_ms=14.2, path_mtu=1420, path_mtu_source="probe",
+    drops={"auth_failed": 12, "replay": 3},
     fragments={"sent": 4, "received": 2, "reassembled": 1},
 )
 PARIS = PeerInfo(name="paris", public_key=KEY_P, host=None, tap="paris", state="down")

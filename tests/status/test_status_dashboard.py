@@ -104,10 +104,11 @@ def test_full_dashboard_fits_80x24_with_four_peers() -> None:
     peer_rows = [i for i, line in enumerate(lines)
                  if line.split()[:1] in (["berlin"], ["paris"], ["rome"], ["oslo"])]
     assert [lines[i].split()[0] for i in peer_rows[:4]] == ["berlin", "paris", "rome", "oslo"]
-    # details row: session, last handshake, handshakes, rekeys, MTU, MACs behind berlin
+    # details row: session, last handshake, handshakes, rekeys, path MTU and how it
+    # was learnt, MACs behind berlin
     assert row(lines, "berlin") != (details := next(
         line.split() for line in lines[peer_rows[3] + 1:] if line.startswith("berlin ")))
-    assert details[:7] == ["berlin", "1h02m", "1m10s", "3", "2", "1420", "12"]
+    assert details[:8] == ["berlin", "1h02m", "1m10s", "3", "2", "1420", "probe", "12"]
     assert row(lines, "oslo")[3:5] == ["1.50", "33"]
     # all peers LAN->WAN: berlin 3 x 1000 B/s, the others 1 + 2 + 3 x 100 B/s, for 11 s
     tx_row = next(line for line in lines if line.startswith("LAN→WAN"))

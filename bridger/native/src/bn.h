@@ -139,6 +139,18 @@ typedef struct {
     int wiped;      /* keys zeroed (Session.wipe): nothing is sealed or opened with it */
 } bn_session;
 
+/* The AEAD step of bn_seal / bn_open (which pass the counter nonce and no
+ * associated data), with any nonce and associated data so that RFC 8439's
+ * vectors run through it (tests/native/test_aead_rfc8439.py).  bn_aead_seal
+ * writes n ciphertext bytes then the 16-byte tag to out (may be plaintext);
+ * bn_aead_open reads m ciphertext bytes then the tag from sealed, writes the
+ * plaintext to out (may be sealed) and returns 0, or -1 when authentication
+ * fails. */
+void bn_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                  size_t aad_len, const uint8_t *plaintext, size_t n, uint8_t *out);
+int bn_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                 size_t aad_len, const uint8_t *sealed, size_t m, uint8_t *out);
+
 /* aead.seal_transport: header (type 4, remote_index, counter) at out[0..16),
  * then plaintext sealed under send_key with the counter nonce, then the tag.
  * plaintext may be out + 16 (in place).  Returns 16 + n + 16. */

@@ -347,13 +347,26 @@ static void maclog(bn_lane *l, int port, int dir, const uint8_t *f, size_t n, ui
 
 /* ---- tap -> WAN ------------------------------------------------------------- */
 
+/* With IP_RECVERR an ICMP error that arrived for an earlier datagram (say a
+ * "fragmentation needed" for a path-MTU probe) is also returned by the next
+ * send on the socket, which it aborts: a send that fails with anything but a
+ * full buffer is tried once more, and only the second answer counts. */
+static int send_failed_for_real(int *tries) {
+    if (errno == EINTR)
+        return 0;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+        return 1;
+    return ++*tries > 1;
+}
+
 static void send_single(bn_lane *l, bn_port *p, const uint8_t *d, size_t n) {
+    int tries = 0;
     for (;;) {
         ssize_t r = sendto(l->udp_fd, d, n, MSG_DONTWAIT, (const struct sockaddr *)&p->ep,
                            p->ep_len);
         if (r >= 0)
             return;
-        if (errno == EINTR)
+        if (!send_failed_for_real(&tries))
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
             l->st.udp_send_blocked++;
@@ -410,9 +423,10 @@ static void tx_flush(bn_lane *l, bn_port *p) {
         uint16_t seg = (uint16_t)size;
         memcpy(CMSG_DATA(cm), &seg, sizeof seg);
         ssize_t r;
+        int tries = 0;
         do
             r = sendmsg(l->udp_fd, &msg, MSG_DONTWAIT);
-        while (r < 0 && errno == EINTR);
+        while (r < 0 && !send_failed_for_real(&tries));
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
                 l->st.udp_send_blocked++;

@@ -35,9 +35,24 @@
 #ifndef BN_LANE_H
 #define BN_LANE_H
 
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include "bn.h"
+
+/* UDP GSO/GRO socket options for C libraries whose headers predate them (the
+ * kernel's values; fastpath/udp.py falls back to the same numbers).  The one
+ * copy: the lane and benchmarks/bench_native.c include this header. */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
 
 #define BN_MAX_PORTS 64
 #define BN_MAX_RX (3 * BN_MAX_PORTS)

@@ -55,6 +55,20 @@ static void nonce_of(uint64_t counter, uint8_t nonce[crypto_aead_chacha20poly130
     bn_put_le64(nonce + 4, counter);
 }
 
+void bn_aead_seal(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                  size_t aad_len, const uint8_t *plaintext, size_t n, uint8_t *out) {
+    /* libsodium encrypts in place when c == m; the tag goes after it. */
+    crypto_aead_chacha20poly1305_ietf_encrypt_detached(out, out + n, NULL, plaintext, n, aad,
+                                                       aad_len, NULL, nonce, key);
+}
+
+int bn_aead_open(const uint8_t key[32], const uint8_t nonce[12], const uint8_t *aad,
+                 size_t aad_len, const uint8_t *sealed, size_t m, uint8_t *out) {
+    /* Verifies the tag (at sealed + m) before decrypting; in place is fine. */
+    return crypto_aead_chacha20poly1305_ietf_decrypt_detached(out, NULL, sealed, m, sealed + m,
+                                                              aad, aad_len, nonce, key);
+}
+
 size_t bn_seal(const bn_session *s, uint64_t counter, const uint8_t *plaintext, size_t n,
                uint8_t *out) {
     /* Beyond bn.h's contract: libsodium aborts (sodium_misuse) above its
@@ -68,11 +82,7 @@ size_t bn_seal(const bn_session *s, uint64_t counter, const uint8_t *plaintext, 
     bn_put_le32(out, 4); /* MessageType.TRANSPORT */
     bn_put_le32(out + 4, s->remote_index);
     bn_put_le64(out + 8, counter);
-    /* libsodium encrypts in place when c == m; the tag goes after it. */
-    crypto_aead_chacha20poly1305_ietf_encrypt_detached(out + BN_TRANSPORT_HEADER,
-                                                       out + BN_TRANSPORT_HEADER + n, NULL,
-                                                       plaintext, n, NULL, 0, NULL, nonce,
-                                                       s->send_key);
+    bn_aead_seal(s->send_key, nonce, NULL, 0, plaintext, n, out + BN_TRANSPORT_HEADER);
     return BN_TRANSPORT_OVERHEAD + n;
 }
 
@@ -85,11 +95,8 @@ long bn_open(const bn_session *s, uint64_t counter, const uint8_t *d, size_t n, 
         return -1;
     uint8_t nonce[crypto_aead_chacha20poly1305_ietf_NPUBBYTES];
     nonce_of(counter, nonce);
-    /* Verifies the tag before decrypting; in place (out == d + 16) is fine,
-     * and the tag at d + n - 16 lies after the plaintext's end. */
-    if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(out, NULL, d + BN_TRANSPORT_HEADER, m,
-                                                           d + n - BN_TAG_LEN, NULL, 0, nonce,
-                                                           s->recv_key) != 0)
+    /* out may be d + 16 (in place); the tag at d + n - 16 lies after the plaintext's end. */
+    if (bn_aead_open(s->recv_key, nonce, NULL, 0, d + BN_TRANSPORT_HEADER, m, out) != 0)
         return -1;
     return (long)m;
 }

@@ -1,4 +1,8 @@
-"""A token bucket on the caller's clock (sans-I/O: ``now`` is passed in)."""
+"""A token bucket on the caller's clock (sans-I/O: ``now`` is passed in).
+
+The one token bucket: the device's handshake rate limits (cookie.py, device.py)
+and the guards' broadcast budgets (guard/policy.py) both use it.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ class TokenBucket:
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
+        """Full at ``now``, or at the first :meth:`refill` when no time is given."""
         if rate < 0 or burst < 0:
             raise ValueError("token bucket rate and burst must not be negative")
         self.rate = float(rate)
         self.burst = float(burst)
         self.tokens = self.burst
-        self.stamp: float | None = None
+        self.stamp: float | None = now
 
     def refill(self, now: float) -> float:
         """Bring the bucket up to ``now``; the tokens there."""
