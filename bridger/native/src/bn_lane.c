@@ -15,16 +15,6 @@
 #include <sodium.h>
 #include <unistd.h>
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-
 #define TBUF_CAP (320u << 10)
 #define RBUF_CAP (320u << 10)
 #define MAX_TX 4096
