@@ -84,8 +84,9 @@ PMTU_ROUND_RETRIES = 2
 #: While data flows the value in use is confirmed this often, so a shrunken
 #: path (a black hole for large datagrams) is found within a few seconds.
 PMTU_CONFIRM_INTERVAL = 1.0
-#: Below the ceiling, look for a path that grew back this often.
-PMTU_RAISE_INTERVAL = 60.0
+#: Below the ceiling, look for a path that grew back this often (a handful of
+#: probes per peer whose path is narrower than its ceiling).
+PMTU_RAISE_INTERVAL = 30.0
 #: After an ICMP report proved false, further reports are ignored this long.
 PMTU_KERNEL_DISTRUST = 10.0
 #: Handshake rate limits (token buckets, messages per second and burst).
