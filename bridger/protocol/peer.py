@@ -516,7 +516,7 @@ class Peer:
         self._authenticated_received(addr, now, out)
         if kp is self.current:
             self._flush_queue(now, out)
-            if self.pmtu.next_deadline() == 0.0:
+            if self.pmtu.probes_waiting:  # the search a new session started
                 self._pmtu_step(now, out)
 
     def _run_done(self, kp: Keypair, delivered: int, now: float, out: Output) -> None:

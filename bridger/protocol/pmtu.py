@@ -255,6 +255,11 @@ class PathMtu:
         return self._search is not None
 
     @property
+    def probes_waiting(self) -> bool:
+        """Probes of a round are ready to go (:meth:`due` returns them now)."""
+        return bool(self._queued)
+
+    @property
     def proven(self) -> bool:
         """Whether the value in use was ever confirmed by a probe (or configured)."""
         return self.source in (Source.PROBE, Source.CONFIGURED)
