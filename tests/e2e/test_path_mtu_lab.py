@@ -122,19 +122,20 @@ def udp_bulk(lab: Lab, family: int) -> dict[str, Any]:
     """iperf3: 2 s of full-size UDP datagrams (1472 / 1452 bytes) hostA1 -> hostB1,
     at a rate every data path carries on a loaded 2-core machine (this checks
     that they cross, in fragments; speeds are benchmarks/compare.py's)."""
-    server = lab.popen("hostB1", "iperf3", "-s", "-1", "-p", "5301",
+    server = lab.popen("hostB1", "iperf3", "-s", "-p", "5301",
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         length = MAX_PING[family]
         for _ in range(50):  # the server needs a moment to listen
             out = lab.run("hostA1", "iperf3", "-c", lab.lan_address("hostB1", family), "-p",
                           "5301", "-u", "-b", "50M", "-w", "4M", "-l", str(length), "-t", "2",
-                          "-J",
-                          check=False, timeout=60)
-            if out.returncode == 0:
+                          "-J", check=False, timeout=60)
+            try:
                 end: dict[str, Any] = json.loads(out.stdout)["end"]["sum"]
-                return end
-            time.sleep(0.1)
+            except (ValueError, KeyError):  # not listening yet, or a run cut short
+                time.sleep(0.2)
+                continue
+            return end
         raise AssertionError(f"iperf3 never ran: {out.stdout} {out.stderr}")
     finally:
         server.kill()

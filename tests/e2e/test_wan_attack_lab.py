@@ -115,6 +115,15 @@ def test_wan_attack_on_the_native_path(link: BridgedLab, tmp_path: Path) -> None
     for cls in ("hs_replay", "hs_valid", "spoofed"):
         row = answers.get(cls, {"datagrams": 0, "bytes": 0})
         kinds = set(row) - {"datagrams", "bytes"}
+        if cls == "hs_replay" and any(k.startswith("type2_") for k in kinds):
+            # A replayed initiation that is *authentic* and fresh to its receiver
+            # (the copy beat the original, which was shed under the attack, or
+            # the receiver restarted) is answered and moves the endpoint to the
+            # replayer, as in WireGuard: an authenticated handshake, which the
+            # issue allows; what follows (path-MTU probes, frames) goes there
+            # until the peer's next packet moves it back. Only that is allowed.
+            assert sum(k.startswith("type2_") for k in kinds) == 1, row
+            continue
         assert all(k.startswith("type3_") for k in kinds), f"{cls}: more than cookie replies {row}"
     status = link.status("B")
     assert status is not None and status["peers"][0]["state"] == "up"
