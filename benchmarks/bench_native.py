@@ -35,7 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "bridger" / "native" / "src"
 C_FILE = Path(__file__).resolve().parent / "bench_native.c"
-LANE_SOURCES = ("bn_lane.c", "bn_session.c", "bn_segment.c", "bn_guard.c")
+#: The pure C parts (not the CPython bindings), as scripts/fuzz.sh links them.
+LANE_SOURCES = tuple(sorted(p.name for p in SRC.glob("bn_*.c")
+                           if not p.name.startswith("bn_py_") and p.name != "bn_module.c"))
 
 #: Frame bytes on the LAN side per kind (what a packet/s figure carries).
 FRAME_BYTES = {"udp64": 106, "full": 1514, "tcp": 1514}

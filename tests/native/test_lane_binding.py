@@ -1,6 +1,6 @@
 """The native lane's loop through its binding, on real fds (issue 21).
 
-Each test tells the story of one finding of a read of bn_lane.c: a hand-over
+Each test tells the story of one finding of a read of bn_lane.c (now bn_lane_*.c): a hand-over
 queued for a port that a reload freed, receives the kernel cut short, and
 epoll registrations that failed without a word.  The loop runs in a thread
 (``Lane.run``, the GIL released); tests wait for what the loop signals (its

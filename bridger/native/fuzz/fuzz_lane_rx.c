@@ -1,4 +1,4 @@
-/* fuzz_lane_rx.c - libFuzzer target for the lane's WAN -> tap path (bn_lane.c):
+/* fuzz_lane_rx.c - libFuzzer target for the lane's WAN -> tap path (bn_lane_rx.c):
  * bn_lane_udp_receive (GRO split, receiver-index lookup, address check, open,
  * replay window, FRAME / FRAME_CSUM parsing, guard, pending writes) and
  * bn_lane_flush (tap writes, segments re-joined by bn_coalesce).

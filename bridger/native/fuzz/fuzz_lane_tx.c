@@ -1,4 +1,4 @@
-/* fuzz_lane_tx.c - libFuzzer target for the lane's tap -> WAN path (bn_lane.c):
+/* fuzz_lane_tx.c - libFuzzer target for the lane's tap -> WAN path (bn_lane_tx.c, bn_lane_send.c):
  * bn_lane_tap_read (virtio-net header, TCP superframe segmentation, MSS clamp,
  * guard hot path, sealing) and bn_lane_tx_flush_port (udp_fd -1: the sealed
  * datagrams are discarded).

@@ -3,7 +3,7 @@
  * Pure functions over caller-owned buffers (no I/O, no Python), each the C twin
  * of a Python reference named in its comment; differential tests in
  * tests/native hold every twin to its reference, and the fuzz targets in
- * bridger/native/fuzz run them under ASan+UBSan.  bn_lane.c builds the data
+ * bridger/native/fuzz run them under ASan+UBSan.  bn_lane*.c build the data
  * plane loop from them; the bn_py_*.c files are the CPython bindings.
  */
 #ifndef BN_H
