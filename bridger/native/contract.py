@@ -38,6 +38,11 @@ HS_RATE = 500.0
 HS_BURST = 64.0
 #: Transport indexes only Python holds (unconfirmed sessions) the lane is told of.
 MAX_PY_INDEXES = 256
+#: Seconds between two takes of path-MTU reports from the lane at least (it
+#: reads the socket's error queue itself and keeps the smallest meanwhile).
+MTU_INTERVAL = 0.05
+#: Errors the lane reads off the socket's error queue per wake-up, at most.
+ERRQ_BATCH = 64
 
 # --- copies of specification constants (bn_lane.h / bn.h, tested equal) -------------
 
@@ -54,8 +59,7 @@ class Punt(IntEnum):
     #: the guards must see, one to fragment...); the tap is held.
     TAP = 1
     #: Datagrams as received (roaming, an index only Python holds) and those
-    #: received after them; no datagrams: the socket has errors queued.  The
-    #: UDP socket is held.
+    #: received after them.  The UDP socket is held.
     RAW = 2
     #: An opened, counted inner message other than a frame (fragments, path-MTU
     #: probes and acks); the UDP socket is held.
@@ -65,6 +69,10 @@ class Punt(IntEnum):
     #: A handshake message that passed the lane's length and mac1 checks,
     #: through the bounded queue; nothing is held.
     HANDSHAKE = 5
+    #: A path-MTU report the lane read off the socket's error queue, about a
+    #: peer's endpoint (at most every MTU_INTERVAL; the smallest MTU per peer
+    #: and kind meanwhile); nothing is held.
+    MTU = 6
 
 
 SockAddr = tuple[Any, ...]
@@ -102,11 +110,21 @@ class HandshakePunt(NamedTuple):
     sockaddr: SockAddr
 
 
-HandOver = TapPunt | RawPunt | PayloadPunt | FramePunt | HandshakePunt
+class MtuPunt(NamedTuple):
+    port: int
+    #: The endpoint the report is about (the datagram's destination).
+    sockaddr: SockAddr
+    mtu: int
+    #: The local interface refused the datagram (EMSGSIZE), rather than a
+    #: router's ICMP "fragmentation needed" / "packet too big".
+    local: bool
+
+
+HandOver = TapPunt | RawPunt | PayloadPunt | FramePunt | HandshakePunt | MtuPunt
 
 _RECORDS: dict[int, Any] = {
     Punt.TAP: TapPunt, Punt.RAW: RawPunt, Punt.PAYLOAD: PayloadPunt, Punt.FRAME: FramePunt,
-    Punt.HANDSHAKE: HandshakePunt,
+    Punt.HANDSHAKE: HandshakePunt, Punt.MTU: MtuPunt,
 }
 
 
@@ -168,6 +186,10 @@ class LaneStats(NamedTuple):
     drop_mac1: int
     handshakes_queued: int
     handshakes_shed: int
+    #: Errors the lane read off the socket's error queue (ICMP, local), and
+    #: the path-MTU reports among them it handed over (``MtuPunt``).
+    udp_errors: int
+    mtu_reports: int
 
 
 class MacLogEntry(NamedTuple):

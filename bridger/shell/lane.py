@@ -47,6 +47,7 @@ from bridger.native.contract import (
     FramePunt,
     HandOver,
     HandshakePunt,
+    MtuPunt,
     PayloadPunt,
     RawPunt,
     TapPunt,
@@ -308,6 +309,9 @@ class NativeLane:
                                                  normalise_address(punt.sockaddr), now,
                                                  time.time())
                 fwd.handle(out, now)
+            elif isinstance(punt, MtuPunt):  # the lane read it off the error queue
+                fwd.handle(fwd.device.path_mtu_report(normalise_address(punt.sockaddr), punt.mtu,
+                                                      now, local=punt.local), now)
             elif isinstance(punt, FramePunt):
                 udp = True
                 port = self._by_id.get(punt.port)

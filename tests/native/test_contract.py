@@ -59,6 +59,8 @@ def test_constants_are_the_c_ones() -> None:
     assert int(d["BN_MAX_PY_INDEXES"]) == contract.MAX_PY_INDEXES
     assert int(d["BN_MAC1_KEY_LEN"]) == contract.MAC1_KEY_LEN
     assert float(d["BN_REJECT_AFTER_TIME"]) == contract.REJECT_AFTER_TIME
+    assert float(d["BN_MTU_INTERVAL"]) == contract.MTU_INTERVAL
+    assert int(d["BN_ERRQ_BATCH"]) == contract.ERRQ_BATCH
 
 
 def test_spec_constants_copied_into_c_equal_the_protocols() -> None:

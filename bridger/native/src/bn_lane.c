@@ -146,6 +146,7 @@ int bn_lane_run(bn_lane *l) {
     l->running = 1;
     int rc = 0;
     int busy = 0;
+    int timeout = 1000; /* ms; shorter while path-MTU reports wait */
     while (!l->stopping) {
         int n = 0;
         for (int y = 0; busy && y < POLL_YIELDS; y++) {
@@ -155,7 +156,7 @@ int bn_lane_run(bn_lane *l) {
             sched_yield();
         }
         if (n == 0)
-            n = epoll_wait(l->epfd, evs, BN_MAX_PORTS + 2, 1000);
+            n = epoll_wait(l->epfd, evs, BN_MAX_PORTS + 2, timeout);
         busy = n > 0;
         if (n < 0) {
             if (errno == EINTR)
@@ -180,14 +181,20 @@ int bn_lane_run(bn_lane *l) {
                 l->stopping = 1;
             } else if (tag == BN_EV_UDP) {
                 if (evs[i].events & EPOLLERR)
-                    bn_lane_udp_error(l);
-                else if (!l->udp_held)
+                    bn_lane_udp_error(l); /* read here: never a hand-over */
+                if ((evs[i].events & EPOLLIN) && !l->udp_held)
                     rc = bn_lane_pump_udp(l);
             } else if (tag < BN_MAX_PORTS) {
                 bn_port *p = &l->ports[tag];
                 if (p->used && !p->held)
                     rc = bn_lane_pump_tap(l, (int)tag);
             }
+        }
+        timeout = 1000;
+        if (l->mtu_waiting) {
+            int due = bn_lane_mtu_due(l, bn_lane_now(l));
+            if (due >= 0)
+                timeout = due;
         }
         if (l->err)
             rc = -1; /* an epoll_ctl failed (bn_lane_fail) */

@@ -28,7 +28,11 @@
  * On the UDP socket that is only ever an authenticated datagram (a payload
  * other than a frame, a frame the inbound guard must see, a peer roaming) or
  * one to an index only Python holds (a session the responder has not yet
- * confirmed), or an error queued on the socket.
+ * confirmed).  Errors queued on the socket (IP_RECVERR) the lane reads
+ * itself: what is path-MTU news about a peer's endpoint goes to Python as a
+ * report (at most every BN_MTU_INTERVAL, the smallest MTU per peer and kind
+ * meanwhile), the rest is counted and dropped, so that a flood of forged ICMP
+ * errors costs one recvmsg each and never a hand-over.
  * Counters and timer facts (first data sent since the last receive, ...) are
  * accumulated here and taken by Python in a periodic sync.
  */
@@ -70,6 +74,10 @@
 #define BN_HS_BURST 64.0
 /* Transport indexes only Python holds (sessions not yet confirmed), at most. */
 #define BN_MAX_PY_INDEXES 256
+/* Path-MTU reports go to Python at most this often (seconds); errors read off
+ * the socket's error queue per wake-up, at most. */
+#define BN_MTU_INTERVAL 0.05
+#define BN_ERRQ_BATCH 64
 
 /* Wire facts (messages.py, constants.py). */
 #define BN_MSG_INITIATION 1
@@ -90,6 +98,7 @@ enum {
     BN_PUNT_PAYLOAD,   /* an opened inner message other than a frame; socket held */
     BN_PUNT_FRAME,     /* an opened frame the inbound guard must see; socket held */
     BN_PUNT_HANDSHAKE, /* a handshake message past the cheap checks; nothing held */
+    BN_PUNT_MTU,       /* a path-MTU report from the error queue; nothing held */
 };
 
 typedef struct {
@@ -124,6 +133,9 @@ typedef struct {
     bn_port_stats st;
     /* WAN -> tap frames waiting for this wake-up's writes. */
     int npending;
+    /* Path-MTU reports about the endpoint waiting for Python (0: none): the
+     * smallest since the last went, from ICMP / from the local interface. */
+    uint32_t mtu_icmp, mtu_local;
 } bn_port;
 
 typedef struct {
@@ -138,7 +150,8 @@ typedef struct bn_punt {
     uint32_t local_index;
     int32_t csum_start;
     uint16_t csum_offset;
-    uint32_t size; /* PAYLOAD: the datagram's size */
+    uint32_t size; /* PAYLOAD: the datagram's size; MTU: the MTU reported */
+    int local;     /* MTU: the local interface refused (EMSGSIZE), not ICMP */
     uint8_t *data;
     size_t len;
     /* RAW: the datagram lengths within data */
@@ -165,6 +178,9 @@ typedef struct {
     /* Dropped here, the device's counters (DropReason MALFORMED, UNKNOWN_INDEX,
      * HANDSHAKE_MAC1), and handshake messages queued for Python / shed. */
     uint64_t drop_malformed, drop_unknown_index, drop_mac1, hs_queued, hs_shed;
+    /* Errors the lane read off the socket's error queue (or cleared), and the
+     * path-MTU reports among them it handed to Python. */
+    uint64_t udp_errors, mtu_reports;
 } bn_lane_stats;
 
 typedef struct bn_lane {
@@ -182,6 +198,10 @@ typedef struct bn_lane {
     int has_mac1_key;
     uint32_t py_index[BN_MAX_PY_INDEXES];
     int npy_index;
+    /* Path-MTU reports wait in the ports (mtu_icmp, mtu_local); they go to
+     * Python no earlier than mtu_next (core clock). */
+    int mtu_waiting;
+    double mtu_next;
     /* Python threads waiting for the mutex: the loop lets them have it first. */
     int waiters;
     bn_lane_stats st;
@@ -221,9 +241,9 @@ int bn_lane_hold_port(bn_lane *l, int port);
 /* Record a fatal error (the first one sticks) and stop the loop. */
 void bn_lane_fail(bn_lane *l, int err, int port);
 /* A port's slot is freed (under the mutex): its queued hand-overs must never
- * reach the port that reuses the slot.  Tap reads are dropped; opened frames
- * and payloads stay (they carry the UDP socket's hand-over, which Python must
- * still give back) but no longer name the port. */
+ * reach the port that reuses the slot.  Tap reads and path-MTU reports are
+ * dropped; opened frames and payloads stay (they carry the UDP socket's
+ * hand-over, which Python must still give back) but no longer name the port. */
 void bn_lane_forget_punts(bn_lane *l, int port);
 void bn_macset_add(bn_macset *m, const uint8_t *mac);
 int bn_macset_has(const bn_macset *m, const uint8_t *mac);
@@ -238,5 +258,22 @@ void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
 void bn_lane_flush(bn_lane *l);
 /* Send (or, without a socket, discard) what tap reads of `port` sealed. */
 void bn_lane_tx_flush_port(bn_lane *l, int port);
+
+/* The UDP socket's receive side without a socket (bn_lane_recv.c), for
+ * fuzzing: what one recvmmsg returned (msgs[0..got), their buffers, flags,
+ * names and control messages, all untrusted), and one message read off the
+ * error queue (recvmsg MSG_ERRQUEUE) at core time `now`. */
+struct mmsghdr;
+void bn_lane_recv_batch(bn_lane *l, struct mmsghdr *msgs, int got);
+void bn_lane_errq_message(bn_lane *l, const struct msghdr *m, double now);
+/* The GRO segment size among m's control messages (0: none). */
+int bn_recv_gro_size(const struct msghdr *m);
+/* 1 with *mtu and *local when m (from the error queue) is a path-MTU report:
+ * EMSGSIZE from ICMP, ICMPv6 or the local interface, 0 < MTU <= 65535, with
+ * an address (UdpEndpoint.kernel_mtu_reports' rule); else 0. */
+int bn_recv_mtu_report(const struct msghdr *m, uint32_t *mtu, int *local);
+/* Hand the waiting path-MTU reports to Python when BN_MTU_INTERVAL has passed
+ * since the last went; the milliseconds until they may go (-1: none wait). */
+int bn_lane_mtu_due(bn_lane *l, double now);
 
 #endif

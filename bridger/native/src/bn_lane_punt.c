@@ -44,7 +44,7 @@ void bn_lane_forget_punts(bn_lane *l, int port) {
     l->punt_tail = &l->punts;
     while (*link) {
         bn_punt *p = *link;
-        if (p->port == port && p->kind == BN_PUNT_TAP) {
+        if (p->port == port && (p->kind == BN_PUNT_TAP || p->kind == BN_PUNT_MTU)) {
             *link = p->next;
             bn_punt_free(p);
             continue;

@@ -3,38 +3,28 @@
  * 1. bn_lane_pump_udp receives up to BN_BATCH datagrams (recvmmsg, several
  *    receives per call; with UDP_GRO each receive may be a run of datagrams
  *    of one size) into l->rbuf;
- * 2. each receive's flags and control messages are read: one cut short
- *    (MSG_TRUNC, MSG_CTRUNC) is dropped and counted, a GRO segment size
- *    splits it; then it goes to bn_lane_udp_receive (bn_lane_rx.c), or, once
- *    the socket is handed to Python, to Python as received;
- * 3. an error queued on the socket (EPOLLERR, a failing recvmmsg) goes to
- *    Python with the socket.
+ * 2. bn_lane_recv_batch reads each receive's flags and control messages: one
+ *    cut short (MSG_TRUNC, MSG_CTRUNC) is dropped and counted, a GRO segment
+ *    size splits it; then it goes to bn_lane_udp_receive (bn_lane_rx.c), or,
+ *    once the socket is handed to Python, to Python as received;
+ * 3. an error on the socket (EPOLLERR, a failing recvmmsg) is read off its
+ *    error queue here (bn_lane_udp_error): a path-MTU report about a peer's
+ *    endpoint waits in its port and goes to Python at most every
+ *    BN_MTU_INTERVAL (bn_lane_mtu_due), anything else is counted and dropped
+ *    (Python would drop it too: UdpEndpoint.kernel_mtu_reports).  A flood of
+ *    forged ICMP errors so costs a recvmsg each, never a hand-over.
+ *
+ * The kernel writes the flags, names and control messages parsed here, but
+ * they are read as untrusted all the same (fuzz_lane_recv feeds them).
  */
 #define _GNU_SOURCE
 #include "bn_lane_int.h"
 
 #include <errno.h>
+#include <time.h> /* before linux/errqueue.h, which needs struct timespec */
+#include <linux/errqueue.h>
 #include <string.h>
 #include <sys/socket.h>
-
-/* The UDP socket has an error queued (with IP_RECVERR: an ICMP "fragmentation
- * needed" / "packet too big" / "port unreachable", or a local EMSGSIZE): the
- * error queue is Python's to read (path-MTU reports go to the core), so the
- * socket is handed over as for a datagram the lane does not take, with an
- * empty receive.  Held until Python gives it back: epoll stops reporting the
- * error meanwhile, so the loop does not spin on it. */
-void bn_lane_udp_error(bn_lane *l) {
-    if (l->udp_held)
-        return;
-    bn_punt *p = bn_lane_punt(l, BN_PUNT_RAW, -1, NULL, 0);
-    if (!p)
-        return; /* no memory: the next wake-up tries again */
-    memset(&p->from, 0, sizeof p->from);
-    p->from.ss_family = l->dual ? AF_INET6 : AF_INET;
-    p->from_len = l->dual ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    p->count = 0;
-    bn_lane_hold_udp(l);
-}
 
 /* Receives per recvmmsg and the room for each: with UDP_GRO a receive may be
  * a whole GRO batch (up to 64 KB); without, one datagram, and none of
@@ -42,6 +32,89 @@ void bn_lane_udp_error(bn_lane *l) {
 #define RX_VLEN_GRO 4
 #define RX_VLEN 16
 #define RX_SLOT 16384
+
+#ifndef IP_RECVERR
+#define IP_RECVERR 11
+#endif
+#ifndef IPV6_RECVERR
+#define IPV6_RECVERR 25
+#endif
+
+/* ---- control messages ------------------------------------------------------ */
+
+/* The control message of m at offset *at, if its header and its length lie
+ * within msg_control[0..msg_controllen); *at moves past it.  Walks by
+ * offsets: a length the kernel would never write (zero, cut, huge) ends the
+ * walk instead of stepping outside the buffer (glibc's CMSG_NXTHDR trusts
+ * the first header's length). */
+static const struct cmsghdr *cmsg_at(const struct msghdr *m, size_t *at) {
+    size_t len = m->msg_control ? m->msg_controllen : 0, off = *at;
+    if (off > len || len - off < sizeof(struct cmsghdr))
+        return NULL;
+    const struct cmsghdr *cm = (const void *)((const char *)m->msg_control + off);
+    if (cm->cmsg_len < CMSG_LEN(0) || cm->cmsg_len > len - off)
+        return NULL;
+    *at = off + CMSG_ALIGN(cm->cmsg_len);
+    return cm;
+}
+
+int bn_recv_gro_size(const struct msghdr *m) {
+    int gso_size = 0;
+    size_t at = 0;
+    for (const struct cmsghdr *cm; (cm = cmsg_at(m, &at));)
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO
+            && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
+            memcpy(&gso_size, CMSG_DATA(cm), sizeof gso_size);
+    return gso_size > 0 ? gso_size : 0;
+}
+
+int bn_recv_mtu_report(const struct msghdr *m, uint32_t *mtu, int *local) {
+    if (m->msg_namelen == 0)
+        return 0;
+    size_t at = 0;
+    for (const struct cmsghdr *cm; (cm = cmsg_at(m, &at));) {
+        if (!((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR)
+              || (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)))
+            continue;
+        if (cm->cmsg_len < CMSG_LEN(sizeof(struct sock_extended_err)))
+            continue;
+        struct sock_extended_err ee;
+        memcpy(&ee, CMSG_DATA(cm), sizeof ee);
+        if (ee.ee_errno != EMSGSIZE || ee.ee_info == 0 || ee.ee_info > 65535)
+            continue;
+        if (ee.ee_origin != SO_EE_ORIGIN_ICMP && ee.ee_origin != SO_EE_ORIGIN_ICMP6
+            && ee.ee_origin != SO_EE_ORIGIN_LOCAL)
+            continue;
+        *mtu = ee.ee_info;
+        *local = ee.ee_origin == SO_EE_ORIGIN_LOCAL;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- receives ----------------------------------------------------------------- */
+
+void bn_lane_recv_batch(bn_lane *l, struct mmsghdr *msgs, int got) {
+    for (int k = 0; k < got; k++) {
+        struct msghdr *m = &msgs[k].msg_hdr;
+        size_t n = msgs[k].msg_len;
+        if ((m->msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || m->msg_iovlen < 1
+            || n > m->msg_iov[0].iov_len) {
+            l->st.udp_truncated++; /* cut short: not the datagram(s) sent */
+            continue;
+        }
+        int gso_size = bn_recv_gro_size(m);
+        uint8_t *data = m->msg_iov[0].iov_base;
+        const struct sockaddr_storage *from = m->msg_name;
+        socklen_t from_len = m->msg_namelen < sizeof *from ? m->msg_namelen : sizeof *from;
+        if (l->udp_held) /* received with the one handed over: Python's too, in order */
+            bn_lane_punt_raw(l, data, n,
+                             gso_size > 0 && (size_t)gso_size < n ? (size_t)gso_size : n, from,
+                             from_len);
+        else
+            bn_lane_udp_receive(l, data, n, gso_size, from, from_len);
+    }
+}
 
 /* Drain the UDP socket into rbuf, several receives per recvmmsg. */
 int bn_lane_pump_udp(bn_lane *l) {
@@ -75,32 +148,105 @@ int bn_lane_pump_udp(bn_lane *l) {
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 break;
-            bn_lane_udp_error(l); /* an ICMP or local error: Python reads the error queue */
-            break;
+            bn_lane_udp_error(l); /* an ICMP or local error: read the error queue */
+            continue;
         }
         l->rbuf_used += (size_t)got * slot;
-        for (int k = 0; k < got; k++) {
-            struct msghdr *m = &msgs[k].msg_hdr;
-            if (m->msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-                l->st.udp_truncated++; /* cut short: not the datagram(s) sent */
-                continue;
-            }
-            int gso_size = 0;
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm))
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO
-                    && cm->cmsg_len >= CMSG_LEN(sizeof(int)))
-                    memcpy(&gso_size, CMSG_DATA(cm), sizeof gso_size);
-            uint8_t *data = iov[k].iov_base;
-            size_t n = msgs[k].msg_len;
-            if (l->udp_held) /* received with the one handed over: Python's too, in order */
-                bn_lane_punt_raw(l, data, n, gso_size > 0 && (size_t)gso_size < n ? (size_t)gso_size : n,
-                         &from[k], m->msg_namelen);
-            else
-                bn_lane_udp_receive(l, data, n, gso_size, &from[k], m->msg_namelen);
-        }
+        bn_lane_recv_batch(l, msgs, got);
         if (got < vlen)
             break; /* drained */
     }
     bn_lane_flush(l);
     return 0;
+}
+
+/* ---- the error queue ---------------------------------------------------------- */
+
+int bn_lane_mtu_due(bn_lane *l, double now) {
+    if (!l->mtu_waiting)
+        return -1;
+    if (now < l->mtu_next) {
+        double ms = (l->mtu_next - now) * 1000.0 + 1.0;
+        return ms < 1.0 ? 1 : ms > 1000.0 ? 1000 : (int)ms;
+    }
+    int left = 0;
+    for (int i = 0; i < BN_MAX_PORTS; i++) {
+        bn_port *p = &l->ports[i];
+        if (!p->used || (p->mtu_icmp == 0 && p->mtu_local == 0))
+            continue;
+        for (int local = 0; local < 2; local++) {
+            uint32_t *mtu = local ? &p->mtu_local : &p->mtu_icmp;
+            if (*mtu == 0)
+                continue;
+            bn_punt *q = bn_lane_punt(l, BN_PUNT_MTU, i, NULL, 0);
+            if (!q) {
+                left = 1; /* no memory: the next wake-up tries again */
+                continue;
+            }
+            q->size = *mtu;
+            q->local = local;
+            q->from = p->ep;
+            q->from_len = p->ep_len;
+            *mtu = 0;
+            l->st.mtu_reports++;
+        }
+    }
+    l->mtu_waiting = left;
+    l->mtu_next = now + BN_MTU_INTERVAL;
+    return left ? 1 : -1;
+}
+
+void bn_lane_errq_message(bn_lane *l, const struct msghdr *m, double now) {
+    l->st.udp_errors++;
+    uint32_t mtu;
+    int local;
+    if (!bn_recv_mtu_report(m, &mtu, &local) || !m->msg_name)
+        return;
+    socklen_t to_len = m->msg_namelen < sizeof(struct sockaddr_storage)
+                           ? m->msg_namelen : sizeof(struct sockaddr_storage);
+    int port = bn_lane_port_of(l, m->msg_name, to_len);
+    if (port < 0)
+        return; /* news of no peer's path: the core has no use for it */
+    bn_port *p = &l->ports[port];
+    uint32_t *slot = local ? &p->mtu_local : &p->mtu_icmp;
+    if (*slot == 0 || mtu < *slot)
+        *slot = mtu;
+    l->mtu_waiting = 1;
+    bn_lane_mtu_due(l, now);
+}
+
+/* The UDP socket has errors queued (IP_RECVERR: an ICMP "fragmentation needed"
+ * / "packet too big" / "port unreachable", or a local EMSGSIZE), seen as
+ * EPOLLERR or as a failing recvmmsg: read up to BN_ERRQ_BATCH of them (more
+ * keep EPOLLERR up for the next wake-up). */
+void bn_lane_udp_error(bn_lane *l) {
+    if (l->udp_fd < 0 || l->udp_held)
+        return;
+    double now = bn_lane_now(l);
+    for (int i = 0; i < BN_ERRQ_BATCH; i++) {
+        struct sockaddr_storage to;
+        union {
+            char buf[512];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr m;
+        memset(&m, 0, sizeof m);
+        memset(&to, 0, sizeof to);
+        m.msg_name = &to;
+        m.msg_namelen = sizeof to;
+        m.msg_control = ctl.buf;
+        m.msg_controllen = sizeof ctl.buf;
+        if (recvmsg(l->udp_fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
+            if (errno == EINTR)
+                continue;
+            /* The queue is empty.  An error the queue had no room for is
+             * still pending on the socket (EPOLLERR would stay up): take it. */
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(l->udp_fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
+                l->st.udp_errors++;
+            return;
+        }
+        bn_lane_errq_message(l, &m, now);
+    }
 }

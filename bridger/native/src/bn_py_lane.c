@@ -427,7 +427,8 @@ static PyObject *Lane_release(LaneObject *self, PyObject *args) {
 }
 
 /* One hand-over as (kind, fields...): bridger/native/contract.py turns it into
- * its record (TapPunt, RawPunt, PayloadPunt, FramePunt, HandshakePunt). */
+ * its record (TapPunt, RawPunt, PayloadPunt, FramePunt, HandshakePunt,
+ * MtuPunt). */
 static PyObject *punt_tuple(const bn_punt *p) {
     switch (p->kind) {
     case BN_PUNT_TAP:
@@ -448,6 +449,13 @@ static PyObject *punt_tuple(const bn_punt *p) {
         if (!addr)
             return NULL;
         return Py_BuildValue("(iy#N)", p->kind, (const char *)p->data, (Py_ssize_t)p->len, addr);
+    }
+    case BN_PUNT_MTU: {
+        PyObject *addr = from_sockaddr(&p->from, p->from_len);
+        if (!addr)
+            return NULL;
+        return Py_BuildValue("(iiNIO)", p->kind, p->port, addr, p->size,
+                             p->local ? Py_True : Py_False);
     }
     case BN_PUNT_RAW: {
         PyObject *list = PyList_New(p->count);
@@ -515,7 +523,8 @@ static const char *const PORT_STAT_FIELDS[] = {
 static const char *const LANE_STAT_FIELDS[] = {
     "rx_datagrams", "rx_bytes", "udp_send_blocked", "udp_send_failed", "udp_send_too_big",
     "wakeups", "maclog_lost", "gso_refused", "udp_truncated", "drop_malformed",
-    "drop_unknown_index", "drop_mac1", "handshakes_queued", "handshakes_shed", NULL};
+    "drop_unknown_index", "drop_mac1", "handshakes_queued", "handshakes_shed", "udp_errors",
+    "mtu_reports", NULL};
 static const char *const DIR_FIELDS[] = {"frames", "bytes", "kinds", NULL};
 static const char *const MACLOG_FIELDS[] = {"port", "direction", "mac", "frames", "bytes", NULL};
 
@@ -581,7 +590,7 @@ static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
         Py_DECREF(t);
     }
     l->nmaclog = 0;
-    dev = Py_BuildValue("(KKKKKKKKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
+    dev = Py_BuildValue("(KKKKKKKKKKKKKKKK)", (unsigned long long)l->st.rx_datagrams,
                         (unsigned long long)l->st.rx_bytes,
                         (unsigned long long)l->st.udp_send_blocked,
                         (unsigned long long)l->st.udp_send_failed,
@@ -592,7 +601,9 @@ static PyObject *Lane_take_stats(LaneObject *self, PyObject *unused) {
                         (unsigned long long)l->st.drop_malformed,
                         (unsigned long long)l->st.drop_unknown_index,
                         (unsigned long long)l->st.drop_mac1,
-                        (unsigned long long)l->st.hs_queued, (unsigned long long)l->st.hs_shed);
+                        (unsigned long long)l->st.hs_queued, (unsigned long long)l->st.hs_shed,
+                        (unsigned long long)l->st.udp_errors,
+                        (unsigned long long)l->st.mtu_reports);
     uint64_t wakeups = l->st.wakeups;
     memset(&l->st, 0, sizeof l->st);
     l->st.wakeups = wakeups;
