@@ -10,9 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bn.h"
+#include "fuzz_common.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 #define MAX_FRAMES 96
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

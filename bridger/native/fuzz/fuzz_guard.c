@@ -6,7 +6,7 @@
  * bitmap is the input's); then one byte for the account count; the rest is the
  * frame, copied to a buffer of exactly its length (ASan sees any over-read).
  *
- * Invariants checked (abort on failure):
+ * Invariants checked (CHECK: a trap on failure):
  * - the kinds partitions: destination kinds and EtherType kinds each sum to
  *   the frames of a non-runt; a runt counts only as a runt; vlan is 0 or all;
  * - cfg.on == 0 passes everything;
@@ -19,13 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bn.h"
-
-#define CHECK(c)                                                                                 \
-    do {                                                                                         \
-        if (!(c))                                                                                \
-            abort();                                                                             \
-    } while (0)
+#include "fuzz_common.h"
 
 static void check_account(const uint8_t *f, size_t n, uint64_t count) {
     bn_dir d;

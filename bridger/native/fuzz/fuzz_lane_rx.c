@@ -39,22 +39,11 @@
  * rbuf_used == 0 after a flush; a receive never lands on frames still pending.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sanitizer/asan_interface.h>
 #include <signal.h>
-#include <sodium.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
-#include "bn_lane.h"
-
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
+#include "fuzz_common.h"
 
 #define NPORTS 3
 #define NRX 4
@@ -68,80 +57,15 @@ static int ro_fd = -1;
 static bn_session rx_sess[NRX], peers[NPEERS];
 static struct sockaddr_storage eps[NPORTS];
 static socklen_t ep_lens[NPORTS];
-static bn_guard_cfg guards[5];
+static bn_guard_cfg guards[FUZZ_GUARDS];
 static uint8_t scratch[BN_READ_SIZE];
 static uint8_t drain_buf[1 << 17];
 
-/* ---- input reader ---- */
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} rd;
-
-static int rd_u8(rd *r) {
-    if (r->n == 0)
-        return -1;
-    r->n--;
-    return *r->p++;
-}
-
-static long rd_u16(rd *r) {
-    if (r->n < 2)
-        return -1;
-    long v = r->p[0] | r->p[1] << 8;
-    r->p += 2;
-    r->n -= 2;
-    return v;
-}
-
-static size_t rd_bytes(rd *r, uint8_t *out, size_t want) {
-    size_t k = want < r->n ? want : r->n;
-    memcpy(out, r->p, k);
-    r->p += k;
-    r->n -= k;
-    return k;
-}
-
 /* ---- setup ---- */
-static void set_v4(struct sockaddr_storage *ss, socklen_t *len, const char *a, int port) {
-    struct sockaddr_in *s = (struct sockaddr_in *)ss;
-    memset(ss, 0, sizeof *ss);
-    s->sin_family = AF_INET;
-    s->sin_port = htons((uint16_t)port);
-    inet_pton(AF_INET, a, &s->sin_addr);
-    *len = sizeof *s;
-}
-
-static void set_v6(struct sockaddr_storage *ss, socklen_t *len, const char *a, int port,
-                   uint32_t scope) {
-    struct sockaddr_in6 *s = (struct sockaddr_in6 *)ss;
-    memset(ss, 0, sizeof *ss);
-    s->sin6_family = AF_INET6;
-    s->sin6_port = htons((uint16_t)port);
-    s->sin6_scope_id = scope;
-    inet_pton(AF_INET6, a, &s->sin6_addr);
-    *len = sizeof *s;
-}
-
 static void setup(void) {
-    CHECK(sodium_init() >= 0);
     signal(SIGPIPE, SIG_IGN);
-    CHECK(bn_lane_init(&lane, -1, 0, 0, 1, 0.0) == 0);
-    /* guard sets: off; on (not plain); on plain; on with DHCP, RA, storm and a
-     * VLAN list {untagged, 1..9, 100}; on plain with the list. */
-    memset(guards, 0, sizeof guards);
-    guards[1].on = 1;
-    guards[2].on = 1;
-    guards[2].plain = 1;
-    guards[3].on = 1;
-    guards[3].dhcp = guards[3].ra = guards[3].storm = 1;
-    guards[3].have_allowed = 1;
-    for (int v = 0; v < 10; v++)
-        guards[3].allowed[v >> 3] |= (uint8_t)(1u << (v & 7));
-    guards[3].allowed[100 >> 3] |= (uint8_t)(1u << (100 & 7));
-    guards[4] = guards[3];
-    guards[4].plain = 1;
-    guards[4].dhcp = guards[4].ra = guards[4].storm = 0;
+    fuzz_lane_init(&lane, 1);
+    fuzz_guard_sets(guards);
     for (int i = 0; i < NPORTS; i++) {
         int fd = -1;
         if (i < 2) {
@@ -155,17 +79,13 @@ static void setup(void) {
     lane.ports[0].udp_join = 1; /* UDP runs are joined on port 0 (when its vnet is on) */
     ro_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     CHECK(ro_fd >= 0);
-    set_v4(&eps[0], &ep_lens[0], "192.0.2.1", 51820);
-    set_v6(&eps[1], &ep_lens[1], "2001:db8::1", 51820, 0);
-    set_v4(&eps[2], &ep_lens[2], "198.51.100.7", 4000);
+    fuzz_v4(&eps[0], &ep_lens[0], "192.0.2.1", 51820);
+    fuzz_v6(&eps[1], &ep_lens[1], "2001:db8::1", 51820, 0);
+    fuzz_v4(&eps[2], &ep_lens[2], "198.51.100.7", 4000);
     static const int rx_port[NRX] = {0, 1, 2, 0};
     for (int i = 0; i < NRX; i++) {
         bn_session *s = &rx_sess[i];
-        memset(s, 0, sizeof *s);
-        s->local_index = 0x101 + (uint32_t)i;
-        s->remote_index = 0x201 + (uint32_t)i;
-        memset(s->send_key, 0x40 + i, 32);
-        memset(s->recv_key, 0x80 + i, 32);
+        fuzz_session(s, 0x101 + (uint32_t)i, 0x201 + (uint32_t)i, i);
         lane.rx[i].index = s->local_index;
         lane.rx[i].port = rx_port[i];
         lane.rx[i].s = s;
@@ -184,20 +104,6 @@ static void setup(void) {
     peers[5] = peers[0];
     memcpy(peers[5].send_key, rx_sess[1].recv_key, 32);
     ready = 1;
-}
-
-static void free_punts(bn_lane *l) {
-    bn_punt *p = l->punts;
-    while (p) {
-        bn_punt *next = p->next;
-        free(p->data);
-        free(p->lens);
-        free(p);
-        p = next;
-    }
-    l->punts = NULL;
-    l->punt_tail = &l->punts;
-    l->nhs = 0;
 }
 
 static void reset(uint8_t cfg) {
@@ -467,15 +373,15 @@ static int one_receive(rd *r, uint8_t cfg2) {
     socklen_t from_len;
     switch (src & 7) {
     case 0: case 1: case 2: from = eps[src & 7]; from_len = ep_lens[src & 7]; break;
-    case 3: set_v4(&from, &from_len, "203.0.113.9", 51820); break;
-    case 4: set_v6(&from, &from_len, "2001:db8::2", 51820, 0); break;
-    case 5: set_v4(&from, &from_len, "192.0.2.1", 51821); break;
+    case 3: fuzz_v4(&from, &from_len, "203.0.113.9", 51820); break;
+    case 4: fuzz_v6(&from, &from_len, "2001:db8::2", 51820, 0); break;
+    case 5: fuzz_v4(&from, &from_len, "192.0.2.1", 51821); break;
     case 6:
         memset(&from, (uint8_t)src, sizeof from);
         from.ss_family = AF_UNIX;
         from_len = (socklen_t)(2 + (src >> 3) % 100);
         break;
-    default: set_v6(&from, &from_len, "2001:db8::1", 51820, 1); break;
+    default: fuzz_v6(&from, &from_len, "2001:db8::1", 51820, 1); break;
     }
     int gso_size = segs > 1 || ((cfg2 & 2) && (src & 0x80)) ? (int)gso : 0;
 
@@ -509,7 +415,7 @@ static int one_receive(rd *r, uint8_t cfg2) {
         (void)had_punts;
         /* What the binding and Python do: flush, take the punts, give back. */
         flush();
-        free_punts(l);
+        fuzz_free_punts(l);
         bn_lane_release(l, -1);
         CHECK(!l->udp_held);
     }
@@ -533,7 +439,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     flush();
     check_punts();
     CHECK(lane.udp_held == 0 || lane.punts != NULL);
-    free_punts(&lane);
+    fuzz_free_punts(&lane);
     bn_lane_release(&lane, -1);
     ASAN_UNPOISON_MEMORY_REGION(lane.rbuf, lane.rbuf_cap);
     return 0;

@@ -35,92 +35,29 @@
  * than the port allows; after a flush l->ntx == 0 and tbuf_used == 0.
  */
 #define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sanitizer/asan_interface.h>
-#include <sodium.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 
-#include "bn_lane.h"
-
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
+#include "fuzz_common.h"
 
 static bn_lane lane;
 static int ready;
 static bn_session send_s[2], check_s[2];
 static struct sockaddr_storage eps[2];
 static socklen_t ep_lens[2];
-static bn_guard_cfg guards[5];
+static bn_guard_cfg guards[FUZZ_GUARDS];
 static uint8_t scratch[BN_READ_SIZE];
 static uint8_t opened[BN_READ_SIZE];
 static const uint8_t DST[6] = {0x02, 0, 0, 0, 0, 0x01}, SRC[6] = {0x02, 0, 0, 0, 0, 0x02};
 
-typedef struct {
-    const uint8_t *p;
-    size_t n;
-} rd;
-
-static int rd_u8(rd *r) {
-    if (r->n == 0)
-        return -1;
-    r->n--;
-    return *r->p++;
-}
-
-static long rd_u16(rd *r) {
-    if (r->n < 2)
-        return -1;
-    long v = r->p[0] | r->p[1] << 8;
-    r->p += 2;
-    r->n -= 2;
-    return v;
-}
-
-static size_t rd_bytes(rd *r, uint8_t *out, size_t want) {
-    size_t k = want < r->n ? want : r->n;
-    memcpy(out, r->p, k);
-    r->p += k;
-    r->n -= k;
-    return k;
-}
-
 static void setup(void) {
-    CHECK(sodium_init() >= 0);
-    CHECK(bn_lane_init(&lane, -1, 0, 0, 0, 0.0) == 0);
-    memset(guards, 0, sizeof guards);
-    guards[1].on = 1;
-    guards[2].on = 1;
-    guards[2].plain = 1;
-    guards[3].on = 1;
-    guards[3].dhcp = guards[3].ra = 1;
-    guards[3].have_allowed = 1;
-    for (int v = 0; v < 10; v++)
-        guards[3].allowed[v >> 3] |= (uint8_t)(1u << (v & 7));
-    guards[4] = guards[3];
-    guards[4].storm = 1;
-    guards[4].dhcp = guards[4].ra = 0;
+    fuzz_lane_init(&lane, 0);
+    fuzz_guard_sets(guards);
     for (int i = 0; i < 2; i++)
         CHECK(bn_lane_add_port(&lane, -1, 0, NULL) == i);
-    struct sockaddr_in *a = (struct sockaddr_in *)&eps[0];
-    a->sin_family = AF_INET;
-    a->sin_port = htons(51820);
-    inet_pton(AF_INET, "192.0.2.1", &a->sin_addr);
-    ep_lens[0] = sizeof *a;
-    struct sockaddr_in6 *b = (struct sockaddr_in6 *)&eps[1];
-    b->sin6_family = AF_INET6;
-    b->sin6_port = htons(51820);
-    inet_pton(AF_INET6, "2001:db8::1", &b->sin6_addr);
-    ep_lens[1] = sizeof *b;
+    fuzz_v4(&eps[0], &ep_lens[0], "192.0.2.1", 51820);
+    fuzz_v6(&eps[1], &ep_lens[1], "2001:db8::1", 51820, 0);
     for (int i = 0; i < 2; i++) {
-        memset(&send_s[i], 0, sizeof send_s[i]);
-        send_s[i].local_index = 0x101 + (uint32_t)i;
-        send_s[i].remote_index = 0x201 + (uint32_t)i;
-        memset(send_s[i].send_key, 0x40 + i, 32);
-        memset(send_s[i].recv_key, 0x80 + i, 32);
+        fuzz_session(&send_s[i], 0x101 + (uint32_t)i, 0x201 + (uint32_t)i, i);
         memset(&check_s[i], 0, sizeof check_s[i]);
         memcpy(check_s[i].recv_key, send_s[i].send_key, 32);
     }
@@ -136,7 +73,7 @@ static void reset(uint8_t cfg, uint8_t cfg2) {
     for (int i = 0; i < 2; i++) {
         bn_port *p = &l->ports[i];
         p->vnet = cfg & 1;
-        p->guard = guards[((cfg >> 1) & 7) % 5];
+        p->guard = guards[((cfg >> 1) & 7) % FUZZ_GUARDS];
         p->blocked = (cfg >> 4) & 1;
         p->fits_plain = f[0];
         p->fits_csum = f[1];

@@ -11,9 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "bn.h"
+#include "fuzz_common.h"
 
-#define CHECK(c) do { if (!(c)) __builtin_trap(); } while (0)
 #define FILL 0xA5
 
 static uint32_t naive_sum(const uint8_t *p, size_t n) {
@@ -25,7 +24,7 @@ static uint32_t naive_sum(const uint8_t *p, size_t n) {
     return (uint32_t)s;
 }
 
-static uint8_t *dup(const uint8_t *p, size_t n) {
+static uint8_t *dup_bytes(const uint8_t *p, size_t n) {
     uint8_t *q = malloc(n ? n : 1);
     CHECK(q != NULL);
     if (n)
@@ -101,11 +100,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t cstart = (size_t)(data[15] | data[16] << 8), coff = (size_t)(data[17] | data[18] << 8);
     const uint8_t *frame_in = data + 19;
     size_t len = size - 19;
-    uint8_t *frame = dup(frame_in, len);
+    uint8_t *frame = dup_bytes(frame_in, len);
 
     CHECK(bn_ones_sum(frame, len) == naive_sum(frame, len));
 
-    uint8_t *c = dup(frame, len);
+    uint8_t *c = dup_bytes(frame, len);
     int changed = bn_clamp_mss(c, len, room, mode & 1);
     CHECK(changed == 0 || changed == 1);
     if (!changed)
@@ -114,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     check_segments(frame, len, &h, max_frame, mode);
 
-    c = dup(frame, len);
+    c = dup_bytes(frame, len);
     int r = bn_complete_checksum(c, len, cstart, coff);
     if (r == 0) {
         CHECK(cstart + coff + 2 <= len);

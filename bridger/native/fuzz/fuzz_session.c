@@ -18,13 +18,12 @@
  *   bridger/native/src/bn_session.c -lsodium -o /tmp/fuzz_session
  * /tmp/fuzz_session tests/native/corpus/session -max_total_time=120
  */
-#include "bn.h"
+#include "fuzz_common.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <sodium.h>
 
-#define CHECK(cond) do { if (!(cond)) __builtin_trap(); } while (0)
 
 #define WINDOW_SIZE ((uint64_t)(BN_REPLAY_BLOCKS - 1) * 64)
 #define MAX_STEPS 1024
