@@ -43,6 +43,7 @@ int bn_lane_init(bn_lane *l, int udp_fd, int dual, int gso, int gro, double cloc
     pthread_mutex_init(&l->mu, &attr);
     pthread_mutexattr_destroy(&attr);
     l->udp_fd = udp_fd;
+    l->send = bn_lane_sendmsg;
     l->dual = dual;
     l->gso = gso;
     l->gro = gro;

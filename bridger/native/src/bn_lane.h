@@ -185,6 +185,9 @@ typedef struct {
 
 typedef struct bn_lane {
     pthread_mutex_t mu;
+    /* Every send on the UDP socket (bn_lane_sendmsg: sendmsg on udp_fd,
+     * MSG_DONTWAIT); fuzz_lane_send puts a fake socket here. */
+    ssize_t (*send)(struct bn_lane *l, const struct msghdr *msg);
     int epfd, udp_fd, stop_fd, punt_fd;
     int dual, gso, gro, udp_held, running, stopping;
     double clock_offset;
@@ -258,6 +261,14 @@ void bn_lane_udp_receive(bn_lane *l, uint8_t *data, size_t n, int gso_size,
 void bn_lane_flush(bn_lane *l);
 /* Send (or, without a socket, discard) what tap reads of `port` sealed. */
 void bn_lane_tx_flush_port(bn_lane *l, int port);
+
+/* The UDP socket's send: sendmsg(udp_fd, msg, MSG_DONTWAIT) (the default l->send). */
+ssize_t bn_lane_sendmsg(bn_lane *l, const struct msghdr *msg);
+/* The run of datagrams from lens[i] (of lens[0..n)) that leaves in one
+ * UDP_SEGMENT send: the end j > i.  With gso, consecutive datagrams of
+ * lens[i]'s size, the last of them possibly shorter, at most 64 and 65000
+ * bytes (fastpath.udp.gso_batches' grouping); without, lens[i] alone. */
+int bn_gso_run(const uint32_t *lens, int n, int i, int gso);
 
 /* The UDP socket's receive side without a socket (bn_lane_recv.c), for
  * fuzzing: what one recvmmsg returned (msgs[0..got), their buffers, flags,

@@ -31,12 +31,21 @@ static int send_failed_for_real(int *tries) {
     return ++*tries > 1;
 }
 
-static void send_single(bn_lane *l, bn_port *p, const uint8_t *d, size_t n) {
+ssize_t bn_lane_sendmsg(bn_lane *l, const struct msghdr *msg) {
+    return sendmsg(l->udp_fd, msg, MSG_DONTWAIT);
+}
+
+static void send_single(bn_lane *l, bn_port *p, uint8_t *d, size_t n) {
+    struct iovec iov = {d, n};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = &p->ep;
+    msg.msg_namelen = p->ep_len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
     int tries = 0;
     for (;;) {
-        ssize_t r = sendto(l->udp_fd, d, n, MSG_DONTWAIT, (const struct sockaddr *)&p->ep,
-                           p->ep_len);
-        if (r >= 0)
+        if (l->send(l, &msg) >= 0)
             return;
         if (!send_failed_for_real(&tries))
             continue;
@@ -50,20 +59,26 @@ static void send_single(bn_lane *l, bn_port *p, const uint8_t *d, size_t n) {
     }
 }
 
-/* Send the datagrams sealed for port p: consecutive ones of one size (the last
- * may be shorter) in one UDP_SEGMENT sendmsg, as fastpath.udp.gso_batches. */
+int bn_gso_run(const uint32_t *lens, int n, int i, int gso) {
+    int j = i + 1;
+    size_t size = lens[i], total = size;
+    if (gso) {
+        while (j < n && j - i < GSO_MAX_SEGMENTS && lens[j - 1] == size && lens[j] <= size
+               && total + lens[j] <= GSO_MAX_BYTES) {
+            total += lens[j];
+            j++;
+        }
+    }
+    return j;
+}
+
+/* Send the datagrams sealed for port p: each run (bn_gso_run) in one
+ * UDP_SEGMENT sendmsg, a run of one alone. */
 void bn_lane_tx_flush(bn_lane *l, bn_port *p) {
     int i = 0;
     while (i < l->ntx) {
-        int j = i + 1;
-        size_t size = l->tlens[i], total = size;
-        if (l->gso) {
-            while (j < l->ntx && j - i < GSO_MAX_SEGMENTS && l->tlens[j - 1] == size
-                   && l->tlens[j] <= size && total + l->tlens[j] <= GSO_MAX_BYTES) {
-                total += l->tlens[j];
-                j++;
-            }
-        }
+        int j = bn_gso_run(l->tlens, l->ntx, i, l->gso);
+        size_t size = l->tlens[i];
         if (j - i == 1 || l->udp_fd < 0) {
             if (l->udp_fd >= 0)
                 send_single(l, p, l->tbuf + l->toffs[i], l->tlens[i]);
@@ -97,7 +112,7 @@ void bn_lane_tx_flush(bn_lane *l, bn_port *p) {
         ssize_t r;
         int tries = 0;
         do
-            r = sendmsg(l->udp_fd, &msg, MSG_DONTWAIT);
+            r = l->send(l, &msg);
         while (r < 0 && !send_failed_for_real(&tries));
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) {
