@@ -60,6 +60,15 @@ def test_every_target_has_a_seed_corpus_and_every_regression_a_target() -> None:
         assert not orphans, f"{kind.relative_to(REPO)}/ has dirs for no target: {orphans}"
 
 
+def test_every_target_uses_the_shared_helper() -> None:
+    """The input reader, CHECK and the lane's setup live once, in fuzz_common.h."""
+    for name in targets():
+        text = (HARNESSES / f"fuzz_{name}.c").read_text()
+        assert '#include "fuzz_common.h"' in text, f"fuzz_{name}.c"
+        for copy in ("#define CHECK", "static int rd_u8", "typedef struct {\n    const uint8_t *p;"):
+            assert copy not in text, f"fuzz_{name}.c has its own {copy!r}"
+
+
 def test_fuzz_targets_bounded_run() -> None:
     need_fuzzer()
     names = targets()
