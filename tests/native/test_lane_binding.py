@@ -26,6 +26,7 @@ import pytest
 from bridger.native import contract
 from bridger.native import lane as native
 from bridger.native.contract import HandshakePunt, MtuPunt, TapPunt, take_punts, take_stats
+from bridger.protocol.checksum import ones_sum
 
 pytestmark = pytest.mark.skipif(native is None, reason="bridger.native._lane is not built")
 
@@ -246,15 +247,6 @@ STRANGER = ("198.51.100.7", 4000)
 BURST = 50
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def forged_icmp(lane_port: int, about: tuple[str, int], mtu: int = 0) -> bytes:
     """An ICMP "port unreachable" (mtu 0) or "fragmentation needed" (next-hop
     MTU ``mtu``) quoting a datagram from 127.0.0.1:lane_port to ``about``: to
@@ -264,7 +256,8 @@ def forged_icmp(lane_port: int, about: tuple[str, int], mtu: int = 0) -> bytes:
     inner += struct.pack("!HHHH", lane_port, about[1], 8, 0)
     code = 4 if mtu else 3
     body = struct.pack("!HH", 0, mtu) + inner
-    return struct.pack("!BBH", 3, code, _checksum(struct.pack("!BBH", 3, code, 0) + body)) + body
+    checksum = ~ones_sum(struct.pack("!BBH", 3, code, 0) + body) & 0xFFFF
+    return struct.pack("!BBH", 3, code, checksum) + body
 
 
 @pytest.fixture
