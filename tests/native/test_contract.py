@@ -19,6 +19,7 @@ from bridger.native import contract
 from bridger.native import lane as native
 from bridger.protocol import constants, messages
 from bridger.protocol.cookie import CookieChecker, CookieGenerator
+from bridger.shell.forward import ERROR_QUEUE_INTERVAL
 
 SRC = Path(__file__).resolve().parents[2] / "bridger" / "native" / "src"
 
@@ -60,6 +61,8 @@ def test_constants_are_the_c_ones() -> None:
     assert int(d["BN_MAC1_KEY_LEN"]) == contract.MAC1_KEY_LEN
     assert float(d["BN_REJECT_AFTER_TIME"]) == contract.REJECT_AFTER_TIME
     assert float(d["BN_MTU_INTERVAL"]) == contract.MTU_INTERVAL
+    # the lane's path-MTU reports come as often as Python reads the error queue
+    assert contract.MTU_INTERVAL == ERROR_QUEUE_INTERVAL
     assert int(d["BN_ERRQ_BATCH"]) == contract.ERRQ_BATCH
 
 
