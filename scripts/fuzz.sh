@@ -7,7 +7,8 @@
 # "segment" and "fuzz_segment" both name fuzz_segment.c):
 #   1. build it with clang -fsanitize=fuzzer,address,undefined, linked with
 #      every bridger/native/src/bn_*.c but the bindings (bn_py_*.c,
-#      bn_module.c) and libsodium, into build/fuzz/<name>;
+#      bn_module.c; compiled once per run into build/fuzz/lib/) and
+#      libsodium, into build/fuzz/<name>;
 #   2. replay every file in tests/native/crashes/<name>/ once: any failure
 #      there is a regression;
 #   3. fuzz for N seconds (default 30) from a scratch corpus, build/fuzz/
@@ -94,11 +95,27 @@ runflags=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 mkdir -p "$out"
 failed=()
 summary=()
+
+# The code under test is compiled once per run (instrumented for coverage and
+# the sanitizers, without libFuzzer's main), then linked into every harness.
+objs=()
+rm -rf "$out/lib"
+mkdir -p "$out/lib"
+echo "fuzz: building the code under test (${#lib[@]} files)"
+for f in "${lib[@]}"; do
+    o=$out/lib/$(basename "${f%.c}").o
+    if ! clang "${cflags[@]/-fsanitize=fuzzer,/-fsanitize=fuzzer-no-link,}" -c "$f" -o "$o"; then
+        echo "fuzz: $f does not build" >&2
+        exit 1
+    fi
+    objs+=("$o")
+done
+
 for n in "${names[@]}"; do
     bin=$out/$n
     log=$out/$n.log
     echo "fuzz: $n: building"
-    if ! clang "${cflags[@]}" "$harnesses/fuzz_$n.c" "${lib[@]}" -lsodium -o "$bin"; then
+    if ! clang "${cflags[@]}" "$harnesses/fuzz_$n.c" "${objs[@]}" -lsodium -o "$bin"; then
         failed+=("$n (build)")
         summary+=("$n: BUILD FAILED")
         continue
