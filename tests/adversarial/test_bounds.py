@@ -15,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+from bridger.dataplane.accounting import Counters
 from bridger.protocol import DropReason, Tunnel, TunnelConfig
 from bridger.protocol.constants import (
     HANDSHAKE_GLOBAL_BURST,
@@ -29,7 +30,6 @@ from bridger.protocol.constants import (
 )
 from bridger.protocol.cookie import CookieGenerator, RateLimiter
 from bridger.protocol.messages import FRAGMENT_HEADER, INITIATION_MAC1_OFFSET, InnerType
-from bridger.status.counters import Counters
 from tests.adversarial.pair import ADDR_A, WALL_EPOCH, established_pair, keypair
 
 #: Heap growth allowed between the warm-up point and the end of an attack.

@@ -369,7 +369,7 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         import select
         import threading
 
-        from bridger.status.counters import DeviceInfo
+        from bridger.status.document import DeviceInfo, status_document
 
         nat = twin.nat
         lane_obj = nat.lane.lane
@@ -389,7 +389,7 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         with nat.lane.held():
             nat.lane._handle(take_punts(lane_obj))
         nat.sync()
-        snap = nat.fwd.counters.snapshot(DeviceInfo(), [], 0.0)
+        snap = status_document(nat.fwd.counters.snapshot(0.0), DeviceInfo(), [])
         assert snap["device_drops"]["udp_truncated"] == 1
         assert nat.fwd.device.rx_datagrams == before + 1  # the cookie reply only
 

@@ -13,11 +13,11 @@ from typing import Any
 import trio
 import trio.testing
 
+from bridger.dataplane.accounting import Counters
 from bridger.protocol import Output
 from bridger.shell.forward import Forwarder
 from bridger.shell.resolver import resolve_peer
 from bridger.shell.udp import UdpEndpoint
-from bridger.status.counters import Counters
 from tests.protocol.simnet import WALL_EPOCH
 from tests.protocol.test_device import _established_pair
 

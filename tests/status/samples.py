@@ -8,8 +8,9 @@ import random
 import struct
 import threading
 
+from bridger.dataplane.accounting import Counters
 from bridger.guard import Guard, GuardConfig, LoopDetector
-from bridger.status.counters import Counters, DeviceInfo, PeerInfo
+from bridger.status.document import DeviceInfo, PeerInfo
 
 LOCAL = bytes.fromhex("020000000001")
 REMOTE = bytes.fromhex("020000000002")

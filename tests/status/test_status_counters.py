@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bridger.dataplane.accounting import DAEMON_DROP_REASONS, KINDS, Counters, MacTable
 from bridger.protocol.events import DropReason
-from bridger.status.counters import (
-    DAEMON_DROP_REASONS,
-    KINDS,
-    Counters,
-    DeviceInfo,
-    MacTable,
-    PeerInfo,
-)
+from bridger.status.document import DeviceInfo, PeerInfo, status_document
 from bridger.status.schema import STATUS_SCHEMA, SchemaError, validate
 from tests.status.samples import BERLIN, BROADCAST, DEVICE, LOCAL, PARIS, REMOTE, eth
 
@@ -27,7 +21,7 @@ ONE = [PeerInfo(name="berlin", public_key="k", state="up")]
 
 
 def snap(c: Counters, now: float, peers: list[PeerInfo] = ONE, **kw: int) -> dict:
-    return c.snapshot(DeviceInfo(), peers, now, **kw)
+    return status_document(c.snapshot(now, **kw), DeviceInfo(), peers)
 
 
 def arp_request() -> bytes:
@@ -115,7 +109,7 @@ def test_peers_are_counted_apart_and_summed() -> None:
     paris.lan_to_wan(eth(BROADCAST, bytes.fromhex("020000000009"), 0x0806, b"\x00" * 46), 2.0)
     paris.wan_to_lan(eth(LOCAL, site_p, 0x86DD, b"\x00" * 46), 2.0)
     paris.wan_to_lan(eth(LOCAL, site_p, 0x86DD, b"\x00" * 46), 2.0)
-    doc = c.snapshot(DEVICE, [BERLIN, PARIS], 3.0)
+    doc = status_document(c.snapshot(3.0), DEVICE, [BERLIN, PARIS])
     b, p = doc["peers"]
     assert (b["name"], p["name"]) == ("berlin", "paris")
     assert b["frames"] == {"tx": 3, "rx": 1} and p["frames"] == {"tx": 1, "rx": 2}
@@ -139,7 +133,7 @@ def test_peers_are_counted_apart_and_summed() -> None:
 def test_peer_without_counters_shows_zeros_and_unlisted_peer_still_counts() -> None:
     c = Counters()
     c.peer("gone").lan_to_wan(ipv4_udp(), 1.0)  # counted, but the core no longer lists it
-    doc = c.snapshot(DEVICE, [PARIS], 2.0)
+    doc = status_document(c.snapshot(2.0), DEVICE, [PARIS])
     assert doc["peers"][0]["frames"] == {"tx": 0, "rx": 0}
     assert doc["peers"][0]["macs"]["remote"]["capacity"] == 1024
     assert doc["frames"]["tx"] == 1
@@ -151,16 +145,16 @@ def test_removed_peer_keeps_device_totals_growing() -> None:
     c.peer("berlin").lan_to_wan(ipv4_udp(), 1.0)
     c.peer("berlin").tap_write_failed()
     c.peer("paris").wan_to_lan(ipv4_udp(LOCAL), 1.0)
-    before = c.snapshot(DEVICE, [BERLIN, PARIS], 2.0)
+    before = status_document(c.snapshot(2.0), DEVICE, [BERLIN, PARIS])
     c.remove_peer("berlin")
     c.remove_peer("never-there")  # harmless
-    after = c.snapshot(DEVICE, [PARIS], 2.0)
+    after = status_document(c.snapshot(2.0), DEVICE, [PARIS])
     assert [p["name"] for p in after["peers"]] == ["paris"]
     assert after["frames"] == before["frames"] == {"tx": 1, "rx": 1}
     assert after["kinds"] == before["kinds"]
     assert after["drops"]["tap_write_failed"] == 1
     assert c.peer("berlin").lan_to_wan is not None  # re-added peers start from zero
-    assert c.snapshot(DEVICE, [BERLIN], 3.0)["peers"][0]["frames"]["tx"] == 0
+    assert status_document(c.snapshot(3.0), DEVICE, [BERLIN])["peers"][0]["frames"]["tx"] == 0
 
 
 def test_a_run_counted_at_once_equals_its_frames_counted_one_by_one() -> None:
@@ -228,7 +222,7 @@ def test_drops_merge_core_and_daemon_per_peer_and_device() -> None:
     device = DeviceInfo(drops={"malformed": 5, "unknown_index": 0})
     berlin = PeerInfo(name="berlin", public_key="k", drops={"auth_failed": 3, "replay": 0})
     paris = PeerInfo(name="paris", public_key="k", drops={"auth_failed": 1, "queue_full": 2})
-    doc = c.snapshot(device, [berlin, paris], 0.0)
+    doc = status_document(c.snapshot(0.0), device, [berlin, paris])
     zeros = dict.fromkeys(DAEMON_DROP_REASONS, 0)
     assert doc["peers"][0]["drops"] == {**zeros, "tap_write_failed": 2, "tap_short_read": 1,
                                         "auth_failed": 3, "replay": 0}
@@ -287,14 +281,14 @@ def _full_snapshot() -> dict:
     for _, frame, _ in CASES:
         c.peer("berlin").lan_to_wan(frame, 1.0)
         c.peer("paris").wan_to_lan(frame, 1.5)
-    return c.snapshot(DEVICE, [BERLIN, PARIS], 2.0)
+    return status_document(c.snapshot(2.0), DEVICE, [BERLIN, PARIS])
 
 
 def test_snapshot_validates_and_is_json() -> None:
     doc = _full_snapshot()
     validate(doc)
     validate(json.loads(json.dumps(doc)))
-    validate(Counters().snapshot(DeviceInfo(), [], 0.0))
+    validate(status_document(Counters().snapshot(0.0), DeviceInfo(), []))
     assert doc["version"] == 2
     for element in doc["peers"]:  # the fields issue 13 asks for
         for key in ("name", "public_key", "state", "endpoint", "frames", "bytes", "drops"):
