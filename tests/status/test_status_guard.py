@@ -78,7 +78,8 @@ def snapshot(c: Counters, site: GuardedSite, peers: list[PeerInfo], now: float
 
 def test_guard_reasons_are_registered_and_always_present() -> None:
     assert set(GUARD_DROP_REASONS) <= set(DAEMON_DROP_REASONS)
-    doc = status_document(Counters().snapshot(0.0), DeviceInfo(), [PeerInfo(name="b", public_key="k")])
+    b = PeerInfo(name="b", public_key="k")
+    doc = status_document(Counters().snapshot(0.0), DeviceInfo(), [b])
     for drops in (doc["drops"], doc["device_drops"], doc["peers"][0]["drops"]):
         assert {reason: drops[reason] for reason in GUARD_DROP_REASONS} == dict.fromkeys(
             GUARD_DROP_REASONS, 0)
