@@ -22,10 +22,10 @@ import nacl.bindings  # noqa: F401  (sodium_init)
 from bench_protocol import A_ADDR, pair
 from nacl._sodium import ffi, lib
 
+from bridger.dataplane.accounting import Counters
 from bridger.fastpath.segment import coalesce, segment_tcp
 from bridger.fastpath.vnet import GsoType, VnetFlag, VnetHdr
 from bridger.protocol import Output
-from bridger.status.counters import Counters
 
 
 def superframe(size: int) -> bytes:

@@ -164,8 +164,7 @@ class Device:
 
     def remove_peer(self, peer: Peer) -> None:
         """Forget a peer: its sessions, pending handshake and index entries."""
-        peer._forget_keys()
-        peer._queue.clear()
+        peer.forget()
         self.peers.pop(peer.public_key, None)
 
     def new_index(self) -> int:
@@ -174,6 +173,15 @@ class Device:
             index = int(U32.unpack(self.random(4))[0])
             if index and index not in self.index:
                 return index
+
+    def bind_index(self, index: int, owner: Keypair | Peer) -> None:
+        """Enter ``index`` (from :meth:`new_index`) in the table: a keypair, or the
+        peer whose initiation with that index is pending."""
+        self.index[index] = owner
+
+    def release_index(self, index: int) -> None:
+        """Remove ``index`` from the table (a keypair dropped, a handshake ended)."""
+        self.index.pop(index, None)
 
     def new_session(
         self, local_index: int, remote_index: int, send_key: bytes, receive_key: bytes,
@@ -281,12 +289,12 @@ class Device:
                     continue
                 if kp is not run_kp:
                     if run_kp is not None:
-                        run_kp.peer._run_done(run_kp, delivered, now, out)
+                        run_kp.peer.end_run(run_kp, delivered, now, out)
                         delivered = 0
                     if not runs or runs[-1][0] is not peer:
                         runs.append((peer, len(frames)))
                     run_kp = kp
-                    peer._authenticated(kp, addr, now, out)
+                    peer.begin_run(kp, addr, now, out)
                 if not plaintext:  # keepalive
                     continue
                 kind = plaintext[0]
@@ -305,14 +313,14 @@ class Device:
                     frames.append(frame)
                     delivered += 1
                 else:
-                    delivered += peer._on_payload(plaintext, len(data), kp, now, out)
+                    delivered += peer.receive_payload(plaintext, len(data), now, out)
             except (BadPacket, ValueError):
                 (self.drops if peer is None else peer.drops)[DropReason.MALFORMED] += 1
             except Exception:  # a bug must not take the receive loop down
                 self._internal_error(now, out, peer)
         if run_kp is not None:
             try:
-                run_kp.peer._run_done(run_kp, delivered, now, out)
+                run_kp.peer.end_run(run_kp, delivered, now, out)
             except Exception:
                 self._internal_error(now, out, run_kp.peer)
         self.rx_datagrams += rx
@@ -343,9 +351,9 @@ class Device:
         try:
             if not out.runs or out.runs[-1][0] is not peer:
                 out.runs.append((peer, len(out.frames)))
-            peer._authenticated(kp, addr, now, out)
-            delivered = peer._on_payload(plaintext, size, kp, now, out)
-            peer._run_done(kp, delivered, now, out)
+            peer.begin_run(kp, addr, now, out)
+            delivered = peer.receive_payload(plaintext, size, now, out)
+            peer.end_run(kp, delivered, now, out)
         except (BadPacket, ValueError):
             peer.drops[DropReason.MALFORMED] += 1
         except Exception:
@@ -374,10 +382,10 @@ class Device:
             msg = decode_cookie_reply_untrusted(data)
             entry = self.index.get(msg.receiver)
             peer = entry.peer if type(entry) is Keypair else entry
-            if not isinstance(peer, Peer) or not peer._waiting_for(msg.receiver):
+            if not isinstance(peer, Peer) or not peer.awaits_reply_to(msg.receiver):
                 self.drops[DropReason.UNKNOWN_INDEX] += 1
                 return
-            peer._on_cookie_reply(msg, now, out)
+            peer.receive_cookie_reply(msg, now, out)
         else:
             self.drops[DropReason.MALFORMED] += 1
 
@@ -430,7 +438,7 @@ class Device:
         except BadPacket:
             peer.drops[DropReason.AUTH_FAILED] += 1
             return
-        peer._on_initiation(msg, state, addr, now, out)
+        peer.receive_initiation(msg, state, addr, now, out)
 
     def _on_response(self, data: bytes, addr: Address, now: float, out: Output) -> None:
         if len(data) != RESPONSE_LEN:
@@ -446,4 +454,4 @@ class Device:
         if not isinstance(peer, Peer):
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        peer._on_response(msg, addr, now, out)
+        peer.receive_response(msg, addr, now, out)

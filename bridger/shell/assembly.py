@@ -23,6 +23,7 @@ from typing import Any
 
 from bridger import native
 from bridger.config import PeerSettings, UpConfig, is_ip_literal
+from bridger.dataplane.accounting import Counters
 from bridger.errors import ConfigError
 from bridger.guard.loop import LoopDetector
 from bridger.guard.policy import Guard, GuardConfig
@@ -32,7 +33,6 @@ from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
 from bridger.shell.udp import UdpEndpoint
-from bridger.status.counters import Counters
 
 log = logging.getLogger("bridger")
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from bridger.dataplane.accounting import Counters
 from bridger.errors import BridgerError
 from bridger.fastpath import udp as fast_udp
 from bridger.guard.loop import LoopDetector
@@ -42,7 +43,6 @@ from bridger.protocol.messages import MAX_UDP_PAYLOAD
 from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
-from bridger.status.counters import Counters
 
 if TYPE_CHECKING:
     from bridger.shell.lane import NativeLane

@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from bridger.dataplane.accounting import PeerCounters
 from bridger.fastpath.segment import MAX_SYN_FRAME, SegmentError, clamp_mss, coalesce, segment_tcp
 from bridger.fastpath.vnet import VNET_HDR_LEN, GsoType, VnetError, decode_vnet_hdr_untrusted
 from bridger.guard.policy import Guard, without
 from bridger.protocol import Output, Peer
 from bridger.protocol.checksum import complete_checksum
-from bridger.status.counters import PeerCounters
 
 #: TSO superframe types the fast path segments (ECN bit masked off).
 _TCP_GSO = (GsoType.TCPV4, GsoType.TCPV6)

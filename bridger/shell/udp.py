@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bridger.dataplane.accounting import Counters
 from bridger.errors import BridgerError, ConfigError
 from bridger.fastpath import udp as fast_udp
 from bridger.protocol import Address
-from bridger.status.counters import Counters
 
 log = logging.getLogger("bridger")
 

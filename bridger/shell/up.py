@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from bridger.config import UpConfig
+from bridger.dataplane.accounting import KERNEL_DROP_REASON
 from bridger.errors import BridgerError
 from bridger.host import HostPlan, HostSession, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
@@ -61,8 +62,8 @@ from bridger.shell.forward import Forwarder
 from bridger.shell.lane import NativeLane
 from bridger.shell.udp import UdpEndpoint, format_address
 from bridger.status.control import control_path, serve_control
-from bridger.status.counters import KERNEL_DROP_REASON, DeviceInfo, PeerInfo
 from bridger.status.dashboard import run_dashboard, run_log_lines
+from bridger.status.document import DeviceInfo, PeerInfo, status_document
 from bridger.status.logs import setup_logging, shutdown_logging
 
 if TYPE_CHECKING:
@@ -261,7 +262,8 @@ class Daemon:
             drops={reason.value: n for reason, n in fwd.device.drops.items()},
             guard=None if fwd.detector is None else fwd.detector.snapshot(now),
         )
-        return fwd.counters.snapshot(device, [self._peer_info(p, now) for p in fwd.ports], now)
+        peers = [self._peer_info(p, now) for p in fwd.ports]
+        return status_document(fwd.counters.snapshot(now), device, peers)
 
     def _peer_info(self, peer: Peer, now: float) -> PeerInfo:
         stats = peer.stats(now)

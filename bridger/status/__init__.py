@@ -1,9 +1,11 @@
-"""Status views of a running bridger: counters, dashboard, control socket, metrics, logs.
+"""Status views of a running bridger: the status document, dashboard, control socket,
+metrics, logs.
 
-The data plane only bumps :class:`Counters` / :class:`PeerCounters`; everything
-else reads :meth:`Counters.snapshot` documents (``docs/status.md``).
+The data plane counts (bridger.dataplane.accounting); the daemon builds the status
+document from a snapshot of its counts (:func:`status_document`, ``docs/status.md``)
+and every view reads only such documents.
 """
 
-from bridger.status.counters import Counters, DeviceInfo, PeerCounters, PeerInfo
+from bridger.status.document import DeviceInfo, PeerInfo, status_document
 
-__all__ = ["Counters", "DeviceInfo", "PeerCounters", "PeerInfo"]
+__all__ = ["DeviceInfo", "PeerInfo", "status_document"]

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from bridger.errors import AlreadyRunning, BridgerError, HostError
-from bridger.status.counters import SCHEMA_VERSION
+from bridger.status.document import SCHEMA_VERSION
 
 log = logging.getLogger("bridger.status.control")
 

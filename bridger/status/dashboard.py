@@ -1,6 +1,6 @@
 """The live terminal dashboard and its plain log-line fallback.
 
-1. The data plane only bumps :class:`~bridger.status.counters.PeerCounters`.
+1. The data plane only bumps :class:`~bridger.dataplane.accounting.PeerCounters`.
 2. Every refresh, :func:`run_dashboard` takes one snapshot (a plain dict) on
    the trio thread and feeds it to :class:`History` for rates and sparklines.
 3. :func:`render` (pure: snapshot in, renderable out) lays the sections out in
@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bridger.status.counters import KINDS, PEER_STATES
+from bridger.dataplane.accounting import KINDS
+from bridger.status.document import PEER_STATES
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

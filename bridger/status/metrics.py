@@ -30,8 +30,9 @@ from prometheus_client.core import (
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from bridger.dataplane.accounting import KINDS
 from bridger.errors import ConfigError, HostError
-from bridger.status.counters import KINDS, PEER_STATES
+from bridger.status.document import PEER_STATES
 
 log = logging.getLogger("bridger.status.metrics")
 

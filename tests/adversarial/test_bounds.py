@@ -15,6 +15,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 
+from bridger.dataplane.accounting import Counters
 from bridger.protocol import DropReason, Tunnel, TunnelConfig
 from bridger.protocol.constants import (
     HANDSHAKE_GLOBAL_BURST,
@@ -29,7 +30,6 @@ from bridger.protocol.constants import (
 )
 from bridger.protocol.cookie import CookieGenerator, RateLimiter
 from bridger.protocol.messages import FRAGMENT_HEADER, INITIATION_MAC1_OFFSET, InnerType
-from bridger.status.counters import Counters
 from tests.adversarial.pair import ADDR_A, WALL_EPOCH, established_pair, keypair
 
 #: Heap growth allowed between the warm-up point and the end of an attack.
@@ -70,7 +70,7 @@ def test_never_completed_fragment_trains_keep_memory_flat() -> None:
     print(f"fragment trains: heap {base / 1024:.0f} KiB after 2k, +{growth / 1024:.1f} KiB "
           f"after 15k; overflow drops {stats.drops['reassembly_overflow']}")
     assert stats.reassembly_in_progress <= REASSEMBLY_MAX_FRAMES
-    assert b._reassembler._bytes <= REASSEMBLY_MAX_BYTES
+    assert b.reassembler._bytes <= REASSEMBLY_MAX_BYTES
     assert stats.drops["reassembly_overflow"] >= 15_000 - REASSEMBLY_MAX_FRAMES
     assert growth < FLAT
     assert stats.drops["internal_error"] == 0
@@ -92,10 +92,10 @@ def test_spread_fragment_ids_and_expiry_empty_the_reassembler() -> None:
             InnerType.FRAGMENT, rng.getrandbits(32), rng.randrange(count), count,
             rng.randint(1, 1522)) + rng.randbytes(rng.randint(1, 64))
         b.receive_datagram(pair.forge(plaintext), ADDR_A, pair.now, pair.wall())
-        assert len(b._reassembler) <= REASSEMBLY_MAX_FRAMES
+        assert len(b.reassembler) <= REASSEMBLY_MAX_FRAMES
     pair.now += 3.5
     b.tick(pair.now, pair.wall())
-    assert len(b._reassembler) == 0 and b._reassembler._bytes == 0
+    assert len(b.reassembler) == 0 and b.reassembler._bytes == 0
     assert b.drops[DropReason.REASSEMBLY_TIMEOUT] > 0
 
 

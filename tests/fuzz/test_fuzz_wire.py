@@ -142,7 +142,7 @@ mutations = st.composite(_mutate)
 def _snapshot(t: Tunnel) -> tuple[object, ...]:
     kp = t.current
     return (kp and kp.receive_key, t.endpoint, t.frames_received,
-            len(t._reassembler), t.stats().state)
+            len(t.reassembler), t.stats().state)
 
 
 @fuzz(2.0)
@@ -197,14 +197,14 @@ def test_authenticated_junk_plaintexts_are_bounded_and_never_crash(plaintexts: l
             assert 0 <= len(frame) <= b.config.max_frame or plaintext[0] == InnerType.FRAME
         # only a PROBE gets an answer; it is one datagram to the real peer
         assert len(out.datagrams) <= 1 and all(dest == ADDR_A for _, dest in out.datagrams)
-        assert len(b._reassembler) <= REASSEMBLY_MAX_FRAMES
-        assert b._reassembler._bytes <= REASSEMBLY_MAX_BYTES
+        assert len(b.reassembler) <= REASSEMBLY_MAX_FRAMES
+        assert b.reassembler._bytes <= REASSEMBLY_MAX_BYTES
         assert b.drops[DropReason.INTERNAL_ERROR] == 0, (i, plaintext[:16])
         assert b.endpoint == ADDR_A
         b.tick(pair.now, pair.wall())
     pair.now += 10
     b.tick(pair.now, pair.wall())
-    assert len(b._reassembler) == 0  # every partial frame timed out
+    assert len(b.reassembler) == 0  # every partial frame timed out
 
 
 @fuzz()

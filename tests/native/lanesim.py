@@ -18,6 +18,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridger.dataplane.accounting import Counters
 from bridger.guard.policy import Guard, GuardConfig
 from bridger.native import lane as native
 from bridger.native.contract import TapPunt, take_punts
@@ -26,7 +27,6 @@ from bridger.shell.forward import Forwarder
 from bridger.shell.lane import NativeLane
 from bridger.shell.port import Port
 from bridger.shell.udp import UdpEndpoint
-from bridger.status.counters import Counters
 from tests.protocol.simnet import WALL_EPOCH, keypair
 
 LOCALHOST = "127.0.0.1"
@@ -256,9 +256,10 @@ def peer_figures(peer: Peer) -> dict[str, Any]:
 
 def counter_figures(fwd: Forwarder) -> dict[str, Any]:
     """The status document's peer counters, without times."""
-    from bridger.status.counters import DeviceInfo, PeerInfo
+    from bridger.status.document import DeviceInfo, PeerInfo, status_document
 
-    snap = fwd.counters.snapshot(DeviceInfo(), [PeerInfo(name="b", public_key="")], 0.0)
+    b = PeerInfo(name="b", public_key="")
+    snap = status_document(fwd.counters.snapshot(0.0), DeviceInfo(), [b])
     peer = snap["peers"][0]
 
     def rows(table: dict[str, Any]) -> list[tuple[Any, ...]]:

@@ -8,7 +8,7 @@ against their Python references.
   GuardConfigs.
 * On a mix of ordinary traffic (unicast TCP/UDP over IPv4/IPv6, ARP, to a known
   MAC, on an allowed VLAN) the C fast share is 100%.
-* ``account`` adds what ``counters._account`` adds to a fresh ``_Direction``.
+* ``account`` adds what ``accounting.account`` adds to a fresh ``Direction``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridger.dataplane.accounting import KINDS, Direction, MacTable, account
 from bridger.guard import Guard, GuardConfig, LoopDetector, MacFlaps
 from bridger.guard.constants import PROBE_MAGIC, PROBE_VERSION
 from bridger.native import lane, unavailable
-from bridger.status.counters import KINDS, MacTable, _account, _Direction
 from tests.guard import frames as f
 
 needs_lane = pytest.mark.skipif(lane is None, reason=f"native lane not built: {unavailable}")
@@ -416,8 +416,8 @@ def test_bad_arguments_raise() -> None:
 
 
 def python_account(frame: bytes | memoryview, count: int, nbytes: int) -> tuple[int, ...]:
-    d = _Direction()
-    _account(d, MacTable(4), frame, NOW, count, nbytes)
+    d = Direction()
+    account(d, MacTable(4), frame, NOW, count, nbytes)
     return (d.frames, d.bytes, *(getattr(d, kind) for kind in KINDS))
 
 

@@ -214,7 +214,7 @@ def test_receive_properties_hold_on_the_lane() -> None:
         from bridger.protocol import Output
 
         out = Output()
-        twin.b_peer._send_keepalive(0.0, out)
+        twin.b_peer.send_keepalive(0.0, out)
         keepalive = [d for d, _ in out.datagrams]
         sequence = good + good[:2] + flipped + [bytes(unknown), b"\x04\0\0\0" + bytes(40),
                                                   b"junk"] + big + keepalive
@@ -369,7 +369,7 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         import select
         import threading
 
-        from bridger.status.counters import DeviceInfo
+        from bridger.status.document import DeviceInfo, status_document
 
         nat = twin.nat
         lane_obj = nat.lane.lane
@@ -389,7 +389,7 @@ def test_a_receive_cut_short_is_counted_as_udp_truncated() -> None:
         with nat.lane.held():
             nat.lane._handle(take_punts(lane_obj))
         nat.sync()
-        snap = nat.fwd.counters.snapshot(DeviceInfo(), [], 0.0)
+        snap = status_document(nat.fwd.counters.snapshot(0.0), DeviceInfo(), [])
         assert snap["device_drops"]["udp_truncated"] == 1
         assert nat.fwd.device.rx_datagrams == before + 1  # the cookie reply only
 
@@ -433,7 +433,7 @@ def test_sessions_the_core_lets_go_of_are_wiped_when_the_lane_lets_go_too() -> N
         nat = twin.nat
         session = nat.peer.current.session
         assert not session.wiped
-        nat.peer._zero_keys(Output())
+        nat.peer.zero_keys(Output())
         nat.lane.push(0.0)
         assert session.wiped and session.send_key == bytes(32)
         assert not nat.lane.lane.tap_read(nat.ident, plain(frame_to(HOST_B, 60)))
@@ -513,7 +513,7 @@ def test_a_valid_handshake_reaches_python_through_the_queue_without_the_socket()
 
         learn_host_b(twin)
         out = Output()
-        twin.b_peer._initiate(1.0, out, retry=False)  # a rekey, whatever the timers say
+        twin.b_peer.start_handshake(1.0, out)  # a rekey, whatever the timers say
         initiation = [d for d, _ in out.datagrams]
         assert len(initiation) == 1 and initiation[0][0] == 1
         both_wire(twin, initiation)

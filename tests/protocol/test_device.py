@@ -214,7 +214,7 @@ def test_an_exception_in_the_core_is_counted_and_reported_with_its_traceback(
     def broken(*args: object) -> int:
         raise RuntimeError("boom in payload handling")
 
-    monkeypatch.setattr(type(pb), "_on_payload", broken)
+    monkeypatch.setattr(type(pb), "receive_payload", broken)
     kp = pa.current
     assert kp is not None
     from bridger.protocol.aead import seal_transport

@@ -8,8 +8,9 @@ import random
 import struct
 import threading
 
+from bridger.dataplane.accounting import Counters
 from bridger.guard import Guard, GuardConfig, LoopDetector
-from bridger.status.counters import Counters, DeviceInfo, PeerInfo
+from bridger.status.document import DeviceInfo, PeerInfo
 
 LOCAL = bytes.fromhex("020000000001")
 REMOTE = bytes.fromhex("020000000002")
@@ -30,6 +31,46 @@ def ipv4(dst: bytes, src: bytes, size: int = 100) -> bytes:
 def arp_broadcast(src: bytes = REMOTE) -> bytes:
     return BROADCAST + src + b"\x08\x06" + b"\x00" * 28
 
+
+def arp_request() -> bytes:
+    # who-has 192.0.2.2 tell 192.0.2.1 (RFC 826 layout), broadcast
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, LOCAL, bytes([192, 0, 2, 1]),
+                       b"\x00" * 6, bytes([192, 0, 2, 2]))
+    return eth(BROADCAST, LOCAL, 0x0806, body + b"\x00" * 18)
+
+
+def ipv4_udp(dst: bytes = REMOTE) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0, bytes([192, 0, 2, 1]),
+                     bytes([192, 0, 2, 2]))
+    return eth(dst, LOCAL, 0x0800, ip + struct.pack("!HHHH", 1234, 53, 8, 0) + b"\x00" * 18)
+
+
+def ipv6_ns() -> bytes:
+    # neighbour solicitation to the solicited-node multicast group 33:33:ff:00:00:02
+    ip6 = struct.pack("!IHBB16s16s", 0x60000000, 32, 58, 255, b"\xfe\x80" + b"\x00" * 13 + b"\x01",
+                      b"\xff\x02" + b"\x00" * 9 + b"\x01\xff\x00\x00\x02")
+    return eth(bytes.fromhex("3333ff000002"), LOCAL, 0x86DD, ip6 + b"\x87" + b"\x00" * 31)
+
+
+def vlan(inner: bytes, vid: int = 5, tpid: int = 0x8100) -> bytes:
+    return inner[:12] + struct.pack("!HH", tpid, vid) + inner[12:]
+
+
+#: Real frames and the kinds accounting must count each as: (name, frame, kinds
+#: expected to be 1; all others 0).
+CASES = [
+    ("arp broadcast", arp_request(), {"broadcast", "arp"}),
+    ("ipv4 unicast", ipv4_udp(), {"unicast", "ipv4"}),
+    ("ipv6 multicast", ipv6_ns(), {"multicast", "ipv6"}),
+    ("ipv4 multicast", ipv4_udp(bytes.fromhex("01005e000001")), {"multicast", "ipv4"}),
+    ("802.1Q ipv4", vlan(ipv4_udp()), {"unicast", "vlan", "ipv4"}),
+    ("802.1Q arp", vlan(arp_request()), {"broadcast", "vlan", "arp"}),
+    ("QinQ ipv6", vlan(vlan(ipv6_ns(), 7), 100, 0x88A8), {"multicast", "vlan", "ipv6"}),
+    ("LLC/802.3 length", eth(REMOTE, LOCAL, 46, b"\x42\x42\x03" + b"\x00" * 43),
+     {"unicast", "other"}),
+    ("truncated tag", BROADCAST + LOCAL + b"\x81\x00\x00", {"broadcast", "vlan", "other"}),
+    ("runt", b"\x00" * 10, {"runt"}),
+]
 
 DEVICE = DeviceInfo(mode="mesh", data_path="python",
                     interface={"lan": "eth1", "bridge": "br0", "listen": "[::]:55555"},

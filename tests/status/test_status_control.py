@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import trio
 
+from bridger.dataplane.accounting import Counters
 from bridger.errors import AlreadyRunning, BridgerError, HostError
 from bridger.status.control import control_path, query_status, serve_control, status_main
-from bridger.status.counters import Counters
+from bridger.status.document import status_document
 from bridger.status.schema import validate
 from tests.status.samples import (
     BERLIN,
@@ -43,7 +44,7 @@ def make_counters() -> Counters:
 
 
 def snapshot_of(c: Counters) -> Callable[[], dict[str, Any]]:
-    return lambda: c.snapshot(DEVICE, PEERS, 2.0)
+    return lambda: status_document(c.snapshot(2.0), DEVICE, PEERS)
 
 
 def with_server(path: Path, get_snapshot: Callable[[], dict[str, Any]],
@@ -246,7 +247,7 @@ def test_status_table_shows_every_peer_and_names_verbatim(
         assert status_main(tmp_path, as_json=False, watch=False) == 0
         return capsys.readouterr().out
 
-    out = with_server(path, lambda: c.snapshot(DEVICE, peers, 2.0), client)
+    out = with_server(path, lambda: status_document(c.snapshot(2.0), DEVICE, peers), client)
     rows = [line.split()[0] for line in out.splitlines() if line.startswith("site")]
     assert len(set(rows)) == 20, out
     assert "more peers" not in out

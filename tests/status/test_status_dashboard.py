@@ -15,7 +15,7 @@ import trio
 import trio.testing
 from rich.console import Console
 
-from bridger.status.counters import Counters, DeviceInfo, PeerInfo
+from bridger.dataplane.accounting import Counters
 from bridger.status.dashboard import (
     History,
     fmt_age,
@@ -29,6 +29,7 @@ from bridger.status.dashboard import (
     sparkline,
     summary_lines,
 )
+from bridger.status.document import DeviceInfo, PeerInfo, status_document
 from tests.status.samples import (
     BERLIN,
     DEVICE,
@@ -58,7 +59,7 @@ def busy_counters(peers: list[PeerInfo] = FOUR) -> tuple[Counters, History]:
         for n, info in enumerate(peers[1:], start=1):
             for _ in range(n):
                 c.peer(info.name).lan_to_wan(ipv4(REMOTE, LOCAL, 100), float(t))
-        history.sample(c.snapshot(DEVICE, peers, float(t)), float(t))
+        history.sample(status_document(c.snapshot(float(t)), DEVICE, peers), float(t))
     c.peer("berlin").tap_write_failed()
     return c, history
 
@@ -83,7 +84,8 @@ def row(lines: list[str], name: str) -> list[str]:
 
 def test_full_dashboard_fits_80x24_with_four_peers() -> None:
     c, history = busy_counters()
-    lines = draw(c.snapshot(DEVICE, FOUR, 10.0), history, 80, 23)  # the dashboard keeps a line
+    doc = status_document(c.snapshot(10.0), DEVICE, FOUR)
+    lines = draw(doc, history, 80, 23)  # the dashboard keeps a line
     text = "\n".join(lines)
     assert lines[0] == ("bridger 2 UP 1 HANDSHAKING 1 DOWN  mesh  lan eth1  bridge br0  "
                         "listen [::]:55555")
@@ -124,8 +126,8 @@ def test_more_peers_than_rows_shows_the_busiest_and_counts_the_rest() -> None:
             busy = 100 if i in (7, 21) else 1  # two busy peers deep in the list
             for _ in range(busy if t else 1):
                 c.peer(info.name).wan_to_lan(ipv4(LOCAL, REMOTE, 500), float(t))
-        history.sample(c.snapshot(DEVICE, peers, float(t)), float(t))
-    lines = draw(c.snapshot(DEVICE, peers, 2.0), history, 80, 23)
+        history.sample(status_document(c.snapshot(float(t)), DEVICE, peers), float(t))
+    lines = draw(status_document(c.snapshot(2.0), DEVICE, peers), history, 80, 23)
     names = [line.split()[0] for line in lines if line.startswith("site")]
     assert names[:2] == ["site07", "site21"], "\n".join(lines)  # the busiest first
     more = next(line for line in lines if re.match(r"\+\d+ more peers", line))
@@ -139,15 +141,15 @@ def test_more_peers_than_rows_shows_the_busiest_and_counts_the_rest() -> None:
 def test_degrades_to_fit(width: int, height: int, count: int) -> None:
     peers = FOUR[:count] if count <= 4 else [*FOUR, *(peer(f"x{i}") for i in range(count - 4))]
     c, history = busy_counters(peers) if peers else (Counters(), History())
-    lines = draw(c.snapshot(DEVICE, peers, 10.0), history, width, height)
+    lines = draw(status_document(c.snapshot(10.0), DEVICE, peers), history, width, height)
     assert lines[0].startswith("bridger")  # the header (peers by state) always survives
     if height >= 23 and count:
         assert "berlin" in "\n".join(lines)
 
 
 def test_down_peer_without_endpoint_renders() -> None:
-    lines = draw(Counters().snapshot(DeviceInfo(interface={"lan": "eth1"}), [PARIS], 0.0),
-                 History(), 80, 23)
+    device = DeviceInfo(interface={"lan": "eth1"})
+    lines = draw(status_document(Counters().snapshot(0.0), device, [PARIS]), History(), 80, 23)
     text = "\n".join(lines)
     assert lines[0].startswith("bridger 1 DOWN  mesh")
     assert row(lines, "paris")[:5] == ["paris", "down", "—", "—", "0"]
@@ -156,7 +158,7 @@ def test_down_peer_without_endpoint_renders() -> None:
 
 
 def test_no_peers_renders() -> None:
-    lines = draw(Counters().snapshot(DeviceInfo(), [], 0.0), History(), 80, 23)
+    lines = draw(status_document(Counters().snapshot(0.0), DeviceInfo(), []), History(), 80, 23)
     assert lines[0].startswith("bridger no peers")
 
 
@@ -178,8 +180,8 @@ def hostile_snapshot() -> tuple[dict[str, Any], History]:
         c.peer(HOSTILE.name).lan_to_wan(ipv4(REMOTE, MAC_CD, 100), float(t))
         c.peer(HOSTILE.name).wan_to_lan(ipv4(LOCAL, MAC_SMILE, 100), float(t))
         c.peer("plain").lan_to_wan(ipv4(REMOTE, LOCAL, 100), float(t))
-        history.sample(c.snapshot(device, [HOSTILE, plain], float(t)), float(t))
-    return c.snapshot(device, [HOSTILE, plain], 3.0), history
+        history.sample(status_document(c.snapshot(float(t)), device, [HOSTILE, plain]), float(t))
+    return status_document(c.snapshot(3.0), device, [HOSTILE, plain]), history
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -221,7 +223,7 @@ def test_status_console_prints_names_verbatim() -> None:
 def test_history_rates_per_peer_and_reset() -> None:
     h = History()
     c = Counters()
-    snap = c.snapshot(DEVICE, [BERLIN], 0.0)
+    snap = status_document(c.snapshot(0.0), DEVICE, [BERLIN])
     h.sample(snap, 0.0)
     assert h.rate("bytes", "tx") is None
     snap["bytes"]["tx"], snap["frames"]["rx"] = 1000, 10
@@ -236,7 +238,7 @@ def test_history_rates_per_peer_and_reset() -> None:
     assert h.rate("bytes", "tx", window=5.0, peer="berlin") == 200.0
     assert h.rate("bytes", "tx", peer="nobody") is None
     # a peer that appears later gets a rate from its second sample on
-    snap = c.snapshot(DEVICE, [BERLIN, PARIS], 3.0)
+    snap = status_document(c.snapshot(3.0), DEVICE, [BERLIN, PARIS])
     h.sample(snap, 3.0)
     assert h.rate("bytes", "rx", peer="paris") is None
     snap["peers"][1]["bytes"]["rx"] = 50
@@ -270,7 +272,7 @@ def test_formatting(fn: Any, value: Any, text: str) -> None:
 
 def test_summary_lines_per_peer_rates_and_new_drops() -> None:
     c, history = busy_counters()
-    snap = c.snapshot(DEVICE, FOUR, 10.0)
+    snap = status_document(c.snapshot(10.0), DEVICE, FOUR)
     previous = {"berlin": {"auth_failed": 10}, "": {"malformed": 2}}
     lines = summary_lines(snap, history, previous)
     assert len(lines) == 5  # four peers and the device's new handshake_mac1 drop
@@ -307,8 +309,8 @@ def test_run_log_lines_one_line_per_peer_per_interval() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_log_lines(lambda: c.snapshot(DEVICE, peers, 0.0),
-                                                     interval=10, log=log))
+            nursery.start_soon(lambda: run_log_lines(
+                lambda: status_document(c.snapshot(0.0), DEVICE, peers), interval=10, log=log))
             await trio.sleep(0.5)  # traffic never at the logger's wake-up instants
             for _ in range(25):  # berlin: 100 frames/s for 25 s
                 for _ in range(100):
@@ -340,7 +342,7 @@ def test_run_dashboard_redraws_on_the_virtual_clock() -> None:
         snapshots_at.append(trio.current_time())
         for _ in range(1000):  # 1000 frames of 125 B per refresh, 4 refreshes a second
             c.peer("berlin").lan_to_wan(ipv4(REMOTE, LOCAL, 125), 0.0)
-        return c.snapshot(DEVICE, [BERLIN], 0.0)
+        return status_document(c.snapshot(0.0), DEVICE, [BERLIN])
 
     async def main() -> None:
         await run_dashboard(get_snapshot, refresh_per_second=4, console=console, frames=5)
@@ -364,8 +366,9 @@ def test_stuck_terminal_does_not_hold_up_cancellation() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(partial(run_dashboard, lambda: c.snapshot(DEVICE, [BERLIN], 0.0),
-                                       console=console))
+            nursery.start_soon(partial(
+                run_dashboard, lambda: status_document(c.snapshot(0.0), DEVICE, [BERLIN]),
+                console=console))
             await trio.to_thread.run_sync(terminal.entered.wait, 5)
             nursery.cancel_scope.cancel()  # SIGTERM while the terminal is stuck
 

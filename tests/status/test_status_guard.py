@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 from rich.console import Console
 
+from bridger.dataplane.accounting import DAEMON_DROP_REASONS, Counters
 from bridger.guard import GUARD_DROP_REASONS, GuardConfig
 from bridger.status.control import control_path, status_main
-from bridger.status.counters import DAEMON_DROP_REASONS, Counters, DeviceInfo, PeerInfo
 from bridger.status.dashboard import (
     History,
     guard_settings,
@@ -27,6 +27,7 @@ from bridger.status.dashboard import (
     render,
     summary_lines,
 )
+from bridger.status.document import DeviceInfo, PeerInfo, status_document
 from bridger.status.metrics import SnapshotCollector
 from bridger.status.schema import SchemaError, validate
 from tests.status.samples import (
@@ -70,14 +71,15 @@ def looped(peers: list[PeerInfo] = FOUR, flaps: int = 30,
 
 def snapshot(c: Counters, site: GuardedSite, peers: list[PeerInfo], now: float
              ) -> dict[str, Any]:
-    return c.snapshot(site.device(now), [site.peer(p, now) for p in peers], now)
+    return status_document(c.snapshot(now), site.device(now), [site.peer(p, now) for p in peers])
 
 
 # -- counters -----------------------------------------------------------------------------------
 
 def test_guard_reasons_are_registered_and_always_present() -> None:
     assert set(GUARD_DROP_REASONS) <= set(DAEMON_DROP_REASONS)
-    doc = Counters().snapshot(DeviceInfo(), [PeerInfo(name="b", public_key="k")], 0.0)
+    b = PeerInfo(name="b", public_key="k")
+    doc = status_document(Counters().snapshot(0.0), DeviceInfo(), [b])
     for drops in (doc["drops"], doc["device_drops"], doc["peers"][0]["drops"]):
         assert {reason: drops[reason] for reason in GUARD_DROP_REASONS} == dict.fromkeys(
             GUARD_DROP_REASONS, 0)
@@ -88,7 +90,7 @@ def test_drop_counts_a_superframe_as_its_segments() -> None:
     c.peer("berlin").drop("storm", 46)
     c.peer("berlin").drop("storm")
     c.drop("udp_send_blocked", 3)
-    doc = c.snapshot(DeviceInfo(), [BERLIN], 0.0)
+    doc = status_document(c.snapshot(0.0), DeviceInfo(), [BERLIN])
     assert doc["peers"][0]["drops"]["storm"] == 47
     assert doc["device_drops"]["udp_send_blocked"] == 3
     assert doc["drops"]["storm"] == 47 and doc["drops"]["udp_send_blocked"] == 3
@@ -120,7 +122,7 @@ def test_guard_storm_control_reads_the_live_mac_table() -> None:
     assert verdicts == [None, None, None, "storm", "storm", "storm"]  # burst 4 x 3/4
     site.inbound("berlin", ipv4(LOCAL, REMOTE, 100), 0.0)
     assert [site.outbound("berlin", to_remote, 0.0) for _ in range(100)] == [None] * 100
-    doc = c.snapshot(DeviceInfo(), [BERLIN], 0.0)
+    doc = status_document(c.snapshot(0.0), DeviceInfo(), [BERLIN])
     assert doc["peers"][0]["drops"]["storm"] == 3
     assert doc["peers"][0]["frames"]["tx"] == 103
 
@@ -150,7 +152,7 @@ def test_snapshot_carries_real_guard_snapshots_and_validates() -> None:
 
 
 def test_without_guards_both_are_null() -> None:
-    doc = Counters().snapshot(DEVICE, [BERLIN], 0.0)
+    doc = status_document(Counters().snapshot(0.0), DEVICE, [BERLIN])
     assert doc["guard"] is None and doc["peers"][0]["guard"] is None
     validate(doc)
 
@@ -161,7 +163,7 @@ def test_loop_protection_off_and_every_setting_validate() -> None:
                          flood_rate=0, loop_protection=False)
     site = GuardedSite(c, ("berlin",), config)
     assert site.outbound("berlin", ipv4(REMOTE, LOCAL, 60), 0.0) == "guard_vlan"
-    doc = c.snapshot(DEVICE, [site.peer(BERLIN, 1.0)], 1.0)
+    doc = status_document(c.snapshot(1.0), DEVICE, [site.peer(BERLIN, 1.0)])
     validate(doc)
     assert doc["peers"][0]["guard"] == {
         "loop": False, "dhcp": "local", "ra": "local", "vlans": [10, 20], "untagged": False,
@@ -243,10 +245,10 @@ def test_guard_line_only_once_there_is_something_to_tell() -> None:
     c, history = Counters(), History()
     site = GuardedSite(c, ("berlin",))
     site.outbound("berlin", ipv4(REMOTE, LOCAL, 100), 0.0)
-    doc = c.snapshot(site.device(1.0), [site.peer(BERLIN, 1.0)], 1.0)
+    doc = status_document(c.snapshot(1.0), site.device(1.0), [site.peer(BERLIN, 1.0)])
     assert not any(line.startswith("guard") for line in draw(doc, history, 80, 23))
     site.flap("berlin", 2, 1.0)
-    doc = c.snapshot(site.device(2.0), [site.peer(BERLIN, 2.0)], 2.0)
+    doc = status_document(c.snapshot(2.0), site.device(2.0), [site.peer(BERLIN, 2.0)])
     lines = draw(doc, history, 80, 23)
     assert "guard loops detected 0  MAC flaps 3 0.30/s  worst 02:aa:aa:aa:00:01 lan/berlin" in (
         lines), "\n".join(lines)
@@ -343,7 +345,7 @@ def test_metrics_loop_gauge_loops_and_flaps_counters() -> None:
     assert m[("bridger_mac_flaps_total", ())] == 59
     assert m[("bridger_peer_drops_total", (("peer", "berlin"), ("reason", "loop_blocked")))] == 4
     assert m[("bridger_peer_drops_total", (("peer", "paris"), ("reason", "storm")))] == 0
-    without = samples(Counters().snapshot(DEVICE, [BERLIN], 0.0))
+    without = samples(status_document(Counters().snapshot(0.0), DEVICE, [BERLIN]))
     assert not any(name in ("bridger_peer_loop", "bridger_loops_detected_total",
                             "bridger_mac_flaps_total") for name, _ in without)
 

@@ -10,8 +10,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridger.dataplane.accounting import Counters
 from bridger.errors import ConfigError, HostError
-from bridger.status.counters import Counters, DeviceInfo
+from bridger.status.document import DeviceInfo, status_document
 from bridger.status.metrics import parse_hostport, serve_metrics, start_metrics_server
 from tests.status.samples import BERLIN, DEVICE, LOCAL, PARIS, REMOTE, arp_broadcast, ipv4
 
@@ -41,7 +42,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_scrape_outside_trio() -> None:
     c = counters()
-    server = serve_metrics("127.0.0.1", 0, lambda: c.snapshot(DEVICE, PEERS, 2.0))
+    server = serve_metrics("127.0.0.1", 0, lambda: status_document(c.snapshot(2.0), DEVICE, PEERS))
     try:
         first = scrape(server.port)
         c.peer("berlin").lan_to_wan(bytes(100), 3.0)  # read at scrape time, not at start
@@ -104,7 +105,7 @@ def test_scrape_inside_trio_reads_on_trio_thread() -> None:
 
     def get_snapshot() -> dict[str, Any]:
         threads.append(threading.current_thread())
-        return c.snapshot(DeviceInfo(), [PARIS], 2.0)
+        return status_document(c.snapshot(2.0), DeviceInfo(), [PARIS])
 
     async def main() -> dict[Any, float]:
         server = serve_metrics("127.0.0.1", 0, get_snapshot)
@@ -143,7 +144,7 @@ def test_all_addresses_serves_ipv4_and_ipv6() -> None:
     IPv6 loopback too."""
     c = counters()
     host, _ = parse_hostport(":1")
-    server = serve_metrics(host, 0, lambda: c.snapshot(DEVICE, PEERS, 2.0))
+    server = serve_metrics(host, 0, lambda: status_document(c.snapshot(2.0), DEVICE, PEERS))
     try:
         assert scrape(server.port)[("bridger_peer_up", (("peer", "berlin"),))] == 1
         if server.host == "::":

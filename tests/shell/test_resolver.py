@@ -13,11 +13,11 @@ from typing import Any
 import trio
 import trio.testing
 
+from bridger.dataplane.accounting import Counters
 from bridger.protocol import Output
 from bridger.shell.forward import Forwarder
 from bridger.shell.resolver import resolve_peer
 from bridger.shell.udp import UdpEndpoint
-from bridger.status.counters import Counters
 from tests.protocol.simnet import WALL_EPOCH
 from tests.protocol.test_device import _established_pair
 
@@ -43,7 +43,7 @@ def test_a_roamed_endpoint_of_a_live_peer_is_kept_and_a_silent_peer_is_re_resolv
     assert kp is not None
     keepalive = pa.send_frames([], 0.0, Output())  # nothing to send: no datagram
     assert not keepalive.datagrams
-    pa._send_keepalive(0.5, keepalive)
+    pa.send_keepalive(0.5, keepalive)
     b.receive_datagrams([d for d, _ in keepalive.datagrams], roamed, 0.5, WALL_EPOCH)
     assert pb.endpoint == roamed
     resolver = _Resolver(a_addr[0])
@@ -57,7 +57,7 @@ def test_a_roamed_endpoint_of_a_live_peer_is_kept_and_a_silent_peer_is_re_resolv
             nursery.start_soon(resolve_peer, fwd, pb, "a.example", a_addr[1])
             await trio.sleep(305.0)  # five of the old 60 s re-resolutions
             seen["while_up"] = (pb.endpoint, resolver.calls)
-            pb._unreachable = True  # the peer went silent (dead-peer timer fired)
+            pb.unreachable = True  # the peer went silent (dead-peer timer fired)
             await trio.sleep(10.0)  # the next silence check comes within 10 s
             seen["silent"] = (pb.endpoint, resolver.calls)
             nursery.cancel_scope.cancel()

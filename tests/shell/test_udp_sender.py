@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 from typing import Any
 
+from bridger.dataplane.accounting import Counters
 from bridger.shell.udp import Sender, UdpEndpoint
-from bridger.status.counters import Counters
+from bridger.status.document import status_document
 
 PEER = ("192.0.2.2", 55555)
 
@@ -42,7 +43,7 @@ def test_a_probe_grouped_with_a_real_datagram_loses_only_itself_uncounted() -> N
     probe, data = bytes(1555), bytes(1472)
     sender.send([(probe, PEER), (data, PEER)])
     assert sock.sent == [data]
-    snap = counters.snapshot(_device(), [], 0.0)
+    snap = status_document(counters.snapshot(0.0), _device(), [])
     assert snap["drops"]["udp_send_too_big"] == 0
 
 
@@ -53,11 +54,12 @@ def test_a_datagram_within_the_path_mtu_that_is_refused_is_counted() -> None:
     sender = Sender(udp, counters, lambda addr: 1600)  # the core believes in 1600
     sender.send([(bytes(1555), PEER), (bytes(1555), PEER)])
     assert sock.sent == []
-    assert counters.snapshot(_device(), [], 0.0)["drops"]["udp_send_too_big"] == 2
+    drops = status_document(counters.snapshot(0.0), _device(), [])["drops"]
+    assert drops["udp_send_too_big"] == 2
 
 
 def _device() -> Any:
-    from bridger.status.counters import DeviceInfo
+    from bridger.status.document import DeviceInfo
 
     return DeviceInfo()
 
@@ -88,7 +90,7 @@ def test_an_icmp_error_for_an_earlier_datagram_does_not_cost_the_next_one() -> N
         assert poller.poll(5000), "no ICMP error came back"
         sender.send([(b"real data", ("127.0.0.1", listener.getsockname()[1]))])
         assert listener.recv(100) == b"real data"
-        drops = counters.snapshot(_device(), [], 0.0)["drops"]
+        drops = status_document(counters.snapshot(0.0), _device(), [])["drops"]
         assert drops["udp_send_failed"] == 0 and drops["udp_send_too_big"] == 0
         assert udp.kernel_mtu_reports() == []  # a port unreachable is no path-MTU news
     finally:

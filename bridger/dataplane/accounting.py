@@ -1,15 +1,19 @@
-"""Traffic counters bumped by the data plane and read by every status view.
+"""The data plane's per-frame accounting: traffic counters, MAC tables, drops.
 
-The daemon keeps one :class:`Counters` for the device and, through it, one
-:class:`PeerCounters` per peer.  The forwarding loop calls
-:meth:`PeerCounters.lan_to_wan` / :meth:`PeerCounters.wan_to_lan` once per frame
-(or once per run of segments sharing a header), so those two methods are the
-hot path: a handful of integer attribute increments, one bounded MAC-table
-update, no locks (everything runs on the single trio thread) and no per-frame
-allocation beyond the 6-byte MAC key.  Views (dashboard, ``bridger status``,
-Prometheus) never touch the counters directly: they take a
-:meth:`Counters.snapshot`, a plain JSON-able dict whose layout is the stable
-document described in ``docs/status.md``.
+The forwarding loop (bridger.shell: ``port.py``, ``forward.py``, ``udp.py``) and
+the native lane's hand-over (``shell/lane.py``) bump these; nothing else does.
+1. One :class:`Counters` per daemon holds the device's table of local MACs, the
+   drops not tied to a peer and one :class:`PeerCounters` per peer.
+2. :meth:`PeerCounters.lan_to_wan` / :meth:`PeerCounters.wan_to_lan` run once per
+   frame (or once per run of segments sharing a header): the hot path, a handful
+   of integer increments and one bounded MAC-table update (:func:`account`), no
+   locks (everything runs on the single trio thread), no per-frame allocation
+   beyond the 6-byte MAC key.
+3. A native lane's counts arrive in bulk (:meth:`PeerCounters.add_native`,
+   :meth:`PeerCounters.native_source`), counted the way :func:`account` counts.
+4. Views (bridger.status) never touch the counters: they read a
+   :meth:`Counters.snapshot`, plain JSON-able data, and build the status
+   document from it.
 
 Direction names: ``tx`` is LAN->WAN (read from a peer's tap, sent to that
 peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
@@ -18,8 +22,8 @@ peer) and ``rx`` is WAN->LAN (received from a peer, written to its tap).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -27,16 +31,6 @@ from bridger.guard.policy import Reason
 
 if TYPE_CHECKING:
     from bridger.native.contract import DirCounts
-
-#: Version of the snapshot document; bumped only on incompatible changes
-#: (2: one ``peers`` element per peer instead of one ``link``).
-SCHEMA_VERSION = 2
-
-#: Peer states the daemon may report (``PeerInfo.state``).
-PEER_STATES = ("down", "handshaking", "up", "stale")
-
-#: Forwarding modes (``DeviceInfo.mode``).
-MODES = ("mesh", "hub")
 
 # Ethernet constants (IEEE 802.3 / IANA ethertypes).
 ETH_HEADER_LEN = 14
@@ -98,43 +92,7 @@ DAEMON_DROP_REASONS: dict[str, str] = {
 TOP_TALKERS = 10
 
 
-@dataclass
-class DeviceInfo:
-    """What the daemon knows about the whole device at snapshot time."""
-
-    mode: str = "mesh"  # one of MODES
-    data_path: str = "python"  # which forwarding implementation runs, e.g. "python"
-    interface: dict[str, str] = field(default_factory=dict)  # lan / bridge / listen
-    drops: dict[str, int] = field(default_factory=dict)  # core drops not tied to a peer
-    #: ``LoopDetector.snapshot(now)`` (loops, blocked peers, MAC flaps); None: no guards.
-    guard: dict[str, Any] | None = None
-
-
-@dataclass
-class PeerInfo:
-    """What the daemon knows about one peer at snapshot time (filled from the core)."""
-
-    name: str
-    public_key: str  # base64, as in the config
-    state: str = "down"  # one of PEER_STATES
-    host: str | None = None  # configured host name or address; None: waits to be contacted
-    tap: str = ""  # this peer's tap interface
-    endpoint: str | None = None  # "203.0.113.5:55555"
-    session_age: float | None = None  # seconds since the current session started
-    last_handshake_age: float | None = None
-    handshakes: int = 0
-    rekeys: int = 0
-    rtt_ms: float | None = None
-    path_mtu: int = 0
-    #: How path_mtu was learnt: "base", "probe", "icmp", "configured" ("": unknown).
-    path_mtu_source: str = ""
-    drops: dict[str, int] = field(default_factory=dict)  # from the core, every reason
-    fragments: dict[str, int] = field(default_factory=dict)  # e.g. sent/received/reassembled
-    #: ``Guard.snapshot(now)`` of this peer's guard (loop state, settings); None: no guard.
-    guard: dict[str, Any] | None = None
-
-
-class _Direction:
+class Direction:
     """Counters for one direction; plain int slots so increments stay cheap."""
 
     __slots__ = ("frames", "bytes", *KINDS)
@@ -215,8 +173,8 @@ class MacTable:
         }
 
 
-def _account(
-    d: _Direction, macs: MacTable, frame: bytes | memoryview, now: float, count: int, nbytes: int
+def account(
+    d: Direction, macs: MacTable, frame: bytes | memoryview, now: float, count: int, nbytes: int
 ) -> None:
     """Count ``count`` frames of ``nbytes`` in all, headed like ``frame``, in direction
     ``d`` and note their source MAC in ``macs``.
@@ -265,6 +223,44 @@ def _merge(into: dict[str, int], drops: dict[str, int]) -> None:
         into[reason] = into.get(reason, 0) + int(value)
 
 
+@dataclass(frozen=True)
+class PeerCountsSnapshot:
+    """One peer's counts at snapshot time (JSON-able values)."""
+
+    frames: dict[str, int]  # {"tx": n, "rx": n}
+    bytes: dict[str, int]
+    kinds: dict[str, dict[str, int]]  # {"tx": {kind: n}, "rx": {kind: n}}
+    #: Every daemon drop reason, zero-valued ones included.
+    drops: dict[str, int]
+    #: The MACs behind the peer: count, capacity, evicted, top talkers.
+    remote_macs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CountsSnapshot:
+    """Every count of the data plane at one moment (see :meth:`Counters.snapshot`)."""
+
+    frames: dict[str, int]  # device totals, removed peers included
+    bytes: dict[str, int]
+    kinds: dict[str, dict[str, int]]
+    #: Daemon drops of the device, every peer and the removed peers, summed.
+    drops: dict[str, int]
+    #: Daemon drops not tied to a peer.
+    device_drops: dict[str, int]
+    #: The local MACs (read from any tap): count, capacity, evicted, top talkers.
+    local_macs: dict[str, Any]
+    #: Per peer name, for every peer counted so far.
+    peers: dict[str, PeerCountsSnapshot]
+    #: What a peer not counted yet shows (zeros, an empty table).
+    idle_peer: PeerCountsSnapshot
+
+
+def _directions(tx: Direction, rx: Direction) -> tuple[dict[str, int], dict[str, int],
+                                                        dict[str, dict[str, int]]]:
+    return ({"tx": tx.frames, "rx": rx.frames}, {"tx": tx.bytes, "rx": rx.bytes},
+            {"tx": tx.as_kinds(), "rx": rx.as_kinds()})
+
+
 class PeerCounters:
     """The data-plane counters of one peer: traffic both ways, its MACs, its drops."""
 
@@ -272,8 +268,8 @@ class PeerCounters:
 
     def __init__(self, name: str, local: MacTable, mac_table_size: int) -> None:
         self.name = name
-        self._tx = _Direction()
-        self._rx = _Direction()
+        self._tx = Direction()
+        self._rx = Direction()
         self._local = local  # the device's table, shared by every peer
         self._remote = MacTable(mac_table_size)  # MACs behind this peer
         self._remote_view = MappingProxyType(self._remote._entries)
@@ -301,18 +297,18 @@ class PeerCounters:
         share ``frame``'s Ethernet header at once (the segments of one
         superframe), so the fast path pays for one call per superframe.
         """
-        _account(self._tx, self._local, frame, now, count, len(frame) if nbytes < 0 else nbytes)
+        account(self._tx, self._local, frame, now, count, len(frame) if nbytes < 0 else nbytes)
 
     def wan_to_lan(
         self, frame: bytes | memoryview, now: float, count: int = 1, nbytes: int = -1
     ) -> None:
         """Count a frame received from this peer and written to its tap; its source MAC
         is behind this peer. ``count``/``nbytes`` as for :meth:`lan_to_wan`."""
-        _account(self._rx, self._remote, frame, now, count, len(frame) if nbytes < 0 else nbytes)
+        account(self._rx, self._remote, frame, now, count, len(frame) if nbytes < 0 else nbytes)
 
     def add_native(self, tx: DirCounts, rx: DirCounts) -> None:
         """Add a native lane's counts per direction (frames, bytes, and the frame
-        kinds in KINDS' order), as :func:`_account` counts them (the MACs come
+        kinds in KINDS' order), as :func:`account` counts them (the MACs come
         through :meth:`native_source`)."""
         for d, counts in ((self._tx, tx), (self._rx, rx)):
             d.frames += counts.frames
@@ -334,10 +330,15 @@ class PeerCounters:
         segments); ``reason`` from DAEMON_DROP_REASONS."""
         _count_drop(self._drops, reason, n)
 
-    def _add_into(self, tx: _Direction, rx: _Direction, drops: dict[str, int]) -> None:
+    def snapshot(self, now: float, top: int = TOP_TALKERS) -> PeerCountsSnapshot:
+        frames, nbytes, kinds = _directions(self._tx, self._rx)
+        return PeerCountsSnapshot(frames, nbytes, kinds, dict(self._drops),
+                                  self._remote.as_dict(now, top))
+
+    def _add_into(self, tx: Direction, rx: Direction, drops: dict[str, int]) -> None:
         """Add this peer's counts to totals (snapshot totals, or the retired peers)."""
         for mine, total in ((self._tx, tx), (self._rx, rx)):
-            for slot in _Direction.__slots__:
+            for slot in Direction.__slots__:
                 setattr(total, slot, getattr(total, slot) + getattr(mine, slot))
         _merge(drops, self._drops)
 
@@ -356,8 +357,8 @@ class Counters:
         self._peers: dict[str, PeerCounters] = {}
         self._drops: dict[str, int] = dict.fromkeys(DAEMON_DROP_REASONS, 0)
         # Counts of removed peers, so device totals never go backwards.
-        self._retired_tx = _Direction()
-        self._retired_rx = _Direction()
+        self._retired_tx = Direction()
+        self._retired_rx = Direction()
         self._retired_drops: dict[str, int] = {}
 
     def peer(self, name: str) -> PeerCounters:
@@ -378,74 +379,23 @@ class Counters:
         DAEMON_DROP_REASONS."""
         _count_drop(self._drops, reason, n)
 
-    def snapshot(
-        self, device: DeviceInfo, peers: Iterable[PeerInfo], now: float, *,
-        top: int = TOP_TALKERS,
-    ) -> dict[str, Any]:
-        """The stable status document (``docs/status.md``), version 2.
-
-        ``peers`` lists the peers in display (config) order; a peer without
-        counters yet shows zeros.  ``now`` is on the same clock as the
-        per-frame ``now`` values.  Core and daemon drops with the same reason
-        are summed; the top level sums the device and every peer (removed
-        peers included), ``device_drops`` holds the device's own.
-        """
-        tx, rx = _Direction(), _Direction()
-        for slot in _Direction.__slots__:
+    def snapshot(self, now: float, *, top: int = TOP_TALKERS) -> CountsSnapshot:
+        """Every count now, as plain data; ``top`` talkers per MAC table.  ``now``
+        is on the same clock as the per-frame ``now`` values (MAC ages)."""
+        tx, rx = Direction(), Direction()
+        for slot in Direction.__slots__:
             setattr(tx, slot, getattr(self._retired_tx, slot))
             setattr(rx, slot, getattr(self._retired_rx, slot))
-        device_drops = dict(self._drops)
-        _merge(device_drops, device.drops)
-        drops = dict(device_drops)
+        drops = dict(self._drops)
         _merge(drops, self._retired_drops)
         for counters in self._peers.values():
             counters._add_into(tx, rx, drops)
-        elements = []
-        for info in peers:
-            counters = self._peers.get(info.name) or PeerCounters(
-                info.name, self._local, self._mac_table_size)
-            peer_drops = dict(counters._drops)
-            _merge(peer_drops, info.drops)
-            _merge(drops, info.drops)
-            elements.append(_peer_element(info, counters, peer_drops, now, top))
-        return {
-            "version": SCHEMA_VERSION,
-            "mode": device.mode,
-            "data_path": device.data_path,
-            "interface": {str(k): str(v) for k, v in device.interface.items()},
-            "frames": {"tx": tx.frames, "rx": rx.frames},
-            "bytes": {"tx": tx.bytes, "rx": rx.bytes},
-            "kinds": {"tx": tx.as_kinds(), "rx": rx.as_kinds()},
-            "drops": dict(sorted(drops.items())),
-            "device_drops": dict(sorted(device_drops.items())),
-            "macs": {"local": self._local.as_dict(now, top)},
-            "guard": None if device.guard is None else dict(device.guard),
-            "peers": elements,
-        }
-
-
-def _peer_element(
-    info: PeerInfo, counters: PeerCounters, drops: dict[str, int], now: float, top: int
-) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "public_key": info.public_key,
-        "host": info.host,
-        "tap": info.tap,
-        "state": info.state,
-        "endpoint": info.endpoint,
-        "session_age": info.session_age,
-        "last_handshake_age": info.last_handshake_age,
-        "handshakes": int(info.handshakes),
-        "rekeys": int(info.rekeys),
-        "rtt_ms": info.rtt_ms,
-        "path_mtu": int(info.path_mtu),
-        "path_mtu_source": info.path_mtu_source,
-        "frames": {"tx": counters._tx.frames, "rx": counters._rx.frames},
-        "bytes": {"tx": counters._tx.bytes, "rx": counters._rx.bytes},
-        "kinds": {"tx": counters._tx.as_kinds(), "rx": counters._rx.as_kinds()},
-        "drops": dict(sorted(drops.items())),
-        "fragments": {str(k): int(v) for k, v in sorted(info.fragments.items())},
-        "macs": {"remote": counters._remote.as_dict(now, top)},
-        "guard": None if info.guard is None else dict(info.guard),
-    }
+        frames, nbytes, kinds = _directions(tx, rx)
+        idle = PeerCounters("", MacTable(self._mac_table_size), self._mac_table_size)
+        return CountsSnapshot(
+            frames=frames, bytes=nbytes, kinds=kinds, drops=drops,
+            device_drops=dict(self._drops),
+            local_macs=self._local.as_dict(now, top),
+            peers={name: c.snapshot(now, top) for name, c in self._peers.items()},
+            idle_peer=idle.snapshot(now, top),
+        )
