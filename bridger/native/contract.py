@@ -135,7 +135,7 @@ def take_punts(lane: Any) -> list[HandOver]:
 
 class DirCounts(NamedTuple):
     """One direction's frames, bytes and frame kinds (``bn_dir``; the kinds in
-    ``status.counters``' order)."""
+    ``dataplane.accounting``' order)."""
 
     frames: int
     bytes: int

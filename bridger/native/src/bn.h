@@ -103,7 +103,7 @@ enum {
     BN_K_UNICAST, BN_K_BROADCAST, BN_K_MULTICAST, BN_K_ARP, BN_K_IPV4, BN_K_IPV6,
     BN_K_VLAN, BN_K_OTHER, BN_K_RUNT, BN_NKINDS
 };
-/* counters._Direction: frames, bytes and status.counters.KINDS in that order. */
+/* accounting.Direction: frames, bytes and accounting.KINDS in that order. */
 typedef struct {
     uint64_t frames, bytes, kinds[BN_NKINDS];
 } bn_dir;

@@ -9,7 +9,7 @@
  *    loop-blocked, up to the first call of Guard._look: 1 exactly when Python
  *    would return None from there, 0 when it returns a reason or takes the full
  *    look (the lane hands those frames to Python, which runs the whole Guard).
- * 3. bn_account = bridger.status.counters._account without its MAC table.
+ * 3. bn_account = bridger.dataplane.accounting.account without its MAC table.
  *
  * Every read is behind a length check; a frame may be any length, 0 included.
  */

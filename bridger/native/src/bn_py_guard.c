@@ -159,7 +159,7 @@ static int as_u64(PyObject *o, const char *name, uint64_t *out) {
 PyDoc_STRVAR(account_doc,
 "account(frame, count, nbytes) -> tuple[int, ...]\n\n"
 "What counters._account adds for `count` frames of `nbytes` headed like frame:\n"
-"(frames, bytes, then status.counters.KINDS in order).");
+"(frames, bytes, then dataplane.accounting.KINDS in order).");
 
 static PyObject *py_account(PyObject *self, PyObject *args) {
     Py_buffer fbuf;
