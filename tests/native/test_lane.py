@@ -26,6 +26,7 @@ from bridger.guard.policy import GuardConfig
 from bridger.native import lane
 from bridger.native.contract import take_punts
 from tests.guard.frames import BROADCAST, HOST_A, HOST_B, eth, ipv4, tcp, udp
+from tests.native.test_coalesce_udp import datagram
 
 pytestmark = pytest.mark.skipif(lane is None, reason="bridger.native._lane is not built")
 
@@ -299,8 +300,6 @@ def test_generated_traffic_ends_the_same(config: str, reads: list[bytes],
         for kind, size, seed in wire:
             frame = frame_to(HOST_A, size, src=HOST_B, seed=seed)
             if kind == "udprun":  # a UDP flow's datagrams, partial checksums, ids counting up
-                from tests.native.test_coalesce_udp import datagram
-
                 run = [datagram(bytes([k]) * (size % 200), ident=seed + k, dst_mac=HOST_A)
                        for k in range(1 + seed % 20)]
                 datagrams += twin.seal_from_b(run, (34, 6))
