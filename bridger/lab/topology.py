@@ -91,7 +91,9 @@ def site_roles(site: str) -> tuple[str, ...]:
 
 #: Every role any lab can have (a lab has those of its own sites, "wan", maybe
 #: "natB" or "ispB").
-ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB")
+ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB",
+         # bridger.lab.nat: a NAT in front of a site, and a carrier-grade NAT before it.
+         *(f"nat{site}" for site in SITE_NAMES[2:]), *(f"cgn{site}" for site in SITE_NAMES))
 #: Behind ispB: gwB's routed WAN subnets (the router reaches them through ispB).
 ISP_INSIDE_NET = "10.102.2"
 ISP_INSIDE6_NET = "fd00:102:2"
