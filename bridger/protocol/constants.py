@@ -100,3 +100,29 @@ HANDSHAKE_SOURCE_BURST = 5.0
 RATE_LIMIT_MAX_SOURCES = 4096
 #: At most one InternalError event (a traceback for the log) per this many seconds.
 INTERNAL_ERROR_REPORT_INTERVAL = 10.0
+
+# --- NAT traversal (issue 23; docs/nat.md): implementation constants -----------
+
+#: An introducer checks this often whether a pair of its peers needs an
+#: introduction (a peer's session came up or its endpoint moved)...
+INTRODUCE_CHECK_INTERVAL = 0.5
+#: ...and tells every pair again this often (a candidate for pairs still relayed,
+#: and NAT mappings that changed without a new session).
+INTRODUCE_REFRESH = 30.0
+#: After an introduction, how long the direct path may take to appear before
+#: the pair goes through a relay.
+PUNCH_WINDOW = 3.0
+#: Path pings on a candidate address: this often while a punch runs...
+PATH_PING_INTERVAL = 1.0
+#: ...and, once relayed, a new round this often (a direct path that appears later).
+DIRECT_RETRY_INTERVAL = 30.0
+#: Path pings per round (one per PATH_PING_INTERVAL).
+PATH_PINGS_PER_ROUND = 3
+#: A direct path that delivered nothing for this long gives way to a relay.
+DIRECT_STALE = 15.0
+#: Candidate addresses and relays remembered per peer (newest kept).
+MAX_CANDIDATES = 4
+#: Keepalive interval used for a peer whose endpoint was learnt (no host
+#: configured), introduced or relayed when its persistent_keepalive is 0: the
+#: NAT mappings of such paths must stay open (UDP conntrack forgets in 30 s).
+AUTO_KEEPALIVE = 20.0

@@ -54,6 +54,15 @@ class DropReason(StrEnum):
     UNKNOWN_PEER = "unknown_peer"
     #: Inbound whole frame from a peer larger than max_frame (never reaches the tap).
     FRAME_TOO_BIG = "frame_too_big"
+    #: Outbound frame for a peer with no endpoint and no relay to reach it
+    #: through (evicted from the waiting queue; issue 23).
+    NO_ENDPOINT = "no_endpoint"
+    #: Introduction refused: of a key this site does not list, of the
+    #: introducer itself or of this site, or an address no peer could use.
+    INTRODUCTION_REFUSED = "introduction_refused"
+    #: Relay message refused: for or from a key the relay does not list, for
+    #: the sender itself, or for a peer the relay cannot reach directly.
+    RELAY_REFUSED = "relay_refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,21 @@ class CookieReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PathChanged:
+    """How frames reach a peer changed (issue 23): ``kind`` "direct",
+    "relayed" (through ``via``) or "none"; ``endpoint`` where they go
+    (the relay's endpoint when relayed) and ``how`` it was learnt."""
+
+    old: str
+    kind: str
+    via: str = ""
+    endpoint: Address | None = None
+    how: str = ""
+    #: Name of the peer this event is about.
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class InternalError:
     """A bug: an exception escaped the processing of one datagram (counted as
     ``internal_error``). ``detail`` is the formatted traceback; the core emits at
@@ -142,6 +166,7 @@ Event = (
     | SessionExpired
     | PathMtuChanged
     | CookieReceived
+    | PathChanged
     | InternalError
 )
 

@@ -9,6 +9,7 @@ so one integer compare checks type and reserved bytes together.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -49,6 +50,21 @@ class InnerType(IntEnum):
     #: receiver completes the checksum over frame[csum_start:] and stores it at
     #: csum_start + csum_offset (virtio-net NEEDS_CSUM semantics).
     FRAME_CSUM = 5
+    #: Endpoint introduction (issue 23): INTRODUCE then nothing.  "The peer with
+    #: this public key is reachable at this address, as I see it."  A hint
+    #: only: the handshake with the address authenticates the peer.
+    INTRODUCE = 6
+    #: To a relay: RELAY_HEADER (the public key of one of the relay's peers) then
+    #: a whole outer datagram (sealed end to end for that peer) to pass on.
+    RELAY = 7
+    #: From a relay: RELAY_HEADER (the public key of the peer it came from) then
+    #: the outer datagram that peer sent through the relay.
+    RELAYED = 8
+    #: Path check on a candidate direct address: PATH_PING (an id), answered
+    #: with PATH_PONG (the same id) to the address it came from.  Authenticated
+    #: like any transport message; a pong proves both directions of that path.
+    PATH_PING = 9
+    PATH_PONG = 10
 
 
 INITIATION = struct.Struct("<II32s48s28s16s16s")
@@ -59,6 +75,13 @@ FRAGMENT_HEADER = struct.Struct("<BIBBH")
 PROBE_HEADER = struct.Struct("<BI")
 PROBE_ACK = struct.Struct("<BIH")
 FRAME_CSUM_HEADER = struct.Struct("<BHH")
+#: INTRODUCE: type, address family (4 or 6), port, address (IPv4 in the first
+#: 4 bytes, the rest zero), the introduced peer's public key.
+INTRODUCE = struct.Struct("<BBH16s32s")
+#: RELAY / RELAYED: type, the far peer's public key; the datagram follows.
+RELAY_HEADER = struct.Struct("<B32s")
+#: PATH_PING / PATH_PONG: type, ping id.
+PATH_CHECK = struct.Struct("<BQ")
 #: ChaCha20-Poly1305 IETF nonce for transport: 4 zero bytes + 64-bit counter.
 TRANSPORT_NONCE = struct.Struct("<4xQ")
 U32 = struct.Struct("<I")
@@ -72,6 +95,8 @@ FRAGMENT_HEADER_LEN = FRAGMENT_HEADER.size  # 9
 FRAME_CSUM_HEADER_LEN = FRAME_CSUM_HEADER.size  # 5
 #: Smallest csum_start: after an Ethernet header.
 MIN_CSUM_START = 14
+INTRODUCE_LEN = INTRODUCE.size  # 52
+RELAY_HEADER_LEN = RELAY_HEADER.size  # 33
 MIN_TRANSPORT_LEN = TRANSPORT_HEADER_LEN + AEAD_TAG_LEN
 MAX_UDP_PAYLOAD = 65507
 
@@ -245,3 +270,71 @@ def decode_frame_csum_untrusted(plaintext: bytes) -> tuple[bytes, int, int]:
     if start < MIN_CSUM_START or start + offset + 2 > len(frame):
         raise BadPacket("checksum position outside the frame")
     return frame, int(start), int(offset)
+
+
+# --- NAT traversal (issue 23): introductions, relaying, path checks ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class Introduction:
+    """``public_key``'s peer is at ``endpoint`` as the introducer sees it."""
+
+    public_key: bytes
+    endpoint: tuple[str, int]
+
+
+def encode_introduce(public_key: bytes, endpoint: tuple[str, int]) -> bytes:
+    """ValueError for an address that is no plain IPv4/IPv6 literal (names,
+    scoped link-local addresses: nothing another site could use)."""
+    host, port = endpoint
+    address = ipaddress.ip_address(host)
+    if "%" in host or not 0 < port < 65536 or len(public_key) != 32:
+        raise ValueError("bad introduction")
+    packed = address.packed
+    return INTRODUCE.pack(InnerType.INTRODUCE, address.version, port,
+                          packed + bytes(16 - len(packed)), public_key)
+
+
+def decode_introduce_untrusted(plaintext: bytes) -> Introduction:
+    if len(plaintext) != INTRODUCE_LEN:
+        raise BadPacket("bad introduction length")
+    _, family, port, raw, key = INTRODUCE.unpack(plaintext)
+    if port == 0:
+        raise BadPacket("introduction without a port")
+    if family == 4:
+        if any(raw[4:]):
+            raise BadPacket("IPv4 introduction with trailing bytes")
+        host = str(ipaddress.IPv4Address(raw[:4]))
+    elif family == 6:
+        address = ipaddress.IPv6Address(raw)
+        mapped = address.ipv4_mapped
+        host = str(mapped) if mapped is not None else str(address)
+    else:
+        raise BadPacket("unknown address family")
+    return Introduction(key, (host, int(port)))
+
+
+def encode_relay(kind: InnerType, public_key: bytes, datagram: bytes) -> bytes:
+    """RELAY (to the relay) or RELAYED (from it) around one outer datagram."""
+    return RELAY_HEADER.pack(kind, public_key) + datagram
+
+
+def decode_relay_untrusted(plaintext: bytes) -> tuple[bytes, bytes]:
+    """(public key, datagram) of a RELAY or RELAYED message; the datagram must
+    at least look like an outer message (its type word)."""
+    if len(plaintext) < RELAY_HEADER_LEN + 4:
+        raise BadPacket("short relay message")
+    _, key = RELAY_HEADER.unpack_from(plaintext, 0)
+    datagram = plaintext[RELAY_HEADER_LEN:]
+    message_type_untrusted(datagram)
+    return key, datagram
+
+
+def encode_path_check(kind: InnerType, ping_id: int) -> bytes:
+    return PATH_CHECK.pack(kind, ping_id)
+
+
+def decode_path_check_untrusted(plaintext: bytes) -> int:
+    if len(plaintext) != PATH_CHECK.size:
+        raise BadPacket("bad path check length")
+    return int(PATH_CHECK.unpack(plaintext)[1])
