@@ -181,7 +181,8 @@ class PathState:
         return True
 
     def start_round(self, now: float) -> None:
-        if self.pings_left == 0:
+        """Path pings from now on, unless a round is already under way."""
+        if self.ping_at is None or self.ping_at > now + PATH_PING_INTERVAL:
             self.pings_left = PATH_PINGS_PER_ROUND
             self.ping_at = now
 

@@ -74,7 +74,10 @@ class PathPeer(Protocol):
     def drops(self) -> dict[DropReason, int]: ...
 
     def has_session(self, now: float) -> bool: ...
-    def set_endpoint(self, addr: Address | None, now: float, out: Output) -> None: ...
+    def move_endpoint(self, addr: Address | None, now: float, out: Output) -> None:
+        """Move the peer (not remembered as configured)."""
+    def initiate(self, now: float, out: Output) -> None:
+        """A handshake now unless a session is usable or one is under way."""
     def handshake_now(self, now: float, out: Output) -> None:
         """Send an initiation to the endpoint now unless a session is usable."""
     def send_inner(self, plaintext: bytes, now: float, out: Output,
@@ -128,11 +131,13 @@ class Traversal:
         not configured (learnt, introduced) or a relayed path."""
         if configured > 0:
             return configured
-        state = self.paths.get(peer.public_key)
-        if peer.configured_endpoint is None or (state is not None
-                                                and state.kind is PathKind.RELAYED):
-            return AUTO_KEEPALIVE
-        return 0.0
+        return AUTO_KEEPALIVE if self.depends_on_introductions() else 0.0
+
+    def depends_on_introductions(self) -> bool:
+        """Some peer has no configured endpoint: this site takes part in NAT
+        traversal (it awaits, introduces or relays), so its mappings and its
+        sessions with possible introducers must stay open."""
+        return any(p.configured_endpoint is None for p in self._peers())
 
     # -- the core's verbs ----------------------------------------------------------
 
@@ -165,7 +170,7 @@ class Traversal:
         elif kind == _PATH_PONG:
             ping_id = decode_path_check_untrusted(plaintext)
             if self.path(peer).pong(ping_id, addr, now) and addr != peer.endpoint:
-                peer.set_endpoint(addr, now, out)
+                peer.move_endpoint(addr, now, out)
             self._report(peer, out)
         else:
             raise BadPacket("not a traversal message")
@@ -196,6 +201,12 @@ class Traversal:
             if target is not None and target.send_inner(encode_introduce(about, addr), now, out):
                 self.introductions_sent += 1
         usable = {p.name for p in direct}
+        if any(p.endpoint is None for p in peers):
+            # A peer only an introduction can find: be in touch with every peer
+            # that could introduce it (whatever the keepalive settings).
+            for peer in peers:
+                if peer.endpoint is not None and via_parts(peer.endpoint) is None:
+                    peer.initiate(now, out)
         for peer in peers:
             state = self.path(peer)
             if state.fallback_due(now) or (
@@ -248,7 +259,7 @@ class Traversal:
         elif target.endpoint != intro.endpoint:
             # Punch: our initiation opens our NAT for the peer's, which it
             # sends on its own introduction at about the same moment.
-            target.set_endpoint(intro.endpoint, now, out)
+            target.move_endpoint(intro.endpoint, now, out)
             target.handshake_now(now, out)
         else:
             target.handshake_now(now, out)
@@ -275,7 +286,7 @@ class Traversal:
         if relay is None:
             return
         state.go_relayed(relay, now)
-        peer.set_endpoint(Via.of(relay, peer.name), now, out)
+        peer.move_endpoint(Via.of(relay, peer.name), now, out)
         peer.handshake_now(now, out)
 
     def _ping(self, peer: PathPeer, state: PathState, now: float, out: Output) -> None:
