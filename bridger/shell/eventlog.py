@@ -11,6 +11,7 @@ from bridger.protocol import (
     HandshakeGaveUp,
     HandshakeInitiated,
     InternalError,
+    PathChanged,
     PathMtuChanged,
     PeerUnreachable,
     SessionExpired,
@@ -40,6 +41,10 @@ def log_event(event: Event) -> None:
             log.warning("%ssilent for %.0fs: re-handshaking", who, silent)
         case SessionExpired():
             log.warning("%ssession expired after long silence: link down", who)
+        case PathChanged(old=old_path, kind=kind, via=via, endpoint=endpoint, how=how):
+            where = f"relayed via {via}" if via else kind
+            at = "" if via or endpoint is None else f" {format_address(endpoint)} ({how})"
+            log.info("%spath %s -> %s%s", who, old_path, where, at)
         case PathMtuChanged(old=old_mtu, new=new_mtu):
             log.info("%spath MTU %d -> %d", who, old_mtu, new_mtu)
         case InternalError(detail=detail, suppressed=suppressed):

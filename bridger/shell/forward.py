@@ -91,7 +91,10 @@ class Forwarder:
         return float(trio.current_time())
 
     def handle(self, out: Output, now: float) -> None:
-        """Send, deliver and log what the core returned."""
+        """Send (datagrams for relayed peers wrapped for their relay first),
+        deliver and log what the core returned."""
+        if out.datagrams:
+            self.device.traversal.route(out, now)
         if out.datagrams and (self.lane is None or not self.lane.send_later(out.datagrams)):
             self.sender.send(out.datagrams)  # (with the lane's mutex held: once released)
         if out.frames:

@@ -55,6 +55,7 @@ from bridger.native.contract import (
 from bridger.native.guardcfg import guard_cfg
 from bridger.protocol import DropReason, Output, Peer
 from bridger.protocol.keypair import Keypair
+from bridger.protocol.relay import via_parts
 from bridger.shell.udp import normalise_address
 
 if TYPE_CHECKING:
@@ -196,6 +197,11 @@ class NativeLane:
             kp = peer.sendable(now)
             send = None if kp is None else kp.session
             endpoint = peer.endpoint
+            if via_parts(endpoint) is not None:
+                # Relayed (issue 23): Python wraps every datagram for the relay,
+                # so the lane hands this peer's frames over; it still opens
+                # what arrives directly on the peer's sessions.
+                send, endpoint = None, None
             rx = tuple(k.session for k in (peer.current, peer.previous)
                        if k is not None and k.session is not None)
             blocked = port.guard is not None and port.guard.loop.blocked

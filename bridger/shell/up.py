@@ -276,13 +276,18 @@ class Daemon:
         if self.storm is not None:
             drops[KERNEL_DROP_REASON] = self.storm.drops.get(port.tap, 0)
 
+        path = self.fwd.device.traversal.path(peer)
+        relayed = path.kind.value == "relayed"
         return PeerInfo(
             name=peer.name,
             public_key=encode_key(peer.public_key),
             state=stats.state,
             host=self._hosts.get(peer.name),
             tap=port.tap,
-            endpoint=format_address(stats.endpoint),
+            endpoint=f"via {path.via}" if relayed else format_address(stats.endpoint),
+            path=path.kind.value,
+            via=path.via if relayed else None,
+            endpoint_source=path.how.value if stats.endpoint is not None else "",
             session_age=age(stats.session_established_at),
             last_handshake_age=age(stats.last_handshake_at),
             handshakes=stats.handshakes,

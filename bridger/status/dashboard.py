@@ -297,6 +297,16 @@ def _name_width(peers: list[dict[str, Any]]) -> int:
     return max(4, min(15, max((len(p["name"]) for p in peers), default=4)))
 
 
+def peer_path(peer: dict[str, Any]) -> str:
+    """"direct introduced", "via site-a", "—" (issue 23; older documents: "—")."""
+    path = peer.get("path")
+    if path == "relayed":
+        return f"via {peer.get('via') or '?'}"
+    if path == "direct":
+        return f"direct {peer.get('endpoint_source') or ''}".rstrip()
+    return "—"
+
+
 def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
                  more: int) -> RenderableType:
     """One row per peer: state, endpoint, RTT, frames and Mbit/s each way, drops."""
@@ -309,6 +319,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
         _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
+        _Column("path", "path", 17, "left"),
         _Column("rtt", "rtt ms", 6),
         _Column("tx", "tx fr", 5),
         _Column("rx", "rx fr", 5),
@@ -316,7 +327,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         _Column("rx_rate", "rx Mb/s", 7),
         _Column("drops", "drops", 5),
     ]
-    columns = _fit(columns, width, ("rx_rate", "tx_rate", "rtt", "rx", "drops", "tx",
+    columns = _fit(columns, width, ("rx_rate", "tx_rate", "rtt", "path", "rx", "drops", "tx",
                                     "endpoint"))
     rows = []
     for peer in peers:
@@ -325,6 +336,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
             "name": _plain(name, "cyan"),
             "state": _plain(*states[name]),
             "endpoint": _plain(peer["endpoint"] or "—"),
+            "path": _plain(peer_path(peer)),
             "rtt": _plain(fmt_number(peer["rtt_ms"])),
             "tx": _plain(fmt_count(peer["frames"]["tx"])),
             "rx": _plain(fmt_count(peer["frames"]["rx"])),

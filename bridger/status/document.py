@@ -57,6 +57,12 @@ class PeerInfo:
     path_mtu: int = 0
     #: How path_mtu was learnt: "base", "probe", "icmp", "configured" ("": unknown).
     path_mtu_source: str = ""
+    #: How frames reach the peer (issue 23): "direct", "relayed" or "none".
+    path: str = "none"
+    #: The relay's peer name when relayed, else None.
+    via: str | None = None
+    #: How the endpoint was learnt: "configured", "learnt", "introduced", "relay".
+    endpoint_source: str = ""
     drops: dict[str, int] = field(default_factory=dict)  # from the core, every reason
     fragments: dict[str, int] = field(default_factory=dict)  # e.g. sent/received/reassembled
     #: ``Guard.snapshot(now)`` of this peer's guard (loop state, settings); None: no guard.
@@ -122,6 +128,9 @@ def _peer_element(
         "rtt_ms": info.rtt_ms,
         "path_mtu": int(info.path_mtu),
         "path_mtu_source": info.path_mtu_source,
+        "path": info.path,
+        "via": info.via,
+        "endpoint_source": info.endpoint_source,
         "frames": dict(counts.frames),
         "bytes": dict(counts.bytes),
         "kinds": {d: dict(k) for d, k in counts.kinds.items()},
