@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from bridger.protocol import (
+    Address,
     EndpointChanged,
     Event,
     HandshakeCompleted,
@@ -16,9 +17,16 @@ from bridger.protocol import (
     PeerUnreachable,
     SessionExpired,
 )
+from bridger.protocol.relay import via_relay
 from bridger.shell.udp import format_address
 
 log = logging.getLogger("bridger")
+
+
+def _where(addr: Address | None) -> str | None:
+    """An endpoint as people read it: "203.0.113.5:55555", "via site-a"."""
+    relay = via_relay(addr)
+    return f"via {relay}" if relay is not None else format_address(addr)
 
 
 def log_event(event: Event) -> None:
@@ -35,8 +43,7 @@ def log_event(event: Event) -> None:
             log.warning("%sunreachable: no handshake answer for %.0fs (%d frames dropped)",
                         who, after, n)
         case EndpointChanged(old=old, new=new):
-            log.info("%sendpoint %s -> %s", who, format_address(old) or "unknown",
-                     format_address(new))
+            log.info("%sendpoint %s -> %s", who, _where(old) or "unknown", _where(new))
         case PeerUnreachable(silent_for=silent):
             log.warning("%ssilent for %.0fs: re-handshaking", who, silent)
         case SessionExpired():
