@@ -60,11 +60,22 @@ INSIDE_NET = "172.16"
 #: Between a carrier NAT and the home router behind it (RFC 6598 shared space).
 CGN_NET = "100.64"
 
+#: Masquerade, and what every home or carrier router also does: nothing from
+#: outside reaches the box itself unless it answers the box's own traffic.
+#: (Without that drop, a punch that arrives before the other side's own packet
+#: left is kept by conntrack as a flow to the box, and the outbound flow it
+#: would have answered loses its port: see docs/nat.md.)
 _NFT = """\
 table ip nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
     oifname "wan0" masquerade{flags}
+  }}
+}}
+table ip filter {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname "wan0" ct state new drop
   }}
 }}
 """
@@ -214,8 +225,18 @@ def write_nat_configs(
     return written
 
 
+#: One-way delay of each WAN link by default (ms).  Two NATed sites punch
+#: through only if each one's first packet leaves before the other's arrives:
+#: a packet that finds no flow is kept by conntrack as a flow to the NAT box,
+#: and the outbound flow it would answer then loses its port.  Real WANs give
+#: that much time (tens of ms); a lab without delay would not.
+NAT_LAB_DELAY_MS = 20.0
+
+
 def nat_lab_options(sites: int = 4, **knobs: object) -> LabOptions:
-    """LabOptions for a NAT lab of ``sites`` (3 or 4: A public, B, C, and D)."""
+    """LabOptions for a NAT lab of ``sites`` (3 or 4: A public, B, C, and D),
+    with NAT_LAB_DELAY_MS on each WAN link unless ``delay_ms`` says otherwise."""
     if sites not in (3, 4):
         raise LabError("a NAT lab has 3 or 4 sites")
+    knobs.setdefault("delay_ms", NAT_LAB_DELAY_MS)
     return replace(LabOptions(sites=sites), **knobs)  # type: ignore[arg-type]

@@ -106,20 +106,23 @@ INTERNAL_ERROR_REPORT_INTERVAL = 10.0
 #: An introducer checks this often whether a pair of its peers needs an
 #: introduction (a peer's session came up or its endpoint moved)...
 INTRODUCE_CHECK_INTERVAL = 0.5
-#: ...and tells every pair again this often (a candidate for pairs still relayed,
-#: and NAT mappings that changed without a new session).
-INTRODUCE_REFRESH = 30.0
+#: ...and tells every pair again this often: a new attempt at a direct path for
+#: pairs still relayed, started by both ends at once (the introducer tells both
+#: in one go).  Longer than the 30 s a Linux NAT keeps an unanswered UDP flow,
+#: so that what one failed attempt left in a NAT's table is gone by the next.
+INTRODUCE_REFRESH = 60.0
 #: After an introduction, how long the direct path may take to appear before
 #: the pair goes through a relay.
 PUNCH_WINDOW = 3.0
-#: Path pings on a candidate address: this often while a punch runs...
+#: Path pings on candidate addresses: a round of this many, this far apart.
 PATH_PING_INTERVAL = 1.0
-#: ...and, once relayed, a new round this often (a direct path that appears later).
-DIRECT_RETRY_INTERVAL = 30.0
-#: Path pings per round (one per PATH_PING_INTERVAL).
 PATH_PINGS_PER_ROUND = 3
-#: A direct path that delivered nothing for this long gives way to a relay.
-DIRECT_STALE = 15.0
+#: A direct path silent this long no longer holds the peer back from its relay
+#: (packets the peer sends through the relay then move us there too)...
+DIRECT_SUSPECT = 2.0
+#: ...and one that left our data unanswered this long (nothing from it either)
+#: gives way to a relay: a NAT that lost its mapping, a path gone.
+DIRECT_DEAD = 5.0
 #: Candidate addresses and relays remembered per peer (newest kept).
 MAX_CANDIDATES = 4
 #: Keepalive interval used for a peer whose endpoint was learnt (no host

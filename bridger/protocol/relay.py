@@ -25,21 +25,24 @@ invariants:
 * ``kind`` is RELAYED only with ``via`` naming a peer that introduced this one
   (so it has a session with it).
 * No path is dropped for want of a better one: DIRECT gives way to RELAYED only
-  when the peer was found unreachable (data sent, nothing back for 15 s) or
-  when the peer itself switched to the relay and the direct path is stale.
+  when our data went unanswered DIRECT_DEAD (5 s) with nothing from the
+  endpoint either, or when the peer itself moved to the relay and the
+  endpoint has been silent DIRECT_SUSPECT (2 s).
+* New attempts at a direct path (path pings on the candidates) start when an
+  introduction arrives (the introducer tells both ends at once, every
+  INTRODUCE_REFRESH), or when the peer's packets arrive from a new address.
 
 verb                 NONE                 DIRECT                  RELAYED
 -------------------  -------------------  ----------------------  ---------------------
-introduced(addr,by)  punch; fallback at   stale: punch            ping round on addr
+introduced(addr,by)  punch; fallback at   silent: punch           ping round on addr
                      now + PUNCH_WINDOW
 arrived(direct)      -> DIRECT            allow (NAT rebinding)   proof: -> DIRECT;
                                                                   else ping it, refuse
-arrived(via relay)   -> RELAYED           stale: -> RELAYED;      allow (relay change)
+arrived(via relay)   -> RELAYED           silent 2 s: -> RELAYED  allow (relay change)
                                           else refuse
 pong(id, addr)       -> DIRECT            -> DIRECT (addr)        -> DIRECT
 fallback_due         -> RELAYED if relay  -                       -
-unreachable (core)   -                    -> RELAYED if relay     -
-pings_due            -                    -                       a round every 30 s
+unanswered 5 s       -                    -> RELAYED if relay     -
 """
 
 from __future__ import annotations
@@ -50,8 +53,7 @@ from enum import StrEnum
 from typing import NamedTuple, TypeVar
 
 from .constants import (
-    DIRECT_RETRY_INTERVAL,
-    DIRECT_STALE,
+    DIRECT_SUSPECT,
     MAX_CANDIDATES,
     PATH_PING_INTERVAL,
     PATH_PINGS_PER_ROUND,
@@ -136,8 +138,8 @@ class PathState:
     pings_left: int = 0
     #: Outstanding path pings: id -> address.
     pings: dict[int, Address] = field(default_factory=dict)
-    #: Last authenticated packet from the direct endpoint in use.
-    last_direct: float | None = None
+    #: Next liveness ping to a direct endpoint that left our data unanswered.
+    alive_ping_at: float = 0.0
     #: A change of ``kind``/``via``/endpoint not yet reported (a PathChanged).
     changed_from: str | None = None
     #: The endpoint the configuration gives (resolved), if any.
@@ -155,9 +157,11 @@ class PathState:
             best = self.ping_at
         return best
 
-    def direct_fresh(self, now: float) -> bool:
-        return (self.kind is PathKind.DIRECT and self.last_direct is not None
-                and now - self.last_direct < DIRECT_STALE)
+    def direct_fresh(self, now: float, last_direct: float | None) -> bool:
+        """Direct, and the endpoint was heard from less than DIRECT_SUSPECT ago
+        (``last_direct``: the core's last authenticated receive from it)."""
+        return (self.kind is PathKind.DIRECT and last_direct is not None
+                and now - last_direct < DIRECT_SUSPECT)
 
     def pick_relay(self, usable: set[str]) -> str | None:
         """The most recent introducer that is ``usable`` (has a direct session)."""
@@ -166,14 +170,16 @@ class PathState:
 
     # -- verbs ----------------------------------------------------------------
 
-    def introduced(self, addr: Address, by: str, now: float) -> bool:
+    def introduced(self, addr: Address, by: str, now: float,
+                   last_direct: float | None = None) -> bool:
         """A peer ``by`` says this one is at ``addr``.  True: punch now (handshake
         or path pings towards ``addr``)."""
         self.relays[by] = now
         _remember(self.relays, MAX_CANDIDATES)
         self.candidates[addr] = by
         _remember(self.candidates, MAX_CANDIDATES)
-        if self.direct_fresh(now):
+        if self.kind is PathKind.DIRECT and (
+                last_direct is not None and now - last_direct < DIRECT_SUSPECT * 5):
             return False
         if self.kind is PathKind.NONE and self.fallback_at is None:
             self.fallback_at = now + PUNCH_WINDOW
@@ -186,13 +192,15 @@ class PathState:
             self.pings_left = PATH_PINGS_PER_ROUND
             self.ping_at = now
 
-    def arrived(self, addr: Address, endpoint: Address | None, now: float, proof: bool) -> bool:
+    def arrived(self, addr: Address, endpoint: Address | None, now: float, proof: bool,
+                last_direct: float | None = None) -> bool:
         """An authenticated packet from ``addr`` (``proof``: it answered one of
-        ours there: a handshake response).  True: the endpoint may be ``addr``."""
+        ours there: a handshake response; ``last_direct``: the core's last
+        authenticated receive from the direct endpoint, before this one).
+        True: the endpoint may be ``addr``."""
         relay = via_relay(addr)
         if relay is None:
             if addr == endpoint:
-                self.last_direct = now
                 if self.kind is not PathKind.DIRECT:  # e.g. the first handshake
                     self._go_direct(addr, now)
                 return True
@@ -203,12 +211,24 @@ class PathState:
                 return False
             self._go_direct(addr, now)
             return True
-        if self.kind is PathKind.DIRECT and (
-            self.last_direct is not None and now - self.last_direct < DIRECT_STALE
-        ):
-            return False
+        if self.direct_fresh(now, last_direct):
+            return False  # relayed packets still in flight, or the peer is slower to move
         self.go_relayed(relay, now)
         return True
+
+    def alive_ping(self, endpoint: Address, now: float, new_id: Callable[[], int]
+                   ) -> int | None:
+        """A liveness ping for a direct endpoint that left our data unanswered
+        DIRECT_SUSPECT: its id, at most one per PATH_PING_INTERVAL (the pong,
+        or anything authenticated, answers it)."""
+        if now < self.alive_ping_at:
+            return None
+        self.alive_ping_at = now + PATH_PING_INTERVAL
+        ping_id = new_id()
+        if len(self.pings) > 4 * MAX_CANDIDATES:
+            self.pings.clear()
+        self.pings[ping_id] = endpoint
+        return ping_id
 
     def pong(self, ping_id: int, addr: Address, now: float) -> bool:
         """A pong from ``addr``.  True: it answers our ping there; the path is
@@ -225,14 +245,8 @@ class PathState:
         if self.ping_at is None or now < self.ping_at:
             return []
         self.pings_left = max(0, self.pings_left - 1)
-        if self.pings_left:
-            self.ping_at = now + PATH_PING_INTERVAL
-        elif self.kind is PathKind.RELAYED:
-            self.ping_at = now + DIRECT_RETRY_INTERVAL
-            self.pings_left = PATH_PINGS_PER_ROUND + 1
-        else:
-            self.ping_at = None
-        if self.direct_fresh(now) or not self.candidates:
+        self.ping_at = now + PATH_PING_INTERVAL if self.pings_left else None
+        if self.kind is PathKind.DIRECT or not self.candidates:
             return []
         due = [(new_id(), addr) for addr in self.candidates]
         if len(self.pings) > 4 * MAX_CANDIDATES:
@@ -252,9 +266,6 @@ class PathState:
             self.changed_from = self.changed_from or self.describe()
         self.kind, self.via, self.how = PathKind.RELAYED, relay, Source.RELAY
         self.fallback_at = None
-        if self.pings_left == 0:  # look for a direct path again later
-            self.pings_left = PATH_PINGS_PER_ROUND + 1
-            self.ping_at = now + DIRECT_RETRY_INTERVAL
 
     def configured(self, addr: Address | None) -> None:
         """The configuration (or DNS) says the peer is at ``addr``."""
@@ -272,7 +283,6 @@ class PathState:
         else:
             self.how = Source.INTRODUCED if introducer else Source.LEARNT
         self.kind, self.via, self.introducer = PathKind.DIRECT, "", introducer
-        self.last_direct = now
         self.fallback_at = None
         self.ping_at, self.pings_left = None, 0
         self.pings.clear()

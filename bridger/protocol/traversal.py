@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from .constants import AUTO_KEEPALIVE
+from .constants import AUTO_KEEPALIVE, DIRECT_DEAD, DIRECT_SUSPECT
 from .events import Address, DropReason, Output, PathChanged
 from .introduce import Introducer, acceptable
 from .messages import (
@@ -70,6 +70,10 @@ class PathPeer(Protocol):
     def configured_endpoint(self) -> Address | None: ...
     @property
     def unreachable(self) -> bool: ...
+    @property
+    def unanswered_since(self) -> float | None: ...
+    @property
+    def last_direct_rx(self) -> float | None: ...
     @property
     def drops(self) -> dict[DropReason, int]: ...
 
@@ -145,7 +149,7 @@ class Traversal:
         """The roaming rule: a packet from ``addr`` authenticated as ``peer``'s
         (``proof``: it answers ours, a handshake response).  True: the core may
         make ``addr`` the endpoint."""
-        return self.path(peer).arrived(addr, peer.endpoint, now, proof)
+        return self.path(peer).arrived(addr, peer.endpoint, now, proof, peer.last_direct_rx)
 
     def on_payload(self, peer: PathPeer, plaintext: bytes, addr: Address, now: float,
                    out: Output) -> None:
@@ -209,9 +213,9 @@ class Traversal:
                     peer.initiate(now, out)
         for peer in peers:
             state = self.path(peer)
-            if state.fallback_due(now) or (
-                    state.kind is PathKind.DIRECT and peer.unreachable
-                    and via_parts(peer.endpoint) is None):
+            if state.kind is PathKind.DIRECT:
+                self._check_direct(peer, state, usable - {peer.name}, now, out)
+            elif state.fallback_due(now):
                 self._fall_back(peer, state, usable - {peer.name}, now, out)
             if state.ping_at is not None and now >= state.ping_at:
                 self._ping(peer, state, now, out)
@@ -250,7 +254,7 @@ class Traversal:
             return
         self.introductions_taken += 1
         state = self.path(target)
-        if not state.introduced(intro.endpoint, peer.name, now):
+        if not state.introduced(intro.endpoint, peer.name, now, target.last_direct_rx):
             return
         if target.has_session(now):
             self._ping(target, state, now, out)
@@ -279,6 +283,27 @@ class Traversal:
             self.relayed_bytes += len(datagram)
         else:
             peer.drops[DropReason.RELAY_REFUSED] += 1
+
+    def _check_direct(self, peer: PathPeer, state: PathState, relays: set[str], now: float,
+                      out: Output) -> None:
+        """A direct path that leaves our data unanswered: liveness pings after
+        DIRECT_SUSPECT (answered at once by a working path, whatever the
+        traffic), the relay after DIRECT_DEAD (a NAT lost the mapping)."""
+        endpoint = peer.endpoint
+        if endpoint is None or via_parts(endpoint) is not None:
+            return
+        since, heard = peer.unanswered_since, peer.last_direct_rx
+        # Unanswered since ``since``, and nothing from the endpoint since ``heard``.
+        silent = None if since is None else since if heard is None else max(since, heard)
+        if peer.unreachable or (silent is not None and now - silent >= DIRECT_DEAD):
+            if state.pick_relay(relays) is not None:
+                self._fall_back(peer, state, relays, now, out)
+            return
+        if silent is not None and now - silent >= DIRECT_SUSPECT:
+            ping_id = state.alive_ping(endpoint, now, self._random_id)
+            if ping_id is not None:
+                peer.send_inner(encode_path_check(InnerType.PATH_PING, ping_id), now, out,
+                                to=endpoint)
 
     def _fall_back(self, peer: PathPeer, state: PathState, usable: set[str], now: float,
                    out: Output) -> None:

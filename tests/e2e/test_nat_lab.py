@@ -25,8 +25,10 @@ from typing import Any
 
 import pytest
 
+from bridger.errors import BridgerError
 from bridger.lab.gateways import GatewayFiles
 from bridger.lab.nat import NatLab, nat_lab_options, write_nat_configs
+from bridger.status.control import control_path, query_status
 from tests.e2e.bridged import Gateways
 
 pytestmark = pytest.mark.netns
@@ -59,6 +61,14 @@ class NatSites(Gateways):
             if peer.get("name") == name:
                 return dict(peer)
         raise AssertionError(f"gw{site} reports no peer {name}: {doc}")
+
+
+def serving(sites: NatSites, site: str) -> bool:
+    try:
+        query_status(control_path(sites.state_dir(site)), timeout=1.0)
+    except BridgerError:
+        return False
+    return True
 
 
 def ping_once(lab: NatLab, src: str, dst: str) -> bool:
@@ -97,9 +107,9 @@ def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatSites, di
         # the process start-up before it (imports, host set-up) is no part of
         # connecting, and takes seconds on a loaded machine.
         deadline = time.monotonic() + 60
-        while not all(sites.status(s) for s in lab.sites):
+        while not all(serving(sites, s) for s in lab.sites):
             assert time.monotonic() < deadline, sites.logs()
-            time.sleep(0.1)
+            time.sleep(0.05)
         start = time.monotonic()
         times = connect_times(lab, start, CONNECT_WITHIN)
         yield sites, times

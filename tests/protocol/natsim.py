@@ -9,7 +9,13 @@ conntrack masquerade (the lab's NATs, bridger/lab/nat.py):
 * inbound passes only as the reply of a flow: from exactly the remote address
   and port the flow went to (address- and port-dependent filtering);
 * a mapping lives UDP_TIMEOUT seconds after its last packet, and ``flush``
-  forgets every mapping at once.
+  forgets every mapping at once;
+* a packet that is the reply of no flow is delivered to the NAT box itself,
+  and conntrack keeps that flow (UNREPLIED_TIMEOUT after its last packet): a
+  new outbound flow whose reply would look the same cannot keep its port and
+  gets a random one (Linux's clash handling; why the two ends of a punch must
+  send at about the same moment, and why one failed attempt spoils the next
+  for a while).
 
 Sites behind a NAT have no ``host`` for each other (they know public sites by
 address only); the shell's part, wrapping datagrams for relays
@@ -29,6 +35,8 @@ from tests.protocol.simnet import WALL_EPOCH, keypair
 PORT = 55555
 #: Conntrack forgets an idle UDP flow after 30 s (unreplied) to 120 s; one value here.
 UDP_TIMEOUT = 60.0
+#: An unanswered flow (to the NAT box itself) is forgotten after this long.
+UNREPLIED_TIMEOUT = 30.0
 
 
 @dataclass
@@ -41,6 +49,8 @@ class Nat:
     #: (public port, remote) -> private source
     back: dict[tuple[int, Address], Address] = field(default_factory=dict)
     used: dict[tuple[int, Address], float] = field(default_factory=dict)
+    #: (public port, remote) -> last unsolicited packet (a flow to the NAT box)
+    local: dict[tuple[int, Address], float] = field(default_factory=dict)
 
     def outbound(self, src: Address, dest: Address, now: float) -> Address:
         if self.kind == "public":
@@ -49,7 +59,8 @@ class Nat:
         if port is None or now - self.used.get((port, dest), -1e9) > UDP_TIMEOUT:
             self._forget(src, dest)
             port = src[1] if self.kind == "preserving" else self.rng.randint(1024, 65535)
-            while (port, dest) in self.back:
+            while (port, dest) in self.back or now - self.local.get((port, dest), -1e9) \
+                    < UNREPLIED_TIMEOUT:
                 port = self.rng.randint(1024, 65535)
             self.out[(src, dest)] = port
             self.back[(port, dest)] = src
@@ -60,6 +71,7 @@ class Nat:
         key = (port, remote)
         src = self.back.get(key)
         if src is None or now - self.used.get(key, -1e9) > UDP_TIMEOUT:
+            self.local[key] = now
             return None
         self.used[key] = now
         return src
@@ -74,6 +86,7 @@ class Nat:
         self.out.clear()
         self.back.clear()
         self.used.clear()
+        self.local.clear()
 
 
 @dataclass
