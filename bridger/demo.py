@@ -19,6 +19,16 @@ hub, the other sites know only A):
 4. Hold the lab until ``--duration`` ends or Ctrl-C/SIGTERM, then stop the
    gateways and tear the lab down. Exit 0 only if every pair answered.
 
+``--nat`` (issue 23): the NAT lab (bridger.lab.nat): A public, B behind a NAT
+that keeps ports, C behind one that randomises them, D behind two (``--sites
+3`` leaves D out). Only A has a ``host`` in the configs:
+
+1. Build it; write the configs; start every gateway.
+2. Wait until every peer is up, ping every pair (IPv4), print one line per
+   pair, and one line per gateway and peer: how it reaches the peer (direct
+   and how the endpoint was learnt, or relayed via whom).
+3. Hold as above; then print the paths again, stop and tear down.
+
 Everything printed that comes from the network, the hosts or the configs is
 built as rich ``Text`` on a console with markup and emoji off, so brackets and
 ``:name:`` in it are shown as they are.
@@ -65,7 +75,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WAN one-way delay")
     parser.add_argument("--loss", type=float, default=0.0, metavar="PCT",
                         help="WAN loss percent")
-    parser.add_argument("--nat", action="store_true", help="put site B behind NAT")
+    parser.add_argument("--nat", action="store_true",
+                        help="sites behind NAT (A public, B ports kept, C ports random, D "
+                        "double NAT; --sites 3 or 4): direct where they can, relayed where "
+                        "they must")
     parser.add_argument("--no-dashboard", action="store_true", help="plain output")
     parser.add_argument("--sites", type=_site_count, default=DEFAULT_SITES, metavar="N",
                         help=f"how many sites, 2-{MAX_DEMO_SITES} (default 2); more than 2: "
@@ -175,8 +188,17 @@ def run_demo_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sites: must be {DEFAULT_SITES}..{MAX_DEMO_SITES}")
     if os.geteuid() != 0:
         raise BridgerError("lab demo needs root (it builds network namespaces)")
-    options = LabOptions(delay_ms=args.delay, loss_pct=args.loss, nat_b=args.nat, sites=sites)
+    options = LabOptions(delay_ms=args.delay, loss_pct=args.loss, sites=sites)
     demo = _demo if sites == DEFAULT_SITES and not hub else _mesh_demo
+    lab_class: Any = Lab
+    if args.nat:
+        from bridger.lab.nat import NAT_LAB_DELAY_MS, NatLab, nat_lab_options
+
+        if hub:
+            raise ConfigError("--nat: every site lists every other (no --hub)")
+        options = nat_lab_options(sites if sites in (3, 4) else 4, loss_pct=args.loss,
+                                  delay_ms=args.delay or NAT_LAB_DELAY_MS)
+        demo, lab_class = _nat_demo, NatLab
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -185,7 +207,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     old = signal.signal(signal.SIGTERM, request_stop)
     try:
-        with tempfile.TemporaryDirectory(prefix="bridger-demo-") as tmp, Lab(options) as lab:
+        with tempfile.TemporaryDirectory(prefix="bridger-demo-") as tmp, \
+                lab_class(options) as lab:
             return demo(lab, Path(tmp), args, lambda: stop_requested)
     except KeyboardInterrupt:
         return 130
@@ -294,6 +317,60 @@ def _mesh_demo(lab: Any, workdir: Path, args: argparse.Namespace, stopped: Any) 
     console.print(Text(f"{answered} of {len(results)} pair pings answered; "
                        f"gateways exited with {codes}"))
     return 0 if answered == len(results) and not any(codes) else 1
+
+
+def _nat_demo(lab: Any, workdir: Path, args: argparse.Namespace, stopped: Any) -> int:
+    from rich.text import Text
+
+    from bridger.lab.nat import write_nat_configs
+    from bridger.lab.ping import cross_site_pairs, ping_pairs
+
+    console = demo_console()
+    files = write_nat_configs(lab, workdir)
+    console.print(Text(f"lab {lab.prefix}: {len(files)} sites behind NATs, full mesh; only A "
+                       "has a host in the configs"))
+    for site in files:
+        where = (f"{lab.gateway_private_address(site)} behind a {lab.kinds[site]} NAT "
+                 f"({lab.gateway_wan_address(site)} outside)" if lab.behind_nat(site)
+                 else f"{lab.gateway_wan_address(site)} (public)")
+        console.print(Text(f"  site {site}: gateway {where}"))
+    gateways = [_start_configured(lab, f, workdir) for f in files.values()]
+    results: list[PingResult] = []
+    try:
+        expected = {site: {p.name for p in f.peers} for site, f in files.items()}
+        wait_link_up(gateways, MESH_UP_TIMEOUT, expected)
+        results = ping_pairs(lab, cross_site_pairs(lab), (4,))
+        console.print(pair_table(results))
+        for line in nat_path_lines(gateways):
+            console.print(line)
+        _hold(console, args, stopped)
+        for line in nat_path_lines(gateways):
+            console.print(line)
+    finally:
+        codes = [gw.stop() for gw in gateways]
+    answered = sum(r.ok for r in results)
+    console.print(Text(f"{answered} of {len(results)} pair pings answered; "
+                       f"gateways exited with {codes}"))
+    return 0 if results and answered == len(results) and not any(codes) else 1
+
+
+def nat_path_lines(gateways: list[Gateway]) -> list[Any]:
+    """One line per gateway and peer: how it reaches the peer (from its status)."""
+    from rich.text import Text
+
+    lines = []
+    for gw in gateways:
+        snap = gw.snapshot() or {}
+        for peer in snap.get("peers", []):
+            path = peer.get("path") or "none"
+            if path == "relayed":
+                how = f"relayed via {peer.get('via')}"
+            elif path == "direct":
+                how = f"direct to {peer.get('endpoint')} ({peer.get('endpoint_source')})"
+            else:
+                how = "no path"
+            lines.append(Text(f"  site {gw.site} -> {peer.get('name')}: {how}"))
+    return lines
 
 
 def _start_configured(lab: Any, files: GatewayFiles, workdir: Path) -> Gateway:
