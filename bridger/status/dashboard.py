@@ -297,13 +297,18 @@ def _name_width(peers: list[dict[str, Any]]) -> int:
     return max(4, min(15, max((len(p["name"]) for p in peers), default=4)))
 
 
+#: How an endpoint was learnt, in a few letters (status's endpoint_source).
+_SOURCE_SHORT = {"configured": "conf", "learnt": "learnt", "introduced": "intro"}
+
+
 def peer_path(peer: dict[str, Any]) -> str:
-    """"direct introduced", "via site-a", "—" (issue 23; older documents: "—")."""
+    """"direct intro", "via site-a", "—" (issue 23; older documents: "—")."""
     path = peer.get("path")
     if path == "relayed":
         return f"via {peer.get('via') or '?'}"
     if path == "direct":
-        return f"direct {peer.get('endpoint_source') or ''}".rstrip()
+        how = _SOURCE_SHORT.get(peer.get("endpoint_source") or "", "")
+        return f"direct {how}".rstrip()
     return "—"
 
 
@@ -319,7 +324,7 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
         _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
-        _Column("path", "path", 17, "left"),
+        _Column("path", "path", max(4, *(len(peer_path(p)) for p in peers)), "left"),
         _Column("rtt", "rtt ms", 6),
         _Column("tx", "tx fr", 5),
         _Column("rx", "rx fr", 5),

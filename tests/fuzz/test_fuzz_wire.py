@@ -38,8 +38,11 @@ from bridger.protocol.messages import (
     decode_cookie_reply_untrusted,
     decode_fragment_untrusted,
     decode_initiation_untrusted,
+    decode_introduce_untrusted,
+    decode_path_check_untrusted,
     decode_probe_ack_untrusted,
     decode_probe_untrusted,
+    decode_relay_untrusted,
     decode_response_untrusted,
     decode_transport_header_untrusted,
     message_type_untrusted,
@@ -56,6 +59,9 @@ DECODERS = (
     decode_fragment_untrusted,
     decode_probe_untrusted,
     decode_probe_ack_untrusted,
+    decode_introduce_untrusted,
+    decode_relay_untrusted,
+    decode_path_check_untrusted,
 )
 LENGTHS = (0, 1, 3, 4, 15, 16, 31, 32, 33, 64, 92, 148, 149)
 
