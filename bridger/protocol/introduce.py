@@ -19,7 +19,7 @@ impersonate anyone or read anything.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from .constants import INTRODUCE_CHECK_INTERVAL, INTRODUCE_REFRESH
@@ -38,10 +38,12 @@ class Introducer:
     def next_deadline(self) -> float:
         return self.check_at
 
-    def due(self, reachable: Iterable[tuple[bytes, Address]], now: float
+    def due(self, reachable: Iterable[tuple[bytes, Address]], now: float,
+            introducible: Collection[bytes] | None = None
             ) -> list[tuple[bytes, bytes, Address]]:
         """(to, about, endpoint) introductions to send now, given the peers
-        reached directly as (public key, endpoint)."""
+        reached directly as (public key, endpoint); only those in
+        ``introducible`` (default: all) are introduced."""
         if now < self.check_at:
             return []
         self.check_at = now + INTRODUCE_CHECK_INTERVAL
@@ -51,7 +53,7 @@ class Introducer:
         out = []
         for to, _ in peers:
             for about, addr in peers:
-                if about == to:
+                if about == to or (introducible is not None and about not in introducible):
                     continue
                 last = self.told.get((to, about))
                 if last is None or last[0] != addr or now - last[1] >= INTRODUCE_REFRESH:

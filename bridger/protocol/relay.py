@@ -58,8 +58,14 @@ from .constants import (
     PATH_PING_INTERVAL,
     PATH_PINGS_PER_ROUND,
     PUNCH_WINDOW,
+    TRANSPORT_OVERHEAD,
 )
 from .events import Address
+from .messages import RELAY_HEADER_LEN
+
+#: What relaying adds to a datagram of the pair: the RELAY type and key, and
+#: the transport header and tag of the session with the relay.
+RELAY_OVERHEAD = RELAY_HEADER_LEN + TRANSPORT_OVERHEAD
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -107,6 +107,9 @@ class Traversal:
         self.relayed_bytes = 0
         self.introductions_sent = 0
         self.introductions_taken = 0
+        #: Introduce peers to each other (off on a hub, whose spokes list only
+        #: the hub: they would refuse every introduction).
+        self.introducing = True
 
     # -- lookups ----------------------------------------------------------------
 
@@ -199,8 +202,12 @@ class Traversal:
         peers = list(self._peers())
         by_key = {p.public_key: p for p in peers}
         direct = [p for p in peers if self._direct(p, now)]
+        # Peers whose address the configuration gives are not introduced: who
+        # needs it has it configured too.
+        learnt = {p.public_key for p in direct if p.endpoint != p.configured_endpoint}
         for to, about, addr in self.introducer.due(
-                ((p.public_key, p.endpoint) for p in direct if p.endpoint is not None), now):
+                ((p.public_key, p.endpoint) for p in direct if p.endpoint is not None), now,
+                learnt if self.introducing else set()):
             target = by_key.get(to)
             if target is not None and target.send_inner(encode_introduce(about, addr), now, out):
                 self.introductions_sent += 1

@@ -185,6 +185,8 @@ class Up:
         config, native = self.config, checked.native
         device, peers = build_core(config, checked.private, checked.psks, now, time.time(),
                                    None if native is None else native.Session)
+        # A hub's spokes list only the hub: introductions would all be refused.
+        device.traversal.introducing = config.mode == "mesh"
         fwd = build_forwarder(config, device, udp)
         ports = PortMaker.of(config, fwd)
         for settings, peer in zip(config.peers, peers, strict=True):

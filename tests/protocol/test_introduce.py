@@ -150,3 +150,10 @@ def test_usable_address() -> None:
     assert usable_address(("10.1.1.1", 1))
     assert not usable_address(("via:site-a/site-b", 0))
     assert not usable_address(("10.1.1.1", 0))
+
+
+def test_introducer_introduces_only_what_it_may() -> None:
+    intro = Introducer()
+    peers = [(KEY_B, ("10.0.0.2", 1)), (KEY_C, ("10.0.0.3", 1))]
+    assert intro.due(peers, 0.0, introducible={KEY_C}) == [(KEY_B, KEY_C, ("10.0.0.3", 1))]
+    assert Introducer().due(peers, 0.0, introducible=set()) == []
