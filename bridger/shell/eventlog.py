@@ -42,7 +42,8 @@ def log_event(event: Event) -> None:
         case HandshakeGaveUp(after=after, frames_dropped=n):
             log.warning("%sunreachable: no handshake answer for %.0fs (%d frames dropped)",
                         who, after, n)
-        case EndpointChanged(old=old, new=new):
+        case EndpointChanged(old=old, new=new) if via_relay(old) is None and via_relay(
+                new) is None:  # to or from a relay: the PathChanged line says it
             log.info("%sendpoint %s -> %s", who, _where(old) or "unknown", _where(new))
         case PeerUnreachable(silent_for=silent):
             log.warning("%ssilent for %.0fs: re-handshaking", who, silent)
