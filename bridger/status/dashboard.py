@@ -297,6 +297,8 @@ def _name_width(peers: list[dict[str, Any]]) -> int:
     return max(4, min(15, max((len(p["name"]) for p in peers), default=4)))
 
 
+#: Paths that need no column: every peer dialled as configured (or unknown).
+_PLAIN_PATHS = ("—", "direct conf")
 #: How an endpoint was learnt, in a few letters (status's endpoint_source).
 _SOURCE_SHORT = {"configured": "conf", "learnt": "learnt", "introduced": "intro"}
 
@@ -324,7 +326,6 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         _Column("name", "peer", _name_width(peers), "left"),
         _Column("state", "state", state_width, "left"),
         _Column("endpoint", "endpoint", 0, "left", flex_min=9, flex_max=47),  # [IPv6]:port
-        _Column("path", "path", max(4, *(len(peer_path(p)) for p in peers)), "left"),
         _Column("rtt", "rtt ms", 6),
         _Column("tx", "tx fr", 5),
         _Column("rx", "rx fr", 5),
@@ -332,6 +333,10 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
         _Column("rx_rate", "rx Mb/s", 7),
         _Column("drops", "drops", 5),
     ]
+    paths = [peer_path(p) for p in peers]
+    if any(path not in _PLAIN_PATHS for path in paths):
+        # Only where NAT traversal shows: a relay, an introduced or learnt endpoint.
+        columns.insert(3, _Column("path", "path", max(4, *map(len, paths)), "left"))
     columns = _fit(columns, width, ("rx_rate", "tx_rate", "rtt", "path", "rx", "drops", "tx",
                                     "endpoint"))
     rows = []
