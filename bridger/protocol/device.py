@@ -70,6 +70,7 @@ from .messages import (
 from .noise import Identity, consume_initiation, decrypt_initiator_static
 from .peer import Peer, PeerConfig
 from .replay import Verdict
+from .traversal import Traversal
 
 _TRANSPORT = int(MessageType.TRANSPORT)
 _INITIATION = int(MessageType.HANDSHAKE_INITIATION)
@@ -145,6 +146,11 @@ class Device:
         self.cookies_sent = 0
         self._error_reported_at = -INTERNAL_ERROR_REPORT_INTERVAL
         self._errors_suppressed = 0
+        #: Introductions, punching, relaying and each peer's path (issue 23).
+        self.traversal = Traversal(
+            self.identity.public, self.peers.values,
+            lambda: int.from_bytes(self.random(8), "little"),
+        )
 
     # --- peers ---------------------------------------------------------------
 
@@ -166,6 +172,7 @@ class Device:
         """Forget a peer: its sessions, pending handshake and index entries."""
         peer.forget()
         self.peers.pop(peer.public_key, None)
+        self.traversal.forget(peer)
 
     def new_index(self) -> int:
         """A fresh nonzero receiver index not in the table."""
@@ -213,7 +220,7 @@ class Device:
     # --- timers --------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        best: float | None = None
+        best: float | None = self.traversal.next_deadline() if len(self.peers) > 1 else None
         for peer in self.peers.values():
             deadline = peer.next_deadline()
             if deadline is not None and (best is None or deadline < best):
@@ -228,6 +235,10 @@ class Device:
             deadline = peer.next_deadline()
             if deadline is not None and now >= deadline:
                 peer.tick(now, out)
+        if len(self.peers) > 1:
+            due = self.traversal.next_deadline()
+            if due is not None and now >= due:
+                self.traversal.tick(now, out)
         return out
 
     # --- receive -------------------------------------------------------------
@@ -243,6 +254,7 @@ class Device:
         now: float,
         wall_clock: float,
         out: Output | None = None,
+        relayed: bool = False,
     ) -> Output:
         """Process UDP payloads from ``addr`` (a GRO receive, or reads gathered
         from one sender), in order. Never raises. See the module docstring."""
@@ -313,7 +325,7 @@ class Device:
                     frames.append(frame)
                     delivered += 1
                 else:
-                    delivered += peer.receive_payload(plaintext, len(data), now, out)
+                    delivered += peer.receive_payload(plaintext, len(data), addr, now, out)
             except (BadPacket, ValueError):
                 (self.drops if peer is None else peer.drops)[DropReason.MALFORMED] += 1
             except Exception:  # a bug must not take the receive loop down
@@ -325,6 +337,8 @@ class Device:
                 self._internal_error(now, out, run_kp.peer)
         self.rx_datagrams += rx
         self.rx_bytes += rx_bytes
+        if not relayed:
+            self._receive_relayed(now, wall_clock, out)
         return out
 
     def receive_payload(
@@ -352,13 +366,26 @@ class Device:
             if not out.runs or out.runs[-1][0] is not peer:
                 out.runs.append((peer, len(out.frames)))
             peer.begin_run(kp, addr, now, out)
-            delivered = peer.receive_payload(plaintext, size, now, out)
+            delivered = peer.receive_payload(plaintext, size, addr, now, out)
             peer.end_run(kp, delivered, now, out)
         except (BadPacket, ValueError):
             peer.drops[DropReason.MALFORMED] += 1
         except Exception:
             self._internal_error(now, out, peer)
+        self._receive_relayed(now, wall_clock, out)
         return out
+
+    def _receive_relayed(self, now: float, wall_clock: float, out: Output) -> None:
+        """The datagrams relays carried for us (traversal.py), as if they had
+        come from the network, from their Via address. Bounded: a relayed
+        datagram cannot carry another relayed one (traversal refuses RELAYED
+        from a peer it does not reach directly)."""
+        for _ in range(4):
+            relayed = self.traversal.take_relayed()
+            if not relayed:
+                return
+            for datagram, via in relayed:
+                self.receive_datagrams((datagram,), via, now, wall_clock, out, relayed=True)
 
     def _internal_error(self, now: float, out: Output, peer: Peer | None) -> None:
         self.drops[DropReason.INTERNAL_ERROR] += 1

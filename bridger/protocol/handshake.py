@@ -102,7 +102,7 @@ def initiate(peer: Peer, now: float, out: Output, *, retry: bool) -> None:
     peer.tx_datagrams += 1
     peer.tx_bytes += len(datagram)
     peer.timers.handshake_initiated(now, _jitter(peer))
-    peer.timers.any_authenticated_sent(now, peer.config.persistent_keepalive)
+    peer.timers.any_authenticated_sent(now, peer.keepalive_interval)
     out.events.append(HandshakeInitiated(retry, peer.name))
 
 
@@ -152,7 +152,7 @@ def receive_response(peer: Peer, msg: Response, addr: Address, now: float, out: 
     rekey = peer.current is not None
     install_current(peer, kp)
     session_up(peer, kp, rekey, True, now, out)
-    peer.authenticated_from(addr, now, out)
+    peer.authenticated_from(addr, now, out, proof=True)
     if not peer.flush_queue(now, out):
         peer.send_keepalive(now, out)  # confirms the session to the responder
     peer.probe_path(now, out)
@@ -215,7 +215,7 @@ def receive_initiation(
     out.datagrams.append((datagram, addr))
     peer.tx_datagrams += 1
     peer.tx_bytes += len(datagram)
-    peer.timers.any_authenticated_sent(now, peer.config.persistent_keepalive)
+    peer.timers.any_authenticated_sent(now, peer.keepalive_interval)
 
 
 def confirm_next(peer: Peer, kp: Keypair, now: float, out: Output) -> None:

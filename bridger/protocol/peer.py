@@ -14,6 +14,11 @@ A peer's behaviour is split by concept, one module each, as in wireguard-go's
 ``pmtu_driver.py`` this peer's path-MTU probing (over pmtu.PathMtu)
 =================  ==========================================================
 
+NAT traversal (introductions, punching, relaying: traversal.py) is the
+device's; it drives a peer through the verbs under "From NAT traversal", and a
+peer asks it, through the device, whether an address it heard from may become
+the endpoint (receive.py) and which keepalive it needs (:attr:`keepalive_interval`).
+
 The rule that keeps them apart: a concept module is functions of a peer and
 imports none of the others; where one needs another (a send that starts a
 rekey, a response that flushes the queue) it calls the peer's verb, and only
@@ -33,6 +38,7 @@ from .constants import (
     DEFAULT_PERSISTENT_KEEPALIVE,
     IPV4_UDP_OVERHEAD,
     IPV6_UDP_OVERHEAD,
+    NEW_HANDSHAKE_TIMEOUT,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
@@ -59,6 +65,7 @@ from .messages import (
 )
 from .noise import PeerKeys, ResponderState
 from .pmtu import PathMtu
+from .relay import RELAY_OVERHEAD, via_relay
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -66,7 +73,11 @@ if TYPE_CHECKING:
 
 
 def ip_overhead_for(addr: Address | None) -> int:
-    """Outer IP+UDP header bytes for an endpoint; the worse (IPv6) if unknown."""
+    """Outer IP+UDP header bytes for an endpoint; the worse (IPv6) if unknown.
+    Through a relay: the relay hop's headers (IPv4's; the path-MTU search finds
+    the rest) and its RELAY wrapping (relay.py)."""
+    if addr is not None and via_relay(addr) is not None:
+        return IPV4_UDP_OVERHEAD + RELAY_OVERHEAD
     if addr is None or ":" in addr[0]:
         return IPV6_UDP_OVERHEAD
     return IPV4_UDP_OVERHEAD
@@ -130,8 +141,13 @@ class Peer:
         self.config = config
         self.name = config.name
         self.keys = PeerKeys.create(device.identity, config.public_key, config.psk)
-        #: Where datagrams to the peer go; roams to the source of what authenticates.
+        #: Where datagrams to the peer go; roams to the source of what authenticates
+        #: (as NAT traversal allows); a ``relay.Via`` address when relayed.
         self.endpoint: Address | None = config.endpoint
+        #: Where the configuration (or DNS) says the peer is.
+        self.configured_endpoint: Address | None = config.endpoint
+        #: The last authenticated receive from a direct endpoint (not a relay).
+        self.last_direct_rx: float | None = None
         #: The keypair slots (keypair.py): current sends and receives, previous
         #: only receives, next is a responder session awaiting confirmation.
         self.current: Keypair | None = None
@@ -169,7 +185,7 @@ class Peer:
         self.frames_received = 0
         self.keepalives_sent = 0
         self.cookies_sent = 0
-        if self.endpoint is not None and config.persistent_keepalive > 0:
+        if self.endpoint is not None and self.keepalive_interval > 0:
             self.timers.persistent_keepalive = now
 
     # --- the peer's state ------------------------------------------------------
@@ -177,6 +193,21 @@ class Peer:
     @property
     def public_key(self) -> bytes:
         return self.config.public_key
+
+    @property
+    def keepalive_interval(self) -> float:
+        """The persistent keepalive in force: the configured one, or where a NAT
+        mapping depends on it an automatic one (traversal.py)."""
+        return self.device.traversal.keepalive_interval(self, self.config.persistent_keepalive)
+
+    @property
+    def unanswered_since(self) -> float | None:
+        """When data was first sent with nothing authenticated received since."""
+        t = self.timers.new_handshake
+        return None if t is None else t - NEW_HANDSHAKE_TIMEOUT
+
+    def has_session(self, now: float) -> bool:
+        return self.sendable(now) is not None
 
     @property
     def path_mtu(self) -> int:
@@ -271,15 +302,46 @@ class Peer:
 
     def set_endpoint(self, addr: Address | None, now: float, out: Output) -> None:
         """Endpoint from configuration or DNS; starts a handshake if frames wait."""
+        self.configured_endpoint = addr
+        self.device.traversal.path(self).configured(addr)
+        self.move_endpoint(addr, now, out)
+
+    # --- from NAT traversal (traversal.py) ---------------------------------------
+
+    def move_endpoint(self, addr: Address | None, now: float, out: Output) -> None:
+        """Send to ``addr`` from now on (an introduced address, a relay, a path a
+        pong confirmed; not remembered as configured); a handshake if frames wait."""
         old = self.endpoint
         self.endpoint = addr
         if addr is not None and addr != old:
             pmtu_driver.new_path(self, now, out)
             out.events.append(EndpointChanged(old, addr, self.name))
-            if self.config.persistent_keepalive > 0 and self.timers.persistent_keepalive is None:
+            if self.keepalive_interval > 0 and self.timers.persistent_keepalive is None:
                 self.timers.persistent_keepalive = now
             if self.queue and self.sendable(now) is None:
                 self.start_handshake(now, out)
+
+    def handshake_now(self, now: float, out: Output) -> None:
+        """An initiation to the endpoint now (a punch, a fallback to a relay),
+        unless a session is usable; it replaces one under way."""
+        if self.sendable(now) is None and self.endpoint is not None:
+            self.start_handshake(now, out, retry=self.handshake.pending is not None)
+
+    def send_inner(self, plaintext: bytes, now: float, out: Output,
+                   to: Address | None = None) -> bool:
+        """Seal an inner message (not a frame: no data for the dead-peer timer)
+        on the current session, to the endpoint (an authenticated send for the
+        keepalive timers) or to ``to`` (a path ping or pong: none); False
+        without a session."""
+        kp = self.sendable(now)
+        if kp is None:
+            return False
+        send.seal(self, kp, plaintext, out, to)
+        if to is None or to == self.endpoint:
+            self.authenticated_sent(kp, now, out)
+        return True
+
+    # --- from the shell, continued -----------------------------------------------
 
     def initiate(self, now: float, out: Output) -> None:
         """Start a handshake now unless a session is usable or one is under way
@@ -313,10 +375,12 @@ class Peer:
         timers = self.timers
         if received_last:
             self.last_received = received_last
+            if via_relay(self.endpoint) is None:  # the lane receives from the endpoint only
+                self.last_direct_rx = received_last
             self.unreachable = False
             timers.any_authenticated_received()
         if sent_last:
-            timers.any_authenticated_sent(sent_last, self.config.persistent_keepalive)
+            timers.any_authenticated_sent(sent_last, self.keepalive_interval)
             if self.native_big:
                 self.pmtu.data_sent(sent_last)
         self.native_big = False
@@ -382,10 +446,11 @@ class Peer:
             self.send_keepalive(now, out)
         if t.persistent_keepalive is not None and now >= t.persistent_keepalive:
             t.persistent_keepalive = None
-            if self.config.persistent_keepalive > 0 and self.endpoint is not None:
+            interval = self.keepalive_interval
+            if interval > 0 and self.endpoint is not None:
                 self.send_keepalive(now, out)
                 if t.persistent_keepalive is None:
-                    t.persistent_keepalive = now + self.config.persistent_keepalive
+                    t.persistent_keepalive = now + interval
         if t.zero_keys is not None and now >= t.zero_keys:
             t.zero_keys = None
             self.zero_keys(out)
@@ -418,11 +483,12 @@ class Peer:
         its first payload: confirm a waiting session, roam, timers, flush the queue."""
         receive.begin_run(self, kp, addr, now, out)
 
-    def receive_payload(self, plaintext: bytes, size: int, now: float, out: Output) -> int:
+    def receive_payload(self, plaintext: bytes, size: int, addr: Address, now: float,
+                        out: Output) -> int:
         """An authenticated inner message other than FRAME / FRAME_CSUM (which the
-        device's receive loop delivers itself) in a datagram of ``size`` bytes;
-        returns how many frames it delivered (0 or 1)."""
-        return receive.receive_payload(self, plaintext, size, now, out)
+        device's receive loop delivers itself) in a datagram of ``size`` bytes
+        from ``addr``; returns how many frames it delivered (0 or 1)."""
+        return receive.receive_payload(self, plaintext, size, addr, now, out)
 
     def end_run(self, kp: Keypair, delivered: int, now: float, out: Output) -> None:
         """The end of a run on ``kp``: data timers and rekey-on-receive."""
@@ -444,12 +510,14 @@ class Peer:
         """The waiting responder session ``kp`` is confirmed: it becomes current."""
         handshake.confirm_next(self, kp, now, out)
 
-    def authenticated_from(self, addr: Address, now: float, out: Output) -> None:
-        """Something from ``addr`` authenticated as this peer's (receive.py)."""
-        receive.authenticated_from(self, addr, now, out)
+    def authenticated_from(self, addr: Address, now: float, out: Output,
+                           proof: bool = False) -> None:
+        """Something from ``addr`` authenticated as this peer's (receive.py);
+        ``proof``: it answers one of ours there (a handshake response)."""
+        receive.authenticated_from(self, addr, now, out, proof)
 
     def seal(self, kp: Keypair, plaintext: bytes, out: Output) -> None:
-        """One transport datagram carrying ``plaintext`` (send.py)."""
+        """One transport datagram carrying ``plaintext`` to the endpoint (send.py)."""
         send.seal(self, kp, plaintext, out)
 
     def authenticated_sent(self, kp: Keypair, now: float, out: Output) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .constants import (
     DEFAULT_WAN_MTU,
-    IPV4_UDP_OVERHEAD,
+    IPV6_UDP_OVERHEAD,
     MIN_WAN_MTU,
     TRANSPORT_OVERHEAD,
 )
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 def floor(peer: Peer) -> int:
     """The smallest path MTU assumed for the peer's endpoint (IPv4 or IPv6)."""
-    return floor_for(peer.ip_overhead != IPV4_UDP_OVERHEAD)
+    return floor_for(peer.ip_overhead == IPV6_UDP_OVERHEAD)
 
 
 def bound(peer: Peer) -> int:

@@ -8,7 +8,8 @@ runs (consecutive datagrams on one keypair); for each run this module does:
     timers hear of an authenticated receive, the queue is flushed, and the
     probes a new session's path-MTU search waits to send go out.
  2. :func:`receive_payload` for an inner message other than a frame:
-    fragments are reassembled; PROBE / PROBE_ACK go to the path-MTU driver.
+    fragments are reassembled; PROBE / PROBE_ACK go to the path-MTU driver;
+    introductions, relay messages and path checks to NAT traversal.
  3. :func:`end_run`: the frames delivered are counted, the data timers run,
     and an initiator session older than REKEY_ON_RECEIVE_TIME starts a rekey.
 """
@@ -21,6 +22,8 @@ from .constants import REKEY_ON_RECEIVE_TIME
 from .events import Address, DropReason, EndpointChanged, Output
 from .keypair import Keypair
 from .messages import InnerType, decode_fragment_untrusted
+from .relay import via_relay
+from .traversal import INNER_TYPES as TRAVERSAL_TYPES
 
 if TYPE_CHECKING:
     from .peer import Peer
@@ -41,9 +44,15 @@ def begin_run(peer: Peer, kp: Keypair, addr: Address, now: float, out: Output) -
             peer.probe_path(now, out)
 
 
-def authenticated_from(peer: Peer, addr: Address, now: float, out: Output) -> None:
-    """Something from ``addr`` authenticated as the peer's: roam, liveness, timers."""
-    roam(peer, addr, now, out)
+def authenticated_from(
+    peer: Peer, addr: Address, now: float, out: Output, proof: bool = False
+) -> None:
+    """Something from ``addr`` authenticated as the peer's: roam (where NAT
+    traversal's path rule allows: traversal.py), liveness, timers."""
+    if peer.device.traversal.arrived(peer, addr, now, proof):
+        roam(peer, addr, now, out)
+    if addr == peer.endpoint and via_relay(addr) is None:
+        peer.last_direct_rx = now
     peer.last_received = now
     peer.unreachable = False
     peer.timers.any_authenticated_received()
@@ -60,11 +69,12 @@ def roam(peer: Peer, addr: Address, now: float, out: Output) -> None:
 
 
 def receive_payload(
-    peer: Peer, plaintext: bytes, size: int, now: float, out: Output
+    peer: Peer, plaintext: bytes, size: int, addr: Address, now: float, out: Output
 ) -> int:
     """Step 2: an authenticated inner message other than FRAME / FRAME_CSUM, in a
-    datagram of ``size`` bytes; returns how many frames it delivered (0 or 1).
-    Raises BadPacket (or ValueError) for a malformed one: the device counts it."""
+    datagram of ``size`` bytes from ``addr``; returns how many frames it
+    delivered (0 or 1). Raises BadPacket (or ValueError) for a malformed one:
+    the device counts it."""
     kind = plaintext[0]
     if kind == _FRAGMENT:
         frag = decode_fragment_untrusted(plaintext)
@@ -79,6 +89,8 @@ def receive_payload(
         peer.answer_probe(plaintext, size, now, out)
     elif kind == _PROBE_ACK:
         peer.probe_acked(plaintext, now, out)
+    elif kind in TRAVERSAL_TYPES:
+        peer.device.traversal.on_payload(peer, plaintext, addr, now, out)
     else:
         peer.drops[DropReason.MALFORMED] += 1
     return 0

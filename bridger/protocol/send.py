@@ -33,7 +33,7 @@ from .constants import (
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
 )
-from .events import DropReason, Output
+from .events import Address, DropReason, Output
 from .fragment import split
 from .keypair import Keypair
 from .messages import (
@@ -63,10 +63,12 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, frame: bytes) -> None:
+    def push(self, frame: bytes, *, no_endpoint: bool = False) -> None:
+        """``no_endpoint``: the peer has no endpoint (and no relay) yet, so an
+        eviction is counted as no_endpoint rather than queue_full."""
         if len(self._frames) >= MAX_QUEUED_FRAMES:
             self._frames.popleft()
-            self._drops[DropReason.QUEUE_FULL] += 1
+            self._drops[DropReason.NO_ENDPOINT if no_endpoint else DropReason.QUEUE_FULL] += 1
         self._frames.append(frame)
 
     def take_all(self) -> list[bytes]:
@@ -100,7 +102,7 @@ def send_frames(
                 continue
             if csum is not None:
                 frame = complete_checksum(frame, csum[0], csum[1])
-            queue.push(frame)
+            queue.push(frame, no_endpoint=peer.endpoint is None)
         if queue and peer.handshake.pending is None:
             peer.start_handshake(now, out)
         return out
@@ -163,22 +165,25 @@ def send_frames(
     return out
 
 
-def seal(peer: Peer, kp: Keypair, plaintext: bytes, out: Output) -> None:
-    """One transport datagram carrying ``plaintext`` to the peer's endpoint."""
+def seal(peer: Peer, kp: Keypair, plaintext: bytes, out: Output,
+         to: Address | None = None) -> None:
+    """One transport datagram carrying ``plaintext`` to the peer's endpoint (or
+    to ``to``: a path ping or pong on a candidate address, traversal.py)."""
     counter = kp.send_counter
     kp.send_counter = counter + 1
     datagram = seal_transport(
         _TRANSPORT, kp.remote_index, counter, plaintext, _pack_nonce(counter), kp.send_key
     )
-    assert peer.endpoint is not None
-    out.datagrams.append((datagram, peer.endpoint))
+    dest = to or peer.endpoint
+    assert dest is not None
+    out.datagrams.append((datagram, dest))
     peer.tx_datagrams += 1
     peer.tx_bytes += len(datagram)
 
 
 def authenticated_sent(peer: Peer, kp: Keypair, now: float, out: Output) -> None:
     """Step 4, after any authenticated send: keepalive timers and key freshness."""
-    peer.timers.any_authenticated_sent(now, peer.config.persistent_keepalive)
+    peer.timers.any_authenticated_sent(now, peer.keepalive_interval)
     if (
         kp.initiator
         and peer.handshake.pending is None
