@@ -133,9 +133,10 @@ class Traversal:
                 and via_parts(peer.endpoint) is None and peer.endpoint is not None)
 
     def keepalive_interval(self, peer: PathPeer, configured: float) -> float:
-        """The persistent keepalive the peer gets: the configured one, or (0)
-        AUTO_KEEPALIVE where a NAT mapping depends on it: an endpoint that was
-        not configured (learnt, introduced) or a relayed path."""
+        """The persistent keepalive the peer gets: the configured one, or
+        (configured 0) AUTO_KEEPALIVE on a site that takes part in NAT
+        traversal, whose NAT mappings and sessions with introducers must stay
+        open (:meth:`depends_on_introductions`)."""
         if configured > 0:
             return configured
         return AUTO_KEEPALIVE if self.depends_on_introductions() else 0.0
