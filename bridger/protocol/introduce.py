@@ -38,25 +38,28 @@ class Introducer:
     def next_deadline(self) -> float:
         return self.check_at
 
-    def due(self, reachable: Iterable[tuple[bytes, Address]], now: float,
+    def due(self, reachable: Iterable[tuple[bytes, Address, float]], now: float,
             introducible: Collection[bytes] | None = None
             ) -> list[tuple[bytes, bytes, Address]]:
         """(to, about, endpoint) introductions to send now, given the peers
-        reached directly as (public key, endpoint); only those in
+        reached directly as (public key, endpoint, its last handshake: a peer
+        that restarted has forgotten what it was told, and to us its new
+        session looks like any rekey); only those in
         ``introducible`` (default: all) are introduced."""
         if now < self.check_at:
             return []
         self.check_at = now + INTRODUCE_CHECK_INTERVAL
-        peers = [(key, addr) for key, addr in reachable if usable_address(addr)]
+        peers = [(key, addr, since) for key, addr, since in reachable if usable_address(addr)]
         if len(peers) < 2:
             return []
         out = []
-        for to, _ in peers:
-            for about, addr in peers:
+        for to, _, since in peers:
+            for about, addr, _ in peers:
                 if about == to or (introducible is not None and about not in introducible):
                     continue
                 last = self.told.get((to, about))
-                if last is None or last[0] != addr or now - last[1] >= INTRODUCE_REFRESH:
+                if last is None or last[0] != addr or last[1] < since or (
+                        now - last[1] >= INTRODUCE_REFRESH):
                     self.told[(to, about)] = (addr, now)
                     out.append((to, about, addr))
         return out

@@ -73,6 +73,8 @@ class PathPeer(Protocol):
     @property
     def unanswered_since(self) -> float | None: ...
     @property
+    def last_handshake_at(self) -> float | None: ...
+    @property
     def last_direct_rx(self) -> float | None: ...
     @property
     def drops(self) -> dict[DropReason, int]: ...
@@ -207,8 +209,8 @@ class Traversal:
         # needs it has it configured too.
         learnt = {p.public_key for p in direct if p.endpoint != p.configured_endpoint}
         for to, about, addr in self.introducer.due(
-                ((p.public_key, p.endpoint) for p in direct if p.endpoint is not None), now,
-                learnt if self.introducing else set()):
+                ((p.public_key, p.endpoint, p.last_handshake_at or 0.0) for p in direct
+                 if p.endpoint is not None), now, learnt if self.introducing else set()):
             target = by_key.get(to)
             if target is not None and target.send_inner(encode_introduce(about, addr), now, out):
                 self.introductions_sent += 1

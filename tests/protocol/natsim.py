@@ -145,6 +145,13 @@ class NatSim:
                 name=f"site-{chr(97 + j)}"), self.now)
         return Site(i, chr(65 + i), device, self._private(i), self.nats[i], peers)
 
+    def restart(self, i: int) -> None:
+        """Replace site ``i``'s device with a fresh one (same keys, no state)."""
+        old = self.sites[i]
+        new = self._make_site(i)
+        new.received, new.sent, new.events = old.received, old.sent, old.events
+        self.sites[i] = new
+
     # -- plumbing -------------------------------------------------------------------
 
     def _absorb(self, site: Site, out: Output) -> None:

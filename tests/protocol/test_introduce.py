@@ -106,11 +106,11 @@ def test_traversal_decoders_fail_only_with_badpacket(data: bytes) -> None:
 
 def test_introducer_tells_each_direct_peer_of_every_other_once_then_on_change() -> None:
     intro = Introducer()
-    b, c = (KEY_B, ("10.100.2.2", 55555)), (KEY_C, ("10.100.3.2", 40001))
+    b, c = (KEY_B, ("10.100.2.2", 55555), 0.0), (KEY_C, ("10.100.3.2", 40001), 0.0)
     assert intro.due([b], 0.0) == []  # one peer: nobody to introduce
     assert sorted(intro.due([b, c], 1.0)) == sorted([(KEY_B, KEY_C, c[1]), (KEY_C, KEY_B, b[1])])
     assert intro.due([b, c], 1.0 + INTRODUCE_CHECK_INTERVAL) == []
-    moved = (KEY_C, ("10.100.3.2", 40002))  # C's NAT mapped it afresh
+    moved = (KEY_C, ("10.100.3.2", 40002), 0.0)  # C's NAT mapped it afresh
     assert intro.due([b, moved], 2.0 + INTRODUCE_CHECK_INTERVAL) == [(KEY_B, KEY_C, moved[1])]
     later = 3.0 + INTRODUCE_REFRESH
     assert len(intro.due([b, moved], later)) == 2  # the refresh
@@ -118,7 +118,7 @@ def test_introducer_tells_each_direct_peer_of_every_other_once_then_on_change() 
 
 def test_introducer_waits_for_its_check_interval() -> None:
     intro = Introducer()
-    peers = [(KEY_B, ("10.0.0.2", 1)), (KEY_C, ("10.0.0.3", 1))]
+    peers = [(KEY_B, ("10.0.0.2", 1), 0.0), (KEY_C, ("10.0.0.3", 1), 0.0)]
     assert len(intro.due(peers, 5.0)) == 2
     assert intro.next_deadline() == 5.0 + INTRODUCE_CHECK_INTERVAL
     intro.told.clear()
@@ -127,8 +127,8 @@ def test_introducer_waits_for_its_check_interval() -> None:
 
 def test_introducer_never_introduces_relay_or_unusable_addresses() -> None:
     intro = Introducer()
-    peers = [(KEY_B, ("10.0.0.2", 1)), (KEY_C, ("via:site-a/site-c", 0)),
-             (KEY_X, ("fe80::1%eth0", 5))]
+    peers = [(KEY_B, ("10.0.0.2", 1), 0.0), (KEY_C, ("via:site-a/site-c", 0), 0.0),
+             (KEY_X, ("fe80::1%eth0", 5), 0.0)]
     assert intro.due(peers, 0.0) == []
 
 
@@ -154,6 +154,14 @@ def test_usable_address() -> None:
 
 def test_introducer_introduces_only_what_it_may() -> None:
     intro = Introducer()
-    peers = [(KEY_B, ("10.0.0.2", 1)), (KEY_C, ("10.0.0.3", 1))]
+    peers = [(KEY_B, ("10.0.0.2", 1), 0.0), (KEY_C, ("10.0.0.3", 1), 0.0)]
     assert intro.due(peers, 0.0, introducible={KEY_C}) == [(KEY_B, KEY_C, ("10.0.0.3", 1))]
     assert Introducer().due(peers, 0.0, introducible=set()) == []
+
+
+def test_introducer_tells_a_peer_that_restarted_again_at_once() -> None:
+    intro = Introducer()
+    b, c = (KEY_B, ("10.0.0.2", 1), 0.0), (KEY_C, ("10.0.0.3", 1), 0.0)
+    assert len(intro.due([b, c], 1.0)) == 2
+    restarted = (KEY_B, ("10.0.0.2", 1), 5.0)  # a new session at 5 s, same address
+    assert intro.due([restarted, c], 6.0) == [(KEY_B, KEY_C, ("10.0.0.3", 1))]

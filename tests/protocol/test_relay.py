@@ -116,6 +116,26 @@ def test_nats_forgetting_their_mappings_mid_traffic_cost_seconds(seed: int) -> N
         sim.path(B, C), sim.path(C, B))
 
 
+@pytest.mark.parametrize("kinds, path", [
+    (["public", "preserving", "preserving"], "direct"),
+    (["public", "preserving", "random"], "relayed via site-a"),
+])
+def test_a_site_that_restarts_is_introduced_again_at_once(kinds: list[str], path: str) -> None:
+    """B restarts (no state; same NAT mapping, so the same address at A): A
+    tells it of C again as soon as its new session is up, not a minute later."""
+    sim = NatSim(kinds, seed=11)
+    run(sim, PUNCH_WINDOW + 2.0)
+    assert sim.path(B, C) == path
+    sim.restart(B)
+    start = sim.now
+    run(sim, start + PUNCH_WINDOW + 3.0)
+    assert sim.path(B, C) == path
+    mark = sim._seq
+    run(sim, sim.now + 3.0)
+    sim.run_until(sim.now + 0.5)
+    assert sim.ratio(B, C, mark) == 1.0 and sim.ratio(C, B, mark) == 1.0
+
+
 def test_relayed_pair_moves_to_a_direct_path_that_appears_later() -> None:
     sim = NatSim(["public", "preserving", "random"], seed=6)
     run(sim, PUNCH_WINDOW + 2.0)
