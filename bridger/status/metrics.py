@@ -132,8 +132,8 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
                            "traffic flowing or recently confirmed), else 0", labels=["peer"])
     state = GaugeMetricFamily("bridger_peer_state", "Current peer state (1 for the current one)",
                               labels=["peer", "state"])
-    peer_info = InfoMetricFamily("bridger_peer", "The peer's key, configured host, endpoint "
-                                 "and tap", labels=["peer"])
+    peer_info = InfoMetricFamily("bridger_peer", "The peer's key, configured host, endpoint, "
+                                 "tap and path (direct or relayed via whom)", labels=["peer"])
     frames = CounterMetricFamily("bridger_frames", "Ethernet frames forwarded",
                                  labels=["peer", "direction"])
     nbytes = CounterMetricFamily("bridger_bytes", "Ethernet frame bytes forwarded",
@@ -170,7 +170,10 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
         peer_info.add_metric([name], {"public_key": peer["public_key"],
                                       "host": peer["host"] or "", "tap": peer["tap"],
                                       "endpoint": peer["endpoint"] or "",
-                                      "path_mtu_source": peer.get("path_mtu_source", "")})
+                                      "path_mtu_source": peer.get("path_mtu_source", ""),
+                                      "path": peer.get("path", ""),
+                                      "via": peer.get("via") or "",
+                                      "endpoint_source": peer.get("endpoint_source", "")})
         for key, label in DIRECTION_LABELS:
             frames.add_metric([name, label], peer["frames"][key])
             nbytes.add_metric([name, label], peer["bytes"][key])
