@@ -148,7 +148,7 @@ class Device:
         self._errors_suppressed = 0
         #: Introductions, punching, relaying and each peer's path (issue 23).
         self.traversal = Traversal(
-            self.identity.public, self.peers.values,
+            self.identity.public, self.peers,
             lambda: int.from_bytes(self.random(8), "little"),
         )
 

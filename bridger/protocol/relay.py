@@ -47,7 +47,7 @@ unanswered 5 s       -                    -> RELAYED if relay     -
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, TypeVar
@@ -307,8 +307,8 @@ def _remember(table: dict[K, V], limit: int) -> None:
         del table[next(iter(table))]
 
 
-def may_relay(sender_key: bytes, target_key: bytes, peers: set[bytes],
-              reachable: set[bytes]) -> bool:
+def may_relay(sender_key: bytes, target_key: bytes, peers: Collection[bytes],
+              reachable: Collection[bytes]) -> bool:
     """The relay's rule: carry a datagram from ``sender_key`` to ``target_key``
     only between two different configured peers (``peers``), to one reached
     directly with a session (``reachable``): never to itself, never to a key it

@@ -30,7 +30,7 @@ through the verbs of :class:`PathPeer`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from .constants import AUTO_KEEPALIVE, DIRECT_DEAD, DIRECT_SUSPECT
@@ -95,10 +95,11 @@ class PathPeer(Protocol):
 class Traversal:
     """The NAT traversal state of a device (see the module docstring)."""
 
-    def __init__(self, own_key: bytes, peers: Callable[[], Iterable[PathPeer]],
+    def __init__(self, own_key: bytes, peers: Mapping[bytes, PathPeer],
                  random_id: Callable[[], int]) -> None:
         self.own_key = own_key
-        self._peers = peers
+        #: The device's peers by public key (the device's own table, read only).
+        self._by_key_table = peers
         self._random_id = random_id
         self.introducer = Introducer()
         self.paths: dict[bytes, PathState] = {}
@@ -122,8 +123,11 @@ class Traversal:
             state.configured(peer.configured_endpoint)
         return state
 
-    def _by_key(self) -> dict[bytes, PathPeer]:
-        return {p.public_key: p for p in self._peers()}
+    def _peers(self) -> Iterable[PathPeer]:
+        return self._by_key_table.values()
+
+    def _by_key(self) -> Mapping[bytes, PathPeer]:
+        return self._by_key_table
 
     def _by_name(self, name: str) -> PathPeer | None:
         return next((p for p in self._peers() if p.name == name), None)
@@ -282,8 +286,9 @@ class Traversal:
         key, datagram = decode_relay_untrusted(plaintext)
         peers = self._by_key()
         target = peers.get(key)
-        reachable = {p.public_key for p in peers.values() if self._direct(p, now)}
-        if target is None or not may_relay(peer.public_key, key, set(peers), reachable) \
+        # (Per datagram: only the two ends' paths are looked at.)
+        reachable = {key} if target is not None and self._direct(target, now) else set()
+        if target is None or not may_relay(peer.public_key, key, peers.keys(), reachable) \
                 or not self._direct(peer, now):
             peer.drops[DropReason.RELAY_REFUSED] += 1
             return
