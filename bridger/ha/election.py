@@ -91,6 +91,14 @@ class RoleChanged:
 
 
 @dataclass(frozen=True)
+class Reannounce:
+    """We stay active, but bridges may point elsewhere (another active just stepped
+    down after a partition healed): announce the MACs again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class GroupConfig:
     site: str
     #: The site tag on the wire (``wire.site_tag(site)``).
@@ -152,7 +160,9 @@ class Election:
         #: port; remote: behind its taps).
         self.local_macs: dict[bytes, float] = {}
         self.remote_macs: dict[bytes, float] = {}
-        self._events: list[RoleChanged] = []
+        self._events: list[RoleChanged | Reannounce] = []
+        #: Our LAN link is down: never active, nobody's candidate (``fault``).
+        self.faulty = False
 
     # -- what the shell reads -----------------------------------------------------------
 
@@ -160,7 +170,7 @@ class Election:
     def forwarding(self) -> bool:
         return self.role is Role.ACTIVE
 
-    def take_events(self) -> list[RoleChanged]:
+    def take_events(self) -> list[RoleChanged | Reannounce]:
         events, self._events = self._events, []
         return events
 
@@ -226,6 +236,7 @@ class Election:
             return
         self.received[msg.kind.name.lower()] += 1
         member.seq = msg.seq
+        was_active = member.live(now) and bool(member.flags & Flag.ACTIVE)
         if msg.kind is Kind.BYE:
             member.heard = -math.inf
             member.flags = Flag.NONE
@@ -238,6 +249,22 @@ class Election:
         if msg.kind is Kind.MACS:
             self._learn_macs(msg, now)
         self._decide(now, member if msg.kind is Kind.BYE else None)
+        if (self.role is Role.ACTIVE and was_active and not member.flags & Flag.ACTIVE
+                and msg.kind is not Kind.BYE):
+            self._events.append(Reannounce(f"member {node_name(member.node)} stepped down"))
+
+    def fault(self, down: bool, now: float) -> None:
+        """Our LAN link went down (``down``) or came back.  Down: standby at once
+        (the frames it would forward have nowhere to go).  Back: listen again, as
+        at start, so a group that went on without us keeps its active."""
+        if down == self.faulty:
+            return
+        self.faulty = down
+        if down:
+            self._set(Role.STANDBY, now, "LAN link down")
+        else:
+            self.listen_until = now + HOLD
+            self._set(Role.LISTENING, now, "LAN link back")
 
     def goodbye(self, now: float) -> list[bytes]:
         """A clean stop: BYE frames to send now (the shell gates itself off first)."""
@@ -317,7 +344,7 @@ class Election:
         flags = Flag.NONE
         if self.role is Role.ACTIVE:
             flags |= Flag.ACTIVE
-        if self.role is Role.LISTENING:
+        if self.role is Role.LISTENING or self.faulty:
             flags |= Flag.LISTENING
         msg = Message(kind, flags, self.config.priority, self.config.site_tag, self.config.node,
                       self.nonce, self.seq, self._echo(now), tuple(local or ()),
@@ -332,6 +359,8 @@ class Election:
                 del member.pending[nonce]
 
     def _decide(self, now: float, left: Member | None = None) -> None:
+        if self.faulty:
+            return
         listening = self.role is Role.LISTENING
         # Listening members are candidates only for one that listens too (a start
         # of several at once); the others wait until they have listened.

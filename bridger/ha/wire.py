@@ -69,6 +69,10 @@ class Kind(IntEnum):
     BYE = 2
     #: The active's view of the MACs: local (its LAN port) and remote (its taps).
     MACS = 3
+    #: A new active's MAC announcement: source = destination = the MAC announced,
+    #: so the first bridge or switch learns where it lives and then drops it (the
+    #: destination is on the port it came in by).  Never reaches another member.
+    ANNOUNCE = 4
 
 
 class Flag(IntFlag):
@@ -137,6 +141,11 @@ def frame(src: bytes, payload: bytes, dst: bytes = GROUP_DST, ethertype: int = E
     """A whole Ethernet frame (padded to the 60-byte minimum)."""
     data = ETH.pack(dst, src, ethertype) + payload
     return data + bytes(max(0, 60 - len(data)))
+
+
+def announcement(mac: bytes) -> bytes:
+    """The frame that teaches bridges on its way that ``mac`` lives behind the sender."""
+    return frame(mac, MAGIC + bytes([VERSION, Kind.ANNOUNCE]), dst=mac)
 
 
 def peek_untrusted(payload: bytes) -> tuple[bytes, int]:
