@@ -48,6 +48,7 @@ from bridger.ha.election import (
     RoleChanged,
 )
 from bridger.ha.gate import BR_STATE_DISABLED, BR_STATE_FORWARDING, GateError, PortGate
+from bridger.host.pyroute import IPRoute
 from bridger.keys import read_private_key_file
 
 log = logging.getLogger("bridger")
@@ -317,8 +318,6 @@ class HaRunner:
 
     def _read_fdb(self) -> tuple[set[bytes], set[bytes]]:
         """(MACs learnt on the LAN port, MACs learnt on the taps) from the bridge's FDB."""
-        from pyroute2 import IPRoute
-
         local: set[bytes] = set()
         remote: set[bytes] = set()
         try:

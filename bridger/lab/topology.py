@@ -91,7 +91,8 @@ def site_roles(site: str) -> tuple[str, ...]:
 
 #: Every role any lab can have (a lab has those of its own sites, "wan", maybe
 #: "natB" or "ispB").
-ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB")
+ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB",
+         "gwA2")  # gwA2: site A's second gateway (bridger.lab.ha)
 #: Behind ispB: gwB's routed WAN subnets (the router reaches them through ispB).
 ISP_INSIDE_NET = "10.102.2"
 ISP_INSIDE6_NET = "fd00:102:2"
