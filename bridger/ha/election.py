@@ -4,16 +4,16 @@ Gateways on one LAN that declare the same site form a group.  Every member
 sends a HELLO every :data:`HELLO_INTERVAL` (and at once when its role changes);
 :class:`Election` turns what it hears into one role for itself:
 
-* ``listening``: for :data:`HOLD` after start (it learns who is there; it is
-  a candidate only for members listening too), unless an active member
-  answers first: standby.
+* ``listening``: for :data:`HOLD` after start (it learns who is there; the
+  active ignores it meanwhile), unless an active member answers first: standby.
 * ``active``: it forwards between the LAN and the peers.
 * ``standby``: it forwards nothing; its tunnels stay up.
 
 The rules, the same on every member (so all agree without a second round):
 
 1. A member is *live* while its last counted frame is younger than :data:`HOLD`
-   and it has not said BYE.  Listening members are not candidates.
+   and it has not said BYE.  Listening members are not candidates for the
+   active (it does not step down for one that has not listened yet).
 2. Each candidate (live members and ourselves) ranks as (priority, is active,
    node id), highest first.  The active keeps its place against an equal
    newcomer (no needless handover); a higher priority takes over (the active
@@ -362,10 +362,12 @@ class Election:
         if self.faulty:
             return
         listening = self.role is Role.LISTENING
-        # Listening members are candidates only for one that listens too (a start
-        # of several at once); the others wait until they have listened.
+        # A listening member is nobody's reason to stop forwarding (the active
+        # ignores it until it has listened); for the others it is a candidate, so
+        # that members starting together do not go active one after the other.
         live = [m for m in self.members.values()
-                if m.live(now) and (listening or not m.flags & Flag.LISTENING)]
+                if m.live(now) and (self.role is not Role.ACTIVE
+                                    or not m.flags & Flag.LISTENING)]
         active = [m for m in live if m.flags & Flag.ACTIVE]
         if listening:
             if active:

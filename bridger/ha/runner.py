@@ -8,9 +8,9 @@
    election says so.
 2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
    one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
-   watches the LAN link's carrier (``Election.fault``), re-applies the gate every
-   second (a tap a reload adds joins forwarding) and, while active, sends the
-   MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
+   watches the LAN link's carrier (``Election.fault``) and re-applies the gate
+   every second (a tap a reload adds joins forwarding); a third, while active,
+   sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
 3. A role change: one log line, the gate (disabled or forwarding), and on
    becoming active the announcements: each LAN MAC into every tap (the peers'
    bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -47,8 +49,13 @@ from bridger.ha.election import (
     Role,
     RoleChanged,
 )
-from bridger.ha.gate import BR_STATE_DISABLED, BR_STATE_FORWARDING, GateError, PortGate
-from bridger.host.pyroute import IPRoute
+from bridger.ha.gate import (
+    BR_STATE_DISABLED,
+    BR_STATE_FORWARDING,
+    GateError,
+    PortGate,
+    read_fdb,
+)
 from bridger.keys import read_private_key_file
 
 log = logging.getLogger("bridger")
@@ -60,7 +67,6 @@ FOLLOW_POLL = 0.2
 ANNOUNCE_BATCH = 200
 ANNOUNCE_PAUSE = 0.05
 ANNOUNCE_AGAIN = 1.0
-NUD_PERMANENT = 0x80
 NFT_TABLE = "bridger_ha"
 
 
@@ -182,6 +188,19 @@ class HaRunner:
             return False
         return True
 
+    def drain(self, fds: list[int]) -> int:
+        """Discard what the taps queued before the gate closed (the bridge put the
+        LAN's floods there between the host set-up and now); the frames read."""
+        dropped = 0
+        for fd in fds:
+            while select.select([fd], [], [], 0)[0]:
+                try:
+                    os.read(fd, 65536)
+                except OSError:
+                    break
+                dropped += 1
+        return dropped
+
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -191,6 +210,7 @@ class HaRunner:
                 self._handle(self.core.take_events())
                 if self.rx is not None:
                     nursery.start_soon(self._receive)
+                    nursery.start_soon(self._sync)
                 nursery.start_soon(self._timers)
         finally:
             self.stop()
@@ -243,15 +263,22 @@ class HaRunner:
                 for payload in self.core.tick(now):
                     self._send(wire.frame(self.src, payload), self.lan)
                 self._handle(self.core.take_events())
-                if self.core.sync_due(now):
-                    local, remote = await trio.to_thread.run_sync(self._read_fdb)
-                    for payload in self.core.macs(sorted(local), sorted(remote), time.monotonic()):
-                        self._send(wire.frame(self.src, payload), self.lan)
                 wake = min(self.core.next_deadline(time.monotonic()), next_enforce)
             else:
                 wake = min(time.monotonic() + FOLLOW_POLL, next_enforce)
                 self._follow(time.monotonic())
             await trio.sleep(max(0.0, min(wake - time.monotonic(), HELLO_INTERVAL)))
+
+    async def _sync(self) -> None:
+        """The active's MAC lists, in a task of their own (an FDB read never delays a
+        HELLO)."""
+        assert isinstance(self.core, Election)
+        while True:
+            if self.core.sync_due(time.monotonic()):
+                local, remote = await trio.to_thread.run_sync(self._read_fdb)
+                for payload in self.core.macs(sorted(local), sorted(remote), time.monotonic()):
+                    self._send(wire.frame(self.src, payload), self.lan)
+            await trio.sleep(HELLO_INTERVAL)
 
     def _enforce(self, now: float) -> None:
         if isinstance(self.core, Election):
@@ -302,6 +329,15 @@ class HaRunner:
             # also holds remote MACs the old active flooded onto the LAN.
             remote = (synced_remote | fdb_remote) - fdb_local - {self.src}
             local = (synced_local | fdb_local | {self.src}) - synced_remote - fdb_remote
+            if round_ == 0:
+                # Our bridge learnt the remote MACs on its LAN port while standby (the
+                # old active flooded their frames onto the LAN): forget them, so that
+                # frames to them go to the taps (as STP does on a topology change).
+                try:
+                    self.gate.flush(self.lan)
+                except GateError as exc:
+                    self.errors["gate"] += 1
+                    log.warning("ha: cannot flush the LAN port's learnt MACs (%s)", exc)
             frames = [(wire.announcement(mac), tap) for mac in sorted(local)
                       for tap in self.taps()]
             frames += [(wire.announcement(mac), self.lan) for mac in sorted(remote)]
@@ -327,23 +363,16 @@ class HaRunner:
             for tap in self.taps():
                 with contextlib.suppress(OSError):
                     taps.add(socket.if_nametoindex(tap))
-            with IPRoute() as ipr:
-                entries = list(ipr.fdb("dump"))
+            entries = read_fdb()
         except OSError:
             self.errors["fdb"] = self.errors.get("fdb", 0) + 1
             return local, remote
-        for entry in entries:
-            if entry.get_attr("NDA_MASTER") != bridge_index or entry["state"] & NUD_PERMANENT:
+        for port, master, mac in entries:
+            if master != bridge_index:
                 continue
-            text = entry.get_attr("NDA_LLADDR")
-            if not isinstance(text, str):
-                continue
-            mac = bytes.fromhex(text.replace(":", ""))
-            if len(mac) != 6 or mac[0] & 1:
-                continue
-            if entry["ifindex"] == lan_index:
+            if port == lan_index:
                 local.add(mac)
-            elif entry["ifindex"] in taps:
+            elif port in taps:
                 remote.add(mac)
         return local, remote
 

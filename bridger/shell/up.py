@@ -201,6 +201,7 @@ class Up:
 
             daemon.ha = HaRunner(config.ha, public_key(checked.private), config.lan,
                                  host.bridge_name, lambda: [p.tap for p in fwd.ports.values()])
+            daemon.ha.drain([port.fd for port in fwd.ports.values()])
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
                     reread=self.reread, make_port=ports.make_prepared,
                     on_config=daemon.set_config)

@@ -277,3 +277,33 @@ def test_follower_maps_keepalived_states() -> None:
     assert not follower.set_untrusted("bogus", 2.0) and follower.forwarding
     assert follower.set_untrusted("FAULT", 3.0) and not follower.forwarding
     assert [e.role for e in follower.take_events()] == [Role.ACTIVE, Role.STANDBY]
+
+
+@pytest.mark.parametrize("offset", [0.0, 0.05, 0.3, 0.5, 0.99, 1.5])
+@pytest.mark.parametrize("order", [(1, 2), (2, 1)])
+def test_staggered_starts_settle_without_a_flap(offset: float, order: tuple[int, int]) -> None:
+    lan = FakeLan()
+    lan.add("first", config(order[0]))
+    lan.run(offset)
+    lan.add("second", config(order[1]))
+    lan.run(4.0)
+    assert len(lan.active()) == 1 and lan.max_active() == 1
+    assert all(m.changes == 1 for m in lan.members.values()), \
+        {n: [m.changes, m.role] for n, m in lan.members.items()}
+
+
+def test_lan_link_down_stands_down_and_back_listens() -> None:
+    lan = pair()
+    lan.run(3.0)
+    (active,) = lan.active()
+    member = lan.members[active]
+    lan.cut.add(active)
+    member.fault(True, lan.now)
+    assert member.role is Role.STANDBY
+    lan.run(2.0)
+    other = "a" if active == "b" else "b"
+    assert lan.active() == [other]
+    lan.cut.clear()
+    member.fault(False, lan.now)
+    lan.run(3.0)
+    assert lan.active() == [other]  # the group went on without it: no handback
