@@ -13,6 +13,7 @@ peers (``site-a`` and ``site-a2``).  :class:`HaGateways` runs and stops the thre
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -203,3 +205,91 @@ def ping_outage(output: str, interval: float) -> Outage:
         longest = max(longest, run)
     return Outage(sent, len(seen), duplicates, longest * interval, sent - len(seen))
 
+
+
+# -- `bridger lab demo --ha` ---------------------------------------------------------------------
+
+
+def _outage_since(path: Path, start_seq: int, interval: float) -> Outage:
+    """The outage among the pings after ``start_seq`` in a running ping's output."""
+    seen: set[int] = set()
+    duplicates = 0
+    for line in path.read_text(errors="replace").splitlines():
+        match = _SEQ.search(line)
+        if match is not None and "bytes from" in line and int(match.group(1)) > start_seq:
+            duplicates += "DUP!" in line
+            seen.add(int(match.group(1)))
+    last = max(seen, default=start_seq)
+    longest = run = 0
+    for seq in range(start_seq + 1, last + 1):
+        run = 0 if seq in seen else run + 1
+        longest = max(longest, run)
+    return Outage(last - start_seq, len(seen), duplicates, longest * interval,
+                  last - start_seq - len(seen))
+
+
+def _last_seq(path: Path) -> int:
+    seqs = [int(m.group(1)) for m in _SEQ.finditer(path.read_text(errors="replace"))]
+    return max(seqs, default=0)
+
+
+def _has_role(gws: HaGateways, role: str, wanted: str) -> bool:
+    return gws.role_of(role) == wanted
+
+
+def run_ha_demo(workdir: Path, every: float, duration: float | None,
+                stopped: Callable[[], bool], say: Callable[[str], None]) -> int:
+    """Two gateways at site A, one at B; hostA1 pings hostB1 every 0.1 s; every
+    ``every`` seconds the active of site A fails (SIGKILL and clean stop in turn)
+    and comes back as standby.  One line per event and per failover's outage."""
+    interval = 0.1
+    lab = HaLab()
+    with lab, HaGateways(lab, workdir) as gws:
+        say(f"lab {lab.prefix}: gwA and gwA2 (site {GROUP_SITE}) on site A's switch, gwB at "
+            "site B; starting bridger on each")
+        for role in ("gwB", "gwA", SECOND):
+            gws.start(role)
+        if not wait_for(lambda: all(gws.peers_up(r) for r in GATEWAYS) and len(gws.active()) == 1,
+                        40):
+            say("the gateways did not come up:\n" + gws.logs())
+            return 1
+        say(f"up: {gws.active()[0]} active, the other standby; hostA1 pings hostB1 every "
+            f"{interval} s; a failover every {every:.0f} s (Ctrl-C stops)")
+        ping_log = workdir / "ping.log"
+        with ping_log.open("w") as out:
+            ping = lab.popen("hostA1", "ping", "-n", "-i", str(interval),
+                             lab.lan_address("hostB1"), stdout=out, stderr=subprocess.STDOUT)
+        end = math.inf if duration is None else time.monotonic() + duration
+        kinds = ("SIGKILL", "clean stop")
+        n = 0
+        try:
+            next_failover = time.monotonic() + every
+            while time.monotonic() < end and not stopped():
+                time.sleep(0.2)
+                if time.monotonic() < next_failover:
+                    continue
+                active = gws.active()
+                if len(active) != 1:
+                    continue
+                (old,) = active
+                kind = kinds[n % 2]
+                n += 1
+                before = _last_seq(ping_log)
+                say(f"{kind} of the active {old} ...")
+                gws.stop(old, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
+                new = SECOND if old == "gwA" else "gwA"
+                wait_for(partial(_has_role, gws, new, "active"), 10)
+                time.sleep(3.0)
+                result = _outage_since(ping_log, before, interval)
+                say(f"  {new} is active; outage {result.outage:.1f} s "
+                    f"({result.lost} pings lost), {result.duplicates} duplicates")
+                if kind == "SIGKILL":
+                    gws.down(old)
+                gws.start(old)
+                wait_for(partial(_has_role, gws, old, "standby"), 20)
+                say(f"  {old} is back as standby")
+                next_failover = time.monotonic() + every
+        finally:
+            ping.send_signal(signal.SIGINT)
+            ping.wait(10)
+    return 0
