@@ -58,7 +58,7 @@ from bridger.ha.wire import (
 #: Seconds between HELLOs.
 HELLO_INTERVAL = 0.2
 #: A member unheard for this long is gone; a starting member listens this long.
-HOLD = 1.0
+HOLD = 1.2
 #: Seconds between the active's MAC lists.
 SYNC_INTERVAL = 1.0
 #: Seconds a MAC from the active's lists is remembered (the bridges' ageing time).

@@ -132,6 +132,8 @@ class HaRunner:
         except OSError as exc:
             raise HostError(f"two gateways per site: cannot open the group's sockets on "
                             f"{bridge}: {exc.strerror or exc}") from exc
+        #: Our standby presence MAC: locally administered unicast, from our node id.
+        self.presence = bytes([0x06]) + wire.node_id(public_key)[:5]
         self.gated: dict[str, int] = {}
         self.announced = {"to_peers": 0, "to_lan": 0, "rounds": 0}
         self.errors = {"send": 0, "gate": 0}
@@ -236,21 +238,29 @@ class HaRunner:
         self.gate.close()
 
     async def _receive(self) -> None:
-        assert self.rx is not None and isinstance(self.core, Election)
+        assert self.rx is not None
         while True:
             await trio.lowlevel.wait_readable(self.rx)
-            while True:
-                try:
-                    data, address = self.rx.recvfrom(2048)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    self.core.drops["socket"] += 1
-                    break
-                if address[2] == socket.PACKET_OUTGOING:
-                    continue
-                self.core.receive_untrusted(data[wire.ETH_HLEN:], time.monotonic())
-                self._handle(self.core.take_events())
+            self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Every frame waiting on the socket, into the election.  Also run before each
+        tick: after the process was not scheduled for a while, the HELLOs that queued
+        meanwhile count before anyone is declared silent."""
+        if self.rx is None or not isinstance(self.core, Election):
+            return
+        while True:
+            try:
+                data, address = self.rx.recvfrom(2048)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.core.drops["socket"] += 1
+                return
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            self.core.receive_untrusted(data[wire.ETH_HLEN:], time.monotonic())
+            self._handle(self.core.take_events())
 
     async def _timers(self) -> None:
         next_enforce = 0.0
@@ -260,6 +270,8 @@ class HaRunner:
                 next_enforce = now + ENFORCE_INTERVAL
                 self._enforce(now)
             if isinstance(self.core, Election):
+                self._take_frames()
+                now = time.monotonic()
                 for payload in self.core.tick(now):
                     self._send(wire.frame(self.src, payload), self.lan)
                 self._handle(self.core.take_events())
@@ -285,6 +297,13 @@ class HaRunner:
             self.core.fault(not _carrier(self.lan), now)
             self._handle(self.core.take_events())
         self.apply_gate(force=True)
+        if not self.core.forwarding:
+            # Data through each tunnel, so each peer holds a confirmed session with
+            # us when we take over (a peer answering our handshake keeps its old
+            # session until data comes on the new one).  From a MAC of our own that
+            # nothing else uses: the peers' bridges learn it behind us, no flap.
+            for tap in self.taps():
+                self._send(wire.announcement(self.presence), tap)
 
     def _follow(self, now: float) -> None:
         assert isinstance(self.core, Follower) and self.settings.follow is not None
