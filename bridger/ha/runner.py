@@ -132,8 +132,9 @@ class HaRunner:
         except OSError as exc:
             raise HostError(f"two gateways per site: cannot open the group's sockets on "
                             f"{bridge}: {exc.strerror or exc}") from exc
-        #: Our standby presence MAC: locally administered unicast, from our node id.
-        self.presence = bytes([0x06]) + wire.node_id(public_key)[:5]
+        #: Our standby presence MAC: locally administered unicast, new each start (a
+        #: peer's bridge that has it behind our tap takes data of this run).
+        self.presence = bytes([0x06]) + secrets.token_bytes(5)
         self.gated: dict[str, int] = {}
         self.announced = {"to_peers": 0, "to_lan": 0, "rounds": 0}
         self.errors = {"send": 0, "gate": 0}
@@ -155,6 +156,7 @@ class HaRunner:
 
     def snapshot(self) -> dict[str, Any]:
         doc = self.core.snapshot(time.monotonic())
+        doc["presence"] = ":".join(f"{b:02x}" for b in self.presence)
         doc["announced"] = dict(self.announced)
         doc["errors"] = dict(self.errors)
         doc["gate"] = {tap: ("forwarding" if state == BR_STATE_FORWARDING else "disabled")

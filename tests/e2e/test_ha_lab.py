@@ -21,7 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from bridger.lab.ha import SECOND, HaGateways, HaLab, Outage, ping_outage, wait_for
+from bridger.lab.ha import (
+    PEER_NAMES,
+    SECOND,
+    HaGateways,
+    HaLab,
+    Outage,
+    ping_outage,
+    wait_for,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -93,10 +101,24 @@ def report(kind: str, result: Outage) -> None:
           f"lost), {result.duplicates} duplicates")
 
 
+def tunnel_carries(gws: HaGateways, role: str) -> bool:
+    """gwB's bridge has learnt ``role``'s presence MAC behind ``role``'s tap: the
+    standby's data reaches site B over its current session."""
+    doc = gws.status(role) or {}
+    presence = (doc.get("ha") or {}).get("presence")
+    if not presence:
+        return False
+    tap = PEER_NAMES[role]
+    fdb = gws.lab.run("gwB", "bridge", "fdb", "show", "br", "bridger0", "dynamic",
+                      check=False).stdout
+    return any(line.startswith(presence) and f"dev {tap} " in line for line in fdb.splitlines())
+
+
 def restart(gws: HaGateways, role: str) -> None:
     gws.start(role)
     assert wait_for(lambda: gws.role_of(role) == "standby" and gws.peers_up(role), 30), \
         gws.logs()
+    assert wait_for(lambda: tunnel_carries(gws, role), 30), diagnose(gws)
 
 
 def test_one_active_one_standby_no_duplicates_no_loop(ha: HaGateways) -> None:
