@@ -75,6 +75,10 @@ def _mac_of(ifname: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
+def _text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
 def _carrier(ifname: str) -> bool:
     try:
         return Path(f"/sys/class/net/{ifname}/carrier").read_text().strip() == "1"
@@ -137,6 +141,8 @@ class HaRunner:
         self.presence = bytes([0x06]) + secrets.token_bytes(5)
         self.gated: dict[str, int] = {}
         self.announced = {"to_peers": 0, "to_lan": 0, "rounds": 0}
+        #: The MACs of the last announcement (at most 32 of each), for status.
+        self.last_announce: dict[str, list[str]] = {"local": [], "remote": []}
         self.errors = {"send": 0, "gate": 0}
         self.contained = self._contain(True)
         self._nursery: trio.Nursery | None = None
@@ -156,8 +162,9 @@ class HaRunner:
 
     def snapshot(self) -> dict[str, Any]:
         doc = self.core.snapshot(time.monotonic())
-        doc["presence"] = ":".join(f"{b:02x}" for b in self.presence)
+        doc["presence"] = _text(self.presence)
         doc["announced"] = dict(self.announced)
+        doc["last_announce"] = dict(self.last_announce)
         doc["errors"] = dict(self.errors)
         doc["gate"] = {tap: ("forwarding" if state == BR_STATE_FORWARDING else "disabled")
                        for tap, state in sorted(self.gated.items())}
@@ -359,6 +366,10 @@ class HaRunner:
                 except GateError as exc:
                     self.errors["gate"] += 1
                     log.warning("ha: cannot flush the LAN port's learnt MACs (%s)", exc)
+            self.last_announce = {
+                "local": [_text(m) for m in sorted(local)][:32],
+                "remote": [_text(m) for m in sorted(remote)][:32],
+            }
             frames = [(wire.announcement(mac), tap) for mac in sorted(local)
                       for tap in self.taps()]
             frames += [(wire.announcement(mac), self.lan) for mac in sorted(remote)]
