@@ -137,10 +137,14 @@ class HaGateways:
         self.lab.run(role, sys.executable, "-m", "bridger", "down", "--state-dir",
                      str(self.files[role].state_dir), check=False)
 
-    def status(self, role: str) -> dict[str, Any] | None:
-        out = subprocess.run(
-            [sys.executable, "-m", "bridger", "status", "--json", "--state-dir",
-             str(self.files[role].state_dir)], capture_output=True, text=True, timeout=10)
+    def status(self, role: str, timeout: float = 10) -> dict[str, Any] | None:
+        try:
+            out = subprocess.run(
+                [sys.executable, "-m", "bridger", "status", "--json", "--state-dir",
+                 str(self.files[role].state_dir)], capture_output=True, text=True,
+                timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
         if out.returncode != 0:
             return None
         doc: dict[str, Any] = json.loads(out.stdout)

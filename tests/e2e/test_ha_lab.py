@@ -101,8 +101,9 @@ def diagnose(gws: HaGateways) -> str:
         parts.append(f"--- {role} fdb ---\n{fdb.stdout}")
     for role in ("gwA", SECOND, "gwB"):
         if role in gws.procs:
-            doc = gws.status(role) or {}
-            parts.append(f"--- {role} ---\n{doc.get('ha')}\n" + "\n".join(
+            doc = gws.status(role, timeout=40) or {}
+            parts.append(f"--- {role} ---\n{doc.get('ha')}\nguard {doc.get('guard')}\n"
+                         + "\n".join(
                 f"{p['name']} {p['state']} {p['frames']} "
                 f"{ {k: v for k, v in p['drops'].items() if v} }" for p in doc.get("peers", [])))
     return "\n".join(parts)
