@@ -99,6 +99,10 @@ def diagnose(gws: HaGateways) -> str:
             continue
         fdb = lab.run(role, "bridge", "fdb", "show", "br", bridge, "dynamic", check=False)
         parts.append(f"--- {role} fdb ---\n{fdb.stdout}")
+        if role != "swA":
+            links = lab.run(role, "bridge", "link", check=False).stdout
+            stats = lab.run(role, "ip", "-s", "link", check=False).stdout
+            parts.append(f"--- {role} links ---\n{links}\n{stats}")
     for role in ("gwA", SECOND, "gwB"):
         if role in gws.procs:
             doc = gws.status(role, timeout=40) or {}
