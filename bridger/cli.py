@@ -64,6 +64,10 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "ra": args.ra,
         "vlans": args.vlans,
         "untagged": args.untagged,
+        "site": args.site,
+        "priority": args.priority,
+        "group_key": args.group_key,
+        "ha_follow": args.ha_follow,
     }
 
 
@@ -227,6 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only frames tagged with these VLAN ids cross (default: any)")
     g.add_argument("--untagged", action=on_off,
                    help="with --vlans: untagged frames cross too (on)")
+    h = p.add_argument_group("two gateways per site (docs/operations.md)")
+    h.add_argument("--site", metavar="NAME",
+                   help="gateways on one LAN with the same site elect one to forward")
+    h.add_argument("--priority", metavar="0-255", type=_int,
+                   help="election priority, higher wins (100)")
+    h.add_argument("--group-key", metavar="FILE",
+                   help="the site's shared group key (authenticates the election)")
+    h.add_argument("--ha-follow", metavar="FILE",
+                   help="follow this state file (keepalived: MASTER/BACKUP) instead of electing")
     p.set_defaults(func=_cmd_up)
 
     for name, func, text in (

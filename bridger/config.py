@@ -88,6 +88,20 @@ class PeerSettings:
 
 
 @dataclass(frozen=True)
+class HaSettings:
+    """Two or more gateways of one site (``bridger.ha``): elect, or follow keepalived."""
+
+    #: The group: gateways on one LAN with the same site name.
+    site: str | None = None
+    #: Higher wins the election; the active keeps its place against an equal one.
+    priority: int = 100
+    #: The group's shared key file (authenticates the election frames).
+    group_key: Path | None = None
+    #: Follow this state file (keepalived notify: MASTER/BACKUP/...) instead of electing.
+    follow: Path | None = None
+
+
+@dataclass(frozen=True)
 class UpConfig:
     """Everything `bridger up` needs, validated."""
 
@@ -108,6 +122,8 @@ class UpConfig:
     data_path: str = "auto"
     #: Loop protection, storm control, DHCP/RA guards, VLAN allow-list (docs/guard.md).
     guard: GuardConfig = field(default_factory=GuardConfig)
+    #: Two gateways per site (None: this gateway forwards alone).
+    ha: HaSettings | None = None
 
 
 # One row per setting outside [[peers]]: (TOML section, TOML key, command-line
@@ -135,6 +151,10 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "ra", "--ra", "ra"),
     ("local", "vlans", "--vlans", "vlans"),
     ("local", "untagged", "--untagged", "untagged"),
+    ("local", "site", "--site", "site"),
+    ("local", "priority", "--priority", "priority"),
+    ("local", "group_key", "--group-key", "group_key"),
+    ("local", "ha_follow", "--ha-follow", "ha_follow"),
     ("peer", "host", "--peer", "peer_host"),
     ("peer", "port", "--peer", "peer_port"),
     ("peer", "public_key", "--peer-key", "peer_public_key"),
@@ -438,6 +458,45 @@ def _guard_config(given: Mapping[str, Any], where: Callable[[str], str]) -> Guar
         raise ConfigError(f"{where('vlans') if 'vlans' in kw else where('dhcp')}: {exc}") from None
 
 
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _ha_settings(given: Mapping[str, _Given], where: Callable[[str], str],
+                 stp: bool) -> HaSettings | None:
+    """``site`` (+ ``group_key``, ``priority``) or ``ha_follow``; None without either."""
+    if "site" not in given and "ha_follow" not in given:
+        for fld in ("priority", "group_key"):
+            if fld in given:
+                raise ConfigError(f"{where(fld)}: needs local.site (the group's name)")
+        return None
+    kw: dict[str, Any] = {}
+    if "site" in given:
+        site = given["site"].value
+        if not isinstance(site, str) or not _SITE.match(site):
+            raise ConfigError(f"{where('site')}: must be a name like \"london\" (letters, "
+                              "digits, '_.-', at most 63)")
+        kw["site"] = site
+    if "priority" in given:
+        prio = given["priority"].value
+        if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 255:
+            raise ConfigError(f"{where('priority')}: must be 0..255 (higher wins)")
+        kw["priority"] = prio
+    if "ha_follow" in given:
+        g = given["ha_follow"]
+        kw["follow"] = _check_path(g.value, g.where, g.base)
+    elif "group_key" not in given:
+        raise ConfigError(f"{where('site')}: needs local.group_key, the group's shared key "
+                          "file (`bridger genkey`, the same file on every gateway of the site)")
+    if "group_key" in given:
+        g = given["group_key"]
+        kw["group_key"] = _check_path(g.value, g.where, g.base)
+        read_private_key_file(kw["group_key"])  # a bad key file is one line now
+    if stp:
+        raise ConfigError(f"{where('stp')}: must be off with local.site or local.ha_follow "
+                          "(the group sets the taps' bridge-port states itself)")
+    return HaSettings(**kw)
+
+
 def build_up_config(
     cli: Mapping[str, Any], config_path: Path | None, *, etc: Path | None = None
 ) -> UpConfig:
@@ -514,6 +573,7 @@ def build_up_config(
     if "metrics" in given:
         out["metrics"] = _check_metrics(given["metrics"].value, where("metrics"))
     out["guard"] = _guard_config(given, where)
+    out["ha"] = _ha_settings(given, where, out.get("stp", False))
 
     if "peers" in data:
         assert config_path is not None

@@ -85,6 +85,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         "a full mesh, one ping line per pair")
     parser.add_argument("--hub", action="store_true",
                         help="site A is the hub; the other sites know only A")
+    parser.add_argument("--ha", action="store_true",
+                        help="two gateways at site A (one group): the active fails every "
+                             "--failover-every seconds, the standby takes over")
+    parser.add_argument("--failover-every", type=float, default=10.0, metavar="SECONDS",
+                        help="with --ha: seconds between failovers (10)")
 
 
 def _site_count(text: str) -> int:
@@ -206,6 +211,20 @@ def run_demo_command(args: argparse.Namespace) -> int:
         stop_requested = True
 
     old = signal.signal(signal.SIGTERM, request_stop)
+    if getattr(args, "ha", False):  # two gateways at site A (bridger.lab.ha)
+        from rich.text import Text
+
+        from bridger.lab.ha import run_ha_demo
+
+        console = demo_console()
+        try:
+            with tempfile.TemporaryDirectory(prefix="bridger-demo-") as tmp:
+                return run_ha_demo(Path(tmp), args.failover_every, args.duration,
+                                   lambda: stop_requested, lambda line: console.print(Text(line)))
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, old)
     try:
         with tempfile.TemporaryDirectory(prefix="bridger-demo-") as tmp, \
                 lab_class(options) as lab:

@@ -93,7 +93,8 @@ def site_roles(site: str) -> tuple[str, ...]:
 #: "natB" or "ispB").
 ROLES = (*(r for site in SITE_NAMES for r in site_roles(site)), "wan", "natB", "ispB",
          # bridger.lab.nat: a NAT in front of a site, and a carrier-grade NAT before it.
-         *(f"nat{site}" for site in SITE_NAMES[2:]), *(f"cgn{site}" for site in SITE_NAMES))
+         *(f"nat{site}" for site in SITE_NAMES[2:]), *(f"cgn{site}" for site in SITE_NAMES),
+         "gwA2")  # gwA2: site A's second gateway (bridger.lab.ha)
 #: Behind ispB: gwB's routed WAN subnets (the router reaches them through ispB).
 ISP_INSIDE_NET = "10.102.2"
 ISP_INSIDE6_NET = "fd00:102:2"

@@ -45,7 +45,14 @@ from bridger.protocol import Address, Device, DeviceConfig, Output, Peer
 from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
 from bridger.service.reload import ReloadPlan, plan_reload, refused_line
-from bridger.service.watchdog import overdue, peers_status, readable, status_task, watchdog_task
+from bridger.service.watchdog import (
+    STATUS_INTERVAL,
+    overdue,
+    peers_status,
+    readable,
+    status_task,
+    watchdog_task,
+)
 from bridger.shell.assembly import Psks, peer_config, read_keys
 from bridger.shell.forward import Forwarder
 from bridger.shell.lane import held_sessions, wipe_sessions
@@ -129,6 +136,8 @@ class Live:
         self._nursery: trio.Nursery | None = None
         self._peer_tasks: dict[str, _Tasks] = {}
         self._socket_task: _Tasks | None = None
+        #: The STATUS line's first words (two gateways per site: "active (site x)").
+        self.status_prefix: Callable[[], str] | None = None
 
     # -- what the service tasks read -----------------------------------------
 
@@ -172,7 +181,8 @@ class Live:
             self._start_peer(settings)
         self._socket_task = self._spawn(self.fwd.wan_to_tap)
         nursery.start_soon(remember_task, self.book, self._up_endpoints)
-        nursery.start_soon(status_task, self.notifier, self.peer_states)
+        nursery.start_soon(status_task, self.notifier, self.peer_states, STATUS_INTERVAL,
+                           self.status_prefix)
         if self.host.storm is not None:
             nursery.start_soon(kernel_counters_task, self.host.storm)
         interval = self.notifier.watchdog_interval()
@@ -182,7 +192,9 @@ class Live:
                                self._pending)
 
     def ready(self) -> None:
-        self.notifier.ready(peers_status(self.peer_states()))
+        text = peers_status(self.peer_states())
+        self.notifier.ready(text if self.status_prefix is None
+                            else f"{self.status_prefix()}; {text}")
 
     def stopping(self) -> None:
         self.notifier.stopping()

@@ -157,11 +157,15 @@ async def status_task(
     notifier: Notifier,
     states: Callable[[], Sequence[tuple[str, str]]],
     interval: float = STATUS_INTERVAL,
+    prefix: Callable[[], str] | None = None,
 ) -> None:
-    """Send a STATUS= line whenever the peers' states change (checked every ``interval``)."""
+    """Send a STATUS= line whenever the peers' states change (checked every ``interval``);
+    ``prefix``: words before the peers (a gateway's HA role)."""
     last: str | None = None
     while True:
         text = peers_status(states())
+        if prefix is not None:
+            text = f"{prefix()}; {text}"
         if text != last:
             notifier.status(text)
             last = text

@@ -42,7 +42,7 @@ from bridger.errors import BridgerError
 from bridger.host import HostPlan, HostSession, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
 from bridger.host.storm import StormBudget
-from bridger.keys import encode_key
+from bridger.keys import encode_key, public_key
 from bridger.protocol import Peer
 from bridger.service.live import Live
 from bridger.service.notify import Notifier
@@ -67,6 +67,7 @@ from bridger.status.document import DeviceInfo, PeerInfo, status_document
 from bridger.status.logs import setup_logging, shutdown_logging
 
 if TYPE_CHECKING:
+    from bridger.ha.runner import HaRunner
     from bridger.host.storm import KernelStorm
 
 log = logging.getLogger("bridger")
@@ -197,9 +198,17 @@ class Up:
         daemon = Daemon(config, fwd, {
             "lan": config.lan, "bridge": host.bridge_name, "listen": udp.listen,
         }, storm=host.storm)
+        if config.ha is not None:  # two gateways per site: every tap starts gated off
+            from bridger.ha.runner import HaRunner
+
+            daemon.ha = HaRunner(config.ha, public_key(checked.private), config.lan,
+                                 host.bridge_name, lambda: [p.tap for p in fwd.ports.values()])
+            daemon.ha.drain([port.fd for port in fwd.ports.values()])
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
                     reread=self.reread, make_port=ports.make_prepared,
                     on_config=daemon.set_config)
+        if daemon.ha is not None:
+            live.status_prefix = daemon.ha.status_text
         return daemon, live
 
 
@@ -246,6 +255,8 @@ class Daemon:
         self.storm = storm
         self._hosts = {s.name: s.host for s in config.peers}
         self._last_drops: dict[str, int] = {}
+        #: Two gateways per site (bridger.ha): this gateway's part in its group.
+        self.ha: HaRunner | None = None
 
     def set_config(self, config: UpConfig) -> None:
         """After a reload: status views show the new peers' settings."""
@@ -265,7 +276,10 @@ class Daemon:
             guard=None if fwd.detector is None else fwd.detector.snapshot(now),
         )
         peers = [self._peer_info(p, now) for p in fwd.ports]
-        return status_document(fwd.counters.snapshot(now), device, peers)
+        doc = status_document(fwd.counters.snapshot(now), device, peers)
+        if self.ha is not None:
+            doc["ha"] = self.ha.snapshot()
+        return doc
 
     def _peer_info(self, peer: Peer, now: float) -> PeerInfo:
         stats = peer.stats(now)
@@ -337,6 +351,8 @@ async def serve_tasks(daemon: Daemon, console: Any, live: Live) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
             live.start(nursery)
+            if daemon.ha is not None:
+                nursery.start_soon(daemon.ha.run)
             nursery.start_soon(fwd.timers)
             nursery.start_soon(daemon.drop_summaries)
             if console is not None:

@@ -450,6 +450,11 @@ def _header(snap: dict[str, Any], width: int) -> Text:
         text.append(" " if i else "")
         text.append(f"{n} {state.upper()}", style=_STATE_STYLE.get(state, "bold"))
     text.append("  ")
+    ha = snap.get("ha")
+    if ha is not None:  # two gateways per site: the role first
+        role = str(ha["role"])
+        text.append(role.upper(), style="bold green" if role == "active" else "bold yellow")
+        text.append("  ")
     parts = [("", str(snap["mode"]))]
     parts += [(f"{k} ", v) for k, v in snap["interface"].items()]
     text.append_text(_pairs(parts, width))

@@ -105,6 +105,16 @@ def snapshot_metrics(snap: dict[str, Any]) -> Iterator[Metric]:
     labels.update({f"interface_{k}": v for k, v in snap["interface"].items()})
     info.add_metric([], labels)
     yield info
+    ha = snap.get("ha")
+    if ha is not None:  # two gateways per site
+        role = GaugeMetricFamily("bridger_ha_role", "This gateway's role in its site's group "
+                                 "(1 for the current one)", labels=["role"])
+        for name in ("active", "standby", "listening"):
+            role.add_metric([name], 1.0 if ha["role"] == name else 0.0)
+        yield role
+        changes = CounterMetricFamily("bridger_ha_role_changes", "Role changes since start")
+        changes.add_metric([], ha["changes"])
+        yield changes
     by_state = GaugeMetricFamily("bridger_peers", "Configured peers by state", labels=["state"])
     for name in PEER_STATES:
         by_state.add_metric([name], sum(1 for p in peers if p["state"] == name))

@@ -190,9 +190,21 @@ _TOP_FIELDS: dict[str, Any] = {
     "peers": {"type": "array", "items": _PEER},
 }
 
+#: Optional ``ha`` (two gateways per site): ``HaRunner.snapshot()`` (bridger/ha/runner.py).
+_HA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "mode": {"type": "string", "enum": ["elect", "follow"]},
+        "role": {"type": "string", "enum": ["listening", "standby", "active"]},
+        "role_age": _SECONDS,
+        "changes": _COUNT,
+    },
+    "required": ["mode", "role", "role_age", "changes"],
+}
+
 STATUS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": _TOP_FIELDS,
+    "properties": {**_TOP_FIELDS, "ha": _HA},
     "required": list(_TOP_FIELDS),
     "additionalProperties": False,
 }

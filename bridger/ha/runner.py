@@ -1,0 +1,424 @@
+"""The group's shell: the election's frames on the LAN, the gate, the announcements.
+
+1. At assembly (root, before privileges are dropped): two AF_PACKET sockets
+   (receive: EtherType 0x88B6 on the bridge; send: unbound), the rtnetlink
+   socket of the gate, and an nftables rule that keeps group frames from being
+   forwarded by our own bridge into the taps (they stay on the LAN).  Every tap
+   starts *disabled* (``bridger.ha.gate``): nothing forwards before the
+   election says so.
+2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
+   one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
+   watches the LAN link's carrier (``Election.fault``) and re-applies the gate
+   every second (a tap a reload adds joins forwarding); a third, while active,
+   sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
+3. A role change: one log line, the gate (disabled or forwarding), and on
+   becoming active the announcements: each LAN MAC into every tap (the peers'
+   bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
+   switches learn it behind us); source = destination, so each frame dies at
+   the first bridge.  Sent again once a second later.
+4. Stop: an active gates itself off first, then sends BYE (the others take
+   over at once); the nftables rule is removed.
+
+``follow`` mode (keepalived): no frames; the role is read from a state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import select
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from bridger.config import HaSettings
+from bridger.errors import HostError
+from bridger.ha import wire
+from bridger.ha.election import (
+    HELLO_INTERVAL,
+    Election,
+    Follower,
+    GroupConfig,
+    Reannounce,
+    Role,
+    RoleChanged,
+)
+from bridger.ha.gate import (
+    BR_STATE_DISABLED,
+    BR_STATE_FORWARDING,
+    GateError,
+    PortGate,
+    read_fdb,
+)
+from bridger.keys import read_private_key_file
+
+log = logging.getLogger("bridger")
+
+#: Seconds between re-applying the gate, reading the follow file, checking the LAN link.
+ENFORCE_INTERVAL = 1.0
+FOLLOW_POLL = 0.2
+#: Announcements per batch, and the pause between batches (the peers' storm budget).
+ANNOUNCE_BATCH = 200
+ANNOUNCE_PAUSE = 0.05
+ANNOUNCE_AGAIN = 1.0
+NFT_TABLE = "bridger_ha"
+
+
+def _mac_of(ifname: str) -> bytes:
+    text = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _text(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def _carrier(ifname: str) -> bool:
+    try:
+        return Path(f"/sys/class/net/{ifname}/carrier").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+def containment_script(bridge: str, add: bool) -> str:
+    """nftables: our bridge never forwards group frames (they are for this LAN only)."""
+    table = f"{NFT_TABLE}_{bridge}"
+    lines = [f"add table bridge {table}", f"delete table bridge {table}"]
+    if add:
+        lines += [
+            f"table bridge {table} {{",
+            "  chain forward {",
+            "    type filter hook forward priority -200; policy accept;",
+            f"    ether type {wire.ETHERTYPE:#06x} counter drop",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class HaRunner:
+    """One gateway's part in its site's group (module docstring)."""
+
+    def __init__(self, settings: HaSettings, public_key: bytes, lan: str, bridge: str,
+                 taps: Callable[[], list[str]]) -> None:
+        self.settings = settings
+        self.lan = lan
+        self.bridge = bridge
+        self.taps = taps
+        now = time.monotonic()
+        self.core: Election | Follower
+        if settings.follow is not None:
+            self.core = Follower(now, f"state file {settings.follow}")
+        else:
+            assert settings.site is not None and settings.group_key is not None
+            group_key = read_private_key_file(settings.group_key)
+            self.core = Election(GroupConfig(
+                site=settings.site, site_tag=wire.site_tag(settings.site),
+                node=wire.node_id(public_key), key=wire.auth_key(group_key, settings.site),
+                priority=settings.priority,
+            ), now, secrets.token_bytes(8))
+        self.rx: socket.socket | None = None
+        try:
+            self.gate = PortGate()
+            self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            if isinstance(self.core, Election):
+                self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                        socket.htons(wire.ETHERTYPE))
+                self.rx.bind((bridge, wire.ETHERTYPE))
+                self.rx.setblocking(False)
+            self.src = _mac_of(bridge)
+        except OSError as exc:
+            raise HostError(f"two gateways per site: cannot open the group's sockets on "
+                            f"{bridge}: {exc.strerror or exc}") from exc
+        #: Our standby presence MAC: locally administered unicast, new each start (a
+        #: peer's bridge that has it behind our tap takes data of this run).
+        self.presence = bytes([0x06]) + secrets.token_bytes(5)
+        self.gated: dict[str, int] = {}
+        self.announced = {"to_peers": 0, "to_lan": 0, "rounds": 0}
+        #: The MACs of the last announcement (at most 32 of each), for status.
+        self.last_announce: dict[str, list[str]] = {"local": [], "remote": []}
+        self.errors = {"send": 0, "gate": 0}
+        self.contained = self._contain(True)
+        self._nursery: trio.Nursery | None = None
+        self._last_reason = ""
+        self.apply_gate(force=True)
+
+    # -- what status views read -----------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.core.role
+
+    def status_text(self) -> str:
+        """The systemd STATUS line's first words, e.g. ``active (site london)``."""
+        where = (f"site {self.settings.site}" if self.settings.site else "keepalived")
+        return f"{self.core.role.value} ({where})"
+
+    def snapshot(self) -> dict[str, Any]:
+        doc = self.core.snapshot(time.monotonic())
+        doc["presence"] = _text(self.presence)
+        doc["announced"] = dict(self.announced)
+        doc["last_announce"] = dict(self.last_announce)
+        doc["errors"] = dict(self.errors)
+        doc["gate"] = {tap: ("forwarding" if state == BR_STATE_FORWARDING else "disabled")
+                       for tap, state in sorted(self.gated.items())}
+        return doc
+
+    # -- the gate ---------------------------------------------------------------------------
+
+    def apply_gate(self, force: bool = False, want: int | None = None) -> None:
+        """Every tap's bridge port as the role wants it (errors counted, logged once)."""
+        if want is None:
+            want = BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED
+        for tap in self.taps():
+            if not force and self.gated.get(tap) == want:
+                continue
+            try:
+                self.gate.set_state(tap, want)
+            except GateError as exc:
+                if self.errors["gate"] == 0:
+                    log.warning("ha: cannot set the bridge port state of %s (%s)", tap, exc)
+                self.errors["gate"] += 1
+                continue
+            self.gated[tap] = want
+
+    def _contain(self, add: bool) -> bool:
+        from bridger.host.storm import NftError, run_nft
+
+        try:
+            run_nft(["-f", "-"], containment_script(self.bridge, add), None)
+        except NftError as exc:
+            if add:
+                log.warning("ha: group frames may cross to the peers (%s)", exc)
+            return False
+        return True
+
+    def drain(self, fds: list[int]) -> int:
+        """Discard what the taps queued before the gate closed (the bridge put the
+        LAN's floods there between the host set-up and now); the frames read."""
+        dropped = 0
+        for fd in fds:
+            while select.select([fd], [], [], 0)[0]:
+                try:
+                    os.read(fd, 65536)
+                except OSError:
+                    break
+                dropped += 1
+        return dropped
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._handle(self.core.take_events())
+                if self.rx is not None:
+                    nursery.start_soon(self._receive)
+                    nursery.start_soon(self._sync)
+                nursery.start_soon(self._timers)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Gate off, then BYE (a clean stop hands over at once); idempotent."""
+        if self._nursery is None:
+            return
+        self._nursery = None
+        was_active = self.core.forwarding
+        payloads = (self.core.goodbye(time.monotonic()) if isinstance(self.core, Election)
+                    else [])
+        self.apply_gate(force=True, want=BR_STATE_DISABLED)
+        for payload in payloads:
+            self._send(wire.frame(self.src, payload), self.lan)
+        if was_active:
+            log.info("ha: stopping: forwarding handed over (goodbye sent)")
+        if self.contained:
+            self._contain(False)
+        for sock in (self.rx, self.tx):
+            if sock is not None:
+                sock.close()
+        self.gate.close()
+
+    async def _receive(self) -> None:
+        assert self.rx is not None
+        while True:
+            await trio.lowlevel.wait_readable(self.rx)
+            self._take_frames()
+
+    def _take_frames(self) -> None:
+        """Every frame waiting on the socket, into the election.  Also run before each
+        tick: after the process was not scheduled for a while, the HELLOs that queued
+        meanwhile count before anyone is declared silent."""
+        if self.rx is None or not isinstance(self.core, Election):
+            return
+        while True:
+            try:
+                data, address = self.rx.recvfrom(2048)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.core.drops["socket"] += 1
+                return
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            self.core.receive_untrusted(data[wire.ETH_HLEN:], time.monotonic())
+            self._handle(self.core.take_events())
+
+    async def _timers(self) -> None:
+        next_enforce = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_enforce:
+                next_enforce = now + ENFORCE_INTERVAL
+                self._enforce(now)
+            if isinstance(self.core, Election):
+                self._take_frames()
+                now = time.monotonic()
+                for payload in self.core.tick(now):
+                    self._send(wire.frame(self.src, payload), self.lan)
+                self._handle(self.core.take_events())
+                wake = min(self.core.next_deadline(time.monotonic()), next_enforce)
+            else:
+                wake = min(time.monotonic() + FOLLOW_POLL, next_enforce)
+                self._follow(time.monotonic())
+            await trio.sleep(max(0.0, min(wake - time.monotonic(), HELLO_INTERVAL)))
+
+    async def _sync(self) -> None:
+        """The active's MAC lists, in a task of their own (an FDB read never delays a
+        HELLO)."""
+        assert isinstance(self.core, Election)
+        while True:
+            if self.core.sync_due(time.monotonic()):
+                local, remote = await trio.to_thread.run_sync(self._read_fdb)
+                for payload in self.core.macs(sorted(local), sorted(remote), time.monotonic()):
+                    self._send(wire.frame(self.src, payload), self.lan)
+            await trio.sleep(HELLO_INTERVAL)
+
+    def _enforce(self, now: float) -> None:
+        if isinstance(self.core, Election):
+            self.core.fault(not _carrier(self.lan), now)
+            self._handle(self.core.take_events())
+        self.apply_gate(force=True)
+        if not self.core.forwarding:
+            # Data through each tunnel, so each peer holds a confirmed session with
+            # us when we take over (a peer answering our handshake keeps its old
+            # session until data comes on the new one).  From a MAC of our own that
+            # nothing else uses: the peers' bridges learn it behind us, no flap.
+            for tap in self.taps():
+                self._send(wire.announcement(self.presence), tap)
+
+    def _follow(self, now: float) -> None:
+        assert isinstance(self.core, Follower) and self.settings.follow is not None
+        try:
+            text = self.settings.follow.read_text(encoding="utf-8", errors="replace")[:64]
+        except OSError:
+            return  # no state yet: stay as we are
+        if not self.core.set_untrusted(text, now) and self.core.bad_states == 1:
+            log.warning("ha: %s holds %r, not a state (MASTER, BACKUP, FAULT, STOP, active, "
+                        "standby)", self.settings.follow, text.strip()[:20])
+        self._handle(self.core.take_events())
+
+    def _handle(self, events: list[RoleChanged | Reannounce] | list[RoleChanged]) -> None:
+        for event in events:
+            if isinstance(event, Reannounce):
+                log.info("ha: %s; announcing the MACs again", event.reason)
+                self._start_announce()
+                continue
+            log.info("ha: %s -> %s (%s)", event.previous.value, event.role.value, event.reason)
+            self.apply_gate(force=True)
+            if event.role is Role.ACTIVE:
+                self._start_announce()
+
+    # -- announcements ----------------------------------------------------------------------
+
+    def _start_announce(self) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._announce)
+
+    async def _announce(self) -> None:
+        for round_ in range(2):
+            if round_:
+                await trio.sleep(ANNOUNCE_AGAIN)
+            if not self.core.forwarding:
+                return
+            fdb_local, fdb_remote = await trio.to_thread.run_sync(self._read_fdb)
+            synced_local: set[bytes] = set()
+            synced_remote: set[bytes] = set()
+            if isinstance(self.core, Election):
+                synced_local, synced_remote = self.core.known_macs(time.monotonic())
+            # The old active's lists say which side a MAC is on; our own FDB's LAN port
+            # also holds remote MACs the old active flooded onto the LAN.
+            remote = (synced_remote | fdb_remote) - fdb_local - {self.src}
+            local = (synced_local | fdb_local | {self.src}) - synced_remote - fdb_remote
+            if round_ == 0:
+                # Our bridge learnt the remote MACs on its LAN port while standby (the
+                # old active flooded their frames onto the LAN): forget them, so that
+                # frames to them go to the taps (as STP does on a topology change).
+                try:
+                    self.gate.flush(self.lan)
+                except GateError as exc:
+                    self.errors["gate"] += 1
+                    log.warning("ha: cannot flush the LAN port's learnt MACs (%s)", exc)
+            self.last_announce = {
+                "local": [_text(m) for m in sorted(local)][:32],
+                "remote": [_text(m) for m in sorted(remote)][:32],
+            }
+            frames = [(wire.announcement(mac), tap) for mac in sorted(local)
+                      for tap in self.taps()]
+            frames += [(wire.announcement(mac), self.lan) for mac in sorted(remote)]
+            for start in range(0, len(frames), ANNOUNCE_BATCH):
+                if start:
+                    await trio.sleep(ANNOUNCE_PAUSE)
+                for data, ifname in frames[start:start + ANNOUNCE_BATCH]:
+                    if self._send(data, ifname):
+                        self.announced["to_lan" if ifname == self.lan else "to_peers"] += 1
+            self.announced["rounds"] += 1
+            if round_ == 0:
+                log.info("ha: announced %d LAN MACs to the peers and %d remote MACs to the LAN",
+                         len(local), len(remote))
+
+    def _read_fdb(self) -> tuple[set[bytes], set[bytes]]:
+        """(MACs learnt on the LAN port, MACs learnt on the taps) from the bridge's FDB."""
+        local: set[bytes] = set()
+        remote: set[bytes] = set()
+        try:
+            lan_index = socket.if_nametoindex(self.lan)
+            bridge_index = socket.if_nametoindex(self.bridge)
+            taps = set()
+            for tap in self.taps():
+                with contextlib.suppress(OSError):
+                    taps.add(socket.if_nametoindex(tap))
+            entries = read_fdb()
+        except OSError:
+            self.errors["fdb"] = self.errors.get("fdb", 0) + 1
+            return local, remote
+        for port, master, mac in entries:
+            if master != bridge_index:
+                continue
+            if port == lan_index:
+                local.add(mac)
+            elif port in taps:
+                remote.add(mac)
+        return local, remote
+
+    def _send(self, data: bytes, ifname: str) -> bool:
+        try:
+            self.tx.sendto(data, (ifname, 0))
+        except OSError:
+            self.errors["send"] += 1
+            return False
+        return True
+
+
+def describe(settings: HaSettings) -> str:
+    if settings.follow is not None:
+        return f"following {settings.follow}"
+    return f"site {settings.site}, priority {settings.priority}"
+
