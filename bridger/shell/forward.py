@@ -96,6 +96,8 @@ class Forwarder:
             self.sender.send(out.datagrams)  # (with the lane's mutex held: once released)
         if out.frames:
             self._deliver(out, now)
+        if self.detector is not None and self.detector.has_relays:
+            self.handle(self._relay(now), now)  # (datagrams only: no deeper)
         if self.lane is not None:
             self.lane.push(now)
         for event in out.events:
@@ -266,6 +268,18 @@ class Forwarder:
         assert self.detector is not None
         by_name = {peer.name: peer for peer in self.ports}
         for name, probe in self.detector.tick(now):
+            peer = by_name.get(name)
+            if peer is not None and peer.current is not None:
+                peer.send_frames([probe], now, out)
+        return out
+
+    def _relay(self, now: float) -> Output:
+        """Loop protection in mode hub: pass other hubs' probes on to each peer
+        with a session (bridger/guard/loop.py, 6.)."""
+        out = Output()
+        assert self.detector is not None
+        by_name = {peer.name: peer for peer in self.ports}
+        for name, probe in self.detector.take_relays():
             peer = by_name.get(name)
             if peer is not None and peer.current is not None:
                 peer.send_frames([probe], now, out)
