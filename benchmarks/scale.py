@@ -71,8 +71,7 @@ def measure(spokes: int, idle: float, pairs: int, settle: float) -> dict[str, An
         up = lab.wait_up(within=60, since=began)
         row["up_s"] = None if up is None else round(up, 2)
         if up is None:
-            row["missing"] = sorted({peer_name(s) for s in lab.sites if s != HUB}
-                                    - lab.up_peers())[:5]
+            row["missing"] = [peer_name(s) for s in lab.waiting()][:5]
             print(lab.logs([HUB], tail=10), file=sys.stderr)
             return row
         time.sleep(settle)  # start-up chatter (DAD, MLD, first ARP) dies down

@@ -305,16 +305,31 @@ class HubLab:
             return set()
         return {str(p.get("name")) for p in doc.get("peers", ()) if p.get("state") == "up"}
 
+    def spoke_up(self, site: int) -> bool:
+        """Whether spoke ``site``'s own status shows its tunnel to the hub up."""
+        doc = self.gateways[site].status(timeout=1.0)
+        return doc is not None and any(
+            p.get("name") == "hub" and p.get("state") == "up" for p in doc.get("peers", ()))
+
     def wait_up(self, within: float, since: float | None = None,
-                step: float = 0.1) -> float | None:
-        """Seconds from ``since`` (default: now) until the hub has every spoke up, or None."""
+                step: float = 0.2) -> float | None:
+        """Seconds from ``since`` (default: now) until every spoke's own status shows
+        the hub up, or None.  Each spoke is asked until it says so (a restarted
+        spoke answers only once it runs again)."""
         since = time.monotonic() if since is None else since
-        want = {peer_name(s) for s in self.sites if s != HUB}
-        while time.monotonic() - since < within:
-            if want <= self.up_peers():
-                return time.monotonic() - since
+        waiting = [s for s in self.sites if s != HUB]
+        while True:
+            waiting = [s for s in waiting if not self.spoke_up(s)]
+            elapsed = time.monotonic() - since
+            if not waiting:
+                return elapsed
+            if elapsed >= within:
+                return None
             time.sleep(step)
-        return None
+
+    def waiting(self) -> list[int]:
+        """The spokes whose tunnel to the hub is not up."""
+        return [s for s in self.sites if s != HUB and not self.spoke_up(s)]
 
     def logs(self, sites: Sequence[int] | None = None, tail: int = 20) -> str:
         parts = []
