@@ -55,6 +55,11 @@ def per_peer_rates(a: dict[str, Any], b: dict[str, Any], seconds: float) -> dict
     return {kind: statistics.fmean(v) for kind, v in sums.items() if v}
 
 
+def handshakes(doc: dict[str, Any] | None) -> dict[str, int]:
+    """Peer name -> handshakes completed, from a status document."""
+    return {p["name"]: int(p["handshakes"]) for p in (doc or {}).get("peers", ())}
+
+
 def status_time(lab: HubLab) -> float:
     """Wall seconds of one `bridger status --json` of the hub (a fresh process)."""
     began = time.monotonic()
@@ -67,13 +72,15 @@ def measure(spokes: int, idle: float, pairs: int, settle: float) -> dict[str, An
     row: dict[str, Any] = {"spokes": spokes}
     with tempfile.TemporaryDirectory(prefix="bridger-scale-") as tmp, \
             HubLab(spokes, Path(tmp)) as lab:
-        began = lab.start()
-        up = lab.wait_up(within=60, since=began)
-        row["up_s"] = None if up is None else round(up, 2)
+        row["hub_start_s"] = round(lab.start_hub(), 2)
+        began = lab.start(list(lab.sites)[1:])
+        up = lab.wait_up(within=180, since=began)
         if up is None:
             row["missing"] = [peer_name(s) for s in lab.waiting()][:5]
             print(lab.logs([HUB], tail=10), file=sys.stderr)
             return row
+        row["up_s"], row["ready_s"], row["handshake_s"] = (
+            round(up.all_up, 2), round(up.last_ready, 2), round(up.handshake, 2))
         time.sleep(settle)  # start-up chatter (DAD, MLD, first ARP) dies down
         hub = lab.gateways[HUB]
         doc_a, at_a = hub.status(), time.monotonic()
@@ -92,10 +99,19 @@ def measure(spokes: int, idle: float, pairs: int, settle: float) -> dict[str, An
         row["reach"] = f"{sum(lab.wait_ping(a, b, within=10) is not None for a, b in tried)}" \
                        f"/{len(tried)}"
         # Every spoke restarted at the same moment.
+        hs_before = handshakes(hub.status())
         lab.stop(spoke_sites)
         began = lab.start(spoke_sites)
-        back = lab.wait_up(within=60, since=began)
-        row["restart_s"] = None if back is None else round(back, 2)
+        back = lab.wait_up(within=180, since=began)
+        if back is not None:
+            row["restart_s"], row["restart_ready_s"], row["restart_handshake_s"] = (
+                round(back.all_up, 2), round(back.last_ready, 2), round(back.handshake, 2))
+            time.sleep(2)
+            hs_after = handshakes(hub.status())
+            row["restart_handshakes_max"] = max(
+                (hs_after.get(k, 0) - hs_before.get(k, 0) for k in hs_after), default=0)
+        else:
+            row["restart_s"] = None
     return row
 
 
@@ -107,25 +123,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=8, help="spoke pairs pinged")
     parser.add_argument("--json", action="store_true", help="one JSON line per N as well")
     args = parser.parse_args(argv)
-    print(f"{'N':>4} {'up s':>6} {'reach':>6} {'hub CPU%':>9} {'CPU%/spoke':>10} "
-          f"{'hub RSS':>8} {'spoke RSS':>9} {'status s':>8} {'restart s':>9}  hub->each spoke fps")
+    print("N: spokes; hub: seconds until the hub answered, started alone; up: seconds from"
+          " starting every spoke at once until all had their tunnel up (ready: until the last"
+          " spoke process answered, handshake: the longest a spoke then took); restart: the"
+          " same with every spoke restarted at once, hs: most handshakes one spoke made;"
+          " CPU: share of one core over the idle window; fps: frames/s the hub's bridge sent"
+          " each spoke (its own probes not counted)", flush=True)
+    head = (f"{'N':>4} {'hub':>5} {'up (ready/hs)':>18} {'reach':>6} {'hub CPU%':>8} "
+            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} {'status':>7} "
+            f"{'restart (ready/hs)':>19} {'hs':>3}  fps to each spoke")
+    print(head, flush=True)
     for n in args.spokes:
         need = (n + 1) * MB_PER_GATEWAY
         if free_mb() < need + 500:
-            print(f"{n:>4} skipped: needs ~{need} MB, {free_mb()} MB available")
+            print(f"{n:>4} skipped: needs ~{need} MB, {free_mb()} MB available", flush=True)
             continue
         row = measure(n, args.idle, args.pairs, args.settle)
         if args.json:
             print(json.dumps(row), flush=True)
         if row.get("up_s") is None:
-            print(f"{n:>4} not all up within 60 s (missing e.g. {row.get('missing')})")
+            print(f"{n:>4} not all up within 180 s (missing e.g. {row.get('missing')})",
+                  flush=True)
             continue
-        per_site = row["hub_cpu_pct"] / n
-        print(f"{n:>4} {row['up_s']:>6} {row['reach']:>6} {row['hub_cpu_pct']:>9} "
+        up = f"{row['up_s']} ({row['ready_s']}/{row['handshake_s']})"
+        back = (f"{row['restart_s']} ({row['restart_ready_s']}/{row['restart_handshake_s']})"
+                if row.get("restart_s") is not None else "-")
+        fps = " ".join(f"{k} {v}" for k, v in (row.get("to_each_spoke_fps") or {}).items())
+        print(f"{n:>4} {row['hub_start_s']:>5} {up:>18} {row['reach']:>6} "
+              f"{row['hub_cpu_pct']:>8} {row['hub_cpu_pct'] / n:>7.3f} "
               f"{row['spoke_cpu_pct']:>10} {row['hub_rss_mb']:>7}M {row['spoke_rss_mb']:>8}M "
-              f"{row['status_json_s']:>8} {row['restart_s']!s:>9}  "
-              f"{row.get('to_each_spoke_fps')} (hub CPU per spoke {per_site:.3f}%)",
-              flush=True)
+              f"{row['status_json_s']:>7} {back:>19} {row.get('restart_handshakes_max', '-')!s:>3}"
+              f"  {fps}", flush=True)
     return 0
 
 

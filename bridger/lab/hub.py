@@ -100,6 +100,20 @@ def remove_hub_lab(prefix: str) -> list[str]:
     return removed
 
 
+@dataclass(frozen=True)
+class Startup:
+    """How long spokes took to come up, in seconds from their start."""
+
+    #: Until every spoke had its tunnel to the hub up.
+    all_up: float
+    #: Until the last spoke answered at all (its process ready: Python start-up,
+    #: taps, bridge; on a small loaded machine this is most of ``all_up``).
+    last_ready: float
+    #: Longest time from a spoke answering to its tunnel being up (polled: at
+    #: worst one polling round too long).
+    handshake: float
+
+
 @dataclass
 class Gateway:
     """One site's `bridger up`: its files and, while it runs, its process."""
@@ -305,24 +319,50 @@ class HubLab:
             return set()
         return {str(p.get("name")) for p in doc.get("peers", ()) if p.get("state") == "up"}
 
-    def spoke_up(self, site: int) -> bool:
-        """Whether spoke ``site``'s own status shows its tunnel to the hub up."""
+    def spoke_state(self, site: int) -> str | None:
+        """Spoke ``site``'s own view of its tunnel to the hub ("up", "handshaking",
+        ...), or None while it cannot answer (still starting)."""
         doc = self.gateways[site].status(timeout=1.0)
-        return doc is not None and any(
-            p.get("name") == "hub" and p.get("state") == "up" for p in doc.get("peers", ()))
+        if doc is None:
+            return None
+        return next((str(p.get("state")) for p in doc.get("peers", ())
+                     if p.get("name") == "hub"), "")
+
+    def spoke_up(self, site: int) -> bool:
+        return self.spoke_state(site) == "up"
+
+    def start_hub(self, within: float = 120.0) -> float:
+        """Start the hub alone and wait until it answers; seconds it took."""
+        self.start([HUB])
+        took = wait_until(lambda: self.gateways[HUB].status() is not None, within, 0.2)
+        if took is None:
+            raise LabError(f"the hub did not start within {within:g} s\n{self.logs([HUB])}")
+        return took
 
     def wait_up(self, within: float, since: float | None = None,
-                step: float = 0.2) -> float | None:
-        """Seconds from ``since`` (default: now) until every spoke's own status shows
-        the hub up, or None.  Each spoke is asked until it says so (a restarted
-        spoke answers only once it runs again)."""
+                step: float = 0.2) -> Startup | None:
+        """Wait until every spoke's own status shows the hub up (None: not within
+        ``within`` seconds of ``since``, default now).  Each spoke is asked until
+        it says so (a restarted spoke answers only once it runs again)."""
         since = time.monotonic() if since is None else since
+        ready: dict[int, float] = {}
+        handshake = 0.0
         waiting = [s for s in self.sites if s != HUB]
         while True:
-            waiting = [s for s in waiting if not self.spoke_up(s)]
+            still = []
+            for site in waiting:
+                state = self.spoke_state(site)
+                at = time.monotonic()
+                if state is not None:
+                    ready.setdefault(site, at)
+                if state == "up":
+                    handshake = max(handshake, at - ready[site])
+                else:
+                    still.append(site)
+            waiting = still
             elapsed = time.monotonic() - since
             if not waiting:
-                return elapsed
+                return Startup(elapsed, max(ready.values()) - since, handshake)
             if elapsed >= within:
                 return None
             time.sleep(step)
