@@ -787,13 +787,13 @@ def summary_lines(snap: dict[str, Any], history: History,
         flagged.sort(key=worth, reverse=True)
         listed = flagged[:MAX_LOG_PEERS]
         counts = ", ".join(f"{n} {state}" for state, n in _counts(peers).items())
-        fps = [history.rate("frames", d, window=math.inf) for d, _ in DIRECTIONS]
-        rates = " | ".join(f"{label.replace('→', '->')} {rate:.0f} fr/s"
-                           for (_, label), rate in zip(DIRECTIONS, fps, strict=True)
+        totals = [history.rate("frames", d, window=math.inf) for d, _ in DIRECTIONS]
+        total = " | ".join(f"{label.replace('→', '->')} {rate:.0f} fr/s"
+                           for (_, label), rate in zip(DIRECTIONS, totals, strict=True)
                            if rate is not None)
         head = f"{len(peers)} peers: {counts}"
-        if rates:
-            head += f" | {rates}"
+        if total:
+            head += f" | {total}"
         if len(flagged) > len(listed):
             head += f" | {len(flagged) - len(listed)} more need a look (bridger status)"
         lines.append(head)
