@@ -68,10 +68,11 @@ def status_time(lab: HubLab) -> float:
     return time.monotonic() - began
 
 
-def measure(spokes: int, idle: float, pairs: int, settle: float) -> dict[str, Any]:
+def measure(spokes: int, idle: float, pairs: int, settle: float,
+            gateway_ipv6: bool = True) -> dict[str, Any]:
     row: dict[str, Any] = {"spokes": spokes}
     with tempfile.TemporaryDirectory(prefix="bridger-scale-") as tmp, \
-            HubLab(spokes, Path(tmp)) as lab:
+            HubLab(spokes, Path(tmp), gateway_ipv6=gateway_ipv6) as lab:
         row["hub_start_s"] = round(lab.start_hub(), 2)
         began = lab.start(list(lab.sites)[1:])
         up = lab.wait_up(within=180, since=began)
@@ -94,6 +95,9 @@ def measure(spokes: int, idle: float, pairs: int, settle: float) -> dict[str, An
         if doc_a and doc_b:
             rates = per_peer_rates(doc_a, doc_b, at_b - at_a)
             row["to_each_spoke_fps"] = {k: round(v, 1) for k, v in rates.items() if v >= 0.05}
+        began_q = time.monotonic()
+        hub.status(timeout=10)
+        row["status_query_s"] = round(time.monotonic() - began_q, 3)
         row["status_json_s"] = round(status_time(lab), 3)
         tried = list(sample_pairs(spokes, pairs))
         row["reach"] = f"{sum(lab.wait_ping(a, b, within=10) is not None for a, b in tried)}" \
@@ -119,18 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spokes", type=int, nargs="+", default=[4, 12, 24, 50, 100])
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds before measuring")
     parser.add_argument("--pairs", type=int, default=8, help="spoke pairs pinged")
     parser.add_argument("--json", action="store_true", help="one JSON line per N as well")
+    parser.add_argument("--no-gateway-ipv6", action="store_true",
+                        help="taps and bridges the gateways make get no IPv6 stack (as if"
+                             " bridger made its taps without one)")
     args = parser.parse_args(argv)
     print("N: spokes; hub: seconds until the hub answered, started alone; up: seconds from"
           " starting every spoke at once until all had their tunnel up (ready: until the last"
           " spoke process answered, handshake: the longest a spoke then took); restart: the"
           " same with every spoke restarted at once, hs: most handshakes one spoke made;"
           " CPU: share of one core over the idle window; fps: frames/s the hub's bridge sent"
-          " each spoke (its own probes not counted)", flush=True)
+          " each spoke (its own probes not counted); status: seconds for the hub's status document"
+          " (q: the query alone, cli: `bridger status --json`, a Python start on a loaded"
+          " machine)", flush=True)
     head = (f"{'N':>4} {'hub':>5} {'up (ready/hs)':>18} {'reach':>6} {'hub CPU%':>8} "
-            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} {'status':>7} "
+            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} {'status q/cli':>11} "
             f"{'restart (ready/hs)':>19} {'hs':>3}  fps to each spoke")
     print(head, flush=True)
     for n in args.spokes:
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         if free_mb() < need + 500:
             print(f"{n:>4} skipped: needs ~{need} MB, {free_mb()} MB available", flush=True)
             continue
-        row = measure(n, args.idle, args.pairs, args.settle)
+        row = measure(n, args.idle, args.pairs, args.settle, not args.no_gateway_ipv6)
         if args.json:
             print(json.dumps(row), flush=True)
         if row.get("up_s") is None:
@@ -152,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>4} {row['hub_start_s']:>5} {up:>18} {row['reach']:>6} "
               f"{row['hub_cpu_pct']:>8} {row['hub_cpu_pct'] / n:>7.3f} "
               f"{row['spoke_cpu_pct']:>10} {row['hub_rss_mb']:>7}M {row['spoke_rss_mb']:>8}M "
-              f"{row['status_json_s']:>7} {back:>19} {row.get('restart_handshakes_max', '-')!s:>3}"
+              f"{row['status_query_s']:>5}/{row['status_json_s']:<5} {back:>19} {row.get('restart_handshakes_max', '-')!s:>3}"
               f"  {fps}", flush=True)
     return 0
 

@@ -148,6 +148,11 @@ class HubLab:
     prefix: str = field(default_factory=lambda: f"bh{secrets.token_hex(3)}")
     #: Extra ``[local]`` settings for every gateway (e.g. ``{"data_path": "python"}``).
     local: dict[str, TomlValue] = field(default_factory=dict)
+    #: False: interfaces the gateways create (taps, bridge) get no IPv6 stack
+    #: (``net.ipv6.conf.default.disable_ipv6=1`` in the gateway namespaces), as if
+    #: bridger made its taps without one: each tap's own router solicitations, MLD
+    #: reports and DAD then never enter the tunnels (see docs/operations.md).
+    gateway_ipv6: bool = True
     gateways: dict[int, Gateway] = field(default_factory=dict)
     _built: bool = False
     _torn_down: bool = False
@@ -232,6 +237,9 @@ class HubLab:
             gw, host, label = self.gw(site), self.host(site), site_label(site)
             # WAN: wan0 in the gateway, w<label> on the WAN bridge; LAN: eth1 in the
             # gateway, eth0 on the host's switch lan0.
+            if not self.gateway_ipv6:
+                _cmd("ip", "netns", "exec", gw, "sysctl", "-q", "-w",
+                     "net.ipv6.conf.default.disable_ipv6=1")
             self._batch([
                 "link set lo up",
                 f"link add wan0 type veth peer name w{label} netns {wan}",
