@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
           " (q: the query alone, cli: `bridger status --json`, a Python start on a loaded"
           " machine)", flush=True)
     head = (f"{'N':>4} {'hub':>5} {'up (ready/hs)':>18} {'reach':>6} {'hub CPU%':>8} "
-            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} {'status q/cli':>11} "
+            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} "
+            f"{'status q/cli':>11} "
             f"{'restart (ready/hs)':>19} {'hs':>3}  fps to each spoke")
     print(head, flush=True)
     for n in args.spokes:
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>4} {row['hub_start_s']:>5} {up:>18} {row['reach']:>6} "
               f"{row['hub_cpu_pct']:>8} {row['hub_cpu_pct'] / n:>7.3f} "
               f"{row['spoke_cpu_pct']:>10} {row['hub_rss_mb']:>7}M {row['spoke_rss_mb']:>8}M "
-              f"{row['status_query_s']:>5}/{row['status_json_s']:<5} {back:>19} {row.get('restart_handshakes_max', '-')!s:>3}"
+              f"{row['status_query_s']:>5}/{row['status_json_s']:<5} {back:>19} "
+              f"{row.get('restart_handshakes_max', '-')!s:>3}"
               f"  {fps}", flush=True)
     return 0
 
