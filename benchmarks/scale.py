@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridger.lab.gateways import TomlValue
 from bridger.lab.hub import HUB, HubLab, peer_name, sample_pairs
+from bridger.native import contract
 
 MB_PER_GATEWAY = 45
 
@@ -71,8 +73,13 @@ def status_time(lab: HubLab) -> float:
 def measure(spokes: int, idle: float, pairs: int, settle: float,
             gateway_ipv6: bool = True) -> dict[str, Any]:
     row: dict[str, Any] = {"spokes": spokes}
+    # The native lane serves at most contract.MAX_PORTS taps (a bigger hub stops
+    # with ENOSPC): beyond that the hub runs the pure-Python data path.
+    hub_local: dict[str, TomlValue] = (
+        {"data_path": "python"} if spokes > contract.MAX_PORTS else {})
+    row["hub_data_path"] = hub_local.get("data_path", "native")
     with tempfile.TemporaryDirectory(prefix="bridger-scale-") as tmp, \
-            HubLab(spokes, Path(tmp), gateway_ipv6=gateway_ipv6) as lab:
+            HubLab(spokes, Path(tmp), gateway_ipv6=gateway_ipv6, hub_local=hub_local) as lab:
         row["hub_start_s"] = round(lab.start_hub(), 2)
         began = lab.start(list(lab.sites)[1:])
         up = lab.wait_up(within=180, since=began)
@@ -159,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         back = (f"{row['restart_s']} ({row['restart_ready_s']}/{row['restart_handshake_s']})"
                 if row.get("restart_s") is not None else "-")
         fps = " ".join(f"{k} {v}" for k, v in (row.get("to_each_spoke_fps") or {}).items())
+        note = " (hub: python data path)" if row["hub_data_path"] == "python" else ""
         print(f"{n:>4} {row['hub_start_s']:>5} {up:>18} {row['reach']:>6} "
               f"{row['hub_cpu_pct']:>8} {row['hub_cpu_pct'] / n:>7.3f} "
               f"{row['spoke_cpu_pct']:>10} {row['hub_rss_mb']:>7}M {row['spoke_rss_mb']:>8}M "
               f"{row['status_query_s']:>5}/{row['status_json_s']:<5} {back:>19} "
               f"{row.get('restart_handshakes_max', '-')!s:>3}"
-              f"  {fps}", flush=True)
+              f"  {fps}{note}", flush=True)
     return 0
 
 

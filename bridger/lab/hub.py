@@ -153,6 +153,8 @@ class HubLab:
     #: bridger made its taps without one: each tap's own router solicitations, MLD
     #: reports and DAD then never enter the tunnels (see docs/operations.md).
     gateway_ipv6: bool = True
+    #: Extra ``[local]`` settings for the hub only (over ``local``).
+    hub_local: dict[str, TomlValue] = field(default_factory=dict)
     gateways: dict[int, Gateway] = field(default_factory=dict)
     _built: bool = False
     _torn_down: bool = False
@@ -279,7 +281,7 @@ class HubLab:
                               workdir / f"gw{label}.log")
             text = render_config(lan="eth1", key_file=key_file, state_dir=gateway.state_dir,
                                  mode="hub" if site == HUB else "mesh", peers=peers,
-                                 local=self.local)
+                                 local={**self.local, **(self.hub_local if site == HUB else {})})
             fd = os.open(gateway.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
