@@ -42,23 +42,29 @@ def hub_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubLab]:
         yield lab
 
 
+#: Seconds a status query may take (the machine may be loaded).
+QUERY = 10.0
+
+
 def spoke_peer(lab: HubLab, site: int) -> dict[str, Any]:
-    doc = lab.gateways[site].status()
+    doc = lab.gateways[site].status(timeout=QUERY)
     assert doc is not None, lab.logs([site])
     peer: dict[str, Any] = doc["peers"][0]
     return peer
 
 
 def hub_guard(lab: HubLab) -> dict[str, Any]:
-    doc = lab.gateways[HUB].status()
+    doc = lab.gateways[HUB].status(timeout=QUERY)
     assert doc is not None, lab.logs([HUB])
     return doc
 
 
 def blocked_at_hub(lab: HubLab) -> dict[str, float]:
-    """Peer -> seconds it has been blocked, at the hub."""
+    """Peer -> when the hub blocked it, on our clock (its ``loop_for`` counted back from
+    the moment we asked: the query's own delay on a loaded machine is not counted)."""
+    asked = time.monotonic()  # the hub's snapshot is taken after this
     doc = hub_guard(lab)
-    return {p["name"]: float(p["guard"]["loop_for"]) for p in doc["peers"]
+    return {p["name"]: asked - float(p["guard"]["loop_for"]) for p in doc["peers"]
             if (p.get("guard") or {}).get("loop")}
 
 
@@ -98,13 +104,13 @@ def test_a_cable_between_two_spokes_lans_is_cut_at_the_hub_within_2_s(
         hub_lab: HubLab) -> None:
     lab = hub_lab
     a, b = 3, 9
-    plugged = time.monotonic()
     cable = lab.cable(a, b)
+    plugged = time.monotonic()  # (the cable is in: both ends up)
     try:
         seen = wait_until(lambda: bool(blocked_at_hub(lab)), 10.0, 0.05)
         assert seen is not None, f"no loop detected within 10 s\n{lab.logs([HUB, a, b])}"
         blocked = blocked_at_hub(lab)
-        found = time.monotonic() - plugged - max(blocked.values())  # the hub's own clock
+        found = min(blocked.values()) - plugged  # the hub's own clock
         print(f"cable {a}-{b}: loop cut at the hub {found:.2f} s after the cable went in"
               f" (blocked: {sorted(blocked)})")
         assert found < 2.0
@@ -121,12 +127,12 @@ def test_a_cable_between_the_hubs_lan_and_a_spokes_lan_is_cut_within_2_s(
         hub_lab: HubLab) -> None:
     lab = hub_lab
     spoke = 5
-    plugged = time.monotonic()
     cable = lab.cable(HUB, spoke)
+    plugged = time.monotonic()
     try:
         seen = wait_until(lambda: peer_name(spoke) in blocked_at_hub(lab), 10.0, 0.05)
         assert seen is not None, f"no loop detected within 10 s\n{lab.logs([HUB, spoke])}"
-        found = time.monotonic() - plugged - blocked_at_hub(lab)[peer_name(spoke)]
+        found = blocked_at_hub(lab)[peer_name(spoke)] - plugged
         print(f"cable hub-{spoke}: loop cut at the hub {found:.2f} s after the cable went in")
         assert found < 2.0
         assert set(blocked_at_hub(lab)) == {peer_name(spoke)}
