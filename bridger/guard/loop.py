@@ -23,10 +23,22 @@ How it works (docs/guard.md has the pictures):
    1 + HOLD_JITTER (two sites never release in lockstep).  Recovery after the
    loop is gone: at most HOLD_MAX * (1 + HOLD_JITTER) = 20 s.
 5. Our own probes are always consumed where we see them (never forwarded).
-   Other sites' probes are forwarded like any flooded frame, except towards a
-   blocked peer; one that came in from a blocked peer reaches our LAN (so the
-   blocked site still sees its loop) but no other tunnel (hub mode would relay
-   it, and its origin would take a path we have cut for a loop of its own).
+   Other sites' probes go from a tunnel into our LAN and from our LAN into a
+   tunnel like any flooded frame (never towards a blocked peer), but never
+   from one tunnel to another through our bridge: a probe read from a tap
+   that we wrote into the bridge from another peer moments ago is dropped
+   (hub mode; in mesh mode the taps are isolated ports and the kernel never
+   hands it over; bridger/host/storm.py drops it in the kernel first).  A
+   hub flooding every spoke's probes to every other spoke made the idle cost
+   of a hub grow with the square of its spokes (issue 26), and it is not
+   needed: a loop through this bridge from one tunnel to another (two spokes'
+   LANs cabled together) is a loop our own probes, sent down either tunnel,
+   come back from.
+6. The one case our own probes cannot see: a loop that crosses two bridges
+   that forward between tunnels (two hubs).  So a hub marks its probes
+   (``FLAG_RELAY``) and a hub passes a marked probe of another site on to its
+   other peers itself, once per probe, never from or to a blocked peer:
+   probes cross hubs only from hubs, which are few.
 
 With STP on, a blocking port discards the probes like any data frame: they
 never come back and nothing happens.  Probes go to a locally administered
@@ -68,14 +80,17 @@ from bridger.guard.flaps import MacFlaps
 
 #: Destination of every probe: group bit and locally-administered bit set.
 PROBE_DST = bytes.fromhex("0f6272646772")
-#: Probe body after the EtherType: magic, version, reserved (0), VLAN id,
-#: site id, nonce.
+#: Probe body after the EtherType: magic, version, flags, VLAN id, site id,
+#: nonce.
 PROBE_BODY = struct.Struct(">4sBBH8s8s")
 SITE_ID_LEN = 8
 NONCE_LEN = 8
 #: Shortest Ethernet frame without FCS; a tagged frame is 4 bytes longer.
 MIN_FRAME = 60
 _ETHERTYPE = struct.Struct(">H")
+#: Flags byte (once "reserved, 0"; older daemons ignore it): the sender
+#: forwards between its peers (mode hub), so other hubs relay its probes (6.).
+FLAG_RELAY = 0x01
 _TAG = struct.Struct(">HHH")
 
 
@@ -101,6 +116,8 @@ class Probe:
     nonce: bytes
     #: VLAN the probe was sent in (0: untagged).
     vlan: int
+    #: Flags (FLAG_RELAY: sent by a hub).
+    flags: int = 0
 
 
 def probe_src_mac(site_id: bytes) -> bytes:
@@ -118,7 +135,7 @@ def encode_probe(probe: Probe) -> bytes:
         head += _ETHERTYPE.pack(EtherType.LOOP_PROBE)
         size = MIN_FRAME
     body = PROBE_BODY.pack(
-        PROBE_MAGIC, PROBE_VERSION, 0, probe.vlan, probe.site_id, probe.nonce
+        PROBE_MAGIC, PROBE_VERSION, probe.flags, probe.vlan, probe.site_id, probe.nonce
     )
     frame = head + body
     return frame + bytes(size - len(frame))
@@ -128,10 +145,10 @@ def decode_probe_untrusted(frame: bytes, l3: int = ETH_HLEN) -> Probe:
     """The probe whose body starts at ``l3`` (after the EtherType and any tags)."""
     if len(frame) < l3 + PROBE_BODY.size:
         raise BadProbe("probe too short")
-    magic, version, _reserved, vlan, site_id, nonce = PROBE_BODY.unpack_from(frame, l3)
+    magic, version, flags, vlan, site_id, nonce = PROBE_BODY.unpack_from(frame, l3)
     if magic != PROBE_MAGIC or version != PROBE_VERSION:
         raise BadProbe("not a bridger probe")
-    return Probe(site_id, nonce, vlan & 0x0FFF)
+    return Probe(site_id, nonce, vlan & 0x0FFF, flags)
 
 
 # --- state -------------------------------------------------------------------
@@ -184,6 +201,7 @@ class LoopDetector:
         hold_base: float = HOLD_BASE,
         hold_max: float = HOLD_MAX,
         flaps: MacFlaps | None = None,
+        hub: bool = False,
     ) -> None:
         self.site_id = os.urandom(SITE_ID_LEN) if site_id is None else site_id
         if len(self.site_id) != SITE_ID_LEN:
@@ -197,11 +215,18 @@ class LoopDetector:
         self.hold_base = hold_base
         self.hold_max = hold_max
         self.flaps = flaps if flaps is not None else MacFlaps()
+        #: Mode hub: our bridge forwards between peers; our probes carry
+        #: FLAG_RELAY and other hubs' probes are relayed (6.).
+        self.hub = hub
+        self._flags = FLAG_RELAY if hub else 0
         self._peers: dict[str, PeerLoop] = {}
         self._sent: dict[bytes, tuple[PeerLoop, int, float]] = {}  # nonce -> (peer, vlan, sent)
         self._sent_order: deque[tuple[float, bytes]] = deque()
-        #: Other sites' probes delivered from a blocked peer: site id + nonce -> when.
-        self._tainted: dict[bytes, float] = {}
+        #: Other sites' probes received from a peer, written into our bridge:
+        #: site id + nonce -> (peer, when) (5.).
+        self._delivered: dict[bytes, tuple[str, float]] = {}
+        #: Other hubs' probes to pass on: (peer, frame) (6.).
+        self._relays: list[tuple[str, bytes]] = []
         self._next_probe = -math.inf  # the first tick probes
         self._events: list[GuardEvent] = []
         #: Loops detected since start (all peers).
@@ -210,6 +235,11 @@ class LoopDetector:
         self.stale_probes = 0
         #: Own probes that came back through a peer already blocked (ignored, 3.).
         self.via_blocked = 0
+        #: Other sites' probes our bridge handed from one peer's tap to another's,
+        #: dropped (5.).
+        self.cut_between_peers = 0
+        #: Other hubs' probes passed on to a peer (6.).
+        self.relayed = 0
 
     # -- peers --------------------------------------------------------------
 
@@ -246,12 +276,12 @@ class LoopDetector:
                 state.blocked = False
                 state.released_at = now
                 self._events.append(LoopGone(state.name, now - state.blocked_at))
-        tainted = self._tainted
-        while tainted:
-            oldest = next(iter(tainted))
-            if tainted[oldest] >= now - TAINT_MEMORY:
+        delivered = self._delivered
+        while delivered:
+            oldest = next(iter(delivered))
+            if delivered[oldest][1] >= now - TAINT_MEMORY:
                 break
-            del tainted[oldest]
+            del delivered[oldest]
         sent, order = self._sent, self._sent_order
         while order and order[0][0] < now - PROBE_MEMORY:
             sent.pop(order.popleft()[1], None)
@@ -266,7 +296,8 @@ class LoopDetector:
                 sent[nonce] = (state, vlan, now)
                 order.append((now, nonce))
                 state.probes_sent += 1
-                probes.append((state.name, encode_probe(Probe(self.site_id, nonce, vlan))))
+                probes.append(
+                    (state.name, encode_probe(Probe(self.site_id, nonce, vlan, self._flags))))
         return probes
 
     # -- probes seen on the data path ---------------------------------------
@@ -305,21 +336,45 @@ class LoopDetector:
         return ProbeVerdict.OURS
 
     def _foreign(self, probe: Probe, peer: str, from_wan: bool, now: float) -> ProbeVerdict:
-        """Another site's probe (5.): delivered from a blocked peer but marked, so
-        that our bridge cannot hand it on to another peer (hub mode); never sent
-        to a blocked peer."""
+        """Another site's probe: into our LAN from any peer, never on from one peer
+        to another through our bridge (5.), never to a blocked peer; another
+        hub's is relayed by us instead (6.)."""
         state = self._peers.get(peer)
         key = probe.site_id + probe.nonce
+        delivered = self._delivered
         if from_wan:
-            if state is not None and state.blocked:
-                tainted = self._tainted
-                tainted[key] = now
-                if len(tainted) > TAINT_CAPACITY:
-                    del tainted[next(iter(tainted))]
+            if key in delivered:
+                return ProbeVerdict.FORWARD  # (a copy that took another path: no relay)
+            delivered[key] = (peer, now)
+            if len(delivered) > TAINT_CAPACITY:
+                del delivered[next(iter(delivered))]
+            if self.hub and probe.flags & FLAG_RELAY and not (state is not None and state.blocked):
+                self._relay(peer, probe)
             return ProbeVerdict.FORWARD
-        if (state is not None and state.blocked) or key in self._tainted:
+        if state is not None and state.blocked:
+            return ProbeVerdict.DROP
+        if key in delivered:
+            self.cut_between_peers += 1
             return ProbeVerdict.DROP
         return ProbeVerdict.FORWARD
+
+    def _relay(self, source: str, probe: Probe) -> None:
+        frame = encode_probe(probe)
+        for state in self._peers.values():
+            if state.name != source and not state.blocked:
+                self._relays.append((state.name, frame))
+                self.relayed += 1
+
+    @property
+    def has_relays(self) -> bool:
+        """Whether :meth:`take_relays` has anything (cheap: asked per batch)."""
+        return bool(self._relays)
+
+    def take_relays(self) -> list[tuple[str, bytes]]:
+        """Other hubs' probes to pass on now: ``(peer name, probe frame)`` pairs to
+        send through the tunnel, as :meth:`tick`'s probes are (6.)."""
+        relays, self._relays = self._relays, []
+        return relays
 
     def _block(self, state: PeerLoop, vlan: int, now: float) -> None:
         if state.released_at is not None and now - state.released_at < STRIKE_MEMORY:
@@ -354,5 +409,7 @@ class LoopDetector:
             "blocked": self.blocked(),
             "stale_probes": self.stale_probes,
             "via_blocked": self.via_blocked,
+            "cut_between_peers": self.cut_between_peers,
+            "relayed": self.relayed,
             "mac_flaps": self.flaps.snapshot(now),
         }

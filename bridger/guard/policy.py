@@ -11,7 +11,8 @@ to its tap); ``None`` means pass, a string is the drop reason to count:
    Everything else takes the full :func:`classify_untrusted` look:
 3. Loop probe: ours -> the detector learns of it, ``loop_probe`` (consumed);
    another site's -> goes on like any flooded frame, except to a blocked peer
-   or (hub mode) from one blocked peer on to another tunnel: ``loop_blocked``.
+   or (hub mode) from one tunnel on to another: ``loop_blocked``
+   (bridger/guard/loop.py, 5. and 6.).
 4. VLAN allow-list (outer tag; untagged and priority-tagged count as untagged):
    ``guard_vlan``.
 5. DHCP/RA guards when "local": ``guard_hidden`` (upper-layer header not

@@ -9,7 +9,9 @@ table of the bridge family per bridge::
 
     table bridge bridger_<bridge>
       map taps: tap name -> jump tap_<tap>
+      set peers: tap names
       chain postrouting (hook postrouting): group destination -> oifname vmap @taps
+      chain forward (hook forward): loop probe from a tap to a tap -> drop
       chain tap_<tap>: (1) ARP, 802.1Q-tagged ARP, IPv6 ND   -> limit nd_<tap>
                        (2) loop probes, IEEE link-local (BPDU) -> limit ctl_<tap>
                        (3) any other group frame             -> limit flood_<tap>
@@ -34,7 +36,12 @@ table of the bridge family per bridge::
    deleted on stop.  ``nft`` runs as a subprocess (``nft -f -``, one atomic
    transaction per change).  Without ``nft``, or when it fails, one line is
    logged and the guard alone does storm control, as before.
-5. The drop counters are read in the slow path only (:meth:`KernelStorm.read`,
+5. Other sites' loop probes never cross the bridge from one tap to another
+   (hook ``forward``, both ports in ``@peers``): in mode hub the bridge would
+   flood every spoke's probes to every other spoke, a cost that grows with
+   the square of the spokes (issue 26; docs/guard.md, loop protection 5.).
+   The guard drops those copies too where this table is missing.
+6. The drop counters are read in the slow path only (:meth:`KernelStorm.read`,
    at most once a second) and shown as the drop reason ``storm_kernel``.
 """
 
@@ -69,6 +76,7 @@ _ND_TYPES = ("nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
              "nd-neighbor-advert, nd-redirect")
 _LINK_LOCAL = "ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00"
 _PROBE = "ether type 0x88b5"
+_PROBE_TAGGED = "vlan type 0x88b5"
 _NAME_OK = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -144,9 +152,15 @@ def table_script(table: str) -> str:
         f"delete table bridge {table}\n"
         f"table bridge {table} {{\n"
         "  map taps { type ifname : verdict; }\n"
+        "  set peers { type ifname; }\n"
         "  chain postrouting {\n"
         "    type filter hook postrouting priority 0; policy accept;\n"
         "    ether daddr & 01:00:00:00:00:00 == 01:00:00:00:00:00 oifname vmap @taps\n"
+        "  }\n"
+        "  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        f"    {_PROBE} iifname @peers oifname @peers drop\n"
+        f"    {_PROBE_TAGGED} iifname @peers oifname @peers drop\n"
         "  }\n"
         "}\n"
     )
@@ -179,6 +193,7 @@ def tap_script(table: str, tap: str, budget: StormBudget) -> str:
         lines.append(f"add rule {at} {chain} {match} accept")
     lines.append(f"add rule {at} {chain} limit name flood_{t} counter name storm_{t} drop")
     lines.append(f"add element {at} taps {{ {_quoted(tap)} : jump {chain} }}")
+    lines.append(f"add element {at} peers {{ {_quoted(tap)} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +202,7 @@ def untap_script(table: str, tap: str) -> str:
     t, at = nft_ident(tap), f"bridge {table}"
     return "\n".join([
         f"delete element {at} taps {{ {_quoted(tap)} }}",
+        f"delete element {at} peers {{ {_quoted(tap)} }}",
         f"flush chain {at} tap_{t}",
         f"delete chain {at} tap_{t}",
         f"delete counter {at} storm_{t}",

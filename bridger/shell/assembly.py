@@ -89,7 +89,8 @@ def build_core(
 def build_forwarder(config: UpConfig, device: Device, udp: UdpEndpoint) -> Forwarder:
     """The forwarder around ``device``, with no ports yet (``PortMaker`` makes them)."""
     guard = config.guard
-    detector = (LoopDetector(vlans=guard.vlans, untagged=guard.untagged)
+    detector = (LoopDetector(vlans=guard.vlans, untagged=guard.untagged,
+                             hub=config.mode == "hub")
                 if guard.loop_protection else None)
     return Forwarder(device=device, udp=udp, counters=Counters(), detector=detector)
 

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,16 @@ ERROR_QUEUE_INTERVAL = 0.05
 READ_SIZE = 65536 + 1024
 
 
+def earliest(peers: Iterable[Peer]) -> float | None:
+    """The earliest deadline of ``peers``' timers (None: none armed)."""
+    best: float | None = None
+    for peer in peers:
+        deadline = peer.next_deadline()
+        if deadline is not None and (best is None or deadline < best):
+            best = deadline
+    return best
+
+
 @dataclass(eq=False)
 class Forwarder:
     """The data plane's state, shared by its tasks."""
@@ -76,6 +87,7 @@ class Forwarder:
     #: When udp_pass last read the socket's error queue.
     errors_read_at: float = -math.inf
     sender: Sender = field(init=False)
+    _by_endpoint: dict[Address, Peer] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.sender = Sender(self.udp, self.counters, self._path_mtu)
@@ -90,15 +102,20 @@ class Forwarder:
     def now() -> float:
         return float(trio.current_time())
 
-    def handle(self, out: Output, now: float) -> None:
+    def handle(self, out: Output, now: float, peers: Iterable[Peer] | None = None) -> None:
         """Send (datagrams for relayed peers wrapped for their relay first),
-        deliver and log what the core returned."""
+        deliver and log what the core returned.  ``peers``: the only peers
+        whose timers the work behind ``out`` may have moved (None: any of them);
+        only their deadlines are looked at, so a pass costs the same with 100
+        peers as with one (issue 26)."""
         if out.datagrams:
             self.device.traversal.route(out, now)
         if out.datagrams and (self.lane is None or not self.lane.send_later(out.datagrams)):
             self.sender.send(out.datagrams)  # (with the lane's mutex held: once released)
         if out.frames:
             self._deliver(out, now)
+        if self.detector is not None and self.detector.has_relays:
+            self.handle(self._relay(now), now)  # (datagrams only: no deeper)
         if self.lane is not None:
             self.lane.push(now)
         for event in out.events:
@@ -106,7 +123,7 @@ class Forwarder:
         if self.detector is not None and self.detector.has_events:
             for guard_event in self.detector.take_events():
                 log.warning("%s", guard_event.line())
-        deadline = self.device.next_deadline()
+        deadline = self.device.next_deadline() if peers is None else earliest(peers)
         if deadline is not None and deadline < self.timer_at:
             self.wake_timers.set()
 
@@ -177,12 +194,12 @@ class Forwarder:
                 port.from_tap(frame, now, room, small)
                 if len(small.out.datagrams) + len(small.frames) >= BATCH:
                     small.flush()
-                    self.handle(small.out, now)
+                    self.handle(small.out, now, (peer,))
                     small.out = Output()
                 continue
             port.plain_from_tap(frame, now, small)
         small.flush()
-        self.handle(small.out, now)
+        self.handle(small.out, now, (peer,))
         return drained
 
     async def wan_to_tap(self) -> None:
@@ -218,11 +235,26 @@ class Forwarder:
         # is still one core call per batch rather than per datagram.
         batch: list[bytes] = []
         batch_from: tuple[Any, ...] = ()
+        # The peers whose timers these datagrams may move: found by address;
+        # None (look at every peer) once one comes from an address no peer has
+        # (a handshake from a new endpoint, a stranger).
+        touched: set[Peer] | None = set()
+
+        def receive() -> None:
+            nonlocal touched
+            addr = normalise_address(batch_from)
+            if touched is not None:
+                peer = self._peer_at(addr)
+                if peer is None:
+                    touched = None
+                else:
+                    touched.add(peer)
+            device.receive_datagrams(batch, addr, now, wall, out)
 
         def add(datagrams: list[bytes], sockaddr: tuple[Any, ...]) -> None:
             nonlocal batch, batch_from
             if sockaddr != batch_from and batch:
-                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                receive()
                 batch = []
             batch_from = sockaddr
             batch.extend(datagrams)
@@ -247,20 +279,30 @@ class Forwarder:
                 continue
             add(split(data, ancdata) if ancdata else [data], sockaddr)
             if len(batch) + len(out.frames) >= BATCH:
-                device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+                receive()
                 batch = []
-                self.handle(out, now)
+                self.handle(out, now, touched)
                 out = Output()
+                touched = set()
         if batch:
-            device.receive_datagrams(batch, normalise_address(batch_from), now, wall, out)
+            receive()
         if errors or now - self.errors_read_at >= ERROR_QUEUE_INTERVAL:
             # (Not every pass: a send may have taken the error's signal, so the
             # queue is also read now and then while datagrams keep coming.)
             self.errors_read_at = now
             for addr, mtu, local in self.udp.kernel_mtu_reports():
                 out.extend(device.path_mtu_report(addr, mtu, now, local=local))
-        self.handle(out, now)
+                touched = None
+        self.handle(out, now, touched)
         return drained
+
+    def _peer_at(self, addr: Address) -> Peer | None:
+        """The peer whose endpoint is ``addr`` (a cache, checked on every hit)."""
+        peer = self._by_endpoint.get(addr)
+        if peer is not None and peer.endpoint == addr and peer in self.ports:
+            return peer
+        self._by_endpoint = {p.endpoint: p for p in self.ports if p.endpoint is not None}
+        return self._by_endpoint.get(addr)
 
     def _probe(self, now: float) -> Output:
         """Loop protection: send each peer with a session its probes (a probe
@@ -269,6 +311,18 @@ class Forwarder:
         assert self.detector is not None
         by_name = {peer.name: peer for peer in self.ports}
         for name, probe in self.detector.tick(now):
+            peer = by_name.get(name)
+            if peer is not None and peer.current is not None:
+                peer.send_frames([probe], now, out)
+        return out
+
+    def _relay(self, now: float) -> Output:
+        """Loop protection in mode hub: pass other hubs' probes on to each peer
+        with a session (bridger/guard/loop.py, 6.)."""
+        out = Output()
+        assert self.detector is not None
+        by_name = {peer.name: peer for peer in self.ports}
+        for name, probe in self.detector.take_relays():
             peer = by_name.get(name)
             if peer is not None and peer.current is not None:
                 peer.send_frames([probe], now, out)

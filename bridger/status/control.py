@@ -241,44 +241,49 @@ def status_main(state_dir: Path, as_json: bool, watch: bool, *, interval: float 
     JSON mode prints the document (indented once; one line per sample when
     watching).  Errors are :class:`BridgerError` for the CLI to print.
     """
-    from rich.console import Console
-    from rich.live import Live
-
-    from bridger.status.dashboard import History, render
-
     path = control_path(state_dir)
-    # Nothing printed here is markup: names and addresses must show verbatim.
-    console = Console(markup=False, emoji=False, highlight=False)
     try:
-        if as_json:
+        if as_json:  # (rich is not even imported: a script polling 100 peers stays cheap)
             if not watch:
                 print(json.dumps(query_status(path), indent=2))
                 return 0
             while True:
                 print(json.dumps(query_status(path)), flush=True)
                 time.sleep(interval)
-        history = History()
-        if not watch:
-            doc = _renderable(query_status(path), path)
-            console.print(render(doc, history, console.width, static_height(doc)))
-            return 0
-        if not console.is_terminal:
-            while True:
-                doc = _renderable(query_status(path), path)
-                history.sample(doc, time.monotonic())
-                console.print(render(doc, history, console.width, static_height(doc)))
-                console.print()
-                time.sleep(interval)
-        with Live(console=console, auto_refresh=False) as live:
-            while True:
-                doc = _renderable(query_status(path), path)
-                history.sample(doc, time.monotonic())
-                width, height = console.size
-                live.update(render(doc, history, width, height - 1), refresh=True)
-                time.sleep(interval)
+        return _draw(path, watch, interval)
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # `bridger status --json --watch | head`
         with contextlib.suppress(OSError):
             sys.stdout.close()
         return 0
+
+
+def _draw(path: Path, watch: bool, interval: float) -> int:
+    """The dashboard's drawing of the status, once or every ``interval``."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from bridger.status.dashboard import History, render
+
+    # Nothing printed here is markup: names and addresses must show verbatim.
+    console = Console(markup=False, emoji=False, highlight=False)
+    history = History()
+    if not watch:
+        doc = _renderable(query_status(path), path)
+        console.print(render(doc, history, console.width, static_height(doc)))
+        return 0
+    if not console.is_terminal:
+        while True:
+            doc = _renderable(query_status(path), path)
+            history.sample(doc, time.monotonic())
+            console.print(render(doc, history, console.width, static_height(doc)))
+            console.print()
+            time.sleep(interval)
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            doc = _renderable(query_status(path), path)
+            history.sample(doc, time.monotonic())
+            width, height = console.size
+            live.update(render(doc, history, width, height - 1), refresh=True)
+            time.sleep(interval)

@@ -172,6 +172,11 @@ def guard_settings(guard: dict[str, Any] | None) -> str:
 _Key = tuple[str | None, str, str]
 
 
+#: Samples that keep per-peer values (the newest); older ones keep the totals.
+PEER_SAMPLES = 40
+_TOTAL_KEYS = tuple((None, m, d) for m in ("frames", "bytes") for d, _ in DIRECTIONS)
+
+
 class History:
     """The last samples of the traffic counters, for rates and sparklines.
 
@@ -194,10 +199,18 @@ class History:
             for metric in ("frames", "bytes"):
                 for d, _ in DIRECTIONS:
                     values[(peer, metric, d)] = int(counts[metric][d])
-        if self._samples and now <= self._samples[-1][0]:
-            self._samples[-1] = (self._samples[-1][0], values)  # same instant: keep the newest
+        samples = self._samples
+        if samples and now <= samples[-1][0]:
+            samples[-1] = (samples[-1][0], values)  # same instant: keep the newest
         else:
-            self._samples.append((now, values))
+            samples.append((now, values))
+            # Per-peer rates look a few seconds back only; the sparklines (all
+            # peers) the whole history: older samples keep the totals alone, so
+            # 100 peers cost no more memory than one.
+            if len(samples) > PEER_SAMPLES:
+                t, old = samples[-PEER_SAMPLES - 1]
+                if len(old) > len(_TOTAL_KEYS):
+                    samples[-PEER_SAMPLES - 1] = (t, {k: old[k] for k in _TOTAL_KEYS if k in old})
 
     def rate(self, metric: str, direction: str, window: float = 2.0,
              peer: str | None = None) -> float | None:
@@ -315,7 +328,7 @@ def peer_path(peer: dict[str, Any]) -> str:
 
 
 def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
-                 more: int) -> RenderableType:
+                 rest: list[dict[str, Any]]) -> RenderableType:
     """One row per peer: state, endpoint, RTT, frames and Mbit/s each way, drops."""
     from rich.console import Group
     from rich.text import Text
@@ -356,10 +369,17 @@ def _peers_table(peers: list[dict[str, Any]], history: History, width: int,
                             "red" if any(peer["drops"].values()) else ""),
         })
     table = _fitted_table(columns, rows)
-    if not more:
+    if not rest:
         return table
-    rest = Text(f"+{more} more peer{'s' if more > 1 else ''}", style="dim", no_wrap=True)
-    return Group(table, rest)
+    more = len(rest)
+    line = Text(f"+{more} more peer{'s' if more > 1 else ''}", style="dim", no_wrap=True,
+                overflow="ellipsis")
+    counts = _counts(rest)
+    for i, (state, n) in enumerate(counts.items()):
+        line.append(": " if i == 0 else ", ", style="dim")
+        line.append(f"{n} {state}", style="dim" if state == "up" else _STATE_STYLE.get(state, ""))
+    line.truncate(width, overflow="ellipsis")
+    return Group(table, line)
 
 
 def _details_table(peers: list[dict[str, Any]], width: int) -> Table:
@@ -430,8 +450,12 @@ assert set(_STATE_ORDER) == {*PEER_STATES, LOOP}
 
 def state_counts(snap: dict[str, Any]) -> dict[str, int]:
     """How many peers are in each state, best state first (zero states left out)."""
+    return _counts(snap["peers"])
+
+
+def _counts(peers: Iterable[dict[str, Any]]) -> dict[str, int]:
     counts = dict.fromkeys(_STATE_ORDER, 0)
-    for peer in snap["peers"]:
+    for peer in peers:
         state = LOOP if is_looped(peer) else peer["state"]
         counts[state] = counts.get(state, 0) + 1
     return {state: n for state, n in counts.items() if n}
@@ -669,8 +693,10 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
     if shown < n:
         shown, more_lines = _peer_lines(n, peer_lines + budget)
         budget -= more_lines - peer_lines
-    if shown < n:  # peers in a loop first, then the busiest
-        peers.sort(key=lambda p: (is_looped(p), history.busyness(p)), reverse=True)
+    if shown < n:  # peers in a loop first, then those not up, then the busiest
+        peers.sort(key=lambda p: (is_looped(p), p["state"] != "up", history.busyness(p)),
+                   reverse=True)
+    rest = peers[shown:]
     peers = peers[:shown]
     # the MAC table needs its title, header and rule, and one row to be worth showing
     for name, lines in (("details", 2 + shown if shown else 99), ("kinds", 4), ("macs", 3)):
@@ -679,7 +705,7 @@ def render(snapshot: dict[str, Any], history: History, width: int, height: int) 
             budget -= lines
     parts: list[RenderableType] = [_header(snapshot, width)]
     if shown:
-        parts.append(_peers_table(peers, history, width, n - shown))
+        parts.append(_peers_table(peers, history, width, rest))
     if "details" in admitted:
         parts.append(_details_table(peers, width))
     if "traffic" in admitted:
@@ -765,12 +791,41 @@ def previous_drops(snap: dict[str, Any]) -> dict[str, dict[str, int]]:
     return previous
 
 
+#: With more peers than this, the log lines summarise: one line for all peers
+#: and one per peer only for those worth a look (in a loop, not up, new drops),
+#: at most this many; an idle hub of 100 spokes logs one line per interval.
+MAX_LOG_PEERS = 8
+
+
 def summary_lines(snap: dict[str, Any], history: History,
                   previous: dict[str, dict[str, int]]) -> list[str]:
     """Plain log lines: one per peer (state, endpoint, RTT, per-direction frames and
-    rates, drops since ``previous``), and one for the device's own drops if any are new."""
+    rates, drops since ``previous``), and one for the device's own drops if any are new.
+    With more than MAX_LOG_PEERS peers: a line counting the peers by state, then
+    lines for at most MAX_LOG_PEERS peers in a loop, not up or with new drops."""
+    peers = snap["peers"]
     lines = []
-    for peer in snap["peers"]:
+    listed = peers
+    if len(peers) > MAX_LOG_PEERS:
+        def worth(peer: dict[str, Any]) -> tuple[bool, bool, bool]:
+            new = _drops_delta(peer["drops"], previous.get(peer["name"], {})) != "drops +0"
+            return is_looped(peer), peer["state"] != "up", new
+
+        flagged = [p for p in peers if any(worth(p))]
+        flagged.sort(key=worth, reverse=True)
+        listed = flagged[:MAX_LOG_PEERS]
+        counts = ", ".join(f"{n} {state}" for state, n in _counts(peers).items())
+        totals = [history.rate("frames", d, window=math.inf) for d, _ in DIRECTIONS]
+        total = " | ".join(f"{label.replace('→', '->')} {rate:.0f} fr/s"
+                           for (_, label), rate in zip(DIRECTIONS, totals, strict=True)
+                           if rate is not None)
+        head = f"{len(peers)} peers: {counts}"
+        if total:
+            head += f" | {total}"
+        if len(flagged) > len(listed):
+            head += f" | {len(flagged) - len(listed)} more need a look (bridger status)"
+        lines.append(head)
+    for peer in listed:
         name = peer["name"]
         head = f"peer {name} {peer['state']}"
         if is_looped(peer):

@@ -118,6 +118,8 @@ _DEVICE_GUARD = _object(
         "blocked": {"type": "array", "items": {"type": "string"}},
         "stale_probes": _COUNT,
         "via_blocked": _COUNT,
+        "cut_between_peers": _COUNT,
+        "relayed": _COUNT,
         "mac_flaps": _object({
             "total": _COUNT,
             "rate": _SECONDS,

@@ -136,9 +136,11 @@ class Site:
         self.config = config
         self.mode = mode
         self.detector = LoopDetector(site_id=rng.randbytes(8), rng=rng, vlans=config.vlans,
-                                     untagged=config.untagged)
+                                     untagged=config.untagged, hub=mode == "hub")
         self.guards: dict[str, Guard] = {}
         self.drops: Counter[str] = Counter()
+        #: Frames sent through each tunnel, by peer.
+        self.sent: Counter[str] = Counter()
         self.events: list[tuple[float, Any]] = []
         self.lan = Lan(net, f"lan-{name}")
         self.lan.add_host()
@@ -167,6 +169,7 @@ class Site:
         self.send(peer, frame)
 
     def send(self, peer: str, frame: bytes) -> None:
+        self.sent[peer] += 1
         self.net.at(self.net.now + self.net.wan_delay, self.net.sites[peer].from_wan,
                     self.name, frame)
 
@@ -176,6 +179,8 @@ class Site:
             self.drops[reason] += 1
             return
         self.bridge(frame, peer)
+        for target, probe in self.detector.take_relays():  # what forward.py's handle does
+            self.send(target, probe)
 
     def tick(self) -> None:
         now = self.net.now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from bridger.guard import GuardConfig, LoopDetected, LoopDetector, LoopGone
 from bridger.guard.classify import FrameKind, classify_untrusted
 from bridger.guard.loop import (
+    FLAG_RELAY,
     PROBE_DST,
     BadProbe,
     Probe,
@@ -165,17 +167,56 @@ def test_other_sites_probes_never_cross_a_cut() -> None:
     to_c = d.tick(d.next_deadline())[1][1]
     d.probe_seen_untrusted(to_c, 14, "c", False, 0.6)  # a loop via c: c is blocked
     via_c = encode_probe(Probe(b"\x0c" * 8, b"1" * 8, 0))  # site C's, from c
-    other = encode_probe(Probe(b"\x0b" * 8, b"2" * 8, 0))  # site B's, from b
+    lan = encode_probe(Probe(b"\x0b" * 8, b"2" * 8, 0))  # site B's, met on our LAN
     assert d.probe_seen_untrusted(via_c, 14, "c", True, 0.7) == ProbeVerdict.FORWARD  # to our LAN
     assert d.probe_seen_untrusted(via_c, 14, "b", False, 0.7) == ProbeVerdict.DROP  # hub relay
-    assert d.probe_seen_untrusted(other, 14, "b", True, 0.7) == ProbeVerdict.FORWARD
-    assert d.probe_seen_untrusted(other, 14, "c", False, 0.7) == ProbeVerdict.DROP  # to c: cut
-    assert d.probe_seen_untrusted(other, 14, "b", False, 0.7) == ProbeVerdict.FORWARD
-    d.tick(2.0)  # the mark is forgotten after TAINT_MEMORY
-    assert d.probe_seen_untrusted(via_c, 14, "b", False, 2.0) == ProbeVerdict.FORWARD
+    assert d.probe_seen_untrusted(lan, 14, "c", False, 0.7) == ProbeVerdict.DROP  # to c: cut
+    assert d.probe_seen_untrusted(lan, 14, "b", False, 0.7) == ProbeVerdict.FORWARD
     someone_elses = f.eth(PROBE_DST, 0x88B5, b"not ours" + bytes(40))
     assert d.probe_seen_untrusted(someone_elses, 14, "b", True, 2.0) == ProbeVerdict.FORWARD
     assert d.probe_seen_untrusted(someone_elses, 14, "c", True, 2.0) == ProbeVerdict.DROP
+
+
+def test_other_sites_probes_go_from_a_tunnel_to_the_lan_only() -> None:
+    """Issue 26: a hub flooded every spoke's probes to every other spoke (the idle
+    cost grew with the square of the spokes).  A probe received from a peer goes
+    into our LAN; the copy our bridge hands to another peer's tap is dropped,
+    until the memory of it has gone (TAINT_MEMORY)."""
+    d = detector()
+    spoke = encode_probe(Probe(b"\x0b" * 8, b"1" * 8, 0))
+    assert d.probe_seen_untrusted(spoke, 14, "b", True, 0.1) == ProbeVerdict.FORWARD
+    assert d.probe_seen_untrusted(spoke, 14, "c", False, 0.1) == ProbeVerdict.DROP
+    assert d.cut_between_peers == 1 and not d.take_relays()  # not a hub: nothing relayed
+    d.tick(2.0)
+    assert d.probe_seen_untrusted(spoke, 14, "c", False, 2.0) == ProbeVerdict.FORWARD
+    assert d.snapshot(2.0)["cut_between_peers"] == 1
+
+
+def test_a_hub_marks_its_probes_and_relays_other_hubs_probes_once() -> None:
+    hub = detector(hub=True)
+    hub.add_peer("d")
+    ours = hub.tick(0.0)
+    assert all(decode_probe_untrusted(frame).flags == FLAG_RELAY for _, frame in ours)
+    assert all(decode_probe_untrusted(frame).flags == 0 for _, frame in detector().tick(0.0))
+    spoke = encode_probe(Probe(b"\x0b" * 8, b"1" * 8, 0))
+    other_hub = encode_probe(Probe(b"\x0e" * 8, b"2" * 8, 0, FLAG_RELAY))
+    assert hub.probe_seen_untrusted(spoke, 14, "b", True, 0.1) == ProbeVerdict.FORWARD
+    assert not hub.has_relays  # a spoke's probe: into our LAN only
+    assert hub.probe_seen_untrusted(other_hub, 14, "b", True, 0.1) == ProbeVerdict.FORWARD
+    assert hub.has_relays
+    assert sorted(name for name, _ in hub.take_relays()) == ["c", "d"]  # not back to b
+    assert hub.probe_seen_untrusted(other_hub, 14, "c", True, 0.1) == ProbeVerdict.FORWARD
+    assert not hub.has_relays  # a copy by another path: relayed once only
+    assert hub.probe_seen_untrusted(other_hub, 14, "c", False, 0.1) == ProbeVerdict.DROP
+    # From a blocked peer: into our LAN, relayed to nobody.
+    hub.peer("c").blocked = True
+    again = encode_probe(Probe(b"\x0e" * 8, b"3" * 8, 0, FLAG_RELAY))
+    assert hub.probe_seen_untrusted(again, 14, "c", True, 0.2) == ProbeVerdict.FORWARD
+    assert not hub.take_relays()
+    # To a blocked peer: never.
+    fresh = encode_probe(Probe(b"\x0e" * 8, b"4" * 8, 0, FLAG_RELAY))
+    hub.probe_seen_untrusted(fresh, 14, "b", True, 0.3)
+    assert sorted(name for name, _ in hub.take_relays()) == ["d"]
 
 
 def test_probes_go_in_every_allowed_vlan() -> None:
@@ -302,4 +343,89 @@ def test_hub_mode_triangle_settles_without_cutting_every_tunnel(seed: int) -> No
         for tag, sender in ((b"hub-a!!!", "a"), (b"hub-b!!!", "b"), (b"hub-c!!!", "c")):
             if sender != name:
                 assert seen[tag] == 1, (name, tag)
+    assert net.overflow == 0
+
+
+# --- a hub and its spokes (issue 26) ----------------------------------------------------
+
+
+def hub_and_spokes(spokes: int, seed: int = 0) -> tuple[Net, list[str]]:
+    """Site "hub" in mode hub with a tunnel to each spoke "s1".."sN"."""
+    net = Net()
+    net.site("hub", mode="hub", seed=seed)
+    names = [f"s{i}" for i in range(1, spokes + 1)]
+    for name in names:
+        net.site(name, seed=seed)
+        net.tunnel("hub", name)
+    return net, names
+
+
+def first_loop(site: Any, after: float) -> tuple[float, str] | None:
+    """(when, peer) of ``site``'s first LoopDetected after ``after``."""
+    return next(((t, ev.peer) for t, ev in site.events
+                 if isinstance(ev, LoopDetected) and t >= after), None)
+
+
+@pytest.mark.parametrize("spokes", [4, 16])
+def test_an_idle_hub_sends_each_spoke_its_own_probes_only(spokes: int) -> None:
+    """The hub's cost per spoke does not grow with the number of spokes: each
+    spoke gets the hub's probes (2 a second), no other spoke's."""
+    net, names = hub_and_spokes(spokes)
+    net.run(20.0)
+    hub = net.sites["hub"]
+    for name in names:
+        assert hub.sent[name] <= 20.0 / 0.45 + 1, (name, hub.sent[name])
+        assert net.sites[name].sent["hub"] <= 20.0 / 0.45 + 1
+    assert hub.detector.cut_between_peers > 0  # the bridge's copies, dropped
+    assert not any(site.events for site in net.sites.values())
+
+
+def test_a_cable_between_two_spokes_lans_is_cut_by_the_hub_within_2_s() -> None:
+    net, names = hub_and_spokes(8)
+    net.run(5.0)
+    Cable(net.sites["s2"].lan, net.sites["s6"].lan)
+    net.run(12.0)
+    hub = net.sites["hub"]
+    found = first_loop(hub, 5.0)
+    assert found is not None and found[0] - 5.0 < 2.0 and found[1] in ("s2", "s6"), hub.events
+    assert len(hub.blocked()) == 1  # one tunnel per loop
+    assert net.overflow == 0
+    # Every LAN still hears every other (s2 and s6 through the cable and one tunnel).
+    net.sites["s1"].lan.host_send(broadcast(b"all-lan!"))
+    net.run(13.0)
+    for name in names:
+        assert net.sites[name].lan.seen[b"all-lan!"] == (0 if name == "s1" else 1), name
+
+
+def test_a_cable_between_the_hubs_lan_and_a_spokes_lan_is_cut_within_2_s() -> None:
+    net, _names = hub_and_spokes(6)
+    net.run(5.0)
+    Cable(net.sites["hub"].lan, net.sites["s3"].lan)
+    net.run(10.0)
+    hub, s3 = net.sites["hub"], net.sites["s3"]
+    for site, peer in ((hub, "s3"), (s3, "hub")):
+        found = first_loop(site, 5.0)
+        assert found is not None and found[0] - 5.0 < 2.0 and found[1] == peer, site.events
+    assert hub.blocked() == {"s3"} and net.overflow == 0
+
+
+def test_a_loop_through_two_hubs_is_found_by_the_relayed_probes() -> None:
+    """Hubs h1 and h2 tunnelled together, spoke a on h1 and b on h2, LANs a and b
+    cabled: the loop crosses two bridges from tunnel to tunnel, which only
+    another hub's relayed probe sees."""
+    net = Net()
+    net.site("h1", mode="hub")
+    net.site("h2", mode="hub")
+    net.site("a")
+    net.site("b")
+    net.site("c")
+    for x, y in (("h1", "h2"), ("h1", "a"), ("h2", "b"), ("h2", "c")):
+        net.tunnel(x, y)
+    net.run(5.0)
+    assert not any(site.events for site in net.sites.values())
+    Cable(net.sites["a"].lan, net.sites["b"].lan)
+    net.run(10.0)
+    found = [first_loop(net.sites[n], 5.0) for n in ("h1", "h2")]
+    assert any(f is not None and f[0] - 5.0 < 2.0 for f in found), found
+    assert net.sites["h1"].detector.relayed + net.sites["h2"].detector.relayed > 0
     assert net.overflow == 0

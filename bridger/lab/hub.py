@@ -1,0 +1,479 @@
+"""A hub and N spokes in network namespaces: the scale lab (issue 26).
+
+Each site is two namespaces, a gateway and one LAN host behind a small
+switch (a bridge in the host's namespace, so a cable can join two LANs); all
+gateways share one flat WAN segment (a bridge in the ``wan`` namespace, no
+router and no impairment: the lab measures the gateways, not the path)::
+
+   [hosthub lan0]─eth1 [gwhub] wan0 ─┐
+   [host001 lan0]─eth1 [gw001] wan0 ─┼─ br0 [wan]      WAN 10.200.0.0/16
+          ...                        │                 LAN 10.50.0.0/16, fd00:50::/64
+   [hostNNN lan0]─eth1 [gwNNN] wan0 ─┘                 one broadcast domain
+
+The hub lists every spoke without a host (``mode = "hub"``); each spoke lists
+only the hub.  :meth:`HubLab.cable` joins two sites' LAN switches with a veth
+(a loop through the tunnels), :meth:`HubLab.unplug` removes it.
+
+Site 0 is the hub, sites 1..N the spokes.  Namespace names are
+``<prefix>-<role>`` with roles ``wan``, ``gwhub``/``hosthub`` and
+``gw001``/``host001``...; the owner marker and the SIGTERM-safe teardown are
+those of :mod:`bridger.lab.topology`.  A test harness: it drives ``ip`` as
+subprocesses (the product's host code uses pyroute2).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridger.errors import BridgerError
+from bridger.keys import generate_private_key, public_key, write_private_key_file
+from bridger.lab.gateways import LAB_PORT, PeerEntry, TomlValue, render_config
+from bridger.lab.topology import MARKER_DIR, PREFIX_RE, LabError, _cmd, list_namespaces
+from bridger.status.control import control_path, query_status
+
+#: Most spokes one lab holds (WAN and LAN addresses are /16s; names have 3 digits).
+MAX_SPOKES = 250
+HUB = 0
+WAN_BASE = "10.200"
+LAN_BASE = "10.50"
+LAN6_BASE = "fd00:50::"
+_ROLE_RE = re.compile(r"^(wan|gwhub|hosthub|gw\d{3}|host\d{3})$")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def site_label(site: int) -> str:
+    """``hub`` for site 0, ``001``.. for the spokes."""
+    return "hub" if site == HUB else f"{site:03d}"
+
+
+def peer_name(site: int) -> str:
+    """The site's name in the other sites' configs (and its tap there): ``hub``, ``s001``."""
+    return "hub" if site == HUB else f"s{site:03d}"
+
+
+def _numbered(base: str, site: int) -> str:
+    """``base.X.Y`` for site ``site``: host number site + 1 in a /16."""
+    n = site + 1
+    return f"{base}.{n >> 8}.{n & 0xFF}"
+
+
+def wan_address(site: int) -> str:
+    return _numbered(WAN_BASE, site)
+
+
+def lan_address(site: int) -> str:
+    """The LAN host's IPv4 address (the gateways have none on the LAN)."""
+    return _numbered(LAN_BASE, site)
+
+
+def lan_address6(site: int) -> str:
+    return f"{LAN6_BASE}{site + 1:x}"
+
+
+def remove_hub_lab(prefix: str) -> list[str]:
+    """Delete every namespace of hub lab ``prefix`` and its marker."""
+    if not PREFIX_RE.match(prefix):
+        raise LabError("prefix must be 2-16 letters or digits")
+    removed = []
+    for name in list_namespaces():
+        head, sep, role = name.partition("-")
+        if head == prefix and sep and _ROLE_RE.match(role) and _cmd(
+            "ip", "netns", "del", name, check=False
+        ).returncode == 0:
+            removed.append(name)
+    with contextlib.suppress(FileNotFoundError):
+        (MARKER_DIR / f"{prefix}.pid").unlink()
+    return removed
+
+
+@dataclass(frozen=True)
+class Startup:
+    """How long spokes took to come up, in seconds from their start."""
+
+    #: Until every spoke had its tunnel to the hub up.
+    all_up: float
+    #: Until the last spoke answered at all (its process ready: Python start-up,
+    #: taps, bridge; on a small loaded machine this is most of ``all_up``).
+    last_ready: float
+    #: Longest time from a spoke answering to its tunnel being up (polled: at
+    #: worst one polling round too long).
+    handshake: float
+
+
+@dataclass
+class Gateway:
+    """One site's `bridger up`: its files and, while it runs, its process."""
+
+    site: int
+    config_file: Path
+    state_dir: Path
+    log_file: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise LabError(f"gateway {site_label(self.site)} is not running")
+        return self.proc.pid
+
+    def status(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """Its status document, or None while it cannot answer."""
+        try:
+            return query_status(control_path(self.state_dir), timeout=timeout)
+        except BridgerError:
+            return None
+
+
+@dataclass
+class HubLab:
+    """A hub and ``spokes`` spokes; a context manager that removes all of it."""
+
+    spokes: int
+    workdir: Path
+    prefix: str = field(default_factory=lambda: f"bh{secrets.token_hex(3)}")
+    #: Extra ``[local]`` settings for every gateway (e.g. ``{"data_path": "python"}``).
+    local: dict[str, TomlValue] = field(default_factory=dict)
+    #: False: interfaces the gateways create (taps, bridge) get no IPv6 stack
+    #: (``net.ipv6.conf.default.disable_ipv6=1`` in the gateway namespaces), as if
+    #: bridger made its taps without one: each tap's own router solicitations, MLD
+    #: reports and DAD then never enter the tunnels (see docs/operations.md).
+    gateway_ipv6: bool = True
+    #: Extra ``[local]`` settings for the hub only (over ``local``).
+    hub_local: dict[str, TomlValue] = field(default_factory=dict)
+    gateways: dict[int, Gateway] = field(default_factory=dict)
+    _built: bool = False
+    _torn_down: bool = False
+    _cables: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.spokes <= MAX_SPOKES:
+            raise LabError(f"spokes must be 1-{MAX_SPOKES}")
+        if not PREFIX_RE.match(self.prefix):
+            raise LabError("prefix must be 2-16 letters or digits")
+
+    @property
+    def sites(self) -> range:
+        """Every site: 0 (the hub), then the spokes."""
+        return range(self.spokes + 1)
+
+    def ns(self, role: str) -> str:
+        return f"{self.prefix}-{role}"
+
+    def gw(self, site: int) -> str:
+        return self.ns(f"gw{site_label(site)}")
+
+    def host(self, site: int) -> str:
+        return self.ns(f"host{site_label(site)}")
+
+    def run(self, ns: str, *argv: str, timeout: float = 30,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True,
+                              text=True, timeout=timeout, check=check)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> HubLab:
+        self.build()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.teardown()
+
+    def build(self) -> None:
+        """Namespaces, links and configs; on any failure everything is removed again."""
+        if self._built:
+            raise LabError("lab already built")
+        self._built = True
+        atexit.register(self.teardown)
+        try:
+            MARKER_DIR.mkdir(parents=True, exist_ok=True)
+            (MARKER_DIR / f"{self.prefix}.pid").write_text(f"{os.getpid()}\n")
+            self._build_links()
+            self._write_configs()
+        except BaseException:
+            self.teardown()
+            raise
+
+    def teardown(self) -> None:
+        """Stop every gateway and delete every namespace (safe to call twice)."""
+        if self._torn_down:
+            return
+        self._torn_down = True
+        atexit.unregister(self.teardown)
+        self.stop(list(self.gateways))
+        remove_hub_lab(self.prefix)
+
+    def _batch(self, lines: Sequence[str], ns: str | None = None) -> None:
+        """Many ``ip`` commands in one process (``ip [-n NS] -batch``)."""
+        argv = ["ip", *(("-n", ns) if ns else ()), "-force", "-batch", "-"]
+        proc = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True,
+                              text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            detail = proc.stderr.strip().splitlines()
+            raise LabError(f"ip -batch failed: {detail[-1] if detail else proc.returncode}")
+
+    def _build_links(self) -> None:
+        wan = self.ns("wan")
+        lines = [f"netns add {wan}"]
+        for site in self.sites:
+            lines += [f"netns add {self.gw(site)}", f"netns add {self.host(site)}"]
+        self._batch(lines)
+        wan_lines = ["link add br0 type bridge", "link set br0 up"]
+        for site in self.sites:
+            gw, host, label = self.gw(site), self.host(site), site_label(site)
+            # WAN: wan0 in the gateway, w<label> on the WAN bridge; LAN: eth1 in the
+            # gateway, eth0 on the host's switch lan0.
+            if not self.gateway_ipv6:
+                _cmd("ip", "netns", "exec", gw, "sysctl", "-q", "-w",
+                     "net.ipv6.conf.default.disable_ipv6=1")
+            self._batch([
+                "link set lo up",
+                f"link add wan0 type veth peer name w{label} netns {wan}",
+                f"addr add {wan_address(site)}/16 dev wan0",
+                "link set wan0 up",
+                f"link add eth1 type veth peer name eth0 netns {host}",
+                "link set eth1 up",
+            ], gw)
+            self._batch([
+                "link set lo up",
+                "link add lan0 type bridge",
+                "link set eth0 master lan0",
+                "link set eth0 up",
+                f"addr add {lan_address(site)}/16 dev lan0",
+                f"addr add {lan_address6(site)}/64 dev lan0 nodad",
+                "link set lan0 up",
+            ], host)
+            wan_lines += [f"link set w{label} master br0", f"link set w{label} up"]
+        self._batch(wan_lines, wan)
+
+    def _write_configs(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        workdir = self.workdir.resolve()
+        keys = {site: generate_private_key() for site in self.sites}
+        for site in self.sites:
+            label = site_label(site)
+            key_file = workdir / f"gw{label}.key"
+            write_private_key_file(key_file, keys[site])
+            os.chmod(key_file, 0o600)
+            others = [s for s in self.sites if s != HUB] if site == HUB else [HUB]
+            peers = [
+                PeerEntry(peer_name(o), public_key(keys[o]),
+                          None if site == HUB else wan_address(HUB), LAB_PORT)
+                for o in others
+            ]
+            gateway = Gateway(site, workdir / f"gw{label}.toml", workdir / f"state{label}",
+                              workdir / f"gw{label}.log")
+            text = render_config(lan="eth1", key_file=key_file, state_dir=gateway.state_dir,
+                                 mode="hub" if site == HUB else "mesh", peers=peers,
+                                 local={**self.local, **(self.hub_local if site == HUB else {})})
+            fd = os.open(gateway.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            self.gateways[site] = gateway
+
+    # -- gateways --------------------------------------------------------------------------
+
+    def start(self, sites: Sequence[int] | None = None) -> float:
+        """Start the gateways of ``sites`` (all by default) at once; the start time."""
+        sites = list(self.sites) if sites is None else list(sites)
+        began = time.monotonic()
+        for site in sites:
+            gateway = self.gateways[site]
+            with open(gateway.log_file, "ab") as log:
+                gateway.proc = subprocess.Popen(
+                    ["ip", "netns", "exec", self.gw(site), sys.executable, "-m", "bridger",
+                     "up", "--config", str(gateway.config_file)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                )
+            gateway.started_at = began
+        return began
+
+    def stop(self, sites: Sequence[int], timeout: float = 20.0) -> None:
+        """SIGTERM the gateways of ``sites`` together, wait, SIGKILL stragglers."""
+        running = [self.gateways[s] for s in sites
+                   if self.gateways[s].proc is not None]
+        for gateway in running:
+            assert gateway.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                gateway.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for gateway in running:
+            assert gateway.proc is not None
+            try:
+                gateway.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                gateway.proc.kill()
+                gateway.proc.wait()
+            gateway.proc = None
+
+    def up_peers(self) -> set[str]:
+        """Names of the hub's peers that are up (empty while the hub cannot answer)."""
+        doc = self.gateways[HUB].status()
+        if doc is None:
+            return set()
+        return {str(p.get("name")) for p in doc.get("peers", ()) if p.get("state") == "up"}
+
+    def spoke_state(self, site: int) -> str | None:
+        """Spoke ``site``'s own view of its tunnel to the hub ("up", "handshaking",
+        ...), or None while it cannot answer (still starting)."""
+        doc = self.gateways[site].status(timeout=1.0)
+        if doc is None:
+            return None
+        return next((str(p.get("state")) for p in doc.get("peers", ())
+                     if p.get("name") == "hub"), "")
+
+    def spoke_up(self, site: int) -> bool:
+        return self.spoke_state(site) == "up"
+
+    def start_hub(self, within: float = 120.0) -> float:
+        """Start the hub alone and wait until it answers; seconds it took."""
+        self.start([HUB])
+        took = wait_until(lambda: self.gateways[HUB].status() is not None, within, 0.2)
+        if took is None:
+            raise LabError(f"the hub did not start within {within:g} s\n{self.logs([HUB])}")
+        return took
+
+    def wait_up(self, within: float, since: float | None = None,
+                step: float = 0.2) -> Startup | None:
+        """Wait until every spoke's own status shows the hub up (None: not within
+        ``within`` seconds of ``since``, default now).  Each spoke is asked until
+        it says so (a restarted spoke answers only once it runs again)."""
+        since = time.monotonic() if since is None else since
+        ready: dict[int, float] = {}
+        handshake = 0.0
+        waiting = [s for s in self.sites if s != HUB]
+        while True:
+            still = []
+            for site in waiting:
+                state = self.spoke_state(site)
+                at = time.monotonic()
+                if state is not None:
+                    ready.setdefault(site, at)
+                if state == "up":
+                    handshake = max(handshake, at - ready[site])
+                else:
+                    still.append(site)
+            waiting = still
+            elapsed = time.monotonic() - since
+            if not waiting:
+                return Startup(elapsed, max(ready.values()) - since, handshake)
+            if elapsed >= within:
+                return None
+            time.sleep(step)
+
+    def waiting(self) -> list[int]:
+        """The spokes whose tunnel to the hub is not up."""
+        return [s for s in self.sites if s != HUB and not self.spoke_up(s)]
+
+    def logs(self, sites: Sequence[int] | None = None, tail: int = 20) -> str:
+        parts = []
+        for site in self.sites if sites is None else sites:
+            gateway = self.gateways[site]
+            with contextlib.suppress(OSError):
+                lines = gateway.log_file.read_text(errors="replace").splitlines()
+                parts.append(f"--- gw{site_label(site)}\n" + "\n".join(lines[-tail:]))
+        return "\n".join(parts)
+
+    def log_lines(self, site: int) -> list[str]:
+        try:
+            return self.gateways[site].log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    # -- measurements ----------------------------------------------------------------------
+
+    def cpu_seconds(self, site: int) -> float:
+        return cpu_seconds(self.gateways[site].pid)
+
+    def rss_mb(self, site: int) -> float:
+        return rss_mb(self.gateways[site].pid)
+
+    def idle_cpu(self, sites: Sequence[int], seconds: float) -> dict[int, float]:
+        """Share of one core each gateway of ``sites`` used over ``seconds``."""
+        before = {s: self.cpu_seconds(s) for s in sites}
+        began = time.monotonic()
+        time.sleep(seconds)
+        spent = time.monotonic() - began
+        return {s: (self.cpu_seconds(s) - before[s]) / spent for s in sites}
+
+    def ping(self, src: int, dst: int, count: int = 1, wait: float = 2.0) -> bool:
+        proc = self.run(self.host(src), "ping", "-n", "-q", "-c", str(count), "-W",
+                        f"{wait:g}", lan_address(dst), timeout=wait * count + 10)
+        return proc.returncode == 0
+
+    def wait_ping(self, src: int, dst: int, within: float = 10.0) -> float | None:
+        began = time.monotonic()
+        while time.monotonic() - began < within:
+            if self.ping(src, dst, wait=1.0):
+                return time.monotonic() - began
+        return None
+
+    # -- cables ----------------------------------------------------------------------------
+
+    def cable(self, a: int, b: int) -> str:
+        """Join site ``a``'s and site ``b``'s LAN switches with a veth (a loop)."""
+        name = f"c{site_label(a)}{site_label(b)}"[:12]
+        self._batch([f"link add {name}a type veth peer name {name}b netns {self.host(b)}",
+                     f"link set {name}a master lan0", f"link set {name}a up"], self.host(a))
+        self._batch([f"link set {name}b master lan0", f"link set {name}b up"], self.host(b))
+        self._cables.add(f"{a} {name}a")
+        return name
+
+    def unplug(self, a: int, name: str) -> None:
+        _cmd("ip", "-n", self.host(a), "link", "del", f"{name}a", check=False)
+        self._cables.discard(f"{a} {name}a")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (/proc/PID/statm)."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * PAGE_SIZE / 1e6
+
+
+def wait_until(condition: Callable[[], bool], within: float, step: float = 0.1) -> float | None:
+    """Seconds until ``condition()`` held, or None after ``within``."""
+    began = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - began
+        if time.monotonic() - began >= within:
+            return None
+        time.sleep(step)
+
+
+def sample_pairs(spokes: int, count: int) -> Iterator[tuple[int, int]]:
+    """Up to ``count`` spoke pairs spread over the lab (deterministic)."""
+    if spokes < 2:
+        return
+    step = max(1, spokes // count)
+    seen = 0
+    for a in range(1, spokes + 1, step):
+        b = (a + spokes // 2 - 1) % spokes + 1
+        if a != b:
+            yield a, b
+            seen += 1
+            if seen >= count:
+                return
