@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bridger.status.counters import Counters
+from bridger.dataplane.accounting import Counters
 from bridger.status.dashboard import (
     MAX_LOG_PEERS,
     PEER_SAMPLES,
@@ -21,6 +21,7 @@ from bridger.status.dashboard import (
     render,
     summary_lines,
 )
+from bridger.status.document import status_document
 from tests.status.samples import DEVICE, LOCAL, REMOTE, ipv4, peer
 
 HUNDRED = [peer(f"s{i:03d}", "handshaking" if i in (17, 58) else "down" if i == 90 else "up")
@@ -28,7 +29,7 @@ HUNDRED = [peer(f"s{i:03d}", "handshaking" if i in (17, 58) else "down" if i == 
 
 
 def hub_snapshot(t: float, counters: Counters, looped: str | None = None) -> dict[str, Any]:
-    doc = counters.snapshot(DEVICE, HUNDRED, t)
+    doc = status_document(counters.snapshot(t), DEVICE, HUNDRED)
     for p in doc["peers"]:
         if p["name"] == looped:
             p["guard"] = {"loop": True, "loop_for": 3.0, "loop_via": "lan"}
