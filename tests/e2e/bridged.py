@@ -257,7 +257,8 @@ import select, socket, sys
 ifname = sys.argv[1]
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)  # SO_RCVBUFFORCE (root)
-sock.bind((ifname, 0))
+if sys.argv[2:] != ["later"]:  # "later": every interface, ifname may not exist yet
+    sock.bind((ifname, 0))
 print("ready", flush=True)
 frames = []
 def take():
@@ -290,17 +291,22 @@ class Frame:
 class Capture:
     """Records every frame crossing ``ifname`` in ``role``'s namespace, both directions.
 
-    ``with Capture(lab, "wan", "wC") as cap: ...`` then ``cap.frames``.
+    ``with Capture(lab, "wan", "wC") as cap: ...`` then ``cap.frames``. With
+    ``later=True`` the interface may appear only during the capture (e.g. a
+    tap a reload makes): every interface of the namespace is read and
+    ``ifname``'s frames kept.
     """
 
-    def __init__(self, lab: Lab, role: str, ifname: str) -> None:
+    def __init__(self, lab: Lab, role: str, ifname: str, *, later: bool = False) -> None:
         self.lab, self.role, self.ifname = lab, role, ifname
+        self.later = later
         self.frames: list[Frame] = []
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Capture:
         self._proc = self.lab.popen(
             self.role, sys.executable, "-c", CAPTURE_SOURCE, self.ifname,
+            *(["later"] if self.later else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self._proc.stdout is not None
