@@ -27,10 +27,14 @@ LOAD_SENSITIVE = "load_sensitive"
 #: flood, a storm or an attack, a search that times probes, a bound on seconds or cores.
 LOAD_SENSITIVE_TESTS = (
     "tests/e2e/test_storm_lab.py",  # ping loss < 2% during a line-rate storm
-    "tests/e2e/test_guard_lab.py",  # flood: 95 of 100 pings; a loop found within 2 s
+    # a loop found within 2 s, gateways under half a core after; 95 of 100 pings in a flood
+    "tests/e2e/test_guard_lab.py::test_backup_cable_loop_is_cut_at_the_tunnel_and_the_tunnel_"
+    "comes_back",
+    "tests/e2e/test_guard_lab.py::test_broadcast_flood_reaches_the_other_site_within_the_budget",
     "tests/e2e/test_wan_attack_lab.py",  # 20,000 datagrams/s at a gateway
     "tests/e2e/test_path_mtu_lab.py",  # probe timing; a stall shorter than 5 s
-    "tests/e2e/test_multisite.py",  # untouched pairs see no reply gap of a second
+    # the pairs a restart does not touch see no reply gap of a second
+    "tests/e2e/test_multisite.py::test_mesh4_transfers_stay_exact_while_one_site_restarts",
     "tests/adversarial/test_flood.py",  # an attack during a transfer
     "tests/service/test_daemon.py",  # watchdog pings 0.3-0.75 s apart
     "tests/service/test_notify.py::test_full_queue_fails_at_once_instead_of_blocking",
