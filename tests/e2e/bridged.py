@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridger.errors import BridgerError
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
 from bridger.lab import Lab, write_gateway_configs
 from bridger.lab.gateways import LAB_PORT, GatewayFiles, TomlValue, peer_states
 from bridger.protocol.messages import MIN_TRANSPORT_LEN, MessageType
+from bridger.status.control import control_path, query_status
 
 BRIDGER = [sys.executable, "-m", "bridger"]
 
@@ -63,14 +65,12 @@ class Gateways:
         return proc
 
     def status(self, site: str) -> dict[str, Any] | None:
-        out = subprocess.run(
-            [*BRIDGER, "status", "--json", "--state-dir", str(self.state_dir(site))],
-            capture_output=True, text=True, timeout=10,
-        )
-        if out.returncode != 0:
+        """The document `bridger status --json` prints, asked in-process (a poll loop
+        then costs no interpreter start); None where that command would fail."""
+        try:
+            return query_status(control_path(self.state_dir(site)), timeout=10)
+        except BridgerError:
             return None
-        doc: dict[str, Any] = json.loads(out.stdout)
-        return doc
 
     def is_up(self, site: str) -> bool:
         """Every peer ``site`` should have reports state "up"."""

@@ -28,6 +28,7 @@ import pytest
 
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
 from bridger.lab import Lab, LabOptions
+from bridger.status.control import control_path, query_status
 from tests.e2e.bridged import BRIDGER, Capture, Frame, host_address, host_mac, wait_ping
 
 pytestmark = pytest.mark.netns
@@ -186,10 +187,8 @@ def test_reload_adds_removes_refuses_and_rekeys(lab: Lab, tmp_path: Path) -> Non
 
 
 def _status(site: Site) -> dict[str, object]:
-    out = subprocess.run([*BRIDGER, "status", "--json", "--state-dir", str(site.dir / "state")],
-                         capture_output=True, text=True, timeout=10, check=True)
-    doc: dict[str, object] = json.loads(out.stdout)
-    return doc
+    """What `bridger status --json` prints, asked in-process (no interpreter per poll)."""
+    return query_status(control_path(site.dir / "state"), timeout=10)
 
 
 def _peer_states(site: Site) -> dict[str, str]:
