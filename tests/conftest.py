@@ -62,7 +62,8 @@ def is_load_sensitive(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mode = config.getoption("--load-sensitive")
+    # (a default: a conftest may import this hook without pytest_addoption)
+    mode = config.getoption("--load-sensitive", "include")
     if mode != "include":
         keep, drop = [], []
         for item in items:

@@ -51,7 +51,7 @@ SILENT = ("junk", "flip", "replay", "hs_badmac")
 
 @pytest.fixture
 def bridged(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions(engine="direct")) as lab, BridgedLab(lab, tmp_path / "lab") as link:
+    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path / "lab") as link:
         yield link
 
 

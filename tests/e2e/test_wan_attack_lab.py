@@ -50,7 +50,7 @@ SILENT = ("junk", "flip", "replay", "hs_badmac")
 
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions(engine="direct")) as lab, BridgedLab(lab, tmp_path / "lab",
+    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path / "lab",
                                               extra_args=["--data-path", "native"]) as bridged:
         yield bridged
 
