@@ -47,6 +47,20 @@ def must_run_netns() -> bool:
     return os.geteuid() == 0
 
 
+#: The longest modules (by --durations), run first: a parallel run then does not end
+#: with one worker busy for minutes on a module it started last.
+LONG_FIRST = (
+    "tests/native/test_fuzz.py",
+    "tests/native/test_coalesce_udp.py",
+    "tests/e2e/test_resilience.py",
+    "tests/native/test_native_protocol.py",
+    "tests/native/test_build.py",
+    "tests/foundation/test_install.py",
+    "tests/host/test_up_signals.py",
+    "tests/adversarial/test_soak.py",
+)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--load-sensitive", choices=("include", "exclude", "only"), default="include",
@@ -64,6 +78,8 @@ def is_load_sensitive(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # (a default: a conftest may import this hook without pytest_addoption)
     mode = config.getoption("--load-sensitive", "include")
+    first = {path: rank for rank, path in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.partition("::")[0], len(first)))
     if mode != "include":
         keep, drop = [], []
         for item in items:
