@@ -5,6 +5,7 @@
                                                   tinc,wireguard-vxlan]
                                        [--loss 1 --delay 10] [--no-lossy]
                                        [--path-mtu 1400 [--filter-icmp]]
+                                       [--no-attack] [--no-storm]
 
 Builds the namespace lab (engine ``direct``: routed in-kernel, so the WAN is
 not the bottleneck; with ``--loss``/``--delay`` the impairing engine), then for
@@ -14,8 +15,12 @@ added over the bare WAN, CPU seconds of the tunnel processes per Gbit carried,
 and peak RSS per gateway. Unless the whole run is impaired (or ``--no-lossy``),
 each tunnel then gets a second lab with 1% loss and 10 ms delay each way (the
 impairing engine: netem, or without it the lab's userspace wire) for the rows
-"TCP, 1% loss 10 ms". Prints a table with the ratios bridger/peer and writes
-it as Markdown and JSON to benchmarks/results/ (gitignored).
+"TCP, 1% loss 10 ms". The bridger tunnels get a lab "under attack" (TCP while
+scripts/attack.py sprays gwB's port); every tunnel gets one "during a storm"
+(a LAN host at site A broadcasts at line rate, tests/e2e/flood.py: ping loss
+and TCP A->B across, and how much of the storm reaches site B). Prints a
+table with the ratios bridger/peer and writes it as Markdown and JSON to
+benchmarks/results/ (gitignored).
 
 ``--path-mtu N`` narrows the router's link towards site B to N bytes in every
 lab of the run (``LabOptions.path_mtu_b``): a hop in the middle of the path
@@ -45,6 +50,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +96,11 @@ METRICS = [
     ("tcp_attack_base_mbit", "TCP A->B, same lab, no attack", "Mbit/s", True),
     ("tcp_attack4k_ratio", "TCP A->B under attack 4k/s (x unattacked)", "ratio", True),
     ("tcp_attack20k_ratio", "TCP A->B under attack 20k/s (x unattacked)", "ratio", True),
+    ("tcp_storm_base_mbit", "TCP A->B, same lab, no storm", "Mbit/s", True),
+    ("storm_ping_loss_pct", "ping loss A->B during a storm", "%", False),
+    ("tcp_storm_mbit", "TCP A->B during a storm", "Mbit/s", True),
+    ("tcp_storm_ratio", "TCP A->B during a storm (x calm)", "ratio", True),
+    ("storm_far_fps", "storm frames/s reaching site B", "frames/s", False),
 ]
 #: The lab of the "1% loss 10 ms" rows: one-way knobs on the router's egress to each gateway.
 LOSSY = LabOptions(loss_pct=1.0, delay_ms=10.0)
@@ -298,6 +309,78 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float) -> dict[str, flo
     return res
 
 
+#: The broadcast storm of the "during a storm" rows: tests/e2e/flood.py (one frame, sent
+#: as fast as AF_PACKET takes it) from STORM_HOST, a LAN host at site A that is neither end
+#: of the measured traffic.
+FLOOD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "flood.py"
+STORM_HOST, STORM_WITNESS = "hostA2", "hostB2"
+STORM_PINGS = 200
+
+
+def storm_frame(src_mac: str) -> bytes:
+    """A broadcast no host's stack takes up (EtherType 0x88B6, IEEE local experimental 2),
+    as in tests/e2e/test_storm_lab.py: it costs the sender and the bridges alone."""
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    return (b"\xff" * 6 + mac + b"\x88\xb6" + b"bridger-bench-storm").ljust(60, b"\0")
+
+
+def rx_packets(lab: Lab, role: str, ifname: str) -> int:
+    out = lab.run(role, "ip", "-s", "-j", "link", "show", "dev", ifname).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def measure_storm(runner: Runner, lab: Lab, duration: float) -> dict[str, float]:
+    """TCP A->B alone, then while STORM_HOST broadcasts at line rate: ping loss
+    hostA1 -> hostB1 (STORM_PINGS at 10 ms), TCP A->B, and the storm frames per
+    second that reach STORM_WITNESS at site B. Each tunnel runs with its defaults
+    (bridger: storm control at the default flood_rate; the peers have none).
+
+    The storm host would be another machine; here it shares the VM's CPUs, so
+    it is held to the last one (the bridge's flooding of the storm runs there
+    too, in its sender's softirq); the tunnels and the measured hosts run where
+    the scheduler puts them."""
+    storm_cpu = str(max(os.sched_getaffinity(0)))
+    storm_if, witness_if = lab.lan_ifname(STORM_HOST), lab.lan_ifname(STORM_WITNESS)
+    mac = lab.run(STORM_HOST, "cat", f"/sys/class/net/{storm_if}/address").stdout.strip()
+    frame = storm_frame(mac)
+    dst = lab.lan_address(SERVER)
+    res: dict[str, float] = {}
+    with iperf_server(lab):
+        base = iperf(lab, duration=duration)["end"]["sum_received"]["bits_per_second"] / 1e6
+        res["tcp_storm_base_mbit"] = base
+        far0, lan0 = rx_packets(lab, STORM_WITNESS, witness_if), rx_packets(lab, "gwA", "eth1")
+        flooder = lab.popen(STORM_HOST, "taskset", "-c", storm_cpu, sys.executable, str(FLOOD),
+                            storm_if, str(duration + 60), frame.hex(), stdout=subprocess.DEVNULL)
+        started = time.monotonic()
+        try:
+            time.sleep(1.0)  # the storm is on (and any queue it fills is full)
+            out = lab.run(CLIENT, "ping", "-q", "-c", str(STORM_PINGS), "-i", "0.01", "-W", "1",
+                          dst, check=False, timeout=120).stdout
+            received = re.search(r"(\d+) received", out)
+            got = int(received[1]) if received else 0
+            try:
+                doc = iperf(lab, duration=duration)
+                stormy = doc["end"]["sum_received"]["bits_per_second"] / 1e6
+            except (RuntimeError, json.JSONDecodeError, subprocess.SubprocessError) as exc:
+                print(f"TCP during the storm: {exc}", flush=True)
+                stormy = 0.0  # no transfer got through the storm
+            seconds = time.monotonic() - started
+            far = rx_packets(lab, STORM_WITNESS, witness_if) - far0
+            lan = rx_packets(lab, "gwA", "eth1") - lan0
+        finally:
+            flooder.terminate()
+            flooder.wait(timeout=60)
+        res["storm_ping_loss_pct"] = 100.0 * (STORM_PINGS - got) / STORM_PINGS
+        res["tcp_storm_mbit"] = stormy
+        res["tcp_storm_ratio"] = stormy / base if base else math.nan
+        res["storm_far_fps"] = far / seconds
+        res["storm_lan_fps"] = lan / seconds  # the storm offered to gwA (JSON only)
+        print(f"during a storm of {lan / seconds:,.0f} frames/s into gwA: ping "
+              f"{got}/{STORM_PINGS}, TCP {base:,.0f} -> {stormy:,.0f} Mbit/s, "
+              f"{far / seconds:,.0f} frames/s at {STORM_WITNESS}", flush=True)
+    return res
+
+
 Measure = Callable[[Runner, Lab, float], dict[str, float]]
 
 
@@ -386,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attack", action=argparse.BooleanOptionalAction, default=True,
                    help="also the bridger rows under a WAN attack at gwB's port (scripts/"
                    "attack.py at 4k and 20k datagrams/s), in another lab per bridger tunnel")
+    p.add_argument("--storm", action=argparse.BooleanOptionalAction, default=True,
+                   help="also every tunnel during a broadcast storm from a LAN host at site "
+                   "A (ping loss, TCP A->B), in another lab per tunnel")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.tunnels.split(",") if n.strip()]
@@ -412,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.attack and name.startswith("bridger"):
                 figures, _, more = run_or_note(name, options, args.duration, Path(tmp),
                                                measure_attacked)
+                results[name].update(figures)
+                notes[name] += more
+            if args.storm:
+                figures, _, more = run_or_note(name, options, args.duration, Path(tmp),
+                                               measure_storm)
                 results[name].update(figures)
                 notes[name] += more
             print(f"data path: {paths[name]}", json.dumps(results[name]),

@@ -24,7 +24,7 @@ TRAINS = 60_000
 
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path / "lab") as bridged:
+    with Lab(LabOptions(engine="direct")) as lab, BridgedLab(lab, tmp_path / "lab") as bridged:
         yield bridged
 
 

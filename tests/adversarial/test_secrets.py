@@ -32,7 +32,7 @@ PSK = bytes(range(100, 132))
 
 @pytest.fixture
 def lab_link(tmp_path: Path) -> Iterator[BridgedLab]:
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(engine="direct")) as lab:
         psk = tmp_path / "lab" / "psk.key"
         psk.parent.mkdir(parents=True)
         write_private_key_file(psk, PSK)

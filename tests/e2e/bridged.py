@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bridger.errors import BridgerError
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
 from bridger.lab import Lab, write_gateway_configs
 from bridger.lab.gateways import LAB_PORT, GatewayFiles, TomlValue, peer_states
 from bridger.protocol.messages import MIN_TRANSPORT_LEN, MessageType
+from bridger.status.control import control_path, query_status
 
 BRIDGER = [sys.executable, "-m", "bridger"]
 
@@ -63,14 +65,12 @@ class Gateways:
         return proc
 
     def status(self, site: str) -> dict[str, Any] | None:
-        out = subprocess.run(
-            [*BRIDGER, "status", "--json", "--state-dir", str(self.state_dir(site))],
-            capture_output=True, text=True, timeout=10,
-        )
-        if out.returncode != 0:
+        """The document `bridger status --json` prints, asked in-process (a poll loop
+        then costs no interpreter start); None where that command would fail."""
+        try:
+            return query_status(control_path(self.state_dir(site)), timeout=10)
+        except BridgerError:
             return None
-        doc: dict[str, Any] = json.loads(out.stdout)
-        return doc
 
     def is_up(self, site: str) -> bool:
         """Every peer ``site`` should have reports state "up"."""
@@ -257,7 +257,8 @@ import select, socket, sys
 ifname = sys.argv[1]
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
 sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 23)  # SO_RCVBUFFORCE (root)
-sock.bind((ifname, 0))
+if sys.argv[2:] != ["later"]:  # "later": every interface, ifname may not exist yet
+    sock.bind((ifname, 0))
 print("ready", flush=True)
 frames = []
 def take():
@@ -290,17 +291,22 @@ class Frame:
 class Capture:
     """Records every frame crossing ``ifname`` in ``role``'s namespace, both directions.
 
-    ``with Capture(lab, "wan", "wC") as cap: ...`` then ``cap.frames``.
+    ``with Capture(lab, "wan", "wC") as cap: ...`` then ``cap.frames``. With
+    ``later=True`` the interface may appear only during the capture (e.g. a
+    tap a reload makes): every interface of the namespace is read and
+    ``ifname``'s frames kept.
     """
 
-    def __init__(self, lab: Lab, role: str, ifname: str) -> None:
+    def __init__(self, lab: Lab, role: str, ifname: str, *, later: bool = False) -> None:
         self.lab, self.role, self.ifname = lab, role, ifname
+        self.later = later
         self.frames: list[Frame] = []
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Capture:
         self._proc = self.lab.popen(
             self.role, sys.executable, "-c", CAPTURE_SOURCE, self.ifname,
+            *(["later"] if self.later else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self._proc.stdout is not None

@@ -6,6 +6,8 @@
                                                 data came) and then "done <bytes> <sha256>"
     python3 tcpxfer.py send HOST PORT N       -> sends N seeded bytes, prints the same
     python3 tcpxfer.py send HOST PORT Ns      -> sends seeded bytes for N seconds
+    python3 tcpxfer.py send HOST PORT stdin   -> sends seeded bytes until a line (or EOF)
+                                                comes on stdin
 
 The progress lines show where a stream stalled (the gap between two of them).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import select
 import socket
 import sys
 import time
@@ -39,10 +42,16 @@ def recv(port: int, progress: bool = False) -> None:
     print(*(["done"] if progress else []), total, digest.hexdigest(), flush=True)
 
 
+def told_to_stop() -> bool:
+    return bool(select.select([sys.stdin], [], [], 0)[0])
+
+
 def send(host: str, port: int, amount: str) -> None:
-    """``amount``: a byte count, or seconds with an "s" after them."""
+    """``amount``: a byte count, seconds with an "s" after them, or "stdin": until
+    a line (or EOF) comes on stdin."""
+    until_told = amount == "stdin"
     seconds = float(amount[:-1]) if amount.endswith("s") else None
-    nbytes = int(amount) if seconds is None else 0
+    nbytes = int(amount) if seconds is None and not until_told else 0
     rng = random.Random(nbytes or port)
     digest = hashlib.sha256()
     deadline = time.monotonic() + 30
@@ -57,8 +66,10 @@ def send(host: str, port: int, amount: str) -> None:
     conn.settimeout(None)
     sent = 0
     end = None if seconds is None else time.monotonic() + seconds
-    while sent < nbytes if end is None else time.monotonic() < end:
-        block = rng.randbytes(CHUNK if end is not None else min(CHUNK, nbytes - sent))
+    endless = end is not None or until_told
+    while (not told_to_stop() if until_told else
+           sent < nbytes if end is None else time.monotonic() < end):
+        block = rng.randbytes(CHUNK if endless else min(CHUNK, nbytes - sent))
         conn.sendall(block)
         digest.update(block)
         sent += len(block)

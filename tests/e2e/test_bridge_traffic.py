@@ -21,7 +21,7 @@ XFER = str(Path(__file__).with_name("tcpxfer.py"))
 
 @pytest.fixture(scope="module")
 def bridged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgedLab]:
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(engine="direct")) as lab:
         link = BridgedLab(lab, tmp_path_factory.mktemp("bridged"))
         try:
             link.start_all()

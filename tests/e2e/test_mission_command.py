@@ -57,7 +57,7 @@ def _configure(lab: Lab, site: str, other: str, keys: dict[str, bytes], run: Pat
 def test_bridger_up_lan_eth1_peer_berlin_example(etc_bridger: None, tmp_path: Path) -> None:
     keys = {"A": generate_private_key(), "B": generate_private_key()}
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(engine="direct")) as lab:
         etcs = [_configure(lab, s, o, keys, tmp_path) for s, o in (("A", "B"), ("B", "A"))]
         try:
             for site, other in (("A", "B"), ("B", "A")):

@@ -350,7 +350,8 @@ MESH_PATHS = {"A": "native", "B": "python", "C": "native"}
 
 
 def test_mesh3_native_python_native(tmp_path: Path) -> None:
-    with Lab(LabOptions(sites=3)) as lab, MixedMesh(lab, tmp_path, MESH_PATHS) as mesh:
+    with Lab(LabOptions(sites=3, engine="direct")) as lab, \
+            MixedMesh(lab, tmp_path, MESH_PATHS) as mesh:
         mesh.start_all()
         check_start_log(mesh, MESH_PATHS)
         results = ping_pairs(lab, cross_site_pairs(lab))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(engine="direct")) as lab:
         yield lab
 
 

@@ -62,7 +62,7 @@ def test_lossy_delayed_reordering_wan_transfer_is_byte_exact(make_bridged) -> No
 
 
 def test_gateway_restart_recovers_without_touching_the_peer(make_bridged) -> None:  # type: ignore[no-untyped-def]
-    link = make_bridged(LabOptions())
+    link = make_bridged(LabOptions(engine="direct"))
     lab = link.lab
     before = snapshot_host(lab, "gwB")
     link.start_all()
@@ -88,7 +88,7 @@ def test_gateway_restart_recovers_without_touching_the_peer(make_bridged) -> Non
 
 def test_wan_address_change_recovers(make_bridged) -> None:  # type: ignore[no-untyped-def]
     # B dials A; A learns B's endpoint only from authenticated packets.
-    link = make_bridged(LabOptions(), b_dials_only=True)
+    link = make_bridged(LabOptions(engine="direct"), b_dials_only=True)
     link.start_all()
     lab = link.lab
     b1 = host_address(lab, "hostB1")
@@ -106,7 +106,7 @@ def test_wan_address_change_recovers(make_bridged) -> None:  # type: ignore[no-u
 
 
 def test_site_b_behind_nat_works_and_survives_mapping_change(make_bridged) -> None:  # type: ignore[no-untyped-def]
-    link = make_bridged(LabOptions(nat_b=True), b_dials_only=True)
+    link = make_bridged(LabOptions(nat_b=True, engine="direct"), b_dials_only=True)
     link.start_all()
     lab = link.lab
     b1 = host_address(lab, "hostB1")

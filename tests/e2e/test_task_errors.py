@@ -35,7 +35,7 @@ def _assert_one_line_error(code: int, output: str, expect: str) -> None:
 
 
 def test_a_tap_read_failure_is_one_line_and_the_host_is_restored(tmp_path: Path) -> None:
-    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path) as link:
+    with Lab(LabOptions(engine="direct")) as lab, BridgedLab(lab, tmp_path) as link:
         before = snapshot_host(lab, "gwA")
         link.start("A")
         deadline = time.monotonic() + 20
@@ -51,7 +51,7 @@ def test_a_tap_read_failure_is_one_line_and_the_host_is_restored(tmp_path: Path)
 def test_a_control_socket_that_cannot_be_bound_is_one_line_and_the_host_is_restored(
     tmp_path: Path,
 ) -> None:
-    with Lab(LabOptions()) as lab, BridgedLab(lab, tmp_path) as link:
+    with Lab(LabOptions(engine="direct")) as lab, BridgedLab(lab, tmp_path) as link:
         before = snapshot_host(lab, "gwA")
         path = control_path(link.state_dir("A"))
         path.mkdir(parents=True)  # something else sits where the socket goes

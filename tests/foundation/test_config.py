@@ -33,7 +33,9 @@ from bridger.keys import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-KEYS = [encode_key(public_key(generate_private_key())) for _ in range(3)]
+#: Fixed keys: they appear in test ids, which must be the same in every process
+#: that collects them (pytest-xdist's workers).
+KEYS = [encode_key(public_key(bytes([n]) * 32)) for n in range(1, 4)]
 PUB = KEYS[0]
 
 

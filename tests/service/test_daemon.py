@@ -38,7 +38,7 @@ PORT = 55555
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(engine="direct")) as lab:
         yield lab
 
 

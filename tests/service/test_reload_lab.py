@@ -5,7 +5,12 @@ A-B link, A is sent a broken file, a file changing a fixed setting, a file
 adding a peer and one removing it: the broken ones are refused with one log
 line, the peer's tap comes and goes, and the unchanged A-B session loses no
 frame. Then A's private key is rotated on both ends by reload: traffic flows
-again and neither daemon restarted.
+again and neither daemon restarted. Last, one reload swaps A's peer B for C
+under traffic both ways (the native lane hands B's freed port slot to C at
+once): no frame of B's reaches C's tap or site C, and none of A's meant for B.
+
+One three-site lab serves the module (a lab costs more than a test's own
+gateways); each test runs its own daemons and leaves the gateways as found.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,16 +28,17 @@ import pytest
 
 from bridger.keys import encode_key, generate_private_key, public_key, write_private_key_file
 from bridger.lab import Lab, LabOptions
-from tests.e2e.bridged import BRIDGER, host_address, wait_ping
+from bridger.status.control import control_path, query_status
+from tests.e2e.bridged import BRIDGER, Capture, Frame, host_address, host_mac, wait_ping
 
 pytestmark = pytest.mark.netns
 
 BRIDGE = "bridger0"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    with Lab(LabOptions()) as lab:
+    with Lab(LabOptions(sites=3, engine="direct")) as lab:  # no impairment: no wire
         yield lab
 
 
@@ -106,9 +113,13 @@ class Site:
         return self.proc.wait(15)
 
     def kill(self) -> None:
+        """Kill a daemon still running (a test that failed) and undo what it left on
+        the gateway, for the next test of the module's lab."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+            self.lab.run(self.role, *BRIDGER, "down", "--state-dir", str(self.dir / "state"),
+                         check=False, timeout=30)
 
 
 def _start_linked(lab: Lab, a: Site, b: Site) -> tuple[str, tuple[int, int]]:
@@ -176,10 +187,8 @@ def test_reload_adds_removes_refuses_and_rekeys(lab: Lab, tmp_path: Path) -> Non
 
 
 def _status(site: Site) -> dict[str, object]:
-    out = subprocess.run([*BRIDGER, "status", "--json", "--state-dir", str(site.dir / "state")],
-                         capture_output=True, text=True, timeout=10, check=True)
-    doc: dict[str, object] = json.loads(out.stdout)
-    return doc
+    """What `bridger status --json` prints, asked in-process (no interpreter per poll)."""
+    return query_status(control_path(site.dir / "state"), timeout=10)
 
 
 def _peer_states(site: Site) -> dict[str, str]:
@@ -250,3 +259,90 @@ def test_key_rotation_on_one_side_under_traffic(lab: Lab, tmp_path: Path) -> Non
     finally:
         a.kill()
         b.kill()
+
+
+#: Ping payload patterns (``ping -p``): which site's LAN sent a frame.
+MARK_A, MARK_B = "a5a5a5a5a5a5a5a5", "b5b5b5b5b5b5b5b5"
+
+
+def _marked(frames: list[Frame]) -> list[bytes]:
+    """The frames holding either pattern (it repeats over a ping's payload)."""
+    marks = [bytes.fromhex(m) * 2 for m in (MARK_A, MARK_B)]
+    return [f.data for f in frames if any(m in f.data for m in marks)]
+
+
+def _written_into(lab: Lab, role: str, tap: str) -> int:
+    """Frames the daemon has written into ``tap`` (the kernel counts them as received)."""
+    out = lab.run(role, "ip", "-s", "-j", "link", "show", "dev", tap).stdout
+    return int(json.loads(out)[0]["stats64"]["rx"]["packets"])
+
+
+def test_a_peer_swapped_by_one_reload_under_traffic_gets_none_of_the_old_ones_frames(
+    lab: Lab, tmp_path: Path,
+) -> None:
+    """A runs with peer B, then one reload removes B and adds C while B pings A's
+    LAN and both LANs broadcast: B's port slot in the native lane goes to C at
+    once, with hand-overs of B's frames maybe still queued (issue 21).
+
+    A frame of B's written into C's tap shows there as written by the daemon
+    (incoming): none may come from site B's addresses or carry B's pattern. A
+    frame of A's LAN read from B's tap and sealed to C would reach site C
+    without ever leaving A's bridge through C's tap: every marked frame site C
+    gets from A must have left through that tap, as often as it arrives.
+    """
+    a, b, c = (Site(lab, tmp_path, name) for name in "abc")
+    a.write([b.entry()])
+    b.write([a.entry()])
+    c.write([a.entry()])  # C calls A; A does not know C until the reload
+    b_macs = {bytes.fromhex(host_mac(lab, h).replace(":", "")) for h in lab.hosts("B")}
+    b_macs.add(bytes.fromhex(lab.run("gwB", "cat", "/sys/class/net/eth1/address")
+                             .stdout.strip().replace(":", "")))
+    a1 = host_address(lab, "hostA1")
+    pingers: list[subprocess.Popen[bytes]] = []
+    try:
+        a.start()
+        b.start()
+        c.start()
+        wait_ping(lab, "hostB1", a1, within=20)
+        c.wait_ports("a", True)
+        with Capture(lab, "gwA", "c", later=True) as tap_c, Capture(lab, "gwC", "a") as at_c:
+            quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+            pingers = [
+                lab.popen("hostB1", "ping", "-q", "-i", "0.005", "-s", "200", "-p", MARK_B,
+                          a1, **quiet),
+                lab.popen("hostB2", "ping", "-q", "-b", "-i", "0.01", "-p", MARK_B,
+                          "192.168.1.255", **quiet),
+                lab.popen("hostA2", "ping", "-q", "-b", "-i", "0.01", "-p", MARK_A,
+                          "192.168.1.255", **quiet),
+            ]
+            wait_ping(lab, "hostB1", a1, within=10)  # the traffic is under way
+            a.write([c.entry()])
+            since = a.reload()
+            a.wait_ports("b", False)
+            a.wait_ports("c", True)
+            wait_ping(lab, "hostC1", a1, within=20)  # C's session carries frames both ways
+            # ... and A's broadcasts (100/s) go on reaching site C.
+            written = _written_into(lab, "gwC", "a")
+            deadline = time.monotonic() + 10
+            while _written_into(lab, "gwC", "a") < written + 50:
+                assert time.monotonic() < deadline, a.log_text(since)
+                time.sleep(0.05)
+            assert all(proc.poll() is None for proc in pingers)  # the swap was under traffic
+        for site in (a, b, c):
+            assert site.stop() == 0, site.log_text()
+    finally:
+        for proc in pingers:
+            proc.kill()
+            proc.wait()
+        for site in (a, b, c):
+            site.kill()
+    into_c = [f for f in tap_c.frames if not f.outgoing]
+    from_b = [f.data.hex() for f in into_c if f.data[6:12] in b_macs]
+    marked_b = [d.hex() for d in _marked(into_c) if bytes.fromhex(MARK_B) * 2 in d]
+    assert not from_b and not marked_b, (from_b[:3], marked_b[:3], a.log_text())
+    left_for_c = Counter(_marked([f for f in tap_c.frames if f.outgoing]))
+    got_at_c = Counter(_marked([f for f in at_c.frames if not f.outgoing]))
+    leaked = got_at_c - left_for_c
+    assert not leaked, (f"{sum(leaked.values())} frames reached site C that never left "
+                        f"A's bridge through C's tap", a.log_text())
+    assert got_at_c and left_for_c  # A's broadcasts crossed to C, seen at both ends
