@@ -39,6 +39,9 @@ LOAD_SENSITIVE_TESTS = (
     "tests/service/test_daemon.py",  # watchdog pings 0.3-0.75 s apart
     "tests/service/test_notify.py::test_full_queue_fails_at_once_instead_of_blocking",
     "tests/lab/test_lab.py::test_delay_shows_in_rtt_and_changes_on_the_fly",  # RTT < 100 ms
+    "tests/e2e/test_ha_lab.py",  # a failover's outage under 2 s (0.5 s for a clean stop)
+    "tests/e2e/test_scale_lab.py",  # a loop between two spokes found within 2 s
+    "tests/e2e/test_nat_lab.py",  # every pair pings within 10 s; stalls across a NAT flush
 )
 
 

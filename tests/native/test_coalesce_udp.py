@@ -96,8 +96,14 @@ def udp_sequences(draw: st.DrawFn) -> tuple[list[bytes], dict[int, tuple[int, in
 needs_lane = pytest.mark.skipif(lane is None, reason="bridger.native._lane is not built")
 
 
+#: Generated runs per test session: every example also goes through a real tap, so
+#: CI takes 100 (about a minute on 2 cores); COALESCE_EXAMPLES=2000 for a long run.
+COALESCE_EXAMPLES = int(os.environ.get("COALESCE_EXAMPLES", "100"))
+
+
 @needs_lane
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=COALESCE_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(udp_sequences())
 def test_c_joins_udp_runs_as_python_does(
     case: tuple[list[bytes], dict[int, tuple[int, int]]],
