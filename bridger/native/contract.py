@@ -27,7 +27,7 @@ from bridger.protocol.noise import hash_
 # --- implementation constants (bn_lane.h) ---------------------------------------------
 
 #: Ports (peers' taps) one lane serves.
-MAX_PORTS = 64
+MAX_PORTS = 256
 #: Reads per fd per wake-up of the lane's loop (``forward.BATCH``'s role).
 BATCH = 64
 #: Handshake messages waiting for Python at most; more are shed (counted).

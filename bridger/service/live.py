@@ -53,7 +53,7 @@ from bridger.service.watchdog import (
     status_task,
     watchdog_task,
 )
-from bridger.shell.assembly import Psks, peer_config, read_keys
+from bridger.shell.assembly import Psks, lane_room, peer_config, read_keys
 from bridger.shell.forward import Forwarder
 from bridger.shell.lane import held_sessions, wipe_sessions
 from bridger.shell.port import Port
@@ -244,6 +244,8 @@ class Live:
                 private, psks = read_keys(new)
                 plan = plan_reload(self.config, new, self.private, private,
                                    old_psks=self.psks, new_psks=psks)
+                if self.fwd.lane is not None:
+                    lane_room(new)
             except BridgerError as exc:
                 log.error("%s", refused_line(exc))
                 return

@@ -29,6 +29,7 @@ from bridger.guard.loop import LoopDetector
 from bridger.guard.policy import Guard, GuardConfig
 from bridger.host.tap import IFF_VNET_HDR, enable_offloads, takes_udp_superframes, tap_flags
 from bridger.keys import read_private_key_file
+from bridger.native.contract import MAX_PORTS
 from bridger.protocol import Device, DeviceConfig, Peer, PeerConfig
 from bridger.shell.forward import Forwarder
 from bridger.shell.port import Port
@@ -45,10 +46,25 @@ Psks = dict[str, bytes | None]
 
 def native_module(config: UpConfig) -> Any:
     """The native extension when the config's data path uses it, else None
-    (the config's validation refused "native" where it is not built)."""
+    (the config's validation refused "native" where it is not built).  With
+    more peers than the lane has ports, "auto" runs the Python path (one log
+    line) and "native" is a one-line error."""
     if config.data_path == PYTHON:
         return None
+    if len(config.peers) > MAX_PORTS:
+        if config.data_path == NATIVE:
+            lane_room(config)
+        log.warning("%d peers: more than the native data path's %d ports; the Python "
+                    "data path runs", len(config.peers), MAX_PORTS)
+        return None
     return native.lane
+
+
+def lane_room(config: UpConfig) -> None:
+    """Refuse (one line) a configuration with more peers than the lane has ports."""
+    if len(config.peers) > MAX_PORTS:
+        raise ConfigError(f"{len(config.peers)} peers: the native data path serves at most "
+                          f"{MAX_PORTS}; use data_path = \"python\" (or \"auto\")")
 
 
 def data_path(fwd: Forwarder) -> str:

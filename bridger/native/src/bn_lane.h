@@ -58,7 +58,7 @@
 #define UDP_GRO 104
 #endif
 
-#define BN_MAX_PORTS 64
+#define BN_MAX_PORTS 256
 #define BN_MAX_RX (3 * BN_MAX_PORTS)
 /* Reads per fd per wake-up (forward.BATCH's role). */
 #define BN_BATCH 64

@@ -239,13 +239,19 @@ void bn_lane_udp_error(bn_lane *l) {
         if (recvmsg(l->udp_fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) {
             if (errno == EINTR)
                 continue;
-            /* The queue is empty.  An error the queue had no room for is
-             * still pending on the socket (EPOLLERR would stay up): take it. */
+            /* The queue is empty.  The socket's pending error (SO_ERROR) is
+             * still set (EPOLLERR would stay up): clear it.  It is no count of
+             * its own: the kernel sets it for every error, queued or not (the
+             * queue full), and may set it just after the error it names was
+             * read; an error queued since the empty read is read now. */
             int err = 0;
             socklen_t len = sizeof err;
-            if (getsockopt(l->udp_fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err)
-                l->st.udp_errors++;
-            return;
+            if (getsockopt(l->udp_fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || !err)
+                return;
+            m.msg_namelen = sizeof to;
+            m.msg_controllen = sizeof ctl.buf;
+            if (recvmsg(l->udp_fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+                return;
         }
         bn_lane_errq_message(l, &m, now);
     }
