@@ -64,6 +64,8 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "ra": args.ra,
         "vlans": args.vlans,
         "untagged": args.untagged,
+        "user": args.user,
+        "prepared_taps": args.prepared_taps,
     }
 
 
@@ -212,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tap offloads, TSO superframes (on); off: one frame per read")
     p.add_argument("--data-path", metavar="PATH", choices=("auto", "native", "python"),
                    help="per-packet code: auto (native when built), native, python")
+    p.add_argument("--user", metavar="NAME",
+                   help="run the data plane as this unprivileged user when started as root"
+                        " (bridger)")
+    p.add_argument("--prepared-taps", action=on_off,
+                   help="the taps exist, owned by this user and enslaved by hand: touch nothing"
+                        " on the host, need no privilege (off)")
     g = p.add_argument_group("guards (docs/guard.md)")
     g.add_argument("--loop-protection", action=on_off,
                    help="detect loops through the LANs and block the peer they run through (on)")

@@ -43,7 +43,7 @@ from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.storm import KernelStorm, NftError, StormBudget
-from bridger.host.tap import open_tap
+from bridger.host.tap import open_tap, set_owner
 
 log = logging.getLogger("bridger")
 
@@ -84,6 +84,9 @@ class HostPlan:
     #: Each tap's flood budget, enforced in the kernel before its queue (the
     #: guard's; None: no kernel storm control).
     storm: StormBudget | None = None
+    #: (uid, gid) the taps are given to (TUNSETOWNER/TUNSETGROUP), so the
+    #: unprivileged data plane may use them (None: root's).
+    owner: tuple[int, int] | None = None
     tap: InitVar[str | None] = None
 
     def __post_init__(self, tap: str | None) -> None:
@@ -186,6 +189,8 @@ class HostSession:
         """Open ``tap``, enslave it with the NIC's MTU, flag it; the record is journaled."""
         fd, actual = open_tap(tap.name, vnet=self.plan.offload, netns=self.plan.netns)
         self.taps[actual] = fd
+        if self.plan.owner is not None:
+            set_owner(fd, actual, *self.plan.owner)
         nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name,
                                         "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
@@ -279,6 +284,24 @@ class HostSession:
     def _release(self) -> None:
         self._ipr.close()
         self._lock.release()
+
+    def detach(self) -> dict[str, int]:
+        """In the forked data plane (``bridger.host.privsep``): give up the
+        netlink socket, the lock and the journal, which stay the monitor's, and
+        never restore from here; returns the tap fds, now this process's."""
+        self._restored = True
+        # Not IPRoute.close(): the monitor shares its sockets. The netlink fd is
+        # pointed at /dev/null instead, so this process holds no root-opened
+        # netlink socket (and the number is never reused under pyroute2's feet).
+        with contextlib.suppress(OSError, AttributeError):
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.dup2(null, self._ipr.fileno())
+            finally:
+                os.close(null)
+        self._lock.release()
+        taps, self.taps = dict(self.taps), {}
+        return taps
 
     def __enter__(self) -> HostSession:
         return self

@@ -23,23 +23,29 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import gc
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from bridger.config import UpConfig
 from bridger.errors import BridgerError
-from bridger.host import HostPlan, HostSession, StopSignals, TapPlan, drop_privileges
+from bridger.host import HostPlan, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
+from bridger.host.prepared import PreparedHost
+from bridger.host.privileges import ServiceUser, ensure_user
+from bridger.host.privsep import enter_sandbox, preload, split
 from bridger.host.storm import StormBudget
 from bridger.keys import encode_key
 from bridger.protocol import Peer
@@ -103,6 +109,9 @@ class Up:
         self.notifier = Notifier.from_env()
         #: Once assembled: the live service (it says STOPPING=1 at the end).
         self.live: Live | None = None
+        #: Where the data plane writes (control socket, endpoints): the state
+        #: directory, or its own directory in it once split from the monitor.
+        self.run_dir = config.state_dir
 
     def run(self) -> int:
         """All four phases; 0, or one error line (a ``BridgerError``)."""
@@ -112,12 +121,45 @@ class Up:
         faulthandler.enable()
         with StopSignals() as stop:
             checked = self.check()
+            user = self.service_user()
             console = setup_logging(self.config.dashboard and sys.stdout.isatty())
-            with self.bring_up(stop) as (udp, host):
+            with self.bring_up(stop, user) as (udp, host):
+                if user is not None:  # root: split into the monitor and the data plane
+                    side = split(host, user, self.config, self.reread, read_keys)
+                    if side.monitor is not None:
+                        return side.monitor.outcome(side.monitor.run())
+                    assert side.host is not None
+                    host, self.run_dir = side.host, Path(".")
+                    console = self.sandbox(user, side.monitor_pid)
+                elif self.config.prepared_taps:
+                    console = self.sandbox(None)
                 failure = self.serve(stop, checked, udp, host, console)
                 if stop.first is not None:
                     log.info("%s: stopping and restoring the host network", stop.first.name)
         return outcome(failure)
+
+    def service_user(self) -> ServiceUser | None:
+        """The user the data plane becomes: when started as root (and the taps
+        are not prepared); made if missing, with one log line."""
+        if self.config.prepared_taps or os.geteuid() != 0:
+            return None
+        user, created = ensure_user(self.config.user)
+        if created:
+            print(f"bridger: created the service user {user.name} (uid {user.uid})",
+                  file=sys.stderr)
+        return user
+
+    def sandbox(self, user: ServiceUser | None, monitor_pid: int = 0) -> Any:
+        """The data plane's drop (``bridger.host.privsep.enter_sandbox``) with
+        every module it will need loaded first; the log writer starts after."""
+        preload(self.config)
+        notes = enter_sandbox(user, monitor_pid)
+        console = setup_logging(self.config.dashboard and sys.stdout.isatty())
+        who = f"user {user.name} (uid {user.uid})" if user is not None else \
+            f"uid {os.geteuid()}, prepared taps"
+        log.info("data plane: %s, no capabilities, no_new_privs, system-call filter%s", who,
+                 "".join(f"; {note}" for note in notes))
+        return console
 
     def check(self) -> Checked:
         """Phase 1, before the host is touched: a bad key or setting is one line."""
@@ -126,17 +168,26 @@ class Up:
         return Checked(private, psks, native_module(self.config))
 
     @contextlib.contextmanager
-    def bring_up(self, stop: StopSignals) -> Iterator[tuple[UdpEndpoint, HostSession]]:
-        """Phase 2: the socket bound and the host set up; leaving restores the
-        host network and closes the socket."""
+    def bring_up(self, stop: StopSignals,
+                 user: ServiceUser | None = None) -> Iterator[tuple[UdpEndpoint, Any]]:
+        """Phase 2: the socket bound and the host set up (the taps given to
+        ``user``), or the prepared taps attached; leaving restores the host
+        network and closes the socket."""
         udp = UdpEndpoint.bind(self.config.listen)
+        plan = host_plan(self.config)
+        if user is not None:
+            plan = dataclasses.replace(plan, owner=(user.uid, user.gid))
         try:
-            with set_up_host(host_plan(self.config), interrupted=stop.check) as host:
+            if self.config.prepared_taps:
+                with PreparedHost(plan) as prepared:
+                    yield udp, prepared
+                return
+            with set_up_host(plan, interrupted=stop.check) as host:
                 yield udp, host
         finally:
             udp.sock.close()
 
-    def serve(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint, host: HostSession,
+    def serve(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint, host: Any,
               console: Any) -> BaseException | None:
         """Phase 3: the Trio run; the error that ended it, or None (a signal)."""
         try:
@@ -157,7 +208,7 @@ class Up:
             self.notifier.stopping()
 
     async def _main(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint,
-                    host: HostSession, console: Any) -> None:
+                    host: Any, console: Any) -> None:
         # A signal before serve's receiver exists reaches StopSignals: it cancels
         # this scope (run_sync_soon is signal-safe).
         token = trio.lowlevel.current_trio_token()
@@ -173,11 +224,12 @@ class Up:
                 from bridger.status.metrics import start_metrics_server
 
                 start_metrics_server(self.config.metrics, daemon.snapshot)
-            # From here on only the taps, the UDP socket and the restore are needed.
-            drop_privileges()
-            await serve_tasks(daemon, console, self.live)
+            if self.run_dir == self.config.state_dir and not self.config.prepared_taps:
+                # Not split (CAP_NET_ADMIN without root): keep that one alone.
+                drop_privileges()
+            await serve_tasks(daemon, console, self.live, self.run_dir)
 
-    def assemble(self, checked: Checked, udp: UdpEndpoint, host: HostSession,
+    def assemble(self, checked: Checked, udp: UdpEndpoint, host: Any,
                  now: float) -> tuple[Daemon, Live]:
         """The running bridge: the core, the forwarder with one port per tap (fast
         path set), the native lane, the status views and the live service."""
@@ -194,9 +246,12 @@ class Up:
         daemon = Daemon(config, fwd, {
             "lan": config.lan, "bridge": host.bridge_name, "listen": udp.listen,
         }, storm=host.storm)
+        split_off = hasattr(host, "reread")  # the data plane of a split: the monitor reads
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
-                    reread=self.reread, make_port=ports.make_prepared,
-                    on_config=daemon.set_config)
+                    reread=host.reread if split_off else self.reread,
+                    read_keys=host.read_keys if split_off else read_keys,
+                    make_port=ports.make_prepared, on_config=daemon.set_config,
+                    run_dir=self.run_dir)
         return daemon, live
 
 
@@ -320,13 +375,15 @@ class Daemon:
                 log.info("drops in the last %.0fs: %s", DROP_SUMMARY_INTERVAL, ", ".join(changed))
 
 
-async def serve_tasks(daemon: Daemon, console: Any, live: Live) -> None:
+async def serve_tasks(daemon: Daemon, console: Any, live: Live, run_dir: Path | None = None,
+                      ) -> None:
     """Every task of the running daemon, until SIGINT or SIGTERM (SIGHUP: a reload)."""
     cfg = daemon.config
     fwd = daemon.fwd
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
+            await nursery.start(serve_control, control_path(run_dir or cfg.state_dir),
+                                daemon.snapshot)
             live.start(nursery)
             nursery.start_soon(fwd.timers)
             nursery.start_soon(daemon.drop_summaries)
