@@ -124,6 +124,8 @@ class Up:
             user = self.service_user()
             console = setup_logging(self.config.dashboard and sys.stdout.isatty())
             with self.bring_up(stop, user) as (udp, host):
+                if user is not None or self.config.prepared_taps:
+                    self.notifier.connect()  # its path may be out of the data plane's reach
                 if user is not None:  # root: split into the monitor and the data plane
                     side = split(host, user, self.config, self.reread, read_keys)
                     if side.monitor is not None:
