@@ -140,8 +140,8 @@ def test_the_sandboxed_data_plane_cannot_change_links_or_write_elsewhere(
     tmp_path.chmod(0o755)
     elsewhere = Path("/tmp") / f"bridger-sandbox-{os.getpid()}"
     # `unshare -n`: a throw-away network namespace, so nothing real could change.
-    done = subprocess.run(["unshare", "-n", sys.executable, "-c", SANDBOXED, str(own), user.name, str(elsewhere)],
-                          capture_output=True, text=True, timeout=60,
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", SANDBOXED, str(own),
+                           user.name, str(elsewhere)], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
