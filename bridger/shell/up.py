@@ -155,7 +155,7 @@ class Up:
         """The data plane's drop (``bridger.host.privsep.enter_sandbox``) with
         every module it will need loaded first; the log writer starts after."""
         preload(self.config)
-        notes = enter_sandbox(user, monitor_pid)
+        notes = enter_sandbox(user, monitor_pid, write_dir=self.run_dir)
         console = setup_logging(self.config.dashboard and sys.stdout.isatty())
         who = f"user {user.name} (uid {user.uid})" if user is not None else \
             f"uid {os.geteuid()}, prepared taps"
