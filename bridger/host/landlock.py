@@ -64,9 +64,11 @@ def abi_version() -> int:
     return max(0, int(rc))
 
 
-def restrict_writes(allow_write: Path) -> int:
+def restrict_writes(allow_write: Path, files: tuple[str, ...] = ()) -> int:
     """Refuse every file-system change outside ``allow_write`` for this thread
-    and the threads it makes later (call before any other thread exists).
+    and the threads it makes later (call before any other thread exists);
+    ``files`` may still be opened for writing (``/dev/net/tun``, to attach to
+    a prepared tap).
     Returns the ABI version used; raises :class:`HostError` if Landlock is
     missing (the caller decides whether that is fatal)."""
     abi = abi_version()
@@ -96,6 +98,19 @@ def restrict_writes(allow_write: Path) -> int:
                 raise fail(f"rule for {allow_write}")
         finally:
             os.close(dirfd)
+        for name in files:
+            try:
+                fd = os.open(name, os.O_PATH | os.O_CLOEXEC)
+            except OSError as exc:
+                raise HostError(f"cannot restrict writes: {name}: {exc.strerror}") from exc
+            try:
+                rule = _PathBeneath(WRITE_FILE, fd)
+                if libc.syscall(ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
+                                ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule),
+                                ctypes.c_uint32(0)) != 0:
+                    raise fail(f"rule for {name}")
+            finally:
+                os.close(fd)
         if libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset),
                         ctypes.c_uint32(0)) != 0:
             raise fail("restrict_self")

@@ -63,6 +63,7 @@ from bridger.host.privileges import (
 )
 from bridger.host.setup import HostSession, TapPlan
 from bridger.host.storm import NftError
+from bridger.host.tap import TUN_PATH
 
 log = logging.getLogger("bridger")
 
@@ -478,8 +479,11 @@ def enter_sandbox(user: ServiceUser | None, monitor_pid: int = 0,
     else:
         lock_down()
     notes = []
+    # Prepared taps are attached at reload through /dev/net/tun; the split data
+    # plane is handed its taps' fds and never opens it.
+    files = () if user is not None else (TUN_PATH,)
     try:
-        landlock.restrict_writes(write_dir)
+        landlock.restrict_writes(write_dir, files)
     except HostError as exc:
         notes.append(f"writes not confined to {write_dir.resolve()} ({exc})")
     if seccomp.supported():

@@ -43,7 +43,7 @@ from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.storm import KernelStorm, NftError, StormBudget
-from bridger.host.tap import open_tap, set_owner
+from bridger.host.tap import open_tap, set_owner, set_persistent
 
 log = logging.getLogger("bridger")
 
@@ -87,6 +87,8 @@ class HostPlan:
     #: (uid, gid) the taps are given to (TUNSETOWNER/TUNSETGROUP), so the
     #: unprivileged data plane may use them (None: root's).
     owner: tuple[int, int] | None = None
+    #: Persistent taps (TUNSETPERSIST): they outlive this process (`bridger prepare`).
+    persist: bool = False
     tap: InitVar[str | None] = None
 
     def __post_init__(self, tap: str | None) -> None:
@@ -191,6 +193,8 @@ class HostSession:
         self.taps[actual] = fd
         if self.plan.owner is not None:
             set_owner(fd, actual, *self.plan.owner)
+        if self.plan.persist:
+            set_persistent(fd, actual)
         nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name,
                                         "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
@@ -284,6 +288,15 @@ class HostSession:
     def _release(self) -> None:
         self._ipr.close()
         self._lock.release()
+
+    def leave(self) -> None:
+        """Keep every change and end this session without restoring (`bridger
+        prepare`: the taps are persistent, the journal stays for `bridger down`)."""
+        self._restored = True
+        for fd in self.taps.values():
+            os.close(fd)
+        self.taps.clear()
+        self._release()
 
     def detach(self) -> dict[str, int]:
         """In the forked data plane (``bridger.host.privsep``): give up the
@@ -489,6 +502,37 @@ def _apply(
         step(f"add route {nl.describe_route(moved)}",
              {"op": "del_route", "route": moved},
              lambda moved=moved: nl.add_route(ipr, moved))  # type: ignore[misc]
+
+
+def add_prepared_taps(plan: HostPlan) -> list[str]:
+    """`bridger prepare --add-taps` (a reload of the unprivileged service): the
+    planned taps that the journal in ``plan.state_dir`` does not have yet are
+    created as at start (persistent, the service user's, enslaved, journaled);
+    returns their names."""
+    lock = StateLock(plan.state_dir)
+    try:
+        journal = Journal.load(plan.state_dir)
+        if journal is None:
+            raise HostError(f"nothing prepared in {plan.state_dir}: run `bridger prepare` first")
+        ipr = nl.open_ipr(plan.netns)
+    except BaseException:
+        lock.release()
+        raise
+    session = HostSession(plan, ipr, lock, journal)
+    try:
+        session.mtu = nl.require_link(ipr, plan.bridge).mtu
+        if plan.storm is not None and any(r.get("op") == nft.UNDO_OP for r in journal.records):
+            session.storm = KernelStorm(plan.bridge, plan.storm, plan.netns)
+        known = {r.get("ifname") for r in journal.records
+                 if r.get("op") == "del_link" and r.get("kind") == TAP_KIND}
+        added = []
+        for tap in plan.taps:
+            if tap.name not in known:
+                session.add_tap(tap)
+                added.append(tap.name)
+        return added
+    finally:
+        session.leave()
 
 
 def bring_down(state_dir: Path) -> str:

@@ -83,6 +83,17 @@ def open_tap(name: str, *, vnet: bool, netns: str | None = None) -> tuple[int, s
     return fd, actual
 
 
+def set_persistent(fd: int, name: str) -> None:
+    """Keep the tap when its last fd closes (TUNSETPERSIST, as ``tunctl`` and
+    ``ip tuntap add`` make them): for `bridger prepare`, whose taps outlive it
+    and are attached to later by the unprivileged daemon. Deleted by the
+    journal's undo (`bridger down`) like any tap."""
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        raise HostError(f"cannot make tap {name} persistent: {exc.strerror}") from exc
+
+
 def set_owner(fd: int, name: str, uid: int, gid: int) -> None:
     """Make the tap ``uid``'s and ``gid``'s (TUNSETOWNER/TUNSETGROUP, as
     ``ip tuntap add ... user U group G``): that user may attach to it without

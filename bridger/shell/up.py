@@ -39,13 +39,20 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bridger.config import UpConfig
+from bridger.config import UpConfig, default_state_dir
 from bridger.errors import BridgerError
 from bridger.host import HostPlan, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
 from bridger.host.prepared import PreparedHost
 from bridger.host.privileges import ServiceUser, ensure_user
-from bridger.host.privsep import enter_sandbox, preload, split
+from bridger.host.privsep import (
+    enter_sandbox,
+    preload,
+    prepare_worker_dir,
+    split,
+    worker_dir,
+)
+from bridger.host.setup import add_prepared_taps
 from bridger.host.storm import StormBudget
 from bridger.keys import encode_key
 from bridger.protocol import Peer
@@ -110,8 +117,12 @@ class Up:
         #: Once assembled: the live service (it says STOPPING=1 at the end).
         self.live: Live | None = None
         #: Where the data plane writes (control socket, endpoints): the state
-        #: directory, or its own directory in it once split from the monitor.
+        #: directory, or its own directory in it once split from the monitor
+        #: (or made by `bridger prepare` for the prepared-taps mode).
         self.run_dir = config.state_dir
+        own = worker_dir(config.state_dir)
+        if config.prepared_taps and os.path.isdir(own) and os.access(own, os.W_OK):
+            self.run_dir = own
 
     def run(self) -> int:
         """All four phases; 0, or one error line (a ``BridgerError``)."""
@@ -177,6 +188,8 @@ class Up:
         network and closes the socket."""
         udp = UdpEndpoint.bind(self.config.listen)
         plan = host_plan(self.config)
+        if self.config.prepared_taps:
+            plan = dataclasses.replace(plan, state_dir=self.run_dir)
         if user is not None:
             plan = dataclasses.replace(plan, owner=(user.uid, user.gid))
         try:
@@ -226,7 +239,8 @@ class Up:
                 from bridger.status.metrics import start_metrics_server
 
                 start_metrics_server(self.config.metrics, daemon.snapshot)
-            if self.run_dir == self.config.state_dir and not self.config.prepared_taps:
+            if self.run_dir == self.config.state_dir and not self.config.prepared_taps \
+                    and os.geteuid() != 0:
                 # Not split (CAP_NET_ADMIN without root): keep that one alone.
                 drop_privileges()
             await serve_tasks(daemon, console, self.live, self.run_dir)
@@ -255,6 +269,36 @@ class Up:
                     make_port=ports.make_prepared, on_config=daemon.set_config,
                     run_dir=self.run_dir)
         return daemon, live
+
+
+#: Where the default state directories live (``default_state_dir``).
+DEFAULT_RUN_DIR = str(default_state_dir("x").parent)
+
+
+def run_prepare(config: UpConfig, add_taps: bool = False) -> str:
+    """`bridger prepare`: as root, set the host up for an unprivileged `bridger
+    up --prepared-taps` (systemd's ``ExecStartPre=+``): the bridge, the NIC
+    moved, one persistent tap per peer owned by the service user, all
+    journaled for `bridger down`; the service user's directory in the state
+    directory. ``add_taps`` (``ExecReload=+``): only the taps of peers the
+    config gained. Returns the line to print."""
+    user, created = ensure_user(config.user)
+    plan = dataclasses.replace(host_plan(config), owner=(user.uid, user.gid), persist=True)
+    made = f"created the service user {user.name}; " if created else ""
+    if add_taps:
+        added = add_prepared_taps(plan)
+        return f"prepared: {made}" + (f"added taps {', '.join(added)}" if added
+                                      else "no new tap")
+    with StopSignals() as stop:
+        set_up_host(plan, interrupted=stop.check).leave()
+    prepare_worker_dir(config.state_dir, user)
+    parent = config.state_dir.parent
+    if parent == Path(DEFAULT_RUN_DIR):  # made 0700 under the unit's UMask: the user passes
+        parent.chmod(0o755)
+    taps = ", ".join(t.name for t in plan.taps)
+    return (f"prepared: {made}{config.lan} in bridge {config.bridge}, taps {taps} owned by "
+            f"{user.name}; now `bridger up --prepared-taps` as {user.name}; `bridger down` "
+            "undoes it")
 
 
 def host_plan(config: UpConfig) -> HostPlan:

@@ -268,3 +268,68 @@ def test_prepared_taps_run_without_any_privilege(lab: Lab, user: tuple[int, int]
         a.kill()
         b.kill()
         subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def test_the_units_flow_prepare_unprivileged_up_reload_down(
+        lab: Lab, user: tuple[int, int]) -> None:
+    """The command lines of configs/systemd/bridger@.service, in order:
+    `prepare` (root), `up --prepared-taps` (the user, no privilege), a reload
+    (`prepare --add-taps` as root, then SIGHUP), a SIGKILL of the daemon, and
+    `down` (root) restores gwA exactly."""
+    uid, gid = user
+    work = Path(tempfile.mkdtemp(prefix="bridger-unit-"))
+    work.chmod(0o755)
+    try:
+        a, b = Site(lab, work, "a"), Site(lab, work, "b")
+        a.write([b.entry()])
+        b.write([a.entry()])
+        os.chown(a.key_path, uid, gid)  # as `bridger init` leaves it
+        before = lab.run("gwA", "ip", "-j", "addr").stdout
+        prepare = lab.run("gwA", *BRIDGER, "prepare", "--config", str(a.config), cwd=REPO)
+        assert "prepared:" in prepare.stdout, prepare
+        assert tap_owner(lab, "gwA", "b") == uid
+        with a.log.open("ab") as out:
+            a.proc = lab.popen("gwA", sys.executable, "-c", AS_USER, USER, "up", "--config",
+                               str(a.config), "--prepared-taps", cwd=REPO, stdout=out,
+                               stderr=subprocess.STDOUT)
+        b.start()
+        b1 = host_address(lab, "hostB1")
+        wait_ping(lab, "hostA1", b1, within=20)
+        assert a.proc is not None
+        assert_unprivileged(a.proc.pid, uid, bounding_empty=False)
+        status = subprocess.run([*BRIDGER, "status", "--json", "--state-dir",
+                                 str(a.dir / "state")], capture_output=True, text=True,
+                                timeout=10, check=True)
+        assert json.loads(status.stdout)["peers"][0]["state"] == "up"
+
+        other = encode_key(public_key(generate_private_key()))
+        a.write([b.entry(), {"name": "c", "public_key": other}])
+        added = lab.run("gwA", *BRIDGER, "prepare", "--config", str(a.config), "--add-taps",
+                        cwd=REPO)
+        assert "added taps c" in added.stdout, added
+        since = a.reload()
+        a.wait_log("reload: added c", since)
+        wait_ping(lab, "hostA1", b1, within=10)
+
+        a.proc.kill()  # a crash, or the watchdog's kill: ExecStopPost replays the journal
+        a.proc.wait(10)
+        down = lab.run("gwA", *BRIDGER, "down", "--config", str(a.config), cwd=REPO)
+        assert "restored" in down.stdout, down
+        links = {link["ifname"] for link in
+                 json.loads(lab.run("gwA", "ip", "-j", "link").stdout)}
+        assert not {"b", "c", "bridger0"} & links
+        assert lab.run("gwA", "ip", "-j", "addr").stdout == before or \
+            _same_addresses(before, lab.run("gwA", "ip", "-j", "addr").stdout)
+        assert b.stop() == 0
+    finally:
+        a.kill()
+        b.kill()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def _same_addresses(before: str, after: str) -> bool:
+    def addrs(text: str) -> dict[str, list[str]]:
+        return {link["ifname"]: sorted(f"{a['local']}/{a['prefixlen']}"
+                                       for a in link.get("addr_info", []))
+                for link in json.loads(text)}
+    return addrs(before) == addrs(after)
