@@ -209,6 +209,12 @@ class Monitor:
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
+    def drop(self) -> None:
+        """Keep CAP_NET_ADMIN (the host network) and CAP_KILL (to pass signals
+        to a process of another user), with no_new_privs. Capabilities are per
+        thread: call it while this is the only thread (the log writer stopped)."""
+        drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
+
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
         with contextlib.suppress(OSError):
@@ -452,9 +458,6 @@ def split(host: HostSession, user: ServiceUser, config: Any,
     pid = os.fork()
     if pid:
         theirs.close()
-        # The monitor keeps CAP_NET_ADMIN (the host network) and CAP_KILL (to
-        # pass signals to a process of another user).
-        drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
         return Split(monitor=Monitor(host, mine, pid, config, reread, read_keys))
     mine.close()
     taps = host.detach()

@@ -140,6 +140,9 @@ class Up:
                 if user is not None:  # root: split into the monitor and the data plane
                     side = split(host, user, self.config, self.reread, read_keys)
                     if side.monitor is not None:
+                        shutdown_logging()  # its thread would keep root's capabilities
+                        side.monitor.drop()
+                        setup_logging(False)
                         return side.monitor.outcome(side.monitor.run())
                     assert side.host is not None
                     host, self.run_dir = side.host, Path(".")

@@ -127,9 +127,11 @@ def test_root_start_splits_reload_under_traffic_and_status(
 
         threads = assert_unprivileged(worker, uid)
         assert threads >= 2  # trio's and the native lane's at least
-        mon = process_status(monitor)
-        assert mon["Uid"].split()[0] == "0" and mon["NoNewPrivs"] == "1"
-        assert int(mon["CapEff"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL)
+        for tid in os.listdir(f"/proc/{monitor}/task"):  # capabilities are per thread
+            mon = process_status(f"{monitor}/task/{tid}")
+            assert mon["Uid"].split()[0] == "0" and mon["NoNewPrivs"] == "1", tid
+            assert int(mon["CapEff"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL), tid
+            assert int(mon["CapBnd"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL), tid
         assert tap_owner(lab, "gwA", "b") == uid
 
         status = subprocess.run([*BRIDGER, "status", "--json", "--state-dir",
