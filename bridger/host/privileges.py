@@ -1,11 +1,17 @@
-"""Drop every capability the running daemon no longer needs.
+"""Privileges: the capabilities a process keeps, and the service user it becomes.
 
-After :func:`bring_up` the daemon only reads/writes the tap fd and its UDP
-socket, which need no privilege. Restoring the network needs CAP_NET_ADMIN
-(netlink changes through the session's already-open socket) and write access
-to the state directory (root owns it, so plain uid 0 suffices). So we keep
-CAP_NET_ADMIN alone, in the bounding, permitted and effective sets, clear
-ambient and inheritable, and set no_new_privs so no exec can regain anything.
+:func:`drop_privileges` keeps a few capabilities (bounding, permitted and
+effective sets; ambient and inheritable cleared) and sets no_new_privs: the
+privileged monitor of ``bridger.host.privsep`` keeps CAP_NET_ADMIN (the host
+network) and CAP_KILL (signals to the data plane), and a daemon started with
+CAP_NET_ADMIN but not as root keeps that one. Capabilities are per thread:
+call it while the process has one thread.
+
+:func:`drop_to_user` is the data plane's drop: the service user
+(:class:`ServiceUser`, made by :func:`ensure_user` if missing) in every uid and
+gid slot, no capability in any set, no_new_privs. :func:`lock_down` is the same
+for a process that starts unprivileged (prepared taps). docs/security.md says
+what each part may do.
 """
 
 from __future__ import annotations
