@@ -206,6 +206,7 @@ class Monitor:
         self.read_keys = read_keys
         self.allowed, self.isolated = taps_of(config)
         self.refused = 0  # requests refused as invalid (counted, one log line each)
+        self._stopping = False  # a stop signal was passed on
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -220,9 +221,13 @@ class Monitor:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"!")
 
-    def run(self) -> int:
-        """Serve the worker until it exits; its wait status."""
+    def run(self, received: list[signal.Signals] | None = None) -> int:
+        """Serve the worker until it exits; its wait status. ``received``: stop
+        signals that came after the fork and before this (``StopSignals``
+        recorded them): passed on first, so none is lost."""
         old = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
+        for sig in received or ():
+            self._on_signal(sig, None)
         pidfd = os.pidfd_open(self.worker)
         try:
             return self._loop(pidfd)
@@ -249,7 +254,12 @@ class Monitor:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
                 while self._signals:
-                    self._kill(self._signals.pop(0))
+                    sig = self._signals.pop(0)
+                    if sig == signal.SIGHUP or not self._stopping:
+                        self._stopping = self._stopping or sig != signal.SIGHUP
+                        self._kill(sig)
+                    # A second SIGTERM/SIGINT is not passed on: the data plane is
+                    # stopping already, and the host is restored once it has.
             if self.sock.fileno() in ready and not hung_up:
                 if not self._serve_one():
                     hung_up = True
@@ -460,6 +470,9 @@ def split(host: HostSession, user: ServiceUser, config: Any,
         theirs.close()
         return Split(monitor=Monitor(host, mine, pid, config, reread, read_keys))
     mine.close()
+    # Its own process group: a terminal's Ctrl-C reaches the monitor alone,
+    # which passes it on once.
+    os.setpgid(0, 0)
     taps = host.detach()
     os.chdir(run_dir)
     worker = WorkerHost(MonitorClient(theirs), taps, host.bridge_name, host.storm is not None)

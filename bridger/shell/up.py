@@ -143,7 +143,7 @@ class Up:
                         shutdown_logging()  # its thread would keep root's capabilities
                         side.monitor.drop()
                         setup_logging(False)
-                        return side.monitor.outcome(side.monitor.run())
+                        return side.monitor.outcome(side.monitor.run(stop.received))
                     assert side.host is not None
                     host, self.run_dir = side.host, Path(".")
                     console = self.sandbox(user, side.monitor_pid)
