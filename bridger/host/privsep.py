@@ -297,6 +297,11 @@ class Monitor:
             log.warning("monitor: refused a request of the data plane: %s", exc)
             self._reply_error(str(exc))
             return True
+        except Exception as exc:  # the monitor must outlive any one request
+            log.warning("monitor: a request of the data plane failed: %s: %s",
+                        type(exc).__name__, exc)
+            self._reply_error(f"{type(exc).__name__}: {exc}")
+            return True
         with contextlib.suppress(OSError):
             _send(self.sock, reply, out_fds)
         return True
@@ -342,7 +347,10 @@ class Monitor:
         if os.WIFEXITED(status):
             return os.WEXITSTATUS(status)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
         raise HostError(f"the data plane (pid {self.worker}) was killed by {name}; "
                         "host network restored")
 
