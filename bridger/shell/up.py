@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bridger.config import UpConfig, default_state_dir
+from bridger.config import DEFAULT_USER, UpConfig, default_state_dir
 from bridger.errors import BridgerError
 from bridger.host import HostPlan, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
@@ -156,9 +156,11 @@ class Up:
 
     def service_user(self) -> ServiceUser | None:
         """The user the data plane becomes: when started as root (and the taps
-        are not prepared); made if missing, with one log line."""
+        are not prepared); the default one is made if missing (one line)."""
         if self.config.prepared_taps or os.geteuid() != 0:
             return None
+        if self.config.user != DEFAULT_USER:  # a typo must not create an account
+            return ServiceUser.lookup(self.config.user)
         user, created = ensure_user(self.config.user)
         if created:
             print(f"bridger: created the service user {user.name} (uid {user.uid})",
