@@ -185,10 +185,6 @@ def parse_request_untrusted(data: bytes) -> tuple[Request, str | None]:
 
 # -- the monitor (root) -----------------------------------------------------------
 
-#: The monitor's own view of a configuration: which taps it names, in which mode.
-TapsOf = Callable[[Any], tuple[frozenset[str], bool]]
-
-
 def taps_of(config: Any) -> tuple[frozenset[str], bool]:
     """(tap names, isolated) of an ``UpConfig``."""
     return frozenset(p.tap for p in config.peers), config.mode == "mesh"
@@ -338,8 +334,9 @@ class Monitor:
             raise ConfigError("bridger was started without a way to read its config again")
         config = self.reread()
         private, psks = self.read_keys(config)
-        allowed, _ = taps_of(config)
-        self.allowed = self.allowed | allowed  # the running taps stay removable
+        # Only taps of the configuration now in force may be made (removing
+        # checks the session's own taps instead).
+        self.allowed, _ = taps_of(config)
         return pickle.dumps(("ok", (config, private, psks))), ()
 
     def outcome(self, status: int) -> int:
