@@ -121,14 +121,18 @@ def prepare_worker_dir(state_dir: Path, user: ServiceUser) -> Path:
         if st.st_uid != user.uid or st.st_gid != user.gid:
             os.chown(path, user.uid, user.gid, follow_symlinks=False)
         os.chmod(path, 0o700)
-        link = state_dir / CONTROL_LINK
-        target = f"{WORKER_DIR}/{CONTROL_LINK}"
+    except OSError as exc:
+        raise HostError(f"cannot prepare {path} for user {user.name}: {exc.strerror}") from exc
+    link = state_dir / CONTROL_LINK
+    target = f"{WORKER_DIR}/{CONTROL_LINK}"
+    try:
         if not (link.is_symlink() and os.readlink(link) == target):
             with contextlib.suppress(FileNotFoundError):
                 link.unlink()
             os.symlink(target, link)
     except OSError as exc:
-        raise HostError(f"cannot prepare {path} for user {user.name}: {exc.strerror}") from exc
+        raise HostError(f"cannot link the control socket {link} to {target}: "
+                        f"{exc.strerror}") from exc
     return path
 
 
@@ -340,7 +344,8 @@ class Monitor:
         return pickle.dumps(("ok", (config, private, psks))), ()
 
     def outcome(self, status: int) -> int:
-        """The monitor's exit code for the worker's wait status (it is restoring next)."""
+        """The monitor's exit code for the worker's wait status (it is restoring
+        next), or the error for a data plane killed by a signal."""
         if os.WIFEXITED(status):
             return os.WEXITSTATUS(status)
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
@@ -348,8 +353,8 @@ class Monitor:
             name = signal.Signals(sig).name
         except ValueError:
             name = f"signal {sig}"
-        raise HostError(f"the data plane (pid {self.worker}) was killed by {name}; "
-                        "host network restored")
+        # `bridger up` adds "; host network restored" once it is.
+        raise HostError(f"the data plane (pid {self.worker}) was killed by {name}")
 
 
 # -- the worker (unprivileged) ------------------------------------------------------

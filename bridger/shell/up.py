@@ -98,6 +98,14 @@ def run_up(config: UpConfig, reread: Callable[[], UpConfig] | None = None) -> in
         shutdown_logging()  # the last lines are written before the CLI's own error line
 
 
+class _MonitorDone(Exception):  # a way out, not an error
+    """The monitor's run is over: its exit code (the host is restored next)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Checked:
     """What the check phase read: the keys, and the native extension (or None)."""
@@ -135,24 +143,38 @@ class Up:
             user = self.service_user()
             console = setup_logging(self.config.dashboard and sys.stdout.isatty())
             with self.bring_up(stop, user) as (udp, host):
-                if user is not None or self.config.prepared_taps:
-                    self.notifier.connect()  # its path may be out of the data plane's reach
-                if user is not None:  # root: split into the monitor and the data plane
-                    side = split(host, user, self.config, self.reread, read_keys)
-                    if side.monitor is not None:
-                        shutdown_logging()  # its thread would keep root's capabilities
-                        side.monitor.drop()
-                        setup_logging(False)
-                        return side.monitor.outcome(side.monitor.run(stop.received))
-                    assert side.host is not None
-                    host, self.run_dir = side.host, Path(".")
-                    console = self.sandbox(user, side.monitor_pid)
-                elif self.config.prepared_taps:
-                    console = self.sandbox(None)
+                try:
+                    host, console = self.separate(stop, user, host, console)
+                except _MonitorDone as done:
+                    return done.code
+                except BridgerError as exc:
+                    return outcome(exc)  # raises; leaving bring_up restores the host
                 failure = self.serve(stop, checked, udp, host, console)
                 if stop.first is not None:
                     log.info("%s: stopping and restoring the host network", stop.first.name)
         return outcome(failure)
+
+    def separate(self, stop: StopSignals, user: ServiceUser | None, host: Any,
+                 console: Any) -> tuple[Any, Any]:
+        """The drop: as root, split into the monitor (which serves the data plane
+        here until it ends: ``_MonitorDone``) and the data plane (which goes on,
+        sandboxed); with prepared taps, only the sandbox. The data plane's
+        host and console."""
+        if user is not None or self.config.prepared_taps:
+            self.notifier.connect()  # its path may be out of the data plane's reach
+        if user is not None:
+            side = split(host, user, self.config, self.reread, read_keys)
+            if side.monitor is not None:
+                shutdown_logging()  # its thread would keep root's capabilities
+                side.monitor.drop()
+                setup_logging(False)
+                raise _MonitorDone(side.monitor.outcome(side.monitor.run(stop.received)))
+            assert side.host is not None
+            self.run_dir = Path(".")
+            return side.host, self.sandbox(user, side.monitor_pid)
+        if self.config.prepared_taps:
+            return host, self.sandbox(None)
+        return host, console
 
     def service_user(self) -> ServiceUser | None:
         """The user the data plane becomes: when started as root (and the taps
