@@ -8,6 +8,7 @@ on stderr and exit code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,6 +69,8 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
         "priority": args.priority,
         "group_key": args.group_key,
         "ha_follow": args.ha_follow,
+        "user": args.user,
+        "prepared_taps": args.prepared_taps,
     }
 
 
@@ -80,6 +83,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from bridger.daemon import run_up
 
     return run_up(config, lambda: build_up_config(values, path))
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from bridger.config import build_up_config
+    from bridger.shell.up import run_prepare
+
+    path = Path(args.config) if args.config else None
+    print(run_prepare(build_up_config(up_values(args), path), add_taps=args.add_taps))
+    return 0
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -106,12 +118,45 @@ def _cmd_init(args: argparse.Namespace) -> int:
         config_note = "exists, left unchanged; a skeleton to compare with follows"
     except OSError as exc:
         config_note = f"not written ({exc.strerror or exc}); the skeleton follows"
-    print(f"private key: {key_path} (new, mode 0600)")
+    owner = ""
+    if os.geteuid() == 0:
+        # The service's daemon runs as this user and reads the key itself.
+        from bridger.host.privileges import ensure_user
+
+        user, created = ensure_user(args.user)
+        os.chown(key_path, user.uid, user.gid)
+        owner = f", owned by {user.name}"
+        print(f"service user: {user.name} (uid {user.uid}, {'new' if created else 'exists'})")
+    print(f"private key: {key_path} (new, mode 0600{owner})")
     print(f"public key:  {public}")
     print(f"config:      {config_path} ({config_note})")
+    if args.unit_dir:
+        print(f"unit:        {_install_unit(Path(args.unit_dir))}")
     print()
     print(skeleton, end="")
     return 0
+
+
+#: The systemd unit shipped beside the package (configs/systemd).
+UNIT_NAME = "bridger@.service"
+
+
+def _install_unit(directory: Path) -> str:
+    source = Path(__file__).resolve().parent.parent / "configs" / "systemd" / UNIT_NAME
+    try:
+        text = source.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the unit {source}: {exc.strerror or exc}") from None
+    target = directory / UNIT_NAME
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot install the unit: {exc.strerror or exc}") from None
+    return f"{target} (run `systemctl daemon-reload`, then `systemctl enable --now bridger@NAME`)"
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -162,26 +207,9 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError("must be an integer") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bridger",
-        description="Layer-2 site-to-site bridge over an authenticated, encrypted UDP link.",
-    )
-    parser.add_argument("--version", action="version", version=f"bridger {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    p = sub.add_parser("genkey", help="print a new X25519 private key (base64)")
-    p.set_defaults(func=_cmd_genkey)
-    p = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
-    p.set_defaults(func=_cmd_pubkey)
-
-    p = sub.add_parser("init", help="make this site's key and a bridger.toml skeleton")
-    p.add_argument("--dir", metavar="DIR",
-                   help="where to write private.key and bridger.toml (/etc/bridger)")
-    p.set_defaults(func=_cmd_init)
-
+def _up_options(p: argparse.ArgumentParser) -> None:
+    """The options of `up` (and of `prepare`, which reads the same configuration)."""
     on_off = argparse.BooleanOptionalAction
-    p = sub.add_parser("up", help="bridge a LAN NIC to the peer sites")
     p.add_argument("--config", metavar="FILE",
                    help="TOML file with any of these options (/etc/bridger/bridger.toml if it"
                         " exists)")
@@ -216,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tap offloads, TSO superframes (on); off: one frame per read")
     p.add_argument("--data-path", metavar="PATH", choices=("auto", "native", "python"),
                    help="per-packet code: auto (native when built), native, python")
+    p.add_argument("--user", metavar="NAME",
+                   help="run the data plane as this unprivileged user when started as root"
+                        " (bridger)")
+    p.add_argument("--prepared-taps", action=on_off,
+                   help="the taps exist, owned by this user and enslaved by hand: touch nothing"
+                        " on the host, need no privilege (off)")
     g = p.add_argument_group("guards (docs/guard.md)")
     g.add_argument("--loop-protection", action=on_off,
                    help="detect loops through the LANs and block the peer they run through (on)")
@@ -240,7 +274,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the site's shared group key (authenticates the election)")
     h.add_argument("--ha-follow", metavar="FILE",
                    help="follow this state file (keepalived: MASTER/BACKUP) instead of electing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridger",
+        description="Layer-2 site-to-site bridge over an authenticated, encrypted UDP link.",
+    )
+    parser.add_argument("--version", action="version", version=f"bridger {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("genkey", help="print a new X25519 private key (base64)")
+    p.set_defaults(func=_cmd_genkey)
+    p = sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    p.set_defaults(func=_cmd_pubkey)
+
+    p = sub.add_parser("init", help="make this site's key and a bridger.toml skeleton")
+    p.add_argument("--dir", metavar="DIR",
+                   help="where to write private.key and bridger.toml (/etc/bridger)")
+    p.add_argument("--user", metavar="NAME", default="bridger",
+                   help="as root: the service user to create; it owns the key (bridger)")
+    p.add_argument("--unit-dir", metavar="DIR",
+                   help="also install the systemd unit bridger@.service there"
+                        " (/etc/systemd/system)")
+    p.set_defaults(func=_cmd_init)
+
+    p = sub.add_parser("up", help="bridge a LAN NIC to the peer sites")
+    _up_options(p)
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("prepare", help="as root, set the host up for an unprivileged "
+                                       "`up --prepared-taps` (systemd's ExecStartPre=+)")
+    _up_options(p)
+    p.add_argument("--add-taps", action="store_true",
+                   help="only add the taps of peers new in the config (a reload)")
+    p.set_defaults(func=_cmd_prepare)
 
     for name, func, text in (
         ("down", _cmd_down, "undo what a crashed `up` left behind"),

@@ -38,6 +38,8 @@ DEFAULT_BRIDGE = "bridger0"
 DEFAULT_TAP = "bridger-tap0"
 DEFAULT_PERSISTENT_KEEPALIVE = 25.0
 DEFAULT_MODE = "mesh"
+#: The service user the data plane runs as (docs/security.md).
+DEFAULT_USER = "bridger"
 MODES = ("mesh", "hub")
 #: ``data_path``: "auto" runs the native per-packet path when it is built
 #: (bridger.native), else the pure-Python one; "native" requires it.
@@ -124,6 +126,12 @@ class UpConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     #: Two gateways per site (None: this gateway forwards alone).
     ha: HaSettings | None = None
+    #: The unprivileged account the data plane runs as when started as root
+    #: (docs/security.md).
+    user: str = DEFAULT_USER
+    #: The taps exist already, the service user's and enslaved by the
+    #: administrator: `up` touches nothing on the host and needs no privilege.
+    prepared_taps: bool = False
 
 
 # One row per setting outside [[peers]]: (TOML section, TOML key, command-line
@@ -155,6 +163,8 @@ SETTINGS: tuple[tuple[str, str, str, str], ...] = (
     ("local", "priority", "--priority", "priority"),
     ("local", "group_key", "--group-key", "group_key"),
     ("local", "ha_follow", "--ha-follow", "ha_follow"),
+    ("local", "user", "--user", "user"),
+    ("local", "prepared_taps", "--prepared-taps", "prepared_taps"),
     ("peer", "host", "--peer", "peer_host"),
     ("peer", "port", "--peer", "peer_port"),
     ("peer", "public_key", "--peer-key", "peer_public_key"),
@@ -219,6 +229,14 @@ def _check_host(value: Any, where: str) -> str:
         return value
     if not _HOSTNAME.match(value):
         raise ConfigError(f"{where}: {value!r} is not a valid host name or address")
+    return value
+
+
+def _check_user(value: Any, where: str) -> str:
+    if (not isinstance(value, str) or not 1 <= len(value) <= 32
+            or not all(c.isascii() and (c.isalnum() or c in "_-.") for c in value)
+            or value[0] == "-"):
+        raise ConfigError(f"{where}: must be a user name (letters, digits, '_', '-', '.')")
     return value
 
 
@@ -565,7 +583,9 @@ def build_up_config(
         out["state_dir"] = default_state_dir(bridge)
     if "wan_mtu" in given:
         out["wan_mtu"] = _check_mtu(given["wan_mtu"].value, where("wan_mtu"))
-    for fld in ("stp", "dashboard", "offload"):
+    if "user" in given:
+        out["user"] = _check_user(given["user"].value, where("user"))
+    for fld in ("stp", "dashboard", "offload", "prepared_taps"):
         if fld in given:
             out[fld] = _check_bool(given[fld].value, where(fld))
     if "data_path" in given:
@@ -574,6 +594,9 @@ def build_up_config(
         out["metrics"] = _check_metrics(given["metrics"].value, where("metrics"))
     out["guard"] = _guard_config(given, where)
     out["ha"] = _ha_settings(given, where, out.get("stp", False))
+    if out["ha"] is not None and out.get("prepared_taps"):
+        raise ConfigError(f"{where('site')}: two gateways per site need the privileged "
+                          "start (not prepared_taps) for now: docs/security.md")
 
     if "peers" in data:
         assert config_path is not None

@@ -43,7 +43,7 @@ from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.storm import KernelStorm, NftError, StormBudget
-from bridger.host.tap import open_tap
+from bridger.host.tap import open_tap, set_owner, set_persistent
 
 log = logging.getLogger("bridger")
 
@@ -84,6 +84,11 @@ class HostPlan:
     #: Each tap's flood budget, enforced in the kernel before its queue (the
     #: guard's; None: no kernel storm control).
     storm: StormBudget | None = None
+    #: (uid, gid) the taps are given to (TUNSETOWNER/TUNSETGROUP), so the
+    #: unprivileged data plane may use them (None: root's).
+    owner: tuple[int, int] | None = None
+    #: Persistent taps (TUNSETPERSIST): they outlive this process (`bridger prepare`).
+    persist: bool = False
     tap: InitVar[str | None] = None
 
     def __post_init__(self, tap: str | None) -> None:
@@ -186,6 +191,10 @@ class HostSession:
         """Open ``tap``, enslave it with the NIC's MTU, flag it; the record is journaled."""
         fd, actual = open_tap(tap.name, vnet=self.plan.offload, netns=self.plan.netns)
         self.taps[actual] = fd
+        if self.plan.owner is not None:
+            set_owner(fd, actual, *self.plan.owner)
+        if self.plan.persist:
+            set_persistent(fd, actual)
         nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name,
                                         "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
@@ -279,6 +288,33 @@ class HostSession:
     def _release(self) -> None:
         self._ipr.close()
         self._lock.release()
+
+    def leave(self) -> None:
+        """Keep every change and end this session without restoring (`bridger
+        prepare`: the taps are persistent, the journal stays for `bridger down`)."""
+        self._restored = True
+        for fd in self.taps.values():
+            os.close(fd)
+        self.taps.clear()
+        self._release()
+
+    def detach(self) -> dict[str, int]:
+        """In the forked data plane (``bridger.host.privsep``): give up the
+        netlink socket, the lock and the journal, which stay the monitor's, and
+        never restore from here; returns the tap fds, now this process's."""
+        self._restored = True
+        # Not IPRoute.close(): the monitor shares its sockets. The netlink fd is
+        # pointed at /dev/null instead, so this process holds no root-opened
+        # netlink socket (and the number is never reused under pyroute2's feet).
+        with contextlib.suppress(OSError, AttributeError):
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.dup2(null, self._ipr.fileno())
+            finally:
+                os.close(null)
+        self._lock.release()
+        taps, self.taps = dict(self.taps), {}
+        return taps
 
     def __enter__(self) -> HostSession:
         return self
@@ -466,6 +502,37 @@ def _apply(
         step(f"add route {nl.describe_route(moved)}",
              {"op": "del_route", "route": moved},
              lambda moved=moved: nl.add_route(ipr, moved))  # type: ignore[misc]
+
+
+def add_prepared_taps(plan: HostPlan) -> list[str]:
+    """`bridger prepare --add-taps` (a reload of the unprivileged service): the
+    planned taps that the journal in ``plan.state_dir`` does not have yet are
+    created as at start (persistent, the service user's, enslaved, journaled);
+    returns their names."""
+    lock = StateLock(plan.state_dir)
+    try:
+        journal = Journal.load(plan.state_dir)
+        if journal is None:
+            raise HostError(f"nothing prepared in {plan.state_dir}: run `bridger prepare` first")
+        ipr = nl.open_ipr(plan.netns)
+    except BaseException:
+        lock.release()
+        raise
+    session = HostSession(plan, ipr, lock, journal)
+    try:
+        session.mtu = nl.require_link(ipr, plan.bridge).mtu
+        if plan.storm is not None and any(r.get("op") == nft.UNDO_OP for r in journal.records):
+            session.storm = KernelStorm(plan.bridge, plan.storm, plan.netns)
+        known = {r.get("ifname") for r in journal.records
+                 if r.get("op") == "del_link" and r.get("kind") == TAP_KIND}
+        added = []
+        for tap in plan.taps:
+            if tap.name not in known:
+                session.add_tap(tap)
+                added.append(tap.name)
+        return added
+    finally:
+        session.leave()
 
 
 def bring_down(state_dir: Path) -> str:

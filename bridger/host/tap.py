@@ -34,6 +34,9 @@ IFF_VNET_HDR = 0x4000  # every read/write carries a struct virtio_net_hdr
 TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
 TUNGETIFF = 0x800454D2  # _IOR('T', 210, unsigned int)
 TUNSETVNETHDRSZ = 0x400454D8  # _IOW('T', 216, int)
+TUNSETPERSIST = 0x400454CB  # _IOW('T', 203, int)
+TUNSETOWNER = 0x400454CC  # _IOW('T', 204, int)
+TUNSETGROUP = 0x400454CE  # _IOW('T', 206, int)
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
@@ -78,6 +81,66 @@ def open_tap(name: str, *, vnet: bool, netns: str | None = None) -> tuple[int, s
             raise HostError(f"cannot create tap {name}: {why}") from exc
     actual = _IFREQ.unpack(out)[0].rstrip(b"\0").decode()
     return fd, actual
+
+
+def set_persistent(fd: int, name: str) -> None:
+    """Keep the tap when its last fd closes (TUNSETPERSIST, as ``tunctl`` and
+    ``ip tuntap add`` make them): for `bridger prepare`, whose taps outlive it
+    and are attached to later by the unprivileged daemon. Deleted by the
+    journal's undo (`bridger down`) like any tap."""
+    try:
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        raise HostError(f"cannot make tap {name} persistent: {exc.strerror}") from exc
+
+
+def set_owner(fd: int, name: str, uid: int, gid: int) -> None:
+    """Make the tap ``uid``'s and ``gid``'s (TUNSETOWNER/TUNSETGROUP, as
+    ``ip tuntap add ... user U group G``): that user may attach to it without
+    privileges; the fd itself is handed over too (``bridger.host.privsep``)."""
+    try:
+        fcntl.ioctl(fd, TUNSETOWNER, uid)
+        fcntl.ioctl(fd, TUNSETGROUP, gid)
+    except OSError as exc:
+        raise HostError(f"cannot give tap {name} to uid {uid}: {exc.strerror}") from exc
+
+
+SYS_CLASS_NET = "/sys/class/net"
+
+
+def attach_tap(name: str, *, vnet: bool) -> tuple[int, str]:
+    """Open the existing, prepared tap ``name`` (prepared-taps mode: made by the
+    administrator, e.g. ``ip tuntap add mode tap user bridger name NAME``,
+    and enslaved to the bridge). Never creates one: a missing tap, or one that
+    is not this user's, is a one-line error."""
+    base = os.path.join(SYS_CLASS_NET, name)
+    if not os.path.exists(base):
+        raise HostError(f"tap {name} does not exist; prepare it with `ip tuntap add mode tap "
+                        f"user {_user_name()} name {name}` and enslave it to the bridge")
+    if not os.path.exists(os.path.join(base, "tun_flags")):
+        raise HostError(f"{name} is not a tap device")
+    try:
+        return open_tap(name, vnet=vnet)
+    except HostError as exc:
+        raise HostError(f"{exc} (is tap {name} owned by {_user_name()}? "
+                        f"`ip tuntap add mode tap user {_user_name()} name {name}`)") from exc
+
+
+def tap_master(name: str) -> str | None:
+    """The name of the bridge ``name`` is a port of (sysfs), or None."""
+    try:
+        return os.path.basename(os.readlink(os.path.join(SYS_CLASS_NET, name, "master")))
+    except OSError:
+        return None
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def tap_flags(fd: int) -> int:

@@ -34,13 +34,15 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
 
 import trio
 
 from bridger.config import PeerSettings, UpConfig
 from bridger.errors import BridgerError
-from bridger.host import HostSession, TapPlan
-from bridger.host.storm import KernelStorm, NftError
+from bridger.host import TapPlan
+from bridger.host.storm import NftError
 from bridger.protocol import Address, Device, DeviceConfig, Output, Peer
 from bridger.service.endpoints import EndpointBook, remember_task
 from bridger.service.notify import Notifier
@@ -67,7 +69,31 @@ TIMER_SLACK = 1.0
 KERNEL_COUNTERS_INTERVAL = 1.0
 
 
-async def kernel_counters_task(storm: KernelStorm) -> None:
+class StormCounters(Protocol):
+    """The kernel's storm drops per tap (``KernelStorm``, or the monitor's copy)."""
+
+    drops: dict[str, int]
+
+    def read(self) -> None: ...
+
+
+class TapHost(Protocol):
+    """What the running daemon asks of the host: a ``HostSession``, the data
+    plane's stand-in that asks the privileged monitor (``WorkerHost``), or the
+    prepared taps (``PreparedHost``)."""
+
+    taps: dict[str, int]
+    bridge_name: str
+
+    @property
+    def storm(self) -> StormCounters | None: ...
+
+    def add_tap(self, tap: TapPlan) -> int: ...
+
+    def remove_tap(self, name: str) -> None: ...
+
+
+async def kernel_counters_task(storm: StormCounters) -> None:
     """Keep ``storm.drops`` current (an ``nft`` run in a worker thread, once a
     second); a failure is logged once and the last values stay."""
     failing = False
@@ -114,12 +140,14 @@ class Live:
         private: bytes,
         psks: Psks,
         fwd: Forwarder,
-        host: HostSession,
+        host: TapHost,
         notifier: Notifier,
         *,
         reread: Callable[[], UpConfig] | None,
         make_port: Callable[[Peer, str, int], Port],
         on_config: Callable[[UpConfig], object],
+        read_keys: Callable[[UpConfig], tuple[bytes, Psks]] = read_keys,
+        run_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.private = private
@@ -132,7 +160,12 @@ class Live:
         # peer name, so a peer re-created on its tap keeps counting; fast-path flags).
         self.make_port = make_port
         self.on_config = on_config  # status views follow the running config
-        self.book = EndpointBook(config.state_dir, keep=[p.public_key for p in config.peers])
+        # The data plane split from its monitor cannot read root's key files:
+        # the monitor reads them with the config (``bridger.host.privsep``).
+        self.read_keys = read_keys
+        # The state directory, or the data plane's own directory in it.
+        self.book = EndpointBook(config.state_dir if run_dir is None else run_dir,
+                                 keep=[p.public_key for p in config.peers])
         self._nursery: trio.Nursery | None = None
         self._peer_tasks: dict[str, _Tasks] = {}
         self._socket_task: _Tasks | None = None
@@ -241,7 +274,7 @@ class Live:
         try:
             try:
                 new = self.reread()
-                private, psks = read_keys(new)
+                private, psks = self.read_keys(new)
                 plan = plan_reload(self.config, new, self.private, private,
                                    old_psks=self.psks, new_psks=psks)
                 if self.fwd.lane is not None:

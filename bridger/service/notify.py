@@ -81,6 +81,7 @@ class Notifier:
         self.sent = 0
         self.errors = 0
         self._sock: socket.socket | None = None
+        self._connected = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
@@ -149,10 +150,30 @@ class Notifier:
         """One keep-alive ping (``WATCHDOG=1``)."""
         return self.send(WATCHDOG=1)
 
+    def connect(self) -> None:
+        """Connect to the manager's socket now, while its path can be reached
+        (before the data plane gives up root: ``/run/systemd/notify`` is
+        root's); later sends go over this connection. A failure is counted and
+        logged once, as a send would be; sends then try ``sendto`` as before."""
+        if self.address is None or self._connected:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self.address)
+        except OSError as exc:
+            sock.close()
+            self.errors += 1
+            log.warning("cannot notify the service manager at %s: %s",
+                        _printable(self.address), exc.strerror or exc)
+            return
+        self.close()
+        self._sock, self._connected = sock, True
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._connected = False
 
     # -- I/O ----------------------------------------------------------------
 
@@ -163,7 +184,10 @@ class Notifier:
                 self._sock = socket.socket(
                     socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
                 )
-            self._sock.sendto(data, socket.MSG_DONTWAIT, self.address)
+            if self._connected:
+                self._sock.send(data, socket.MSG_DONTWAIT)
+            else:
+                self._sock.sendto(data, socket.MSG_DONTWAIT, self.address)
         except OSError as exc:
             self.errors += 1
             level = logging.WARNING if self.errors == 1 else logging.DEBUG

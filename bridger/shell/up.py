@@ -23,24 +23,37 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import faulthandler
 import gc
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from bridger.config import UpConfig
+from bridger.config import DEFAULT_USER, UpConfig, default_state_dir
 from bridger.dataplane.accounting import KERNEL_DROP_REASON
 from bridger.errors import BridgerError
-from bridger.host import HostPlan, HostSession, StopSignals, TapPlan, drop_privileges
+from bridger.host import HostPlan, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
+from bridger.host.prepared import PreparedHost
+from bridger.host.privileges import ServiceUser, ensure_user
+from bridger.host.privsep import (
+    enter_sandbox,
+    preload,
+    prepare_worker_dir,
+    split,
+    worker_dir,
+)
+from bridger.host.setup import add_prepared_taps
 from bridger.host.storm import StormBudget
 from bridger.keys import encode_key, public_key
 from bridger.protocol import Peer
@@ -87,6 +100,14 @@ def run_up(config: UpConfig, reread: Callable[[], UpConfig] | None = None) -> in
         shutdown_logging()  # the last lines are written before the CLI's own error line
 
 
+class _MonitorDone(Exception):  # a way out, not an error
+    """The monitor's run is over: its exit code (the host is restored next)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Checked:
     """What the check phase read: the keys, and the native extension (or None)."""
@@ -105,6 +126,13 @@ class Up:
         self.notifier = Notifier.from_env()
         #: Once assembled: the live service (it says STOPPING=1 at the end).
         self.live: Live | None = None
+        #: Where the data plane writes (control socket, endpoints): the state
+        #: directory, or its own directory in it once split from the monitor
+        #: (or made by `bridger prepare` for the prepared-taps mode).
+        self.run_dir = config.state_dir
+        own = worker_dir(config.state_dir)
+        if config.prepared_taps and os.path.isdir(own) and os.access(own, os.W_OK):
+            self.run_dir = own
 
     def run(self) -> int:
         """All four phases; 0, or one error line (a ``BridgerError``)."""
@@ -114,12 +142,72 @@ class Up:
         faulthandler.enable()
         with StopSignals() as stop:
             checked = self.check()
+            user = self.service_user()
             console = setup_logging(self.config.dashboard and sys.stdout.isatty())
-            with self.bring_up(stop) as (udp, host):
+            with self.bring_up(stop, user) as (udp, host):
+                try:
+                    host, console = self.separate(stop, user, host, console)
+                except _MonitorDone as done:
+                    return done.code
+                except BridgerError as exc:
+                    return outcome(exc)  # raises; leaving bring_up restores the host
                 failure = self.serve(stop, checked, udp, host, console)
                 if stop.first is not None:
                     log.info("%s: stopping and restoring the host network", stop.first.name)
         return outcome(failure)
+
+    def separate(self, stop: StopSignals, user: ServiceUser | None, host: Any,
+                 console: Any) -> tuple[Any, Any]:
+        """The drop: as root, split into the monitor (which serves the data plane
+        here until it ends: ``_MonitorDone``) and the data plane (which goes on,
+        sandboxed); with prepared taps, only the sandbox. The data plane's
+        host and console."""
+        if user is not None or self.config.prepared_taps:
+            self.notifier.connect()  # its path may be out of the data plane's reach
+        if user is not None:
+            side = split(host, user, self.config, self.reread, read_keys)
+            if side.monitor is not None:
+                shutdown_logging()  # its thread would keep root's capabilities
+                side.monitor.drop()
+                setup_logging(False)
+                raise _MonitorDone(side.monitor.outcome(side.monitor.run(stop.received)))
+            assert side.host is not None
+            self.run_dir = Path(".")
+            return side.host, self.sandbox(user, side.monitor_pid)
+        if self.config.prepared_taps:
+            return host, self.sandbox(None)
+        return host, console
+
+    def service_user(self) -> ServiceUser | None:
+        """The user the data plane becomes: when started as root (and the taps
+        are not prepared); the default one is made if missing (one line)."""
+        if self.config.prepared_taps or os.geteuid() != 0:
+            return None
+        if self.config.ha is not None:
+            # The group's raw LAN socket, its nft rule and the taps' port states
+            # (bridger/ha) are not yet asked of the monitor: no split.
+            log.warning("two gateways per site: the data plane stays root with "
+                        "CAP_NET_ADMIN alone for now (docs/security.md)")
+            return None
+        if self.config.user != DEFAULT_USER:  # a typo must not create an account
+            return ServiceUser.lookup(self.config.user)
+        user, created = ensure_user(self.config.user)
+        if created:
+            print(f"bridger: created the service user {user.name} (uid {user.uid})",
+                  file=sys.stderr)
+        return user
+
+    def sandbox(self, user: ServiceUser | None, monitor_pid: int = 0) -> Any:
+        """The data plane's drop (``bridger.host.privsep.enter_sandbox``) with
+        every module it will need loaded first; the log writer starts after."""
+        preload(self.config)
+        notes = enter_sandbox(user, monitor_pid, write_dir=self.run_dir)
+        console = setup_logging(self.config.dashboard and sys.stdout.isatty())
+        who = f"user {user.name} (uid {user.uid})" if user is not None else \
+            f"uid {os.geteuid()}, prepared taps"
+        log.info("data plane: %s, no capabilities, no_new_privs, system-call filter%s", who,
+                 "".join(f"; {note}" for note in notes))
+        return console
 
     def check(self) -> Checked:
         """Phase 1, before the host is touched: a bad key or setting is one line."""
@@ -128,17 +216,28 @@ class Up:
         return Checked(private, psks, native_module(self.config))
 
     @contextlib.contextmanager
-    def bring_up(self, stop: StopSignals) -> Iterator[tuple[UdpEndpoint, HostSession]]:
-        """Phase 2: the socket bound and the host set up; leaving restores the
-        host network and closes the socket."""
+    def bring_up(self, stop: StopSignals,
+                 user: ServiceUser | None = None) -> Iterator[tuple[UdpEndpoint, Any]]:
+        """Phase 2: the socket bound and the host set up (the taps given to
+        ``user``), or the prepared taps attached; leaving restores the host
+        network and closes the socket."""
         udp = UdpEndpoint.bind(self.config.listen)
+        plan = host_plan(self.config)
+        if self.config.prepared_taps:
+            plan = dataclasses.replace(plan, state_dir=self.run_dir)
+        if user is not None:
+            plan = dataclasses.replace(plan, owner=(user.uid, user.gid))
         try:
-            with set_up_host(host_plan(self.config), interrupted=stop.check) as host:
+            if self.config.prepared_taps:
+                with PreparedHost(plan) as prepared:
+                    yield udp, prepared
+                return
+            with set_up_host(plan, interrupted=stop.check) as host:
                 yield udp, host
         finally:
             udp.sock.close()
 
-    def serve(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint, host: HostSession,
+    def serve(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint, host: Any,
               console: Any) -> BaseException | None:
         """Phase 3: the Trio run; the error that ended it, or None (a signal)."""
         try:
@@ -159,7 +258,7 @@ class Up:
             self.notifier.stopping()
 
     async def _main(self, stop: StopSignals, checked: Checked, udp: UdpEndpoint,
-                    host: HostSession, console: Any) -> None:
+                    host: Any, console: Any) -> None:
         # A signal before serve's receiver exists reaches StopSignals: it cancels
         # this scope (run_sync_soon is signal-safe).
         token = trio.lowlevel.current_trio_token()
@@ -175,11 +274,15 @@ class Up:
                 from bridger.status.metrics import start_metrics_server
 
                 start_metrics_server(self.config.metrics, daemon.snapshot)
-            # From here on only the taps, the UDP socket and the restore are needed.
-            drop_privileges()
-            await serve_tasks(daemon, console, self.live)
+            if self.run_dir == self.config.state_dir and not self.config.prepared_taps \
+                    and (os.geteuid() != 0 or self.config.ha is not None):
+                # Not split (CAP_NET_ADMIN without root, or two gateways per
+                # site, whose election socket and port gates stay in this
+                # process for now): keep CAP_NET_ADMIN alone.
+                drop_privileges()
+            await serve_tasks(daemon, console, self.live, self.run_dir)
 
-    def assemble(self, checked: Checked, udp: UdpEndpoint, host: HostSession,
+    def assemble(self, checked: Checked, udp: UdpEndpoint, host: Any,
                  now: float) -> tuple[Daemon, Live]:
         """The running bridge: the core, the forwarder with one port per tap (fast
         path set), the native lane, the status views and the live service."""
@@ -204,12 +307,45 @@ class Up:
             daemon.ha = HaRunner(config.ha, public_key(checked.private), config.lan,
                                  host.bridge_name, lambda: [p.tap for p in fwd.ports.values()])
             daemon.ha.drain([port.fd for port in fwd.ports.values()])
+        split_off = hasattr(host, "reread")  # the data plane of a split: the monitor reads
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
-                    reread=self.reread, make_port=ports.make_prepared,
-                    on_config=daemon.set_config)
+                    reread=host.reread if split_off else self.reread,
+                    read_keys=host.read_keys if split_off else read_keys,
+                    make_port=ports.make_prepared, on_config=daemon.set_config,
+                    run_dir=self.run_dir)
         if daemon.ha is not None:
             live.status_prefix = daemon.ha.status_text
         return daemon, live
+
+
+#: Where the default state directories live (``default_state_dir``).
+DEFAULT_RUN_DIR = str(default_state_dir("x").parent)
+
+
+def run_prepare(config: UpConfig, add_taps: bool = False) -> str:
+    """`bridger prepare`: as root, set the host up for an unprivileged `bridger
+    up --prepared-taps` (systemd's ``ExecStartPre=+``): the bridge, the NIC
+    moved, one persistent tap per peer owned by the service user, all
+    journaled for `bridger down`; the service user's directory in the state
+    directory. ``add_taps`` (``ExecReload=+``): only the taps of peers the
+    config gained. Returns the line to print."""
+    user, created = ensure_user(config.user)
+    plan = dataclasses.replace(host_plan(config), owner=(user.uid, user.gid), persist=True)
+    made = f"created the service user {user.name}; " if created else ""
+    if add_taps:
+        added = add_prepared_taps(plan)
+        return f"prepared: {made}" + (f"added taps {', '.join(added)}" if added
+                                      else "no new tap")
+    with StopSignals() as stop:
+        set_up_host(plan, interrupted=stop.check).leave()
+    prepare_worker_dir(config.state_dir, user)
+    parent = config.state_dir.parent
+    if parent == Path(DEFAULT_RUN_DIR):  # made 0700 under the unit's UMask: the user passes
+        parent.chmod(0o755)
+    taps = ", ".join(t.name for t in plan.taps)
+    return (f"prepared: {made}{config.lan} in bridge {config.bridge}, taps {taps} owned by "
+            f"{user.name}; now `bridger up --prepared-taps` as {user.name}; `bridger down` "
+            "undoes it")
 
 
 def host_plan(config: UpConfig) -> HostPlan:
@@ -343,13 +479,15 @@ class Daemon:
                 log.info("drops in the last %.0fs: %s", DROP_SUMMARY_INTERVAL, ", ".join(changed))
 
 
-async def serve_tasks(daemon: Daemon, console: Any, live: Live) -> None:
+async def serve_tasks(daemon: Daemon, console: Any, live: Live, run_dir: Path | None = None,
+                      ) -> None:
     """Every task of the running daemon, until SIGINT or SIGTERM (SIGHUP: a reload)."""
     cfg = daemon.config
     fwd = daemon.fwd
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            await nursery.start(serve_control, control_path(cfg.state_dir), daemon.snapshot)
+            await nursery.start(serve_control, control_path(run_dir or cfg.state_dir),
+                                daemon.snapshot)
             live.start(nursery)
             if daemon.ha is not None:
                 nursery.start_soon(daemon.ha.run)

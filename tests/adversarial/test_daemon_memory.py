@@ -40,7 +40,7 @@ def _fake_b(link: BridgedLab, count: int) -> dict[str, float]:
 
 def test_never_completed_fragment_trains_keep_daemon_memory_flat(link: BridgedLab) -> None:
     link.start("A")
-    pid = link.procs["A"].pid
+    pid = link.data_plane_pid("A")
     _fake_b(link, 5_000)  # warm-up: allocator and reassembly at their working size
     time.sleep(1)
     rss0 = vm_rss_kib(pid)

@@ -70,7 +70,7 @@ def test_flood_during_transfer(bridged: BridgedLab, tmp_path: Path) -> None:
     wait_ping(lab, "hostA1", b1)
     lab.run("hostA1", "ping", "-c", "20", "-i", "0.05", b1, check=False)
     stop_capture(dump)
-    pid = link.procs["A"].pid
+    pid = link.data_plane_pid("A")
     peer_endpoint = f"{lab.gateway_wan_address('B')}:55555"
 
     t0 = time.monotonic()

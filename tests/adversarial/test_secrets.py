@@ -102,7 +102,8 @@ def test_keys_never_appear_in_output_and_control_socket_refuses_others(
         # Another uid, through a hard link outside the root-only temp dir: refused by
         # the socket's mode, and by the SO_PEERCRED check when the mode is widened.
         link_path = Path(f"/tmp/bridger-ctl-{os.getpid()}-{site}.sock")
-        os.link(sock, link_path)
+        # (control.sock links to the data plane's own directory, issue 25: link the socket.)
+        os.link(sock.resolve(), link_path)
         try:
             assert "PermissionError" in _as_nobody(link_path)
             os.chmod(sock, 0o666)

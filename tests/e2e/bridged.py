@@ -47,6 +47,21 @@ class Gateways:
     def state_dir(self, site: str) -> Path:
         return self.workdir / f"state{site}"
 
+    def data_plane_pid(self, site: str) -> int:
+        """The process that handles the traffic: started as root, `bridger up`
+        splits (issue 25) and the data plane is the monitor's one child."""
+        pid = self.procs[site].pid
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.procs[site].poll() is None:
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                break
+            if children:
+                return int(children[0])
+            time.sleep(0.05)  # the split comes once the host is set up
+        return pid
+
     def log_path(self, site: str) -> Path:
         return self.workdir / f"gw{site}.log"
 

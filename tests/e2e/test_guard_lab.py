@@ -84,7 +84,7 @@ def cpu_seconds(pid: int) -> float:
 
 def cpu_load(link: BridgedLab, seconds: float) -> dict[str, float]:
     """Cores each gateway process used over the next ``seconds``."""
-    pids = {site: proc.pid for site, proc in link.procs.items()}
+    pids = {site: link.data_plane_pid(site) for site in link.procs}
     before = {site: cpu_seconds(pid) for site, pid in pids.items()}
     start = time.monotonic()
     time.sleep(seconds)

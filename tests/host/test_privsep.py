@@ -1,0 +1,162 @@
+"""Issue 25: the pieces of the privilege separation, without a lab.
+
+* The monitor's request parser (the one place that reads bytes from the
+  unprivileged data plane) accepts exactly the four operations and fails only
+  with ``ValueError``, whatever it is sent.
+* The seccomp program: every jump lands inside the program, every path ends
+  in a return, and the special rules come before the allow-list.
+* As root (marked ``netns``): a process that went through the very sandbox the
+  data plane enters (``enter_sandbox``) cannot change a link, even over a
+  netlink socket root opened for it before, cannot open a netlink socket,
+  cannot fork or exec, and can write only in its own directory, not in /tmp.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridger.host import seccomp
+from bridger.host.privileges import ensure_user
+from bridger.host.privsep import MAX_REQUEST, Request, parse_request_untrusted
+
+
+@pytest.mark.parametrize(("message", "want"), [
+    ({"op": "add_tap", "name": "berlin"}, (Request.ADD_TAP, "berlin")),
+    ({"op": "remove_tap", "name": "bridger-tap0"}, (Request.REMOVE_TAP, "bridger-tap0")),
+    ({"op": "storm_counters"}, (Request.STORM_COUNTERS, None)),
+    ({"op": "reread"}, (Request.REREAD, None)),
+])
+def test_the_four_requests(message: dict[str, str], want: tuple[Request, str | None]) -> None:
+    assert parse_request_untrusted(json.dumps(message).encode()) == want
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "add_tap"},
+    {"op": "add_tap", "name": "x" * 16},
+    {"op": "add_tap", "name": "../eth0"},
+    {"op": "add_tap", "name": "a b"},
+    {"op": "add_tap", "name": "berlin", "master": "eth0"},
+    {"op": "remove_tap", "name": 3},
+    {"op": "reread", "path": "/etc/shadow"},
+    {"op": "restore"},
+    {"op": "exec", "argv": ["sh"]},
+    {"name": "berlin"},
+    ["add_tap", "berlin"],
+])
+def test_anything_else_is_refused(message: object) -> None:
+    with pytest.raises(ValueError):
+        parse_request_untrusted(json.dumps(message).encode())
+
+
+def test_a_long_request_is_refused_unread() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        parse_request_untrusted(b"{" + b" " * MAX_REQUEST + b"}")
+
+
+@settings(max_examples=int(os.environ.get("BRIDGER_FUZZ_EXAMPLES", "200")), deadline=None)
+@given(st.one_of(st.binary(max_size=600),
+                 st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20),
+                                                                st.integers(), st.none()),
+                                 max_size=4).map(lambda d: json.dumps(d).encode())))
+def test_the_parser_fails_only_with_value_error(data: bytes) -> None:
+    try:
+        op, name = parse_request_untrusted(data)
+    except ValueError:
+        return
+    assert isinstance(op, Request)
+    assert name is None or (0 < len(name) < 16)
+
+
+def test_seccomp_program_is_well_formed() -> None:
+    prog = seccomp.build_program()
+    assert len(prog) < 4096  # BPF_MAXINSNS
+    ret = seccomp.BPF_RET | seccomp.BPF_K
+    assert prog[-1] == (ret, 0, 0, seccomp.SECCOMP_RET_ERRNO | 1)  # default: EPERM
+    for i, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == seccomp.BPF_JMP:
+            assert i + 1 + max(jt, jf) < len(prog)
+    allowed = {k for code, _jt, _jf, k in prog if code == ret}
+    assert seccomp.SECCOMP_RET_ALLOW in allowed
+    for name in ("execve", "execveat", "ptrace", "mount", "bpf", "setns", "unshare", "fork",
+                 "vfork", "kexec_load", "init_module", "io_uring_setup", "setuid"):
+        assert name not in seccomp.SYSCALLS_X86_64, name
+
+
+SANDBOXED = textwrap.dedent("""
+    import errno, json, os, socket, sys
+    from pathlib import Path
+    from bridger.host.pyroute import IPRoute, NetlinkError
+    from bridger.host.privileges import ServiceUser, process_status
+    from bridger.host.privsep import enter_sandbox
+
+    ipr = IPRoute()  # root opens netlink before the drop
+    os.chdir(sys.argv[1])
+    notes = enter_sandbox(ServiceUser.lookup(sys.argv[2]))
+    out = {"notes": notes, "status": {k: process_status()[k]
+           for k in ("Uid", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp")}}
+
+    def attempt(name, action):
+        try:
+            action()
+            out[name] = "done"
+        except NetlinkError as exc:
+            out[name] = errno.errorcode.get(exc.code, str(exc.code))
+        except OSError as exc:
+            out[name] = errno.errorcode.get(exc.errno, str(exc))
+
+    attempt("link_add", lambda: ipr.link("add", ifname="evil0", kind="dummy"))
+    attempt("link_down", lambda: ipr.link("set", index=1, state="down"))
+    attempt("netlink_socket", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+    attempt("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
+    attempt("write_own_dir", lambda: Path("endpoints.json").write_text("{}"))
+    attempt("write_tmp", lambda: Path(sys.argv[3]).write_text("x"))
+    attempt("write_state_dir", lambda: Path("../journal.json").write_text("{}"))
+    attempt("fork", os.fork)
+    attempt("exec", lambda: os.execv("/bin/true", ["true"]))
+    attempt("udp_socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close())
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.netns
+def test_the_sandboxed_data_plane_cannot_change_links_or_write_elsewhere(
+        tmp_path: Path) -> None:
+    user, _ = ensure_user("bridger")
+    state = tmp_path / "state"
+    own = state / "worker"
+    own.mkdir(parents=True)
+    os.chown(own, user.uid, user.gid)
+    state.chmod(0o755)
+    tmp_path.chmod(0o755)
+    elsewhere = Path("/tmp") / f"bridger-sandbox-{os.getpid()}"
+    # `unshare -n`: a throw-away network namespace, so nothing real could change.
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", SANDBOXED, str(own),
+                           user.name, str(elsewhere)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    status = out["status"]
+    assert status["Uid"].split() == [str(user.uid)] * 4
+    assert status["CapEff"] == status["CapBnd"] == "0000000000000000"
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert out["link_add"] == "EPERM" and out["link_down"] == "EPERM"
+    assert out["netlink_socket"] == "EPERM" and out["packet_socket"] == "EPERM"
+    assert out["fork"] == "EPERM" and out["exec"] == "EPERM"
+    assert out["write_own_dir"] == "done" and out["udp_socket"] == "done"
+    assert out["write_state_dir"] == "EACCES"
+    assert out["write_tmp"] == "EACCES" and not elsewhere.exists()  # Landlock: /tmp is 1777
+    assert out["notes"] == []
+
+
+def test_af_netlink_is_what_the_filter_refuses() -> None:
+    assert socket.AF_NETLINK not in (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
