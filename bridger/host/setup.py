@@ -43,7 +43,7 @@ from bridger.host.journal import Journal, Record, StateLock
 from bridger.host.pyroute import IPRoute, NetlinkError
 from bridger.host.signals import Interrupted, signals_blocked
 from bridger.host.storm import KernelStorm, NftError, StormBudget
-from bridger.host.tap import open_tap, set_owner, set_persistent
+from bridger.host.tap import open_tap, set_owner, set_persistent, silence_ipv6
 
 log = logging.getLogger("bridger")
 
@@ -201,6 +201,7 @@ class HostSession:
             nl.set_port_isolated(self._ipr, actual, True)
         if self.storm is not None:
             self.storm.add_tap(actual)  # before the port forwards anything
+        silence_ipv6(actual, self.plan.netns)
         nl.set_link(self._ipr, actual, {"up": True})
 
     def _close_tap(self, name: str) -> None:

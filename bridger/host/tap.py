@@ -83,6 +83,25 @@ def open_tap(name: str, *, vnet: bool, netns: str | None = None) -> tuple[int, s
     return fd, actual
 
 
+def silence_ipv6(name: str, netns: str | None = None) -> bool:
+    """Give the tap ``name`` no IPv6 stack of its own (before it goes up).
+
+    A bridge port needs none, and with one every tap sends MLD reports, a DAD
+    probe and router solicitations (repeated with back-off) into its tunnel,
+    which a hub floods to every spoke: quadratic idle traffic (issue 26).
+    Frames still cross the port whatever their protocol.  False when the
+    kernel has no IPv6 or the setting cannot be written (nothing is lost but
+    that chatter)."""
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    with _in_netns(netns):
+        try:
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError:
+            return False
+    return True
+
+
 def set_persistent(fd: int, name: str) -> None:
     """Keep the tap when its last fd closes (TUNSETPERSIST, as ``tunctl`` and
     ``ip tuntap add`` make them): for `bridger prepare`, whose taps outlive it

@@ -53,6 +53,12 @@ def test_bring_up_keeps_lan_reachable_and_restore_is_exact(topo: Topo) -> None:
         tap = ipj(topo.gw, "link", "show", topo.tap)[0]
         assert tap["master"] == topo.bridge and tap["mtu"] == 1500
         assert "UP" in tap["flags"]
+        # No IPv6 stack on the tap (issue 26): no MLD, DAD or RS of its own into
+        # the tunnel (a hub flooded them to every spoke), and no address.
+        sysctl = f"/proc/sys/net/ipv6/conf/{topo.tap}/disable_ipv6"
+        assert sh("ip", "netns", "exec", topo.gw, "cat", sysctl).stdout.strip() == "1"
+        tap6 = ipj(topo.gw, "-6", "addr", "show", "dev", topo.tap)
+        assert not any(e.get("addr_info") for e in tap6)
         details = ipj(topo.gw, "-d", "link", "show", topo.bridge)[0]["linkinfo"]["info_data"]
         assert details["forward_delay"] == 0 and details["stp_state"] == 0
         on_bridge = {a["local"] for a in ipj(topo.gw, "addr", "show", topo.bridge)[0]["addr_info"]}
