@@ -22,7 +22,8 @@ from .events import (
     SessionExpired,
 )
 from .noise import public_key
-from .peer import Peer, PeerConfig, PeerStats
+from .peer import Peer
+from .peerstate import PeerConfig, PeerStats
 from .tunnel import (
     Tunnel,
     TunnelConfig,

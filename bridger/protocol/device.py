@@ -68,7 +68,8 @@ from .messages import (
     decode_response_untrusted,
 )
 from .noise import Identity, consume_initiation, decrypt_initiator_static
-from .peer import Peer, PeerConfig
+from .peer import Peer
+from .peerstate import PeerConfig
 from .replay import Verdict
 from .traversal import Traversal
 
@@ -134,7 +135,7 @@ class Device:
         self.wall_offset = wall_clock - now
         #: The receiver-index table: our local index -> keypair, or -> the peer
         #: whose initiation with that index is pending.
-        self.index: dict[int, Keypair | Peer] = {}
+        self.index: dict[int, Keypair[Peer] | Peer] = {}
         #: Peers by static public key.
         self.peers: dict[bytes, Peer] = {}
         #: Drops not attributable to a peer (each peer has its own ``drops``).
@@ -181,7 +182,7 @@ class Device:
             if index and index not in self.index:
                 return index
 
-    def bind_index(self, index: int, owner: Keypair | Peer) -> None:
+    def bind_index(self, index: int, owner: Keypair[Peer] | Peer) -> None:
         """Enter ``index`` (from :meth:`new_index`) in the table: a keypair, or the
         peer whose initiation with that index is pending."""
         self.index[index] = owner
@@ -264,7 +265,7 @@ class Device:
         index_get = self.index.get
         frames, csum, runs = out.frames, out.csum, out.runs
         max_frame = self.config.max_frame
-        run_kp: Keypair | None = None
+        run_kp: Keypair[Peer] | None = None
         delivered = rx = rx_bytes = 0
         for data in datagrams:
             rx += 1

@@ -22,16 +22,12 @@ handshake message it hands over, and authenticated an initiation's sender.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from .constants import (
     HANDSHAKE_RACE_RESEND,
     REKEY_ATTEMPT_TIME,
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
 )
-from .cookie import CookieGenerator
 from .events import (
     Address,
     CookieReceived,
@@ -44,37 +40,16 @@ from .events import (
 from .keypair import Keypair
 from .messages import BadPacket, CookieReply, Initiation, Response
 from .noise import (
-    InitiatorState,
     ResponderState,
     consume_response,
     create_initiation,
     create_response,
     tai64n,
 )
-
-if TYPE_CHECKING:
-    from .peer import Peer
+from .peerstate import PeerState
 
 
-@dataclass
-class HandshakeState:
-    """What one peer remembers of handshakes between sessions."""
-
-    #: mac1 / mac2 of the handshake messages we send (mac2: the peer's cookie).
-    cookies: CookieGenerator
-    #: Our initiation waiting for its response; its index is in the device's table.
-    pending: InitiatorState | None = None
-    #: When this attempt (with its retransmissions) began.
-    first_sent_at: float = 0.0
-    #: When the latest initiation was sent (round-trip time, crossing tie-break).
-    sent_at: float = 0.0
-    #: Our latest TAI64N timestamp, in ns: each is greater than the last.
-    last_timestamp_ns: int = 0
-    #: The greatest timestamp of the peer's initiations: older ones are replays.
-    greatest_timestamp: bytes = bytes(12)
-
-
-def initiate(peer: Peer, now: float, out: Output, *, retry: bool) -> None:
+def initiate(peer: PeerState, now: float, out: Output, *, retry: bool) -> None:
     """Send an initiation (step 1); ``retry``: a retransmission of this attempt."""
     if peer.endpoint is None:
         return
@@ -106,7 +81,7 @@ def initiate(peer: Peer, now: float, out: Output, *, retry: bool) -> None:
     out.events.append(HandshakeInitiated(retry, peer.name))
 
 
-def retransmit(peer: Peer, now: float, out: Output) -> None:
+def retransmit(peer: PeerState, now: float, out: Output) -> None:
     """The retransmit timer fired: send the initiation again, or give up."""
     hs = peer.handshake
     if hs.pending is None:
@@ -120,7 +95,7 @@ def retransmit(peer: Peer, now: float, out: Output) -> None:
     initiate(peer, now, out, retry=True)
 
 
-def end(peer: Peer) -> None:
+def end(peer: PeerState) -> None:
     """Forget the pending initiation, if any, and its index entry."""
     hs = peer.handshake
     if hs.pending is not None:
@@ -128,7 +103,9 @@ def end(peer: Peer) -> None:
         hs.pending = None
 
 
-def receive_response(peer: Peer, msg: Response, addr: Address, now: float, out: Output) -> None:
+def receive_response(
+    peer: PeerState, msg: Response, addr: Address, now: float, out: Output
+) -> None:
     """Step 2: an admitted response whose receiver index is our pending initiation."""
     hs = peer.handshake
     state = hs.pending
@@ -159,7 +136,7 @@ def receive_response(peer: Peer, msg: Response, addr: Address, now: float, out: 
 
 
 def receive_initiation(
-    peer: Peer, msg: Initiation, state: ResponderState, addr: Address, now: float,
+    peer: PeerState, msg: Initiation, state: ResponderState, addr: Address, now: float,
     out: Output,
 ) -> None:
     """Step 3: an admitted initiation, authenticated as coming from ``peer``."""
@@ -218,7 +195,7 @@ def receive_initiation(
     peer.timers.any_authenticated_sent(now, peer.keepalive_interval)
 
 
-def confirm_next(peer: Peer, kp: Keypair, now: float, out: Output) -> None:
+def confirm_next(peer: PeerState, kp: Keypair[PeerState], now: float, out: Output) -> None:
     """Step 3's end: the initiator's first transport message arrived on the
     ``next`` keypair ``kp``, which becomes ``current``."""
     peer.next = None
@@ -227,7 +204,7 @@ def confirm_next(peer: Peer, kp: Keypair, now: float, out: Output) -> None:
     session_up(peer, kp, rekey, False, now, out)
 
 
-def awaits_reply_to(peer: Peer, receiver: int) -> bool:
+def awaits_reply_to(peer: PeerState, receiver: int) -> bool:
     """Does a cookie reply to ``receiver`` answer our latest handshake message?"""
     pending = peer.handshake.pending
     return (pending is not None and receiver == pending.local_index) or (
@@ -235,7 +212,7 @@ def awaits_reply_to(peer: Peer, receiver: int) -> bool:
     )
 
 
-def receive_cookie_reply(peer: Peer, msg: CookieReply, now: float, out: Output) -> None:
+def receive_cookie_reply(peer: PeerState, msg: CookieReply, now: float, out: Output) -> None:
     """Step 4: a cookie reply to our latest handshake message."""
     if not peer.handshake.cookies.consume_reply(msg, now):
         peer.drops[DropReason.COOKIE_INVALID] += 1
@@ -243,7 +220,7 @@ def receive_cookie_reply(peer: Peer, msg: CookieReply, now: float, out: Output) 
     out.events.append(CookieReceived(peer.name))
 
 
-def install_current(peer: Peer, kp: Keypair) -> None:
+def install_current(peer: PeerState, kp: Keypair[PeerState]) -> None:
     """Rotate the keypair slots: ``kp`` becomes current, current becomes previous."""
     device = peer.device
     if peer.previous is not None:
@@ -254,7 +231,7 @@ def install_current(peer: Peer, kp: Keypair) -> None:
 
 
 def session_up(
-    peer: Peer, kp: Keypair, rekey: bool, initiator: bool, now: float, out: Output
+    peer: PeerState, kp: Keypair[PeerState], rekey: bool, initiator: bool, now: float, out: Output
 ) -> None:
     """A handshake completed with ``kp`` now current: counters, timers, path MTU."""
     peer.handshakes += 1
@@ -270,12 +247,12 @@ def session_up(
     )
 
 
-def _timestamp(peer: Peer, now: float) -> bytes:
+def _timestamp(peer: PeerState, now: float) -> bytes:
     hs = peer.handshake
     ns = max(int((now + peer.device.wall_offset) * 1e9), hs.last_timestamp_ns + 1)
     hs.last_timestamp_ns = ns
     return tai64n(ns)
 
 
-def _jitter(peer: Peer) -> float:
+def _jitter(peer: PeerState) -> float:
     return int.from_bytes(peer.device.random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX

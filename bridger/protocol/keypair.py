@@ -15,12 +15,9 @@ state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from .replay import ReplayWindow, Verdict
-
-if TYPE_CHECKING:
-    from .peer import Peer
 
 
 class Session(Protocol):
@@ -47,7 +44,19 @@ class _SessionReplay:
         return _VERDICTS[self._check(counter)]
 
 
-class Keypair:
+class Named(Protocol):
+    """What a keypair reads of its peer itself: the name (in ``repr``)."""
+
+    @property
+    def name(self) -> str: ...
+
+
+#: The peer a keypair belongs to (peerstate.PeerState; Named keeps this module
+#: below it).
+PeerT = TypeVar("PeerT", bound=Named, covariant=True)
+
+
+class Keypair(Generic[PeerT]):
     __slots__ = ("_counter", "created", "initiator", "local_index", "peer", "receive_key",
                  "remote_index", "replay", "send_key", "session")
 
@@ -59,7 +68,7 @@ class Keypair:
         receive_key: bytes,
         created: float,
         initiator: bool,
-        peer: Peer,
+        peer: PeerT,
         session: Any = None,
     ) -> None:
         self.local_index = local_index

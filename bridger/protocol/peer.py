@@ -1,52 +1,50 @@
-"""One peer of a device: its state, and the verbs that drive it.
+"""One peer of a device: the verbs that drive it, each carried out by one concept module.
 
 A peer's behaviour is split by concept, one module each, as in wireguard-go's
 ``device/`` (see docs/protocol.md, "Layout"):
 
-=================  ==========================================================
-``peer.py``        the peer's state (keypair slots, endpoint, timers, queue,
-                   counters) and its verbs; the timers' dispatch (``tick``)
-``send.py``        the outbound flow: frames -> sealed datagrams, the queue,
-                   keepalives, key freshness on send
-``receive.py``     the peer's side of an authenticated run: confirm, roam,
-                   payloads other than frames, rekey on receive
-``handshake.py``   initiation, response, cookie reply (over noise.py)
-``pmtu_driver.py`` this peer's path-MTU probing (over pmtu.PathMtu)
-=================  ==========================================================
+==================  ==========================================================
+``peerstate.py``    the peer's state (keypair slots, endpoint, timers, queue,
+                    counters), what it answers from it, and the verbs between
+                    the concept modules, declared abstract
+``peer.py``         :class:`Peer`: those verbs carried out, the entry points of
+                    the device, the shell and NAT traversal, the timers'
+                    dispatch (``tick``)
+``send.py``         the outbound flow: frames -> sealed datagrams, the queue,
+                    keepalives, key freshness on send
+``receive.py``      the peer's side of an authenticated run: confirm, roam,
+                    payloads other than frames, rekey on receive
+``handshake.py``    initiation, response, cookie reply (over noise.py)
+``pmtu_driver.py``  this peer's path-MTU probing (over pmtu.PathMtu)
+==================  ==========================================================
 
 NAT traversal (introductions, punching, relaying: traversal.py) is the
 device's; it drives a peer through the verbs under "From NAT traversal", and a
 peer asks it, through the device, whether an address it heard from may become
-the endpoint (receive.py) and which keepalive it needs (:attr:`keepalive_interval`).
+the endpoint (receive.py) and which keepalive it needs (``keepalive_interval``).
 
-The rule that keeps them apart: a concept module is functions of a peer and
-imports none of the others; where one needs another (a send that starts a
-rekey, a response that flushes the queue) it calls the peer's verb, and only
-this module imports them. The device drives a peer through the verbs under
-"Inbound, from the device" and never touches its private members; a peer
-uses the device's public verbs (``new_index``, ``bind_index``,
-``release_index``, ``new_session``).
+The rule that keeps them apart, and every import pointing downward: a concept
+module is functions of a :class:`~.peerstate.PeerState` and imports none of
+the others; where one needs another (a send that starts a rekey, a response
+that flushes the queue) it calls a verb PeerState declares, and only this
+module, on top, imports the concept modules to carry the verbs out. The device
+drives a peer through the verbs under "Inbound, from the device" and never
+touches its private members; a peer uses the device's public verbs
+(``new_index``, ``bind_index``, ``release_index``, ``new_session``), seen from
+below as a :class:`~.peerstate.PeerHost`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Self
 
 from . import handshake, pmtu_driver, receive, send
 from .constants import (
-    DEFAULT_PERSISTENT_KEEPALIVE,
-    IPV4_UDP_OVERHEAD,
-    IPV6_UDP_OVERHEAD,
-    NEW_HANDSHAKE_TIMEOUT,
-    REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
     REKEY_ON_RECEIVE_TIME,
     TRANSPORT_OVERHEAD,
 )
-from .cookie import CookieGenerator
 from .events import (
     Address,
     DropReason,
@@ -55,235 +53,15 @@ from .events import (
     PeerUnreachable,
     SessionExpired,
 )
-from .fragment import Reassembler
 from .keypair import Keypair
-from .messages import (
-    FRAME_CSUM_HEADER_LEN,
-    CookieReply,
-    Initiation,
-    Response,
-)
-from .noise import PeerKeys, ResponderState
-from .pmtu import PathMtu
-from .relay import RELAY_OVERHEAD, via_relay
-from .timers import Timers
-
-if TYPE_CHECKING:
-    from .device import Device
+from .messages import CookieReply, Initiation, Response
+from .noise import ResponderState
+from .peerstate import PeerState
+from .relay import via_relay
 
 
-def ip_overhead_for(addr: Address | None) -> int:
-    """Outer IP+UDP header bytes for an endpoint; the worse (IPv6) if unknown.
-    Through a relay: the relay hop's headers (IPv4's; the path-MTU search finds
-    the rest) and its RELAY wrapping (relay.py)."""
-    if addr is not None and via_relay(addr) is not None:
-        return IPV4_UDP_OVERHEAD + RELAY_OVERHEAD
-    if addr is None or ":" in addr[0]:
-        return IPV6_UDP_OVERHEAD
-    return IPV4_UDP_OVERHEAD
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    """One configured peer."""
-
-    public_key: bytes
-    psk: bytes | None = None
-    #: None: wait for the peer to connect (and learn its address).
-    endpoint: Address | None = None
-    #: Seconds; 0 disables.
-    persistent_keepalive: float = DEFAULT_PERSISTENT_KEEPALIVE
-    #: Shown in events and status; unique within a device.
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if len(self.public_key) != 32:
-            raise ValueError("keys must be 32 bytes")
-        if self.psk is not None and len(self.psk) != 32:
-            raise ValueError("pre-shared key must be 32 bytes")
-        if self.persistent_keepalive < 0:
-            raise ValueError("persistent_keepalive must be >= 0")
-
-
-@dataclass(frozen=True)
-class PeerStats:
-    state: str  # "down" | "handshaking" | "up" | "stale"
-    endpoint: Address | None
-    session_established_at: float | None
-    last_handshake_at: float | None
-    handshakes: int
-    rekeys: int
-    rtt: float | None
-    path_mtu: int
-    #: How path_mtu was learnt: "base", "probe", "icmp", "configured".
-    pmtu_source: str
-    queued_frames: int
-    reassembly_in_progress: int
-    fragments_sent: int
-    fragments_received: int
-    reassembled: int
-    tx_datagrams: int
-    rx_datagrams: int
-    tx_bytes: int
-    rx_bytes: int
-    frames_sent: int
-    frames_received: int
-    keepalives_sent: int
-    cookies_sent: int
-    drops: dict[str, int]
-
-
-class Peer:
-    """Sans-I/O state of one peer; created by :meth:`Device.add_peer`."""
-
-    def __init__(self, device: Device, config: PeerConfig, now: float) -> None:
-        self.device = device
-        self.config = config
-        self.name = config.name
-        self.keys = PeerKeys.create(device.identity, config.public_key, config.psk)
-        #: Where datagrams to the peer go; roams to the source of what authenticates
-        #: (as NAT traversal allows); a ``relay.Via`` address when relayed.
-        self.endpoint: Address | None = config.endpoint
-        #: Where the configuration (or DNS) says the peer is.
-        self.configured_endpoint: Address | None = config.endpoint
-        #: The last authenticated receive from a direct endpoint (not a relay).
-        self.last_direct_rx: float | None = None
-        #: The keypair slots (keypair.py): current sends and receives, previous
-        #: only receives, next is a responder session awaiting confirmation.
-        self.current: Keypair | None = None
-        self.previous: Keypair | None = None
-        self.next: Keypair | None = None
-        self.handshake = handshake.HandshakeState(CookieGenerator(config.public_key))
-        self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
-        self.queue = send.SendQueue(self.drops)
-        #: The id of the latest fragmented frame sent.
-        self.frame_id = 0
-        self.reassembler = Reassembler(self.drops, device.config.max_frame)
-        self.timers = Timers()
-        #: The dead-peer timer fired and nothing has authenticated since.
-        self.unreachable = False
-        self.last_received: float | None = None
-        self.established_at: float | None = None
-        self.last_handshake_at: float | None = None
-        self.rtt: float | None = None
-        self.pmtu = PathMtu(pmtu_driver.bound(self), pmtu_driver.floor(self),
-                            probing=device.config.pmtu_probing)
-        #: The path is new (first session, endpoint moved, peer was lost):
-        #: the next session searches its MTU from the start.
-        self.pmtu_new_path = True
-        #: The lane's last counts included large datagrams (native_counts).
-        self.native_big = False
-        self.handshakes = 0
-        self.rekeys = 0
-        self.fragments_sent = 0
-        self.fragments_received = 0
-        self.tx_datagrams = 0
-        self.rx_datagrams = 0
-        self.tx_bytes = 0
-        self.rx_bytes = 0
-        self.frames_sent = 0
-        self.frames_received = 0
-        self.keepalives_sent = 0
-        self.cookies_sent = 0
-        if self.endpoint is not None and self.keepalive_interval > 0:
-            self.timers.persistent_keepalive = now
-
-    # --- the peer's state ------------------------------------------------------
-
-    @property
-    def public_key(self) -> bytes:
-        return self.config.public_key
-
-    @property
-    def keepalive_interval(self) -> float:
-        """The persistent keepalive in force: the configured one, or where a NAT
-        mapping depends on it an automatic one (traversal.py)."""
-        return self.device.traversal.keepalive_interval(self, self.config.persistent_keepalive)
-
-    @property
-    def unanswered_since(self) -> float | None:
-        """When data was first sent with nothing authenticated received since."""
-        t = self.timers.new_handshake
-        return None if t is None else t - NEW_HANDSHAKE_TIMEOUT
-
-    def has_session(self, now: float) -> bool:
-        return self.sendable(now) is not None
-
-    @property
-    def path_mtu(self) -> int:
-        """The path MTU in use: the largest outer IP packet sent to the peer."""
-        return self.pmtu.value
-
-    @property
-    def ip_overhead(self) -> int:
-        """Outer IP+UDP header bytes towards the endpoint (configured, or by family)."""
-        if self.device.config.ip_overhead is not None:
-            return self.device.config.ip_overhead
-        return ip_overhead_for(self.endpoint)
-
-    def max_plaintext(self) -> int:
-        """The largest transport plaintext one datagram carries on the current path."""
-        return self.pmtu.value - self.ip_overhead - TRANSPORT_OVERHEAD
-
-    def frame_room(self, csum: bool = False) -> int:
-        """Largest frame :meth:`send_frames` carries in one datagram on the current
-        path (``csum``: as FRAME_CSUM); larger frames are fragmented."""
-        overhead = FRAME_CSUM_HEADER_LEN if csum else 1
-        return min(self.max_plaintext() - overhead, self.device.config.max_frame)
-
-    def big_frame(self) -> int:
-        """Frames longer than this call for path-MTU confirmations (pmtu_driver)."""
-        return pmtu_driver.big_frame(self)
-
-    def sendable(self, now: float) -> Keypair | None:
-        """The keypair :meth:`send_frames` would seal with now (None: it would queue)."""
-        kp = self.current
-        if (
-            kp is None
-            or self.endpoint is None
-            or now - kp.created >= REJECT_AFTER_TIME
-            or kp.send_counter >= REJECT_AFTER_MESSAGES
-        ):
-            return None
-        return kp
-
-    def state(self, now: float | None = None) -> str:
-        """"up", "stale" (up, but the peer went silent), "handshaking" or "down"."""
-        kp = self.current
-        usable = kp is not None and (now is None or now - kp.created < REJECT_AFTER_TIME)
-        if usable:
-            return "stale" if self.unreachable else "up"
-        if self.handshake.pending is not None:
-            return "handshaking"
-        return "down"
-
-    def stats(self, now: float | None = None) -> PeerStats:
-        """A snapshot for metrics and status display."""
-        return PeerStats(
-            state=self.state(now),
-            endpoint=self.endpoint,
-            session_established_at=self.established_at,
-            last_handshake_at=self.last_handshake_at,
-            handshakes=self.handshakes,
-            rekeys=self.rekeys,
-            rtt=self.rtt,
-            path_mtu=self.pmtu.value,
-            pmtu_source=self.pmtu.source.value,
-            queued_frames=len(self.queue),
-            reassembly_in_progress=len(self.reassembler),
-            fragments_sent=self.fragments_sent,
-            fragments_received=self.fragments_received,
-            reassembled=self.reassembler.reassembled,
-            tx_datagrams=self.tx_datagrams,
-            rx_datagrams=self.rx_datagrams,
-            tx_bytes=self.tx_bytes,
-            rx_bytes=self.rx_bytes,
-            frames_sent=self.frames_sent,
-            frames_received=self.frames_received,
-            keepalives_sent=self.keepalives_sent,
-            cookies_sent=self.cookies_sent,
-            drops={reason.value: count for reason, count in self.drops.items()},
-        )
+class Peer(PeerState):
+    """Sans-I/O state of one peer, with its verbs; created by ``Device.add_peer``."""
 
     # --- from the shell --------------------------------------------------------
 
@@ -478,7 +256,7 @@ class Peer:
         """A cookie reply for which :meth:`awaits_reply_to` said yes."""
         handshake.receive_cookie_reply(self, msg, now, out)
 
-    def begin_run(self, kp: Keypair, addr: Address, now: float, out: Output) -> None:
+    def begin_run(self, kp: Keypair[Self], addr: Address, now: float, out: Output) -> None:
         """Once per run of transport datagrams on ``kp`` that authenticated, before
         its first payload: confirm a waiting session, roam, timers, flush the queue."""
         receive.begin_run(self, kp, addr, now, out)
@@ -490,7 +268,7 @@ class Peer:
         from ``addr``; returns how many frames it delivered (0 or 1)."""
         return receive.receive_payload(self, plaintext, size, addr, now, out)
 
-    def end_run(self, kp: Keypair, delivered: int, now: float, out: Output) -> None:
+    def end_run(self, kp: Keypair[Self], delivered: int, now: float, out: Output) -> None:
         """The end of a run on ``kp``: data timers and rekey-on-receive."""
         receive.end_run(self, kp, delivered, now, out)
 
@@ -500,13 +278,13 @@ class Peer:
         self.forget_keys()
         self.queue.clear()
 
-    # --- between the peer's own modules ----------------------------------------
+    # --- the verbs between the concept modules (declared by PeerState) --------
 
     def start_handshake(self, now: float, out: Output, *, retry: bool = False) -> None:
         """Send an initiation now (handshake.py), whatever the session's state."""
         handshake.initiate(self, now, out, retry=retry)
 
-    def confirm_next(self, kp: Keypair, now: float, out: Output) -> None:
+    def confirm_next(self, kp: Keypair[Self], now: float, out: Output) -> None:
         """The waiting responder session ``kp`` is confirmed: it becomes current."""
         handshake.confirm_next(self, kp, now, out)
 
@@ -516,11 +294,11 @@ class Peer:
         ``proof``: it answers one of ours there (a handshake response)."""
         receive.authenticated_from(self, addr, now, out, proof)
 
-    def seal(self, kp: Keypair, plaintext: bytes, out: Output) -> None:
+    def seal(self, kp: Keypair[Self], plaintext: bytes, out: Output) -> None:
         """One transport datagram carrying ``plaintext`` to the endpoint (send.py)."""
         send.seal(self, kp, plaintext, out)
 
-    def authenticated_sent(self, kp: Keypair, now: float, out: Output) -> None:
+    def authenticated_sent(self, kp: Keypair[Self], now: float, out: Output) -> None:
         """After an authenticated send on ``kp``: timers, key freshness (send.py)."""
         send.authenticated_sent(self, kp, now, out)
 

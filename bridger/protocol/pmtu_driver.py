@@ -16,14 +16,7 @@ it must not stand in for a keepalive.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .constants import (
-    DEFAULT_WAN_MTU,
-    IPV6_UDP_OVERHEAD,
-    MIN_WAN_MTU,
-    TRANSPORT_OVERHEAD,
-)
+from .constants import TRANSPORT_OVERHEAD
 from .events import Output, PathMtuChanged
 from .messages import (
     decode_probe_ack_untrusted,
@@ -31,58 +24,30 @@ from .messages import (
     encode_probe,
     encode_probe_ack,
 )
-from .pmtu import floor_for
-
-if TYPE_CHECKING:
-    from .peer import Peer
+from .peerstate import PeerState
 
 
-def floor(peer: Peer) -> int:
-    """The smallest path MTU assumed for the peer's endpoint (IPv4 or IPv6)."""
-    return floor_for(peer.ip_overhead == IPV6_UDP_OVERHEAD)
-
-
-def bound(peer: Peer) -> int:
-    """The largest path MTU worth using: the one that carries max_frame in one
-    datagram, within ``wan_mtu``; with probing off the configured value
-    (1500 unless set)."""
-    cfg = peer.device.config
-    if not cfg.pmtu_probing:
-        return cfg.wan_mtu or DEFAULT_WAN_MTU
-    limit = cfg.max_frame + 1 + TRANSPORT_OVERHEAD + peer.ip_overhead
-    if cfg.wan_mtu is not None:
-        limit = min(limit, cfg.wan_mtu)
-    return max(limit, MIN_WAN_MTU)
-
-
-def big_frame(peer: Peer) -> int:
-    """Frames longer than this make datagrams above the path's floor: only
-    they vanish when a path shrinks, so only they call for confirmations
-    (small frames, loop probes and keepalives cost no probes)."""
-    return peer.pmtu.floor - peer.ip_overhead - TRANSPORT_OVERHEAD - 1
-
-
-def session_up(peer: Peer, now: float) -> None:
+def session_up(peer: PeerState, now: float) -> None:
     """Step 1 for a new session: search afresh on a new path, or when no value
     is proven and no search runs (the probes go out once the session is
     confirmed usable, see :func:`step`)."""
     pmtu = peer.pmtu
     if peer.pmtu_new_path or not (pmtu.proven or pmtu.searching):
         peer.pmtu_new_path = False
-        pmtu.restart(now, bound(peer), floor(peer))
+        pmtu.restart(now, peer.pmtu_bound(), peer.pmtu_floor())
 
 
-def new_path(peer: Peer, now: float, out: Output) -> None:
+def new_path(peer: PeerState, now: float, out: Output) -> None:
     """Step 1 for a moved endpoint: the path's MTU is searched afresh (now if a
     session can carry probes, else when the next one is up)."""
     if peer.sendable(now) is None:
         peer.pmtu_new_path = True
         return
-    peer.pmtu.restart(now, bound(peer), floor(peer))
+    peer.pmtu.restart(now, peer.pmtu_bound(), peer.pmtu_floor())
     step(peer, now, out)
 
 
-def step(peer: Peer, now: float, out: Output) -> None:
+def step(peer: PeerState, now: float, out: Output) -> None:
     """Step 2: send the probes the search wants now; report a settled change."""
     pmtu = peer.pmtu
     kp = peer.sendable(now)
@@ -98,7 +63,7 @@ def step(peer: Peer, now: float, out: Output) -> None:
                                          settled.source.value))
 
 
-def answer_probe(peer: Peer, plaintext: bytes, size: int, now: float, out: Output) -> None:
+def answer_probe(peer: PeerState, plaintext: bytes, size: int, now: float, out: Output) -> None:
     """Step 3: the peer's PROBE arrived in a datagram of ``size`` bytes."""
     probe_id = decode_probe_untrusted(plaintext)
     reply = peer.sendable(now)
@@ -107,14 +72,14 @@ def answer_probe(peer: Peer, plaintext: bytes, size: int, now: float, out: Outpu
         peer.authenticated_sent(reply, now, out)
 
 
-def receive_ack(peer: Peer, plaintext: bytes, now: float, out: Output) -> None:
+def receive_ack(peer: PeerState, plaintext: bytes, now: float, out: Output) -> None:
     """Step 3: the peer's PROBE_ACK to one of our probes."""
     probe_id, acked = decode_probe_ack_untrusted(plaintext)
     if peer.pmtu.acked(probe_id, acked + peer.ip_overhead, now):
         step(peer, now, out)
 
 
-def kernel_report(peer: Peer, mtu: int, now: float, out: Output, *, local: bool) -> None:
+def kernel_report(peer: PeerState, mtu: int, now: float, out: Output, *, local: bool) -> None:
     """Step 4 (see :meth:`Peer.path_mtu_report`)."""
     if local:
         peer.pmtu.local_limit(mtu, now)

@@ -16,24 +16,22 @@ runs (consecutive datagrams on one keypair); for each run this module does:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .constants import REKEY_ON_RECEIVE_TIME
 from .events import Address, DropReason, EndpointChanged, Output
 from .keypair import Keypair
 from .messages import InnerType, decode_fragment_untrusted
+from .peerstate import PeerState
 from .relay import via_relay
 from .traversal import INNER_TYPES as TRAVERSAL_TYPES
-
-if TYPE_CHECKING:
-    from .peer import Peer
 
 _FRAGMENT = int(InnerType.FRAGMENT)
 _PROBE = int(InnerType.PROBE)
 _PROBE_ACK = int(InnerType.PROBE_ACK)
 
 
-def begin_run(peer: Peer, kp: Keypair, addr: Address, now: float, out: Output) -> None:
+def begin_run(
+    peer: PeerState, kp: Keypair[PeerState], addr: Address, now: float, out: Output
+) -> None:
     """Step 1: a run of datagrams on ``kp`` from ``addr`` authenticated."""
     if kp is peer.next:
         peer.confirm_next(kp, now, out)
@@ -45,7 +43,7 @@ def begin_run(peer: Peer, kp: Keypair, addr: Address, now: float, out: Output) -
 
 
 def authenticated_from(
-    peer: Peer, addr: Address, now: float, out: Output, proof: bool = False
+    peer: PeerState, addr: Address, now: float, out: Output, proof: bool = False
 ) -> None:
     """Something from ``addr`` authenticated as the peer's: roam (where NAT
     traversal's path rule allows: traversal.py), liveness, timers."""
@@ -58,7 +56,7 @@ def authenticated_from(
     peer.timers.any_authenticated_received()
 
 
-def roam(peer: Peer, addr: Address, now: float, out: Output) -> None:
+def roam(peer: PeerState, addr: Address, now: float, out: Output) -> None:
     """The endpoint becomes ``addr``; called only after a packet from it authenticated."""
     if addr != peer.endpoint:
         old = peer.endpoint
@@ -69,7 +67,7 @@ def roam(peer: Peer, addr: Address, now: float, out: Output) -> None:
 
 
 def receive_payload(
-    peer: Peer, plaintext: bytes, size: int, addr: Address, now: float, out: Output
+    peer: PeerState, plaintext: bytes, size: int, addr: Address, now: float, out: Output
 ) -> int:
     """Step 2: an authenticated inner message other than FRAME / FRAME_CSUM, in a
     datagram of ``size`` bytes from ``addr``; returns how many frames it
@@ -96,7 +94,9 @@ def receive_payload(
     return 0
 
 
-def end_run(peer: Peer, kp: Keypair, delivered: int, now: float, out: Output) -> None:
+def end_run(
+    peer: PeerState, kp: Keypair[PeerState], delivered: int, now: float, out: Output
+) -> None:
     """Step 3: the end of a run on ``kp`` that delivered ``delivered`` frames."""
     if delivered:
         peer.frames_received += delivered

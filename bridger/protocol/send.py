@@ -2,7 +2,7 @@
 
 Outbound flow (:func:`send_frames`, the one send path for frames):
  1. Frames larger than max_frame or empty are dropped (frame_size).
- 2. With no usable session the frames wait in the peer's :class:`SendQueue`
+ 2. With no usable session the frames wait in the peer's ``SendQueue``
     (bounded: the oldest is dropped, queue_full) and a handshake starts.
  3. A frame that fits one datagram is sealed as FRAME (FRAME_CSUM with a partial
     checksum); otherwise it is split into FRAGMENT plaintexts, each sealed with
@@ -17,18 +17,14 @@ Outbound flow (:func:`send_frames`, the one send path for frames):
 :func:`seal` seals one plaintext on its own (keepalives, probes, probe acks);
 :func:`send_keepalive` is the empty transport message of the timers.
 Like every concept module of a peer, this one calls the others only through
-the peer's verbs (see peer.py).
+the verbs declared on :class:`~.peerstate.PeerState` (see peerstate.py).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import TYPE_CHECKING
-
 from .aead import seal_transport
 from .checksum import complete_checksum
 from .constants import (
-    MAX_QUEUED_FRAMES,
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME,
@@ -43,49 +39,15 @@ from .messages import (
     MessageType,
     encode_frame_csum,
 )
-
-if TYPE_CHECKING:
-    from .peer import Peer
+from .peerstate import PeerState
 
 _TRANSPORT = int(MessageType.TRANSPORT)
 _FRAME_BYTE = bytes([InnerType.FRAME])
 _pack_nonce = TRANSPORT_NONCE.pack
 
 
-class SendQueue:
-    """Frames waiting for a session, oldest first; bounded by MAX_QUEUED_FRAMES
-    (a full queue drops its oldest frame and counts queue_full)."""
-
-    def __init__(self, drops: dict[DropReason, int]) -> None:
-        self._frames: deque[bytes] = deque()
-        self._drops = drops
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def push(self, frame: bytes, *, no_endpoint: bool = False) -> None:
-        """``no_endpoint``: the peer has no endpoint (and no relay) yet, so an
-        eviction is counted as no_endpoint rather than queue_full."""
-        if len(self._frames) >= MAX_QUEUED_FRAMES:
-            self._frames.popleft()
-            self._drops[DropReason.NO_ENDPOINT if no_endpoint else DropReason.QUEUE_FULL] += 1
-        self._frames.append(frame)
-
-    def take_all(self) -> list[bytes]:
-        """Empty the queue; its frames, oldest first."""
-        frames = list(self._frames)
-        self._frames.clear()
-        return frames
-
-    def clear(self) -> int:
-        """Drop every waiting frame; how many there were."""
-        n = len(self._frames)
-        self._frames.clear()
-        return n
-
-
 def send_frames(
-    peer: Peer,
+    peer: PeerState,
     frames: list[bytes],
     now: float,
     out: Output,
@@ -165,7 +127,7 @@ def send_frames(
     return out
 
 
-def seal(peer: Peer, kp: Keypair, plaintext: bytes, out: Output,
+def seal(peer: PeerState, kp: Keypair[PeerState], plaintext: bytes, out: Output,
          to: Address | None = None) -> None:
     """One transport datagram carrying ``plaintext`` to the peer's endpoint (or
     to ``to``: a path ping or pong on a candidate address, traversal.py)."""
@@ -181,7 +143,7 @@ def seal(peer: Peer, kp: Keypair, plaintext: bytes, out: Output,
     peer.tx_bytes += len(datagram)
 
 
-def authenticated_sent(peer: Peer, kp: Keypair, now: float, out: Output) -> None:
+def authenticated_sent(peer: PeerState, kp: Keypair[PeerState], now: float, out: Output) -> None:
     """Step 4, after any authenticated send: keepalive timers and key freshness."""
     peer.timers.any_authenticated_sent(now, peer.keepalive_interval)
     if (
@@ -192,7 +154,7 @@ def authenticated_sent(peer: Peer, kp: Keypair, now: float, out: Output) -> None
         peer.start_handshake(now, out)
 
 
-def send_keepalive(peer: Peer, now: float, out: Output) -> None:
+def send_keepalive(peer: PeerState, now: float, out: Output) -> None:
     """An empty transport message; with no usable session, a handshake instead."""
     kp = peer.sendable(now)
     if kp is None:
@@ -204,7 +166,7 @@ def send_keepalive(peer: Peer, now: float, out: Output) -> None:
     authenticated_sent(peer, kp, now, out)
 
 
-def flush_queue(peer: Peer, now: float, out: Output) -> bool:
+def flush_queue(peer: PeerState, now: float, out: Output) -> bool:
     """Step 5: send the waiting frames if a session is usable; whether it was."""
     if not peer.queue or peer.sendable(now) is None:
         return False

@@ -24,7 +24,8 @@ from .constants import (
 )
 from .device import Device, DeviceConfig
 from .events import Address, DropReason, Output
-from .peer import Peer, PeerConfig, PeerStats, ip_overhead_for
+from .peer import Peer
+from .peerstate import PeerConfig, PeerStats, ip_overhead_for
 
 TunnelStats = PeerStats
 

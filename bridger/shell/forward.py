@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
@@ -44,9 +44,6 @@ from bridger.protocol.messages import MAX_UDP_PAYLOAD
 from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
-
-if TYPE_CHECKING:
-    from bridger.shell.lane import NativeLane
 
 log = logging.getLogger("bridger")
 
@@ -68,6 +65,28 @@ def earliest(peers: Iterable[Peer]) -> float | None:
     return best
 
 
+class Lane(Protocol):
+    """What the forwarder asks of a native lane (bridger/shell/lane.py's
+    ``NativeLane``). The lane sits above the forwarder: it runs the passes
+    here on what it hands over, so it imports this module, and the forwarder
+    knows it only by these verbs."""
+
+    def held(self) -> AbstractContextManager[None]:
+        """The lane's mutex; what the core sends meanwhile leaves after it."""
+    def send_later(self, datagrams: list[tuple[bytes, Any]]) -> bool:
+        """Keep ``datagrams`` for the end of the current hold (False: not held)."""
+    def push(self, now: float) -> None:
+        """The core's decisions into the lane's tables."""
+    def learn(self, port: Port, frames: list[bytes]) -> None:
+        """Frames Python delivered to ``port``: their sources are behind its peer."""
+    def sync(self, now: float) -> None:
+        """The lane's counts and timer facts into the core, then ``push``."""
+    async def serve_port(self, port: Port) -> None:
+        """A port's task: its registration in the lane."""
+    async def run(self) -> None:
+        """The socket's task: the lane's loop."""
+
+
 @dataclass(eq=False)
 class Forwarder:
     """The data plane's state, shared by its tasks."""
@@ -80,7 +99,7 @@ class Forwarder:
     detector: LoopDetector | None = None
     wake_timers: trio.Event = field(default_factory=trio.Event)
     #: The native lane (bridger.shell.lane), or None: the pure-Python path.
-    lane: NativeLane | None = None
+    lane: Lane | None = None
     timer_at: float = math.inf
     #: Bumped by every pass of the forwarding tasks: a watchdog can see they run.
     heartbeat: int = 0

@@ -56,10 +56,10 @@ from bridger.native.guardcfg import guard_cfg
 from bridger.protocol import DropReason, Output, Peer
 from bridger.protocol.keypair import Keypair
 from bridger.protocol.relay import via_parts
+from bridger.shell.forward import Forwarder
 from bridger.shell.udp import normalise_address
 
 if TYPE_CHECKING:
-    from bridger.shell.forward import Forwarder
     from bridger.shell.port import Port
 
 log = logging.getLogger("bridger")
@@ -98,7 +98,7 @@ def clock_offset() -> float:
 
 
 class NativeLane:
-    """The forwarder's native lane (see the module docstring)."""
+    """The forwarder's native lane (see the module docstring); a ``forward.Lane``."""
 
     def __init__(self, fwd: Forwarder, lane_module: Any) -> None:
         self.fwd = fwd
