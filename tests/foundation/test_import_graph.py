@@ -35,23 +35,27 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _run_time_imports(node: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement under ``node`` except those under ``if TYPE_CHECKING:``."""
+def _run_time_imports(
+    node: ast.AST, typing: bool = False
+) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement under ``node`` except those under ``if TYPE_CHECKING:``
+    (``typing``: those too)."""
     for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and _is_type_checking(child.test):
+        if not typing and isinstance(child, ast.If) and _is_type_checking(child.test):
             for other in child.orelse:
                 yield from _run_time_imports(other)
             continue
         if isinstance(child, ast.Import | ast.ImportFrom):
             yield child
-        yield from _run_time_imports(child)
+        yield from _run_time_imports(child, typing)
 
 
-def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The bridger modules ``name`` (at ``path``) imports when it runs."""
+def imports_of(name: str, path: Path, modules: dict[str, Path], typing: bool = False) -> set[str]:
+    """The bridger modules ``name`` (at ``path``) imports when it runs
+    (``typing``: or for its annotations only)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for stmt in _run_time_imports(ast.parse(path.read_text(), str(path))):
+    for stmt in _run_time_imports(ast.parse(path.read_text(), str(path)), typing):
         if isinstance(stmt, ast.Import):
             targets = [alias.name for alias in stmt.names]
         else:
@@ -68,9 +72,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(typing: bool = False) -> dict[str, set[str]]:
     modules = module_files()
-    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+    return {name: imports_of(name, path, modules, typing) for name, path in modules.items()}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -113,3 +117,11 @@ def test_find_cycle_on_small_graphs() -> None:
 def test_no_import_circles_among_bridger_modules() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+
+
+def test_no_circles_even_through_annotations() -> None:
+    """Issue 22: the layers point downward also for the type checker (a peer's
+    concept modules see ``PeerState`` below them, the forwarder its lane as a
+    small protocol), so a reader follows every arrow one way."""
+    cycle = find_cycle(import_graph(typing=True))
+    assert cycle is None, "import circle through annotations: " + " -> ".join(cycle or [])
