@@ -110,7 +110,7 @@ class MeshSim:
         self._order += 1
         heapq.heappush(self._queue, (self.now + self.delay, self._order, datagram, src, dest))
 
-    def send(self, src: int, dst: int, size: int) -> None:
+    def send(self, src: int, dst: int, size: int = 200) -> None:
         site = self.sites[src]
         self._seq += 1
         site.sent.setdefault(dst, []).append(self._seq)
@@ -134,15 +134,23 @@ class MeshSim:
             wall = WALL_EPOCH + self.now
             if self._queue and self._queue[0][0] <= self.now:
                 _, _, datagram, src, dest = heapq.heappop(self._queue)
-                for i, site in enumerate(self.sites):
-                    if site.addr == dest and i not in self.down:
-                        self._absorb(site, site.device.receive_datagrams(
-                            [datagram], src, self.now, wall))
+                self._deliver(datagram, src, dest)
                 continue
             for i, site in enumerate(self.sites):
                 deadline = site.device.next_deadline()
                 if deadline is not None and deadline <= self.now and i not in self.down:
                     self._absorb(site, site.device.tick(self.now, wall))
+
+    def _deliver(self, datagram: bytes, src: Address, dest: Address) -> None:
+        """A datagram in flight arrives (at every running site with address ``dest``)."""
+        for i, site in enumerate(self.sites):
+            if site.addr == dest and i not in self.down:
+                self._absorb(site, site.device.receive_datagrams(
+                    [datagram], src, self.now, WALL_EPOCH + self.now))
+
+    def frame_size(self) -> int:
+        """The size of the next frame ``traffic`` sends."""
+        return self.rng.randint(60, 1514)
 
     def traffic(self, end: float, rate: float, pairs: list[tuple[int, int]]) -> None:
         """Frames at Poisson ``rate`` per second on each (src, dst) pair until ``end``."""
@@ -155,7 +163,7 @@ class MeshSim:
             self.run_until(due[k])
             src, dst = pairs[k]
             if src not in self.down:
-                self.send(src, dst, self.rng.randint(60, 1514))
+                self.send(src, dst, self.frame_size())
             due[k] += self.rng.expovariate(rate)
 
     def ratio(self, src: int, dst: int, since: int = 0) -> float:

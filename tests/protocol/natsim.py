@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass, field
 
 from bridger.protocol import Address, Device, DeviceConfig, Event, Output, Peer, PeerConfig
-from tests.protocol.meshsim import make_frame, parse_frame
+from tests.protocol.meshsim import MeshSim, parse_frame
 from tests.protocol.simnet import WALL_EPOCH, keypair
 
 PORT = 55555
@@ -103,7 +103,7 @@ class Site:
     misdelivered: int = 0
 
 
-class NatSim:
+class NatSim(MeshSim):
     """Sites ``kinds`` ("public", "preserving", "random"), a full mesh."""
 
     def __init__(self, kinds: list[str], seed: int = 1, *, keepalive: float = 25.0,
@@ -190,59 +190,14 @@ class NatSim:
                 [datagram], src, self.now, WALL_EPOCH + self.now))
             return
 
-    def send(self, src: int, dst: int, size: int = 200) -> None:
-        site = self.sites[src]
-        self._seq += 1
-        site.sent.setdefault(dst, []).append(self._seq)
-        frame = make_frame(src, dst, self._seq, size)
-        self._absorb(site, site.peers[dst].send_frames([frame], self.now, Output()))
-
-    def run_until(self, end: float) -> None:
-        while True:
-            candidates = [end]
-            if self._queue:
-                candidates.append(self._queue[0][0])
-            for i, site in enumerate(self.sites):
-                deadline = site.device.next_deadline()
-                if deadline is not None and i not in self.down:
-                    candidates.append(max(deadline, self.now))
-            t = min(candidates)
-            if t >= end and not (self._queue and self._queue[0][0] <= end):
-                self.now = end
-                return
-            self.now = max(self.now, t)
-            if self._queue and self._queue[0][0] <= self.now:
-                _, _, datagram, src, dest = heapq.heappop(self._queue)
-                self._deliver(datagram, src, dest)
-                continue
-            for i, site in enumerate(self.sites):
-                deadline = site.device.next_deadline()
-                if deadline is not None and deadline <= self.now and i not in self.down:
-                    self._absorb(site, site.device.tick(self.now, WALL_EPOCH + self.now))
-
-    def traffic(self, end: float, rate: float, pairs: list[tuple[int, int]]) -> None:
-        due = [self.now + self.rng.expovariate(rate) for _ in pairs]
-        while True:
-            k = min(range(len(pairs)), key=due.__getitem__)
-            if due[k] >= end:
-                self.run_until(end)
-                return
-            self.run_until(due[k])
-            src, dst = pairs[k]
-            if src not in self.down:
-                self.send(src, dst)
-            due[k] += self.rng.expovariate(rate)
+    def frame_size(self) -> int:
+        return 200
 
     # -- what tests read ---------------------------------------------------------------
 
     def path(self, i: int, j: int) -> str:
         """How site i reaches site j: "direct", "relayed via site-a", "none"."""
         return self.sites[i].device.traversal.path(self.sites[i].peers[j]).describe()
-
-    def ratio(self, src: int, dst: int, since: int = 0) -> float:
-        sent = [s for s in self.sites[src].sent.get(dst, []) if s > since]
-        got = self.sites[dst].received.get(src, set())
-        return sum(1 for s in sent if s in got) / max(1, len(sent))
 
     def delivered(self, src: int, dst: int, since: int = 0) -> bool:
         """At least one frame sent after seq ``since`` arrived."""
