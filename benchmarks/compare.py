@@ -128,23 +128,44 @@ def ensure_installed(names: list[str]) -> None:
                        check=True, stdout=subprocess.DEVNULL)
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its living descendants: a tunnel's whole cost, e.g. bridger's
+    root monitor and its unprivileged data plane (issue 25), one process else."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime+stime of a process and its reaped children, in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / CLK_TCK
+    """utime+stime of a process, its descendants and their reaped children, in seconds."""
+    total = 0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])
+    return total / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    """Resident memory of a process and its descendants, in MB."""
+    total = 0.0
+    for p in family(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 class RssSampler:
