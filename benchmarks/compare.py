@@ -68,6 +68,7 @@ from peers import Bridger, Runner, make
 
 from bridger.keys import encode_key, public_key
 from bridger.lab import Lab, LabOptions
+from bridger.lab.hub import family
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -126,21 +127,6 @@ def ensure_installed(names: list[str]) -> None:
         print(f"installing {' '.join(missing)} ...", flush=True)
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
                        check=True, stdout=subprocess.DEVNULL)
-
-
-def family(pid: int) -> list[int]:
-    """``pid`` and its living descendants: a tunnel's whole cost, e.g. bridger's
-    root monitor and its unprivileged data plane (issue 25), one process else."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        found.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return found
 
 
 def cpu_seconds(pid: int) -> float:

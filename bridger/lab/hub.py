@@ -440,17 +440,44 @@ class HubLab:
         self._cables.discard(f"{a} {name}a")
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its living descendants: a gateway started as root is a
+    monitor and its unprivileged data plane (issue 25), and both cost."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (/proc/PID/stat fields 14 and 15)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User + system CPU time so far of a process and its descendants
+    (/proc/PID/stat fields 14 and 15)."""
+    total = 0
+    for p in family(pid):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MB (/proc/PID/statm)."""
-    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return pages * PAGE_SIZE / 1e6
+    """Resident memory of a process and its descendants in MB (/proc/PID/statm)."""
+    total = 0
+    for p in family(pid):
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1])
+        except OSError:
+            continue
+    return total * PAGE_SIZE / 1e6
 
 
 def wait_until(condition: Callable[[], bool], within: float, step: float = 0.1) -> float | None:
