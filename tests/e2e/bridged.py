@@ -8,6 +8,7 @@ configs of :func:`bridger.lab.write_gateway_configs` (mesh or hub).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import struct
@@ -54,11 +55,14 @@ class Gateways:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.procs[site].poll() is None:
             try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             except OSError:
                 break
-            if children:
-                return int(children[0])
+            for child in children:  # the fork, not a passing `nft` of the host setup
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
+                        return int(child)
             time.sleep(0.05)  # the split comes once the host is set up
         return pid
 

@@ -73,8 +73,24 @@ def children(pid: int) -> list[int]:
 
 
 def worker_of(monitor: int) -> int:
+    """The monitor's fork: a child with its command line (not a passing `nft`)."""
     found: list[int] = []
-    wait_for("the data plane process", lambda: bool(found.extend(children(monitor)) or found))
+
+    def forked() -> bool:
+        try:
+            cmdline = Path(f"/proc/{monitor}/cmdline").read_bytes()
+        except OSError:
+            return False
+        for child in children(monitor):
+            try:
+                if Path(f"/proc/{child}/cmdline").read_bytes() == cmdline:
+                    found.append(child)
+                    return True
+            except OSError:
+                continue
+        return False
+
+    wait_for("the data plane process", forked)
     return found[0]
 
 
