@@ -85,32 +85,26 @@ def restrict_writes(allow_write: Path, files: tuple[str, ...] = ()) -> int:
                            ctypes.c_size_t(ctypes.sizeof(attr)), ctypes.c_uint32(0))
     if ruleset < 0:
         raise fail("ruleset")
-    try:
+
+    def allow(path: str | Path, access: int, flags: int) -> None:
+        """One path-beneath rule: ``access`` stays allowed under ``path``."""
         try:
-            dirfd = os.open(allow_write, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC | flags)
         except OSError as exc:
-            raise HostError(f"cannot restrict writes: {allow_write}: {exc.strerror}") from exc
+            raise HostError(f"cannot restrict writes: {path}: {exc.strerror}") from exc
         try:
-            rule = _PathBeneath(handled, dirfd)
+            rule = _PathBeneath(access, fd)
             if libc.syscall(ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
                             ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule),
                             ctypes.c_uint32(0)) != 0:
-                raise fail(f"rule for {allow_write}")
+                raise fail(f"rule for {path}")
         finally:
-            os.close(dirfd)
+            os.close(fd)
+
+    try:
+        allow(allow_write, handled, os.O_DIRECTORY)
         for name in files:
-            try:
-                fd = os.open(name, os.O_PATH | os.O_CLOEXEC)
-            except OSError as exc:
-                raise HostError(f"cannot restrict writes: {name}: {exc.strerror}") from exc
-            try:
-                rule = _PathBeneath(WRITE_FILE, fd)
-                if libc.syscall(ctypes.c_long(SYS_LANDLOCK_ADD_RULE), ctypes.c_int(ruleset),
-                                ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH), ctypes.byref(rule),
-                                ctypes.c_uint32(0)) != 0:
-                    raise fail(f"rule for {name}")
-            finally:
-                os.close(fd)
+            allow(name, WRITE_FILE, 0)
         if libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset),
                         ctypes.c_uint32(0)) != 0:
             raise fail("restrict_self")
