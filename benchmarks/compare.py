@@ -99,6 +99,8 @@ METRICS = [
     ("tcp_attack_base_mbit", "TCP A->B, same lab, no attack", "Mbit/s", True),
     ("tcp_attack4k_ratio", "TCP A->B under attack 4k/s (x unattacked)", "ratio", True),
     ("tcp_attack20k_ratio", "TCP A->B under attack 20k/s (x unattacked)", "ratio", True),
+    ("tcp_attack20k_closed_ratio", "TCP A->B, 20k/s at a closed port (x unattacked)", "ratio",
+     True),
     ("attack_answered", "answers to the attack the issue forbids", "datagrams", False),
     ("tcp_storm_base_mbit", "TCP A->B, same lab, no storm", "Mbit/s", True),
     ("storm_ping_loss_pct", "ping loss A->B during a storm", "%", False),
@@ -274,7 +276,10 @@ def measure_lossy(runner: Runner, lab: Lab, duration: float) -> dict[str, float]
 
 #: Datagrams/s of scripts/attack.py at gwB's port for the "under attack" rows.
 ATTACK_RATES = (4000, 20000)
-#: Rounds of (no attack, each of ATTACK_RATES) in the "under attack" lab, alternated so
+#: The control of each round: the same spray at a port of gwB where nothing listens (the
+#: kernel answers ICMP): what the attacker and the kernel cost the transfer without bridger.
+CLOSED_RATE, CLOSED_PORT = 20000, 55556
+#: Rounds of (no attack, each of ATTACK_RATES, the control) in the "under attack" lab, alternated so
 #: that a shared machine's load falls on all of them alike (``--attack-rounds``).
 ATTACK_ROUNDS = 3
 #: Answer kinds an attack may get (scripts/attack.py's classes): cookie replies (type 3)
@@ -319,8 +324,9 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
                      rounds: int | None = None) -> dict[str, float]:
     """bridger only: TCP A->B alone and while scripts/attack.py sprays gwB's port at
     each of ATTACK_RATES (junk, flips and replays of captured tunnel traffic,
-    handshakes with bad and valid mac1, spoofed sources), in ``rounds`` rounds
-    (ATTACK_ROUNDS) that alternate: alone, 4k, 20k, alone, 4k, ... Each attacked
+    handshakes with bad and valid mac1, spoofed sources) and at a closed port
+    (the control), in ``rounds`` rounds (ATTACK_ROUNDS) that alternate: alone,
+    4k, 20k, closed, alone, 4k, ... Each attacked
     run's ratio is to the unattacked run of its round; a row is the median of its
     rounds. Also counts the answers the issue forbids (``attack_answered``)."""
     if not isinstance(runner, Bridger):
@@ -330,6 +336,7 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
     res: dict[str, float] = {}
     bases: list[float] = []
     ratios: dict[int, list[float]] = {rate: [] for rate in ATTACK_RATES}
+    closed: list[float] = []
     answered = 0
     with iperf_server(lab):
         pcap = runner.workdir / "attack-capture.pcap"
@@ -343,11 +350,11 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
             base = iperf(lab, duration=duration)["end"]["sum_received"]["bits_per_second"] / 1e6
             bases.append(base)
             print(f"round {turn + 1}: no attack {base:,.0f} Mbit/s ({load()})", flush=True)
-            for rate in ATTACK_RATES:
-                out = runner.workdir / f"attack-{rate}-{turn}.json"
+            for rate, port in (*((r, 55555) for r in ATTACK_RATES), (CLOSED_RATE, CLOSED_PORT)):
+                out = runner.workdir / f"attack-{rate}-{port}-{turn}.json"
                 proc = lab.popen(
                     "wan", sys.executable, str(attack), "--iface", "wB",
-                    "--target", f"{lab.gateway_wan_address('B')}:55555",
+                    "--target", f"{lab.gateway_wan_address('B')}:{port}",
                     "--peer", lab.gateway_wan_address("A"),
                     "--target-key", encode_key(public_key(runner.keys["B"])),
                     "--source-base", f"{lab.gateway_wan_address('B').rsplit('.', 1)[0]}.200",
@@ -363,9 +370,14 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
                     proc.terminate()
                     text, _ = proc.communicate(timeout=60)
                 summary = json.loads(text.strip().splitlines()[-1]) if text.strip() else {}
+                ratio = got / 1e6 / base if base else math.nan
+                if port == CLOSED_PORT:
+                    closed.append(ratio)
+                    print(f"round {turn + 1}: {rate}/s at closed port {port} {got / 1e6:,.0f} "
+                          f"Mbit/s = {ratio:.2f}x ({load()})", flush=True)
+                    continue
                 bad = forbidden_answers(summary.get("answers", {}))
                 answered += bad
-                ratio = got / 1e6 / base if base else math.nan
                 ratios[rate].append(ratio)
                 print(f"round {turn + 1}: attack {summary.get('rate', '?')}/s (asked {rate}) "
                       f"{got / 1e6:,.0f} Mbit/s = {ratio:.2f}x, forbidden answers {bad} "
@@ -373,10 +385,12 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
     res["tcp_attack_base_mbit"] = median(bases)
     for rate in ATTACK_RATES:
         res[f"tcp_attack{rate // 1000}k_ratio"] = median(ratios[rate])
+    res["tcp_attack20k_closed_ratio"] = median(closed)
     res["attack_answered"] = answered
     print("under attack (median of " + str(rounds) + " rounds): " + ", ".join(
         f"{rate}/s {median(ratios[rate]):.2f}x [{' '.join(f'{r:.2f}' for r in ratios[rate])}]"
-        for rate in ATTACK_RATES) + f"; forbidden answers {answered}", flush=True)
+        for rate in ATTACK_RATES) + f"; {CLOSED_RATE}/s at a closed port {median(closed):.2f}x "
+        f"[{' '.join(f'{r:.2f}' for r in closed)}]; forbidden answers {answered}", flush=True)
     return res
 
 
