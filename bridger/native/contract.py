@@ -36,6 +36,11 @@ HS_QUEUE = 256
 HS_RATE = 500.0
 #: ... and the burst of that bucket.
 HS_BURST = 64.0
+#: Of those, per source address (IPv4; IPv6: its /64) per second, and the burst.
+HS_SOURCE_RATE = 20.0
+HS_SOURCE_BURST = 5.0
+#: Source addresses the lane keeps a bucket for (hashed slots).
+HS_SOURCES = 1024
 #: Transport indexes only Python holds (unconfirmed sessions) the lane is told of.
 MAX_PY_INDEXES = 256
 #: Seconds between two takes of path-MTU reports from the lane at least (it
