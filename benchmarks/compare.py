@@ -68,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers import Bridger, Runner, make
 
+from bridger.guard.constants import DEFAULT_FLOOD_RATE, DEFAULT_ND_SHARE
 from bridger.keys import encode_key, public_key
 from bridger.lab import Lab, LabOptions
 from bridger.lab.hub import family
@@ -107,6 +108,8 @@ METRICS = [
     ("tcp_storm_mbit", "TCP A->B during a storm", "Mbit/s", True),
     ("tcp_storm_ratio", "TCP A->B during a storm (x calm)", "ratio", True),
     ("storm_far_fps", "storm frames/s reaching site B", "frames/s", False),
+    ("storm_far_bound_fps", "... bridger's bound there (budget + burst over the window)",
+     "frames/s", False),
 ]
 #: The lab of the "1% loss 10 ms" rows: one-way knobs on the router's egress to each gateway.
 LOSSY = LabOptions(loss_pct=1.0, delay_ms=10.0)
@@ -400,6 +403,10 @@ def measure_attacked(runner: Runner, lab: Lab, duration: float,
 FLOOD = Path(__file__).resolve().parents[1] / "tests" / "e2e" / "flood.py"
 STORM_HOST, STORM_WITNESS = "hostA2", "hostB2"
 STORM_PINGS = 200
+#: bridger's budget for a broadcast storm at the defaults (docs/guard.md): the general
+#: share of flood_rate, and its burst (flood_burst 0: one second's worth).
+STORM_RATE = DEFAULT_FLOOD_RATE * (1 - DEFAULT_ND_SHARE)
+STORM_BURST = STORM_RATE
 
 
 def storm_frame(src_mac: str) -> bytes:
@@ -459,10 +466,16 @@ def measure_storm(runner: Runner, lab: Lab, duration: float) -> dict[str, float]
         res["tcp_storm_mbit"] = stormy
         res["tcp_storm_ratio"] = stormy / base if base else math.nan
         res["storm_far_fps"] = far / seconds
+        if isinstance(runner, Bridger):
+            # The guard's general budget at the default flood_rate, as frames/s over
+            # this window: rate + burst / seconds (a short window shows the burst).
+            res["storm_far_bound_fps"] = STORM_RATE + STORM_BURST / seconds
         res["storm_lan_fps"] = lan / seconds  # the storm offered to gwA (JSON only)
         print(f"during a storm of {lan / seconds:,.0f} frames/s into gwA: ping "
               f"{got}/{STORM_PINGS}, TCP {base:,.0f} -> {stormy:,.0f} Mbit/s, "
-              f"{far / seconds:,.0f} frames/s at {STORM_WITNESS}", flush=True)
+              f"{far / seconds:,.0f} frames/s at {STORM_WITNESS} in {seconds:.1f} s"
+              + (f" (bound {res['storm_far_bound_fps']:,.0f}/s)"
+                 if "storm_far_bound_fps" in res else ""), flush=True)
     return res
 
 
