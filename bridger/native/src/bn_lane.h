@@ -70,9 +70,12 @@
 /* Handshake messages waiting for Python at most; admitted per second (and
  * burst) from sources that are no peer's endpoint, all of them together and
  * per source address (an IPv4 address, an IPv6 /64; WireGuard's ratelimiter
- * has the same per-source figures), remembered in BN_HS_SOURCES slots. */
+ * has the same per-source figures), remembered in BN_HS_SOURCES slots.  What
+ * Python does with a stranger's message is mostly a cookie reply, about 100 us
+ * each (500/s cost it 5-8% of a core under a spoofed flood): the common rate
+ * is what a hub's spokes, all strangers after its restart, need. */
 #define BN_HS_QUEUE 256
-#define BN_HS_RATE 500.0
+#define BN_HS_RATE 100.0
 #define BN_HS_BURST 64.0
 #define BN_HS_SOURCE_RATE 20.0
 #define BN_HS_SOURCE_BURST 5.0
