@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -193,10 +194,12 @@ def test_one_strangers_handshakes_are_admitted_at_its_own_rate() -> None:
     lane = _lane()
     msg = _valid_initiation()
     try:
+        began = time.monotonic()
         lane.udp_receive([msg] * 1000, ADDR)
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
         queued = len(contract.take_punts(lane))
         stats = contract.take_stats(lane).lane
-        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + 2  # (+ refill)
+        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + refill
         assert stats.handshakes_shed == 1000 - queued
         assert stats.handshakes_queued == queued
         assert stats.rx_datagrams == 1000 - queued  # the shed ones are counted received
@@ -212,10 +215,12 @@ def test_one_ipv6_64_is_one_source() -> None:
     lane = _lane()
     msg = _valid_initiation()
     try:
+        began = time.monotonic()
         for i in range(1, 101):
             lane.udp_receive([msg], (f"2001:db8:1:2::{i:x}", 40000))
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
         queued = len(contract.take_punts(lane))
-        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + 2
+        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + refill
     finally:
         lane.close()
 
@@ -228,11 +233,13 @@ def test_strangers_handshakes_are_admitted_at_a_bounded_rate() -> None:
     lane = _lane()
     msg = _valid_initiation()
     try:
+        began = time.monotonic()
         for i in range(1000):
             lane.udp_receive([msg], (f"10.66.{i >> 8}.{i & 255}", 40000))
+        refill = contract.HS_RATE * (time.monotonic() - began) + 1  # (what the clock refilled)
         queued = len(contract.take_punts(lane))
         stats = contract.take_stats(lane).lane
-        assert contract.HS_BURST <= queued <= contract.HS_BURST + 5  # (+ what the clock refilled)
+        assert contract.HS_BURST <= queued <= contract.HS_BURST + refill
         assert queued <= contract.HS_QUEUE
         assert stats.handshakes_shed == 1000 - queued
         assert stats.handshakes_queued == queued
