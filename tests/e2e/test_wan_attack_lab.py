@@ -18,7 +18,10 @@ attack, so a fresh handshake has to complete through it.  What must hold:
 2. gwB's ``bridger status --json`` counts what the lane dropped by itself:
    malformed, handshake_mac1, auth_failed, replay/too_old, and handshake
    messages shed from its bounded queue; internal_error stays 0;
-3. nothing but cookie replies answers the attack (tcpdump on the router).
+3. nothing but cookie replies answers the attack (tcpdump on the router);
+4. one address spraying valid-mac1 initiations (the ``hs_valid`` class) gets no
+   more of them handled than the lane's per-source rate admits (each handled one
+   is answered by a cookie reply under load: the replies are counted).
 
 The throughput ratio (under attack / alone) is printed, not asserted: on a
 loaded two-core machine it depends on everything else that runs; the
@@ -36,6 +39,8 @@ from typing import Any
 import pytest
 
 from bridger.lab import Lab, LabOptions
+from bridger.native import contract
+from bridger.protocol.messages import COOKIE_REPLY_LEN
 from tests.adversarial.labtools import finish_attack, start_attack, start_capture, stop_capture
 from tests.e2e.bridged import BridgedLab, host_address, wait_ping
 from tests.e2e.test_bridge_traffic import transfer
@@ -125,6 +130,10 @@ def test_wan_attack_on_the_native_path(link: BridgedLab, tmp_path: Path) -> None
             assert sum(k.startswith("type2_") for k in kinds) == 1, row
             continue
         assert all(k.startswith("type3_") for k in kinds), f"{cls}: more than cookie replies {row}"
+    # 4. (a capture may hold several replies of one send as one datagram: bytes count)
+    replies = answers.get("hs_valid", {"bytes": 0})["bytes"] // COOKIE_REPLY_LEN
+    admitted = contract.HS_SOURCE_BURST + contract.HS_SOURCE_RATE * (summary["elapsed"] + 2)
+    assert replies <= admitted, (replies, admitted, answers["hs_valid"])
     status = link.status("B")
     assert status is not None and status["peers"][0]["state"] == "up"
     assert status["peers"][0]["endpoint"] == f"{lab.gateway_wan_address('A')}:55555"

@@ -209,6 +209,39 @@ def test_one_strangers_handshakes_are_admitted_at_its_own_rate() -> None:
         lane.close()
 
 
+def _source_slot(host: str) -> int:
+    """The lane's slot of an IPv4 source (bn_lane_rx.c's hs_admit: FNV-1a of the
+    IPv4-mapped address, modulo HS_SOURCES)."""
+    h = 2166136261
+    for byte in bytes(10) + b"\xff\xff" + bytes(map(int, host.split("."))):
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h % contract.HS_SOURCES
+
+
+@needs_lane
+def test_a_collision_never_refills_a_flooders_bucket() -> None:
+    """Addresses that share a flooding address's slot share its empty bucket: a
+    spray from many addresses cannot keep handing one address a fresh burst
+    (the WAN attack lab saw 28/s of cookie replies to one address that way)."""
+    slot = _source_slot(ADDR[0])
+    colliders = [a for a in (f"10.66.{i >> 8}.{i & 255}" for i in range(65536))
+                 if _source_slot(a) == slot][:5]
+    assert len(colliders) == 5
+    lane = _lane()
+    msg = _valid_initiation()
+    try:
+        lane.udp_receive([msg] * 100, ADDR)  # its burst, then shed
+        contract.take_punts(lane)
+        began = time.monotonic()
+        for other in colliders:
+            lane.udp_receive([msg], (other, 40000))
+            lane.udp_receive([msg] * 20, ADDR)
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
+        assert len(contract.take_punts(lane)) <= refill
+    finally:
+        lane.close()
+
+
 @needs_lane
 def test_one_ipv6_64_is_one_source() -> None:
     """An IPv6 host may own a whole /64: its addresses share one bucket."""

@@ -212,8 +212,8 @@ typedef struct bn_lane {
     bn_punt *punts, **punt_tail;
     int nhs; /* handshake punts queued */
     double hs_tokens, hs_stamp;
-    /* Strangers' buckets by source (a slot taken by another source starts
-     * full: a collision never starves anyone, the global bucket still binds). */
+    /* Strangers' buckets by source; a slot passes to another source once its
+     * bucket has refilled, until then colliding sources share it. */
     bn_hs_source hs_sources[BN_HS_SOURCES];
     uint8_t mac1_key[BN_MAC1_KEY_LEN];
     int has_mac1_key;

@@ -168,10 +168,17 @@ static int hs_admit(bn_lane *l, const struct sockaddr_storage *from, socklen_t f
             h = (h ^ key[i]) * 16777619u;
         bn_hs_source *src = &l->hs_sources[h % BN_HS_SOURCES];
         if (!src->used || memcmp(src->addr, key, 16) != 0) {
-            memcpy(src->addr, key, 16);
-            src->used = 1;
-            src->tokens = BN_HS_SOURCE_BURST;
-            src->stamp = now;
+            /* Another source's slot: it becomes this one's only when its bucket
+             * has refilled (its owner is quiet); else the two share it.  A
+             * collision so never gives anyone more: a flood from many
+             * addresses cannot keep refilling one address's bucket. */
+            double full = src->tokens + (now - src->stamp) * BN_HS_SOURCE_RATE;
+            if (!src->used || full >= BN_HS_SOURCE_BURST) {
+                memcpy(src->addr, key, 16);
+                src->used = 1;
+                src->tokens = BN_HS_SOURCE_BURST;
+                src->stamp = now;
+            }
         }
         if (!take_token(&src->tokens, &src->stamp, now, BN_HS_SOURCE_RATE, BN_HS_SOURCE_BURST))
             return 0;
