@@ -163,7 +163,7 @@ static int hs_admit(bn_lane *l, const struct sockaddr_storage *from, socklen_t f
     double now = bn_lane_now(l);
     uint8_t key[16];
     if (source_key(from, from_len, key)) {
-        uint32_t h = 2166136261u; /* FNV-1a: a collision only refills a bucket */
+        uint32_t h = 2166136261u; /* FNV-1a (unkeyed: a collision shares, below) */
         for (int i = 0; i < 16; i++)
             h = (h ^ key[i]) * 16777619u;
         bn_hs_source *src = &l->hs_sources[h % BN_HS_SOURCES];
@@ -212,7 +212,8 @@ static void rx_handshake(bn_lane *l, const uint8_t *d, size_t n,
             return;
         }
     }
-    if (l->nhs >= BN_HS_QUEUE || (bn_lane_port_of(l, from, from_len) < 0 && !hs_admit(l, from, from_len))) {
+    if (l->nhs >= BN_HS_QUEUE
+        || (bn_lane_port_of(l, from, from_len) < 0 && !hs_admit(l, from, from_len))) {
         bn_lane_rx_counted(l, n);
         l->st.hs_shed++;
         return;
