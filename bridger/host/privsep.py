@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import contextlib
 import enum
+import errno
 import json
 import logging
 import os
@@ -48,9 +49,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridger.errors import BridgerError, ConfigError, HostError
+from bridger.ha.gate import PORT_STATES, FdbEntry, GateError, PortGate, read_fdb
 from bridger.host import landlock, seccomp
 from bridger.host.checks import check_name
 from bridger.host.privileges import (
@@ -96,6 +98,26 @@ class Request(enum.Enum):
     #: ``{"op": "reread"}``: read the configuration and the keys again (the
     #: files are root's); reply: the validated config and keys, or the error line.
     REREAD = "reread"
+    #: Two gateways per site only (``bridger.ha``):
+    #: ``{"op": "port_state", "name": TAP, "state": "disabled" | "forwarding"}``:
+    #: the bridge-port state of TAP, one of this run's taps.
+    PORT_STATE = "port_state"
+    #: ``{"op": "flush_lan"}``: forget what our bridge learnt on the LAN port.
+    FLUSH_LAN = "flush_lan"
+    #: ``{"op": "fdb"}``: the learnt unicast FDB entries of our bridge.
+    FDB = "fdb"
+
+
+#: The requests only a gateway of a two-gateway site may make.
+GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FLUSH_LAN, Request.FDB})
+
+
+class Asked(NamedTuple):
+    """A validated request: the operation and its arguments (None: not taken)."""
+
+    op: Request
+    name: str | None = None
+    state: str | None = None
 
 
 class MonitorGone(HostError):
@@ -159,7 +181,7 @@ def _receive(sock: socket.socket, limit: int) -> tuple[bytes, list[int]]:
     return data, list(fds)
 
 
-def parse_request_untrusted(data: bytes) -> tuple[Request, str | None]:
+def parse_request_untrusted(data: bytes) -> Asked:
     """A worker's request, validated; raises only ``ValueError``."""
     if len(data) > MAX_REQUEST:
         raise ValueError("request too long")
@@ -173,18 +195,23 @@ def parse_request_untrusted(data: bytes) -> tuple[Request, str | None]:
         op = Request(message["op"])
     except ValueError:
         raise ValueError(f"unknown op {message['op'][:32]!r}") from None
-    if op in (Request.ADD_TAP, Request.REMOVE_TAP):
-        if set(message) != {"op", "name"} or not isinstance(message["name"], str):
-            raise ValueError(f"{op.value}: needs exactly a name")
+    if op in (Request.ADD_TAP, Request.REMOVE_TAP, Request.PORT_STATE):
+        keys = {"op", "name", "state"} if op is Request.PORT_STATE else {"op", "name"}
+        if set(message) != keys or not all(isinstance(message[k], str) for k in keys):
+            raise ValueError(f"{op.value}: needs exactly {' and '.join(sorted(keys - {'op'}))}")
         name = message["name"]
         try:
             check_name(name, "tap")
         except HostError as exc:
             raise ValueError(str(exc)) from None
-        return op, name
+        if op is not Request.PORT_STATE:
+            return Asked(op, name)
+        if message["state"] not in PORT_STATES:
+            raise ValueError(f"port_state: state must be one of {', '.join(PORT_STATES)}")
+        return Asked(op, name, message["state"])
     if set(message) != {"op"}:
         raise ValueError(f"{op.value}: takes no arguments")
-    return op, None
+    return Asked(op)
 
 
 # -- the monitor (root) -----------------------------------------------------------
@@ -205,6 +232,9 @@ class Monitor:
         self.reread = reread
         self.read_keys = read_keys
         self.allowed, self.isolated = taps_of(config)
+        #: Two gateways per site: the port gate (its netlink socket opened now,
+        #: before any filter), else None and the group's requests are refused.
+        self.gate: PortGate | None = PortGate() if config.ha is not None else None
         self.refused = 0  # requests refused as invalid (counted, one log line each)
         self._stopping = False  # a stop signal was passed on
         self._signals: list[int] = []
@@ -238,6 +268,8 @@ class Monitor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.sock.close()
+            if self.gate is not None:
+                self.gate.close()
 
     def _loop(self, pidfd: int) -> int:
         poller = select.poll()
@@ -290,8 +322,7 @@ class Monitor:
         if not data:
             return False
         try:
-            op, name = parse_request_untrusted(data)
-            reply, out_fds = self._do(op, name)
+            reply, out_fds = self._do(parse_request_untrusted(data))
         except (ValueError, BridgerError) as exc:
             self.refused += 1
             log.warning("monitor: refused a request of the data plane: %s", exc)
@@ -310,8 +341,11 @@ class Monitor:
         with contextlib.suppress(OSError):
             _send(self.sock, pickle.dumps(("error", message[:400])))
 
-    def _do(self, op: Request, name: str | None) -> tuple[bytes, tuple[int, ...]]:
+    def _do(self, asked: Asked) -> tuple[bytes, tuple[int, ...]]:
         host = self.host
+        op, name = asked.op, asked.name
+        if op in GROUP_REQUESTS:
+            return self._do_group(asked), ()
         if op is Request.ADD_TAP:
             assert name is not None
             if name not in self.allowed:
@@ -343,6 +377,27 @@ class Monitor:
         self.allowed, _ = taps_of(config)
         return pickle.dumps(("ok", (config, private, psks))), ()
 
+    def _do_group(self, asked: Asked) -> bytes:
+        """The group's three requests (``bridger.ha.gate``), for our bridge and taps only."""
+        if self.gate is None:
+            raise ValueError(f"{asked.op.value}: this gateway is not one of a site's group")
+        try:
+            if asked.op is Request.PORT_STATE:
+                assert asked.name is not None and asked.state is not None
+                if asked.name not in self.host.taps:
+                    raise ValueError(f"port_state: {asked.name} is not one of this run's taps")
+                self.gate.set_state(asked.name, PORT_STATES[asked.state])
+                return pickle.dumps(("ok", None))
+            if asked.op is Request.FLUSH_LAN:
+                self.gate.flush(self.host.plan.lan)
+                return pickle.dumps(("ok", None))
+            assert asked.op is Request.FDB
+            bridge = socket.if_nametoindex(self.host.bridge_name)
+            entries = [e for e in read_fdb() if e[1] == bridge]
+            return pickle.dumps(("ok", entries))
+        except OSError as exc:  # GateError included: the kernel's answer, not a refusal
+            raise HostError(f"{asked.op.value}: {exc.strerror or exc}") from exc
+
     def outcome(self, status: int) -> int:
         """The monitor's exit code for the worker's wait status (it is restoring
         next), or the error for a data plane killed by a signal."""
@@ -368,10 +423,13 @@ class MonitorClient:
         self.sock = sock
         self._lock = threading.Lock()
 
-    def call(self, op: Request, name: str | None = None) -> tuple[Any, list[int]]:
+    def call(self, op: Request, name: str | None = None,
+             state: str | None = None) -> tuple[Any, list[int]]:
         message: dict[str, str] = {"op": op.value}
         if name is not None:
             message["name"] = name
+        if state is not None:
+            message["state"] = state
         with self._lock:
             try:
                 _send(self.sock, json.dumps(message).encode())
@@ -403,6 +461,37 @@ class StormCounters:
         except HostError as exc:
             raise NftError(str(exc)) from exc
         self.drops = dict(drops)
+
+
+class MonitorGroupHost:
+    """The group's host actions (``bridger.ha.gate.GroupHost``) asked of the
+    monitor: this process holds no CAP_NET_ADMIN and may open no netlink socket."""
+
+    def __init__(self, client: MonitorClient) -> None:
+        self.client = client
+        self._names = {value: key for key, value in PORT_STATES.items()}
+
+    def set_port_state(self, tap: str, state: int) -> None:
+        self._ask(Request.PORT_STATE, tap, self._names[state])
+
+    def flush_lan(self) -> None:
+        self._ask(Request.FLUSH_LAN)
+
+    def read_fdb(self) -> list[FdbEntry]:
+        try:
+            entries, _ = self.client.call(Request.FDB)
+        except HostError as exc:
+            raise OSError(errno.EIO, str(exc)) from exc
+        return list(entries)
+
+    def close(self) -> None:
+        pass  # the socket is the worker's
+
+    def _ask(self, op: Request, name: str | None = None, state: str | None = None) -> None:
+        try:
+            self.client.call(op, name, state)
+        except HostError as exc:
+            raise GateError(errno.EIO, str(exc)) from exc
 
 
 class WorkerHost:
@@ -447,6 +536,10 @@ class WorkerHost:
         if self._keys is None or self._keys[0] is not config:
             raise ConfigError("the keys of this configuration were not read")
         return self._keys[1], self._keys[2]
+
+    def group_host(self) -> MonitorGroupHost:
+        """The group's port gate, flush and FDB, asked of the monitor."""
+        return MonitorGroupHost(self.client)
 
     def restore(self) -> None:
         """The monitor restores; here only the fds close."""

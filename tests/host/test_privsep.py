@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -27,16 +29,28 @@ from hypothesis import strategies as st
 
 from bridger.host import seccomp
 from bridger.host.privileges import ensure_user
-from bridger.host.privsep import MAX_REQUEST, Request, parse_request_untrusted
+from bridger.host.privsep import (
+    MAX_REQUEST,
+    Asked,
+    Monitor,
+    Request,
+    parse_request_untrusted,
+)
 
 
 @pytest.mark.parametrize(("message", "want"), [
-    ({"op": "add_tap", "name": "berlin"}, (Request.ADD_TAP, "berlin")),
-    ({"op": "remove_tap", "name": "bridger-tap0"}, (Request.REMOVE_TAP, "bridger-tap0")),
-    ({"op": "storm_counters"}, (Request.STORM_COUNTERS, None)),
-    ({"op": "reread"}, (Request.REREAD, None)),
+    ({"op": "add_tap", "name": "berlin"}, Asked(Request.ADD_TAP, "berlin")),
+    ({"op": "remove_tap", "name": "bridger-tap0"}, Asked(Request.REMOVE_TAP, "bridger-tap0")),
+    ({"op": "storm_counters"}, Asked(Request.STORM_COUNTERS)),
+    ({"op": "reread"}, Asked(Request.REREAD)),
+    ({"op": "port_state", "name": "berlin", "state": "forwarding"},
+     Asked(Request.PORT_STATE, "berlin", "forwarding")),
+    ({"op": "port_state", "name": "berlin", "state": "disabled"},
+     Asked(Request.PORT_STATE, "berlin", "disabled")),
+    ({"op": "flush_lan"}, Asked(Request.FLUSH_LAN)),
+    ({"op": "fdb"}, Asked(Request.FDB)),
 ])
-def test_the_four_requests(message: dict[str, str], want: tuple[Request, str | None]) -> None:
+def test_the_seven_requests(message: dict[str, str], want: Asked) -> None:
     assert parse_request_untrusted(json.dumps(message).encode()) == want
 
 
@@ -51,6 +65,15 @@ def test_the_four_requests(message: dict[str, str], want: tuple[Request, str | N
     {"op": "restore"},
     {"op": "exec", "argv": ["sh"]},
     {"name": "berlin"},
+    # the group's requests: a fixed set of states, a tap's name, nothing else
+    {"op": "port_state", "name": "berlin"},
+    {"op": "port_state", "name": "berlin", "state": "blocking"},
+    {"op": "port_state", "name": "berlin", "state": 3},
+    {"op": "port_state", "name": "berlin", "state": "flush"},
+    {"op": "port_state", "name": "../eth0", "state": "forwarding"},
+    {"op": "port_state", "name": "berlin", "state": "forwarding", "master": "br0"},
+    {"op": "flush_lan", "name": "eth0"},
+    {"op": "fdb", "bridge": "docker0"},
     ["add_tap", "berlin"],
 ])
 def test_anything_else_is_refused(message: object) -> None:
@@ -70,11 +93,12 @@ def test_a_long_request_is_refused_unread() -> None:
                                  max_size=4).map(lambda d: json.dumps(d).encode())))
 def test_the_parser_fails_only_with_value_error(data: bytes) -> None:
     try:
-        op, name = parse_request_untrusted(data)
+        op, name, state = parse_request_untrusted(data)
     except ValueError:
         return
     assert isinstance(op, Request)
     assert name is None or (0 < len(name) < 16)
+    assert state is None or state in ("disabled", "forwarding")
 
 
 def test_seccomp_program_is_well_formed() -> None:
@@ -160,3 +184,62 @@ def test_the_sandboxed_data_plane_cannot_change_links_or_write_elsewhere(
 
 def test_af_netlink_is_what_the_filter_refuses() -> None:
     assert socket.AF_NETLINK not in (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
+
+
+def _monitor(ha: bool) -> tuple[Monitor, socket.socket]:
+    """A monitor over a socket pair, for a configuration with peer tap "berlin"
+    (and ``ha``: a site's group), whose host session holds that tap alone."""
+    config = SimpleNamespace(peers=[SimpleNamespace(tap="berlin")], mode="mesh",
+                             ha=object() if ha else None)
+    host = SimpleNamespace(taps={"berlin": -1}, bridge_name="bridger0",
+                           plan=SimpleNamespace(lan="eth1"))
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    monitor = Monitor(host, mine, 0, config, None, lambda c: None)  # type: ignore[arg-type]
+    return monitor, theirs
+
+
+def _ask(monitor: Monitor, theirs: socket.socket, message: dict[str, str]) -> tuple[str, object]:
+    theirs.send(json.dumps(message).encode())
+    assert monitor._serve_one()
+    status, value = pickle.loads(theirs.recv(MAX_REQUEST))
+    return status, value
+
+
+@pytest.mark.parametrize("name", ["eth1", "bridger0", "docker0", "lo", "paris"])
+def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: str) -> None:
+    """A data plane that asks to open (or close) the bridge port of anything but
+    one of this run's taps — the LAN NIC, the bridge, another bridge's port, a
+    tap of the configuration it never made — is refused before any netlink
+    message is sent, counted, and the monitor goes on serving."""
+    monitor, theirs = _monitor(ha=True)
+    try:
+        status, value = _ask(monitor, theirs, {"op": "port_state", "name": name,
+                                               "state": "forwarding"})
+        assert status == "error" and "not one of this run's taps" in str(value)
+        assert monitor.refused == 1
+        status, value = _ask(monitor, theirs, {"op": "port_state", "name": "berlin",
+                                               "state": "sideways"})
+        assert status == "error" and "state must be one of" in str(value)
+        assert monitor.refused == 2
+    finally:
+        monitor.sock.close()
+        theirs.close()
+        assert monitor.gate is not None
+        monitor.gate.close()
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "port_state", "name": "berlin", "state": "disabled"},
+    {"op": "flush_lan"},
+    {"op": "fdb"},
+])
+def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str, str]) -> None:
+    monitor, theirs = _monitor(ha=False)
+    try:
+        assert monitor.gate is None  # no netlink socket for a gate it never needs
+        status, value = _ask(monitor, theirs, message)
+        assert status == "error" and "not one of a site's group" in str(value)
+        assert monitor.refused == 1
+    finally:
+        monitor.sock.close()
+        theirs.close()
