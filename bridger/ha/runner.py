@@ -59,7 +59,6 @@ from bridger.ha.gate import (
     GroupSockets,
 )
 from bridger.ha.gate import containment_script as containment_script  # (its old home)
-from bridger.keys import read_private_key_file
 
 log = logging.getLogger("bridger")
 
@@ -93,10 +92,12 @@ class HaRunner:
 
     def __init__(self, settings: HaSettings, public_key: bytes, lan: str, bridge: str,
                  taps: Callable[[], list[str]], host: GroupHost, sockets: GroupSockets,
-                 contained: bool) -> None:
+                 contained: bool, group_key: bytes | None) -> None:
         """``host``: the port-state, flush and FDB verbs; ``sockets``: opened while
         privileged (both are the runner's to close); ``contained``: whether the
-        host set-up made the nftables rule (for status)."""
+        host set-up made the nftables rule (for status); ``group_key``: the
+        contents of ``settings.group_key``, read before the drop (the file is
+        root's; None when following keepalived)."""
         self.settings = settings
         self.lan = lan
         self.bridge = bridge
@@ -109,8 +110,7 @@ class HaRunner:
         if settings.follow is not None:
             self.core = Follower(now, f"state file {settings.follow}")
         else:
-            assert settings.site is not None and settings.group_key is not None
-            group_key = read_private_key_file(settings.group_key)
+            assert settings.site is not None and group_key is not None
             self.core = Election(GroupConfig(
                 site=settings.site, site_tag=wire.site_tag(settings.site),
                 node=wire.node_id(public_key), key=wire.auth_key(group_key, settings.site),

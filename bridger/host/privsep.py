@@ -637,6 +637,8 @@ DASHBOARD_PRELOAD = (
     "rich._spinners", "rich._null_file", "rich._fileno", "rich._timer", "rich._export_format",
 )
 METRICS_PRELOAD = ("bridger.status.metrics",)
+#: Two gateways per site (the runner is built after the drop, at assembly).
+HA_PRELOAD = ("secrets", "bridger.ha.runner", "bridger.ha.election")
 
 
 def preload(config: Any) -> list[str]:
@@ -649,6 +651,8 @@ def preload(config: Any) -> list[str]:
         names += DASHBOARD_PRELOAD
     if getattr(config, "metrics", None):
         names += METRICS_PRELOAD
+    if getattr(config, "ha", None) is not None:
+        names += HA_PRELOAD
     missing = []
     for name in names:
         try:

@@ -56,7 +56,7 @@ from bridger.host.privsep import (
 )
 from bridger.host.setup import add_prepared_taps
 from bridger.host.storm import StormBudget
-from bridger.keys import encode_key, public_key
+from bridger.keys import encode_key, public_key, read_private_key_file
 from bridger.protocol import Peer
 from bridger.service.live import Live
 from bridger.service.notify import Notifier
@@ -116,6 +116,8 @@ class Checked:
     private: bytes
     psks: Psks
     native: Any
+    #: Two gateways per site: the group's key (None: no group, or keepalived).
+    group_key: bytes | None = None
 
 
 class Up:
@@ -233,7 +235,10 @@ class Up:
         """Phase 1, before the host is touched: a bad key or setting is one line."""
         private, psks = read_keys(self.config)
         build_core(self.config, private, psks, 0.0, time.time())
-        return Checked(private, psks, native_module(self.config))
+        ha = self.config.ha
+        group_key = None if ha is None or ha.group_key is None else \
+            read_private_key_file(ha.group_key)
+        return Checked(private, psks, native_module(self.config), group_key)
 
     @contextlib.contextmanager
     def bring_up(self, stop: StopSignals,
@@ -329,7 +334,8 @@ class Up:
                 config.ha, public_key(checked.private), config.lan, host.bridge_name,
                 lambda: [p.tap for p in fwd.ports.values()],
                 host=host.group_host() if split_off else DirectGroupHost(config.lan),
-                sockets=self.group_sockets, contained=self.group_contained)
+                sockets=self.group_sockets, contained=self.group_contained,
+                group_key=checked.group_key)
             daemon.ha.drain([port.fd for port in fwd.ports.values()])
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
                     reread=host.reread if split_off else self.reread,
