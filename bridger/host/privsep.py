@@ -64,7 +64,7 @@ from bridger.host.privileges import (
     drop_to_user,
 )
 from bridger.host.setup import HostSession, TapPlan
-from bridger.host.storm import NftError
+from bridger.host.storm import NftError, nft_path
 from bridger.host.tap import TUN_PATH
 
 log = logging.getLogger("bridger")
@@ -80,6 +80,8 @@ MAX_REPLY = 1 << 20
 MAX_TAPS = 256
 #: Seconds the monitor waits for a worker that hung up its socket to exit.
 HANGUP_GRACE = 10.0
+#: Where the monitor writes a new tap's IPv6 switch (``bridger.host.tap.silence_ipv6``).
+PROC_SYS_NET = "/proc/sys/net"
 #: The signals the monitor passes on to the worker.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -245,6 +247,28 @@ class Monitor:
         to a process of another user), with no_new_privs. Capabilities are per
         thread: call it while this is the only thread (the log writer stopped)."""
         drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
+
+    def sandbox(self) -> list[str]:
+        """The monitor's own confinement, after :meth:`drop` and while it is the
+        only thread: Landlock (writes only in the state directory, to
+        ``/dev/net/tun`` and beneath ``/proc/sys/net``; nothing but ``nft`` may
+        be executed) and the seccomp filter ``seccomp.MONITOR``. Notes for the
+        log (a protection this kernel lacks); raises HostError if the filter
+        cannot be installed."""
+        notes = []
+        nft = nft_path()
+        executables = () if nft is None else \
+            tuple(p for p in (nft, landlock.interpreter_of(nft)) if p is not None)
+        try:
+            landlock.restrict_writes(self.host.plan.state_dir, (TUN_PATH, PROC_SYS_NET),
+                                     executables=executables)
+        except HostError as exc:
+            notes.append(f"writes and programs not confined ({exc})")
+        if seccomp.supported():
+            seccomp.install(seccomp.MONITOR)
+        else:
+            notes.append("no system-call filter on this architecture")
+        return notes
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)

@@ -179,7 +179,10 @@ class Up:
                     self.group_sockets.close()
                 shutdown_logging()  # its thread would keep root's capabilities
                 side.monitor.drop()
+                notes = side.monitor.sandbox()  # still the only thread (Landlock)
                 setup_logging(False)
+                log.info("monitor: root with CAP_NET_ADMIN and CAP_KILL, no_new_privs, "
+                         "system-call filter%s", "".join(f"; {note}" for note in notes))
                 raise _MonitorDone(side.monitor.outcome(side.monitor.run(stop.received)))
             assert side.host is not None
             self.run_dir = Path(".")

@@ -155,6 +155,7 @@ def test_root_start_splits_reload_under_traffic_and_status(
             assert mon["Uid"].split()[0] == "0" and mon["NoNewPrivs"] == "1", tid
             assert int(mon["CapEff"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL), tid
             assert int(mon["CapBnd"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL), tid
+            assert mon["Seccomp"] == "2", tid  # the monitor's own filter
         assert tap_owner(lab, "gwA", "b") == uid
 
         status = subprocess.run([*BRIDGER, "status", "--json", "--state-dir",
@@ -171,6 +172,8 @@ def test_root_start_splits_reload_under_traffic_and_status(
         a.wait_ports("c", True)
         a.wait_log("reload: added c", since)
         assert tap_owner(lab, "gwA", "c") == uid
+        assert lab.run("gwA", "cat", "/proc/sys/net/ipv6/conf/c/disable_ipv6").stdout.strip() \
+            == "1"  # written by the sandboxed monitor (Landlock: beneath /proc/sys/net)
         a.write([b.entry()])
         since = a.reload()
         a.wait_ports("c", False)
@@ -440,6 +443,7 @@ def assert_group_split(gws: HaGateways, role: str, uid: int) -> int:
     for tid in os.listdir(f"/proc/{monitor}/task"):
         status = process_status(f"{monitor}/task/{tid}")
         assert int(status["CapEff"], 16) == (1 << CAP_NET_ADMIN) | (1 << CAP_KILL), (role, tid)
+        assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", (role, tid)
     return worker
 
 
