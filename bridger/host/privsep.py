@@ -249,26 +249,9 @@ class Monitor:
         drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
 
     def sandbox(self) -> list[str]:
-        """The monitor's own confinement, after :meth:`drop` and while it is the
-        only thread: Landlock (writes only in the state directory, to
-        ``/dev/net/tun`` and beneath ``/proc/sys/net``; nothing but ``nft`` may
-        be executed) and the seccomp filter ``seccomp.MONITOR``. Notes for the
-        log (a protection this kernel lacks); raises HostError if the filter
-        cannot be installed."""
-        notes = []
-        nft = nft_path()
-        executables = () if nft is None else \
-            tuple(p for p in (nft, landlock.interpreter_of(nft)) if p is not None)
-        try:
-            landlock.restrict_writes(self.host.plan.state_dir, (TUN_PATH, PROC_SYS_NET),
-                                     executables=executables)
-        except HostError as exc:
-            notes.append(f"writes and programs not confined ({exc})")
-        if seccomp.supported():
-            seccomp.install(seccomp.MONITOR)
-        else:
-            notes.append("no system-call filter on this architecture")
-        return notes
+        """The monitor's own confinement (:func:`enter_monitor_sandbox`), after
+        :meth:`drop` and while it is the only thread."""
+        return enter_monitor_sandbox(self.host.plan.state_dir)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -604,6 +587,28 @@ def split(host: HostSession, user: ServiceUser, config: Any,
     os.chdir(run_dir)
     worker = WorkerHost(MonitorClient(theirs), taps, host.bridge_name, host.storm is not None)
     return Split(host=worker, monitor_pid=monitor_pid)
+
+
+def enter_monitor_sandbox(state_dir: Path) -> list[str]:
+    """The root monitor's confinement, after its drop (no_new_privs set) and
+    before any other thread exists (Landlock binds the calling thread): writes
+    only in ``state_dir``, to ``/dev/net/tun`` and beneath ``/proc/sys/net``;
+    nothing but ``nft`` (and its ELF interpreter) may be executed; the seccomp
+    filter ``seccomp.MONITOR``. Notes for the log (a protection this kernel
+    lacks); raises HostError if the filter cannot be installed."""
+    notes = []
+    nft = nft_path()
+    executables = () if nft is None else \
+        tuple(p for p in (nft, landlock.interpreter_of(nft)) if p is not None)
+    try:
+        landlock.restrict_writes(state_dir, (TUN_PATH, PROC_SYS_NET), executables=executables)
+    except HostError as exc:
+        notes.append(f"writes and programs not confined ({exc})")
+    if seccomp.supported():
+        seccomp.install(seccomp.MONITOR)
+    else:
+        notes.append("no system-call filter on this architecture")
+    return notes
 
 
 def enter_sandbox(user: ServiceUser | None, monitor_pid: int = 0,

@@ -1,7 +1,7 @@
 """Issue 25: the pieces of the privilege separation, without a lab.
 
 * The monitor's request parser (the one place that reads bytes from the
-  unprivileged data plane) accepts exactly the four operations and fails only
+  unprivileged data plane) accepts exactly the seven operations and fails only
   with ``ValueError``, whatever it is sent.
 * The seccomp program: every jump lands inside the program, every path ends
   in a return, and the special rules come before the allow-list.
