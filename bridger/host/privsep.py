@@ -479,6 +479,11 @@ class MonitorGroupHost:
         self._names = {value: key for key, value in PORT_STATES.items()}
 
     def set_port_state(self, tap: str, state: int) -> None:
+        """Asked only if the kernel's state differs (the runner re-applies every
+        tap's state each second: a sysfs read instead of a round trip)."""
+        with contextlib.suppress(OSError, ValueError):
+            if int(Path(f"/sys/class/net/{tap}/brport/state").read_text()) == state:
+                return
         self._ask(Request.PORT_STATE, tap, self._names[state])
 
     def flush_lan(self) -> None:
