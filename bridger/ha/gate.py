@@ -36,6 +36,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from bridger.ha import wire
@@ -192,6 +193,8 @@ def read_fdb() -> list[tuple[int, int, bytes]]:
 
 # -- the group's host actions ---------------------------------------------------------
 
+#: How much of keepalived's state file is read (a state is one word).
+FOLLOW_CHARS = 64
 #: An FDB entry: (port ifindex, bridge ifindex, MAC).
 FdbEntry = tuple[int, int, bytes]
 
@@ -209,6 +212,10 @@ class GroupHost(Protocol):
     def read_fdb(self) -> list[FdbEntry]:
         """The learnt unicast FDB entries (at least those of our bridge); raises
         ``OSError``."""
+
+    def read_follow(self, path: Path) -> str:
+        """The first :data:`FOLLOW_CHARS` characters of keepalived's state file
+        ``path`` (the configured one); raises ``OSError`` (no state yet)."""
 
     def close(self) -> None:
         """Nothing more will be asked."""
@@ -231,8 +238,18 @@ class DirectGroupHost:
     def read_fdb(self) -> list[FdbEntry]:
         return read_fdb()
 
+    def read_follow(self, path: Path) -> str:
+        return read_follow(path)
+
     def close(self) -> None:
         self.gate.close()
+
+
+def read_follow(path: Path) -> str:
+    """The start of keepalived's state file (it may be root's: in the split, the
+    monitor reads it); raises ``OSError``."""
+    with open(path, "rb") as f:
+        return f.read(FOLLOW_CHARS).decode("utf-8", errors="replace")
 
 
 @dataclass

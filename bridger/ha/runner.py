@@ -288,7 +288,7 @@ class HaRunner:
     def _follow(self, now: float) -> None:
         assert isinstance(self.core, Follower) and self.settings.follow is not None
         try:
-            text = self.settings.follow.read_text(encoding="utf-8", errors="replace")[:64]
+            text = self.host.read_follow(self.settings.follow)
         except OSError:
             return  # no state yet: stay as we are
         if not self.core.set_untrusted(text, now) and self.core.bad_states == 1:

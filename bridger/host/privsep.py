@@ -52,7 +52,7 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from bridger.errors import BridgerError, ConfigError, HostError
-from bridger.ha.gate import PORT_STATES, FdbEntry, GateError, PortGate, read_fdb
+from bridger.ha.gate import PORT_STATES, FdbEntry, GateError, PortGate, read_fdb, read_follow
 from bridger.host import landlock, seccomp
 from bridger.host.checks import check_name
 from bridger.host.privileges import (
@@ -108,10 +108,14 @@ class Request(enum.Enum):
     FLUSH_LAN = "flush_lan"
     #: ``{"op": "fdb"}``: the learnt unicast FDB entries of our bridge.
     FDB = "fdb"
+    #: ``{"op": "follow_state"}``: the start of keepalived's state file, the
+    #: one the monitor's configuration names (``ha_follow``; it may be root's).
+    FOLLOW_STATE = "follow_state"
 
 
 #: The requests only a gateway of a two-gateway site may make.
-GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FLUSH_LAN, Request.FDB})
+GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FLUSH_LAN, Request.FDB,
+                            Request.FOLLOW_STATE})
 
 
 class Asked(NamedTuple):
@@ -237,6 +241,7 @@ class Monitor:
         #: Two gateways per site: the port gate (its netlink socket opened now,
         #: before any filter), else None and the group's requests are refused.
         self.gate: PortGate | None = PortGate() if config.ha is not None else None
+        self.follow: Path | None = None if config.ha is None else config.ha.follow
         self.refused = 0  # requests refused as invalid (counted, one log line each)
         self._stopping = False  # a stop signal was passed on
         self._signals: list[int] = []
@@ -398,6 +403,13 @@ class Monitor:
             if asked.op is Request.FLUSH_LAN:
                 self.gate.flush(self.host.plan.lan)
                 return pickle.dumps(("ok", None))
+            if asked.op is Request.FOLLOW_STATE:
+                if self.follow is None:
+                    raise ValueError("follow_state: this gateway does not follow keepalived")
+                try:
+                    return pickle.dumps(("ok", read_follow(self.follow)))
+                except OSError:
+                    return pickle.dumps(("ok", None))  # no state yet: not a refusal
             assert asked.op is Request.FDB
             bridge = socket.if_nametoindex(self.host.bridge_name)
             entries = [e for e in read_fdb() if e[1] == bridge]
@@ -495,6 +507,16 @@ class MonitorGroupHost:
         except HostError as exc:
             raise OSError(errno.EIO, str(exc)) from exc
         return list(entries)
+
+    def read_follow(self, path: Path) -> str:
+        """(``path`` is the monitor's configured one: it reads that file alone.)"""
+        try:
+            text, _ = self.client.call(Request.FOLLOW_STATE)
+        except HostError as exc:
+            raise OSError(errno.EIO, str(exc)) from exc
+        if text is None:
+            raise FileNotFoundError(errno.ENOENT, "no state yet", str(path))
+        return str(text)
 
     def close(self) -> None:
         pass  # the socket is the worker's

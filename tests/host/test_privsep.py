@@ -1,7 +1,7 @@
 """Issue 25: the pieces of the privilege separation, without a lab.
 
 * The monitor's request parser (the one place that reads bytes from the
-  unprivileged data plane) accepts exactly the seven operations and fails only
+  unprivileged data plane) accepts exactly the eight operations and fails only
   with ``ValueError``, whatever it is sent.
 * The seccomp program: every jump lands inside the program, every path ends
   in a return, and the special rules come before the allow-list.
@@ -49,8 +49,9 @@ from bridger.host.privsep import (
      Asked(Request.PORT_STATE, "berlin", "disabled")),
     ({"op": "flush_lan"}, Asked(Request.FLUSH_LAN)),
     ({"op": "fdb"}, Asked(Request.FDB)),
+    ({"op": "follow_state"}, Asked(Request.FOLLOW_STATE)),
 ])
-def test_the_seven_requests(message: dict[str, str], want: Asked) -> None:
+def test_the_eight_requests(message: dict[str, str], want: Asked) -> None:
     assert parse_request_untrusted(json.dumps(message).encode()) == want
 
 
@@ -74,6 +75,7 @@ def test_the_seven_requests(message: dict[str, str], want: Asked) -> None:
     {"op": "port_state", "name": "berlin", "state": "forwarding", "master": "br0"},
     {"op": "flush_lan", "name": "eth0"},
     {"op": "fdb", "bridge": "docker0"},
+    {"op": "follow_state", "path": "/etc/shadow"},
     ["add_tap", "berlin"],
 ])
 def test_anything_else_is_refused(message: object) -> None:
@@ -186,11 +188,12 @@ def test_af_netlink_is_what_the_filter_refuses() -> None:
     assert socket.AF_NETLINK not in (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
 
 
-def _monitor(ha: bool) -> tuple[Monitor, socket.socket]:
+def _monitor(ha: bool, follow: Path | None = None) -> tuple[Monitor, socket.socket]:
     """A monitor over a socket pair, for a configuration with peer tap "berlin"
-    (and ``ha``: a site's group), whose host session holds that tap alone."""
+    (and ``ha``: a site's group; ``follow``: keepalived's state file), whose
+    host session holds that tap alone."""
     config = SimpleNamespace(peers=[SimpleNamespace(tap="berlin")], mode="mesh",
-                             ha=object() if ha else None)
+                             ha=SimpleNamespace(follow=follow) if ha else None)
     host = SimpleNamespace(taps={"berlin": -1}, bridge_name="bridger0",
                            plan=SimpleNamespace(lan="eth1"))
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -232,6 +235,7 @@ def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: 
     {"op": "port_state", "name": "berlin", "state": "disabled"},
     {"op": "flush_lan"},
     {"op": "fdb"},
+    {"op": "follow_state"},
 ])
 def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str, str]) -> None:
     monitor, theirs = _monitor(ha=False)
@@ -243,3 +247,32 @@ def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str,
     finally:
         monitor.sock.close()
         theirs.close()
+
+
+def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
+    """keepalived's state file may be root's: the monitor reads the one its own
+    configuration names (no path is ever taken from the data plane); a file not
+    there yet is "no state", not a refusal; a gateway that elects refuses."""
+    state = tmp_path / "london.state"
+    monitor, theirs = _monitor(ha=True, follow=state)
+    try:
+        assert _ask(monitor, theirs, {"op": "follow_state"}) == ("ok", None)
+        state.write_text("MASTER\n" + "x" * 100)
+        status, value = _ask(monitor, theirs, {"op": "follow_state"})
+        assert status == "ok" and isinstance(value, str)
+        assert value.startswith("MASTER\n") and len(value) == 64
+        assert monitor.refused == 0
+    finally:
+        monitor.sock.close()
+        theirs.close()
+        assert monitor.gate is not None
+        monitor.gate.close()
+    electing, theirs = _monitor(ha=True)
+    try:
+        status, value = _ask(electing, theirs, {"op": "follow_state"})
+        assert status == "error" and "does not follow keepalived" in str(value)
+    finally:
+        electing.sock.close()
+        theirs.close()
+        assert electing.gate is not None
+        electing.gate.close()
