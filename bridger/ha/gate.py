@@ -21,10 +21,11 @@ What the group needs of the host, and who does it (docs/security.md):
 * The nftables rule that keeps group frames off the taps
   (:func:`containment_script`): made by the host set-up with its undo in the
   journal (:func:`contain`), so every restore removes it.
-* At run time, three verbs (:class:`GroupHost`): a tap's port state, the LAN
-  port's flush, the FDB.  The first two need CAP_NET_ADMIN: in the process
-  itself when it kept it (:class:`DirectGroupHost`), else asked of the root
-  monitor (``bridger.host.privsep.MonitorGroupHost``).
+* At run time, four verbs (:class:`GroupHost`): a tap's port state, the LAN
+  port's flush, the FDB, keepalived's state file.  The first two need
+  CAP_NET_ADMIN (the last may be a file of root's): in the process itself
+  when it kept it (:class:`DirectGroupHost`), else asked of the root monitor
+  (``bridger.host.privsep.MonitorGroupHost``).
 """
 
 from __future__ import annotations

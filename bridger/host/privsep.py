@@ -390,7 +390,7 @@ class Monitor:
         return pickle.dumps(("ok", (config, private, psks))), ()
 
     def _do_group(self, asked: Asked) -> bytes:
-        """The group's three requests (``bridger.ha.gate``), for our bridge and taps only."""
+        """The group's four requests (``bridger.ha.gate``): our taps, bridge and files only."""
         if self.gate is None:
             raise ValueError(f"{asked.op.value}: this gateway is not one of a site's group")
         try:
@@ -572,7 +572,7 @@ class WorkerHost:
         return self._keys[1], self._keys[2]
 
     def group_host(self) -> MonitorGroupHost:
-        """The group's port gate, flush and FDB, asked of the monitor."""
+        """The group's port gate, flush, FDB and keepalived state, asked of the monitor."""
         return MonitorGroupHost(self.client)
 
     def restore(self) -> None:
