@@ -30,6 +30,7 @@ What the group needs of the host, and who does it (docs/security.md):
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -253,11 +254,50 @@ def read_follow(path: Path) -> str:
         return f.read(FOLLOW_CHARS).decode("utf-8", errors="replace")
 
 
+# Classic BPF (<linux/filter.h>) for the sockets' own receive filters.
+SO_ATTACH_FILTER, SO_LOCK_FILTER = 26, 44
+_LD_H_ABS, _LD_W_ABS, _JEQ_K, _RET_K = 0x28, 0x20, 0x15, 0x06
+#: The receiving interface's index, an ancillary load (SKF_AD_OFF + SKF_AD_IFINDEX).
+_SKF_AD_IFINDEX = (-0x1000 + 8) & 0xFFFFFFFF
+#: Offset of the EtherType in a frame.
+_ETHERTYPE_AT = 12
+
+
+def receive_filter(ifindex: int | None) -> list[tuple[int, int, int, int]]:
+    """A socket filter as (code, jt, jf, k): the group's EtherType arriving on
+    interface ``ifindex``, whole; None: nothing at all."""
+    if ifindex is None:
+        return [(_RET_K, 0, 0, 0)]
+    return [
+        (_LD_H_ABS, 0, 0, _ETHERTYPE_AT),
+        (_JEQ_K, 0, 3, wire.ETHERTYPE),
+        (_LD_W_ABS, 0, 0, _SKF_AD_IFINDEX),
+        (_JEQ_K, 0, 1, ifindex),
+        (_RET_K, 0, 0, 0xFFFF),
+        (_RET_K, 0, 0, 0),
+    ]
+
+
+def lock_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """Attach ``program`` to ``sock`` and lock it (SO_LOCK_FILTER: no one, root or
+    not, can detach or replace it for the socket's life).  Raises ``OSError``."""
+    insns = (ctypes.c_uint64 * len(program))(*(
+        code | jt << 16 | jf << 24 | k << 32 for code, jt, jf, k in program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HxxxxxxQ", len(program), ctypes.addressof(insns)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+
+
 @dataclass
 class GroupSockets:
     """The group's raw LAN sockets: ``tx`` unbound (HELLOs out of the LAN NIC,
     announcements into the taps), ``rx`` the group's EtherType on the bridge (None
-    when following keepalived).  Opened with CAP_NET_RAW, used without it."""
+    when following keepalived).  Opened with CAP_NET_RAW, used without it.
+
+    A packet socket can be bound again, to any protocol and interface, without
+    privilege: each has a locked receive filter, so that even then ``rx`` takes
+    nothing but group frames arriving on the bridge and ``tx`` nothing at all
+    (the data plane that holds them cannot sniff the gateway's interfaces)."""
 
     tx: socket.socket
     rx: socket.socket | None
@@ -266,18 +306,19 @@ class GroupSockets:
     def open(cls, bridge: str, receive: bool) -> GroupSockets:
         """Raises ``OSError``."""
         tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        if not receive:
-            return cls(tx, None)
+        rx = None
         try:
-            rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(wire.ETHERTYPE))
-            try:
+            lock_filter(tx, receive_filter(None))
+            if receive:
+                rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                   socket.htons(wire.ETHERTYPE))
+                lock_filter(rx, receive_filter(socket.if_nametoindex(bridge)))
                 rx.bind((bridge, wire.ETHERTYPE))
                 rx.setblocking(False)
-            except OSError:
-                rx.close()
-                raise
         except OSError:
             tx.close()
+            if rx is not None:
+                rx.close()
             raise
         return cls(tx, rx)
 

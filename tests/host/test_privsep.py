@@ -276,3 +276,74 @@ def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
         theirs.close()
         assert electing.gate is not None
         electing.gate.close()
+
+
+GROUP_SOCKETS = textwrap.dedent("""
+    import errno, json, socket, subprocess, time
+    from bridger.ha import wire
+    from bridger.ha.gate import GroupSockets
+
+    for cmd in ("ip link set lo up", "ip link add br0 type bridge",
+                "ip link add v0 type veth peer name v1", "ip link set v0 master br0",
+                "ip link set br0 up", "ip link set v0 up", "ip link set v1 up"):
+        subprocess.run(cmd.split(), check=True)
+    group = GroupSockets.open("br0", receive=True)
+    control = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # no filter
+    sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    out = {}
+
+    def frame(ethertype):
+        return b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x01" + ethertype.to_bytes(2, "big") \\
+            + b"x" * 46
+
+    def received(sock, wait=0.5):
+        sock.settimeout(wait)
+        got = []
+        try:
+            while True:
+                data, address = sock.recvfrom(2048)
+                got.append((address[0], int.from_bytes(data[12:14], "big")))
+                sock.settimeout(0.05)
+        except (TimeoutError, BlockingIOError):
+            return got
+
+    # What an attacker holding the sockets would do: bind them again to every
+    # protocol on another interface (no privilege needed), then listen.
+    for sock in (group.rx, group.tx, control):
+        sock.bind(("lo", 3))  # ETH_P_ALL
+    for ethertype in (0x0800, wire.ETHERTYPE):
+        sender.sendto(frame(ethertype), ("lo", 0))
+    out["control_lo"] = len(received(control))
+    out["rx_lo"] = received(group.rx, 0.2)
+    out["tx_lo"] = received(group.tx, 0.2)
+    # On the bridge, every protocol: the group's frames only.
+    group.rx.bind(("br0", 3))
+    for ethertype in (0x0800, 0x86DD, wire.ETHERTYPE):
+        sender.sendto(frame(ethertype), ("v1", 0))
+    out["rx_br0"] = received(group.rx)
+    try:
+        group.rx.setsockopt(socket.SOL_SOCKET, 27, 0)  # SO_DETACH_FILTER
+        out["detach"] = "done"
+    except OSError as exc:
+        out["detach"] = errno.errorcode[exc.errno]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.netns
+def test_the_groups_sockets_receive_group_frames_on_the_bridge_and_nothing_else() -> None:
+    """The data plane of a two-gateway site holds two packet sockets; a packet
+    socket can be bound again to any protocol and interface without privilege.
+    Their locked filters keep it from sniffing: rebound to every protocol on
+    another interface they take nothing (an unfiltered socket there takes the
+    frames: the control), on the bridge only the group's EtherType; and the
+    filter cannot be detached."""
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", GROUP_SOCKETS],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["control_lo"] >= 2, out
+    assert out["rx_lo"] == [] and out["tx_lo"] == [], out
+    assert out["rx_br0"] == [["br0", 0x88B6]], out
+    assert out["detach"] == "EPERM", out
