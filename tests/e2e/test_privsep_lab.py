@@ -454,7 +454,9 @@ def test_a_two_gateway_site_splits_and_fails_over_whichever_process_dies(
     through the monitor); a SIGKILL of the active's data plane, and later of the
     new active's monitor, each fail over within issue 24's bound, and each
     gateway's host (addresses, routes, links, nftables) is given back exactly:
-    by the monitor at once, or by `bridger down` after the monitor's death."""
+    by the monitor at once, or by `bridger down` after the monitor's death.
+    Before that, a reload on both adds a peer: its new tap, made by the monitor,
+    is gated as each role wants, through the monitor."""
     uid, _gid = user
     with HaLab() as lab, HaGateways(lab, tmp_path / "ha") as gws:
         before = {role: host_state(lab, role) for role in ("gwA", SECOND)}
@@ -474,7 +476,26 @@ def test_a_two_gateway_site_splits_and_fails_over_whichever_process_dies(
             assert links and all(f"state {state}" in line for line in links), (role, links)
             assert "table bridge bridger_ha_bridger0" in lab.run(
                 role, "nft", "list", "tables").stdout, role
+        # A reload on each: a new peer's tap (made by the monitor) is gated as the
+        # role wants (through the monitor), then removed again.
+        configs = {role: gws.files[role].config.read_text() for role in ("gwA", SECOND)}
+        extra = encode_key(public_key(generate_private_key()))
+        for role, text in configs.items():
+            gws.files[role].config.write_text(
+                text + f'\n[[peers]]\nname = "extra"\npublic_key = "{extra}"\n')
+            os.kill(gws.procs[role].pid, signal.SIGHUP)
+        for role, state in ((standby, "disabled"), (first, "forwarding")):
+            wait_for(f"{role}'s new tap {state}", lambda role=role, state=state: any(
+                line.split()[1].startswith("extra") and f"state {state}" in line
+                for line in lab.run(role, "bridge", "link").stdout.splitlines()), 20)
+        for role, text in configs.items():
+            gws.files[role].config.write_text(text)
+            os.kill(gws.procs[role].pid, signal.SIGHUP)
+        for role in configs:
+            wait_for(f"{role}'s extra tap gone", lambda role=role: "extra" not in lab.run(
+                role, "ip", "-br", "link").stdout, 20)
         assert "refused a request" not in gws.logs()
+        assert gws.role_of(first) == "active" and gws.role_of(standby) == "standby"
 
         # 1. SIGKILL of the active's data plane: its monitor restores at once.
         monitor = gws.procs[first]
