@@ -123,13 +123,15 @@ class Forwarder:
     def now() -> float:
         return float(trio.current_time())
 
-    def handle(self, out: Output, now: float, peers: Iterable[Peer] | None = None) -> None:
+    def handle(self, out: Output, now: float, peers: Iterable[Peer] | None = None, *,
+               wake: bool = True) -> None:
         """Send (datagrams for relayed peers wrapped for their relay first),
         deliver and log what the core returned.  ``peers``: the only peers
         whose timers or lane decisions (session, endpoint, sizes) the work
         behind ``out`` may have changed (None: any of them); only their
         deadlines and lane entries are looked at, so a pass costs the same with
-        100 peers as with one (issue 26)."""
+        100 peers as with one (issue 26).  ``wake``: False from the timers
+        task, which looks at every deadline itself next."""
         if peers is not None and (out.runs or out.datagrams):
             peers = self._touched(out, peers)
         if out.datagrams:
@@ -147,6 +149,8 @@ class Forwarder:
         if self.detector is not None and self.detector.has_events:
             for guard_event in self.detector.take_events():
                 log.warning("%s", guard_event.line())
+        if not wake:
+            return
         deadline = self.device.next_deadline() if peers is None else earliest(peers)
         if deadline is not None and deadline < self.timer_at:
             self.wake_timers.set()
@@ -387,6 +391,6 @@ class Forwarder:
                 if self.lane is not None:
                     self.lane.sync(now)  # the timers see what the lane did
                 if deadline is not None and now >= deadline:
-                    self.handle(self.device.tick(now, time.time()), now)
+                    self.handle(self.device.tick(now, time.time()), now, wake=False)
                 if now >= probe_at:
-                    self.handle(self._probe(now), now)
+                    self.handle(self._probe(now), now, wake=False)
