@@ -15,7 +15,8 @@ within one second, and the hub's busiest second.  Last, what one more site
 costs: the hub's idle CPU and RSS per added spoke between consecutive sizes.
 
 Prints figures only (the machine may be shared: CPU figures are noisy); it
-never passes or fails.  Memory: about 40 MB per gateway, so N = 100 wants ~5 GB;
+never passes or fails.  Memory: about 80 MB per gateway (monitor and data plane), so
+N = 100 wants ~9 GB;
 sizes the free memory cannot hold are skipped with a line saying so.
 """
 
@@ -37,7 +38,8 @@ from bridger.lab.gateways import TomlValue
 from bridger.lab.hub import HUB, HubLab, peer_name, sample_pairs
 from bridger.native import contract
 
-MB_PER_GATEWAY = 45
+#: A gateway is two processes since issue 25 (the root monitor and the data plane).
+MB_PER_GATEWAY = 85
 
 
 def free_mb() -> int:

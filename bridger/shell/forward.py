@@ -393,4 +393,7 @@ class Forwarder:
                 if deadline is not None and now >= deadline:
                     self.handle(self.device.tick(now, time.time()), now, wake=False)
                 if now >= probe_at:
-                    self.handle(self._probe(now), now, wake=False)
+                    # Sending moves no peer's lane entry (session, endpoint,
+                    # sizes, block): a round of probes to every peer does not
+                    # make the lane look at every port (issue 26).
+                    self.handle(self._probe(now), now, (), wake=False)
