@@ -134,6 +134,12 @@ def measure(spokes: int, idle: float, pairs: int, settle: float,
                 (hs_after.get(k, 0) - hs_before.get(k, 0) for k in hs_after), default=0)
         else:
             row["restart_s"] = None
+            missing = lab.waiting()
+            row["restart_missing"] = [peer_name(s) for s in missing][:5]
+            row["restart_missing_count"] = len(missing)
+            states = {peer_name(s): lab.spoke_state(s) for s in missing[:5]}
+            print(f"N = {spokes}: not back after the restart: {states}\n"
+                  f"{lab.logs(missing[:2], tail=8)}", file=sys.stderr)
         per_spoke = capture.per_spoke()
         row["restart_msgs_per_spoke_max"] = max(per_spoke.values(), default=0)
         row["restart_msgs_per_spoke_second"] = capture.most_in_a_second()[1]
@@ -162,7 +168,8 @@ def print_row(row: dict[str, Any]) -> None:
         return
     up = f"{row['up_s']:.1f} ({row['ready_s']:.1f}/{row['handshake_s']:.1f})"
     back = (f"{row['restart_s']:.1f} ({row['restart_ready_s']:.1f}/"
-            f"{row['restart_handshake_s']:.1f})" if row.get("restart_s") is not None else "-")
+            f"{row['restart_handshake_s']:.1f})" if row.get("restart_s") is not None
+            else f"{row.get('restart_missing_count', '?')} not back")
     msgs = (f"{row['restart_msgs_per_spoke_max']}/{row['restart_msgs_per_spoke_second']}/"
             f"{row['restart_msgs_hub_second']}")
     note = " (hub: python data path)" if row["hub_data_path"] == "python" else ""
