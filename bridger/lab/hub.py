@@ -499,7 +499,10 @@ class HubLab:
         initiations to the old processes' addresses are counted too)."""
         spokes = [s for s in self.sites if s != HUB]
         with self.capture_handshakes() as capture:
-            self.stop(spokes)
+            # A gateway killed before it restored its host refuses to start
+            # again (its journal waits for `bridger down`): a hundred stopping
+            # at once on two loaded cores need more than the usual 20 s.
+            self.stop(spokes, timeout=20.0 + len(spokes))
             began = self.start(spokes)
             back = self.wait_up(within=within, since=began)
             time.sleep(2.0)  # what a straggler or a late retry still sends
