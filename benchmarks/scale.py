@@ -1,7 +1,7 @@
 """How a hub's idle cost grows with the number of spokes (issue 26). Run as root.
 
     .venv/bin/python benchmarks/scale.py                 # N = 4 12 24 50 100
-    .venv/bin/python benchmarks/scale.py --spokes 4 12 --idle 5
+    .venv/bin/python benchmarks/scale.py --sizes 4 12 --idle 5
 
 For each N: build the hub lab (:mod:`bridger.lab.hub`: a hub and N spokes, each
 with one LAN host), start every gateway at once and time until the hub has all
@@ -9,17 +9,23 @@ spokes up; leave it idle and measure over ``--idle`` seconds the hub's CPU (shar
 of one core, from /proc/PID/stat), the spokes' mean CPU, the RSS, and the
 frames per second the hub sends each spoke by kind (from ``status --json``);
 ping sampled spoke pairs through the hub; time one ``status --json`` of the hub;
-then restart every spoke at the same moment and time until all are back.
+then restart every spoke at the same moment and time until all are back, with the
+handshake messages on the hub's link counted (tcpdump): per spoke, per spoke
+within one second, and the hub's busiest second.  Last, what one more site
+costs: the hub's idle CPU and RSS per added spoke between consecutive sizes.
 
 Prints figures only (the machine may be shared: CPU figures are noisy); it
-never passes or fails.  Memory: about 40 MB per gateway, so N = 100 wants ~5 GB;
+never passes or fails.  Memory: about 80 MB per gateway (monitor and data plane), so
+N = 100 wants ~9 GB;
 sizes the free memory cannot hold are skipped with a line saying so.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +38,8 @@ from bridger.lab.gateways import TomlValue
 from bridger.lab.hub import HUB, HubLab, peer_name, sample_pairs
 from bridger.native import contract
 
-MB_PER_GATEWAY = 45
+#: A gateway is two processes since issue 25 (the root monitor and the data plane).
+MB_PER_GATEWAY = 85
 
 
 def free_mb() -> int:
@@ -70,6 +77,11 @@ def status_time(lab: HubLab) -> float:
     return time.monotonic() - began
 
 
+def load_average() -> str:
+    """The 1-minute load average (the machine may be shared: figures go with it)."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def measure(spokes: int, idle: float, pairs: int, settle: float,
             gateway_ipv6: bool = True) -> dict[str, Any]:
     row: dict[str, Any] = {"spokes": spokes}
@@ -93,7 +105,9 @@ def measure(spokes: int, idle: float, pairs: int, settle: float,
         hub = lab.gateways[HUB]
         doc_a, at_a = hub.status(), time.monotonic()
         spoke_sites = list(lab.sites)[1:]
+        row["load"] = load_average()
         cpu = lab.idle_cpu([HUB, *spoke_sites], idle)
+        row["load_after"] = load_average()
         doc_b, at_b = hub.status(), time.monotonic()
         row["hub_cpu_pct"] = round(100 * cpu[HUB], 2)
         row["spoke_cpu_pct"] = round(100 * statistics.fmean(cpu[s] for s in spoke_sites), 2)
@@ -109,26 +123,84 @@ def measure(spokes: int, idle: float, pairs: int, settle: float,
         tried = list(sample_pairs(spokes, pairs))
         row["reach"] = f"{sum(lab.wait_ping(a, b, within=10) is not None for a, b in tried)}" \
                        f"/{len(tried)}"
-        # Every spoke restarted at the same moment.
+        # Every spoke restarted at the same moment, the hub's link captured.
         hs_before = handshakes(hub.status())
-        lab.stop(spoke_sites)
-        began = lab.start(spoke_sites)
-        back = lab.wait_up(within=180, since=began)
+        back, capture = lab.restart_spokes(within=180)
         if back is not None:
             row["restart_s"], row["restart_ready_s"], row["restart_handshake_s"] = (
                 round(back.all_up, 2), round(back.last_ready, 2), round(back.handshake, 2))
-            time.sleep(2)
             hs_after = handshakes(hub.status())
             row["restart_handshakes_max"] = max(
                 (hs_after.get(k, 0) - hs_before.get(k, 0) for k in hs_after), default=0)
         else:
             row["restart_s"] = None
+            missing = lab.waiting()
+            row["restart_missing"] = [peer_name(s) for s in missing][:5]
+            row["restart_missing_count"] = len(missing)
+            states = {peer_name(s): lab.spoke_state(s) for s in missing[:5]}
+            print(f"N = {spokes}: not back after the restart: {states}\n"
+                  f"{lab.logs(missing[:2], tail=8)}", file=sys.stderr)
+        per_spoke = capture.per_spoke()
+        row["restart_msgs_per_spoke_max"] = max(per_spoke.values(), default=0)
+        row["restart_msgs_per_spoke_second"] = capture.most_in_a_second()[1]
+        row["restart_msgs_hub_second"] = capture.busiest_second()
     return row
+
+
+LEGEND = """\
+N: spokes.  up: seconds from starting every spoke at once until all had their tunnel
+  up (ready: until the last spoke process answered, which on a small loaded machine is
+  most of it; hs: the longest a spoke then took).  reach: spoke pairs that pinged each
+  other through the hub.  hub CPU: share of one core over the idle window (the hub's
+  monitor and data plane); /site: the same divided by N.  RSS: resident memory.
+  restart: every spoke restarted at the same moment: seconds until all were back
+  (ready/hs as above); msgs: handshake messages on the hub's link (tcpdump), the most
+  one spoke exchanged in all, the most within any one second, and the most the hub's
+  link carried within one second.  load: 1-minute load average at the idle window.
+  status: seconds for the hub's status document (q: the query alone, cli: a whole
+  `bridger status --json`).  fps: frames/s the hub sent each spoke while idle, by kind."""
+
+
+def print_row(row: dict[str, Any]) -> None:
+    n = row["spokes"]
+    if row.get("up_s") is None:
+        print(f"{n:>4} not all up within 180 s (missing e.g. {row.get('missing')})", flush=True)
+        return
+    up = f"{row['up_s']:.1f} ({row['ready_s']:.1f}/{row['handshake_s']:.1f})"
+    back = (f"{row['restart_s']:.1f} ({row['restart_ready_s']:.1f}/"
+            f"{row['restart_handshake_s']:.1f})" if row.get("restart_s") is not None
+            else f"{row.get('restart_missing_count', '?')} not back")
+    msgs = (f"{row['restart_msgs_per_spoke_max']}/{row['restart_msgs_per_spoke_second']}/"
+            f"{row['restart_msgs_hub_second']}")
+    note = " (hub: python data path)" if row["hub_data_path"] == "python" else ""
+    print(f"{n:>4} {up:>17} {row['reach']:>6} {row['hub_cpu_pct']:>7.2f}% "
+          f"{row['hub_cpu_pct'] / n:>6.3f}% {row['hub_rss_mb']:>6.1f}M "
+          f"{row['spoke_cpu_pct']:>7.2f}% {row['spoke_rss_mb']:>6.1f}M {back:>17} {msgs:>9} "
+          f"{row['load']:>5} {row['status_query_s']:>5.2f}/{row['status_json_s']:<5.2f}{note}",
+          flush=True)
+
+
+def print_per_site(rows: list[dict[str, Any]]) -> None:
+    """What one more site costs the hub, between consecutive sizes."""
+    done = [r for r in rows if r.get("up_s") is not None]
+    if len(done) < 2:
+        return
+    print("\nper site, between consecutive sizes: the hub's extra idle CPU and RSS per added"
+          " spoke; a spoke's own idle CPU and RSS", flush=True)
+    print(f"{'N':>9} {'hub CPU/site':>13} {'hub RSS/site':>13} {'spoke CPU':>10} "
+          f"{'spoke RSS':>10}", flush=True)
+    for a, b in itertools.pairwise(done):
+        added = b["spokes"] - a["spokes"]
+        cpu = (b["hub_cpu_pct"] - a["hub_cpu_pct"]) / added
+        rss = (b["hub_rss_mb"] - a["hub_rss_mb"]) / added
+        print(f"{a['spokes']:>4}->{b['spokes']:<4} {cpu:>12.3f}% {rss:>11.2f}MB "
+              f"{b['spoke_cpu_pct']:>9.2f}% {b['spoke_rss_mb']:>8.1f}MB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spokes", type=int, nargs="+", default=[4, 12, 24, 50, 100])
+    parser.add_argument("--sizes", "--spokes", dest="sizes", type=int, nargs="+",
+                        default=[4, 12, 24, 50, 100], metavar="N", help="numbers of spokes")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle measured")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds before measuring")
     parser.add_argument("--pairs", type=int, default=8, help="spoke pairs pinged")
@@ -137,42 +209,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="taps and bridges the gateways make get no IPv6 stack (as if"
                              " bridger made its taps without one)")
     args = parser.parse_args(argv)
-    print("N: spokes; hub: seconds until the hub answered, started alone; up: seconds from"
-          " starting every spoke at once until all had their tunnel up (ready: until the last"
-          " spoke process answered, handshake: the longest a spoke then took); restart: the"
-          " same with every spoke restarted at once, hs: most handshakes one spoke made;"
-          " CPU: share of one core over the idle window; fps: frames/s the hub's bridge sent"
-          " each spoke (its own probes not counted); status: seconds for the hub's status document"
-          " (q: the query alone, cli: `bridger status --json`, a Python start on a loaded"
-          " machine)", flush=True)
-    head = (f"{'N':>4} {'hub':>5} {'up (ready/hs)':>18} {'reach':>6} {'hub CPU%':>8} "
-            f"{'/spoke':>7} {'spoke CPU%':>10} {'hub RSS':>8} {'spoke RSS':>9} "
-            f"{'status q/cli':>11} "
-            f"{'restart (ready/hs)':>19} {'hs':>3}  fps to each spoke")
-    print(head, flush=True)
-    for n in args.spokes:
+    print(LEGEND, flush=True)
+    print(f"\nload average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+          f"; {os.cpu_count()} CPUs\n", flush=True)
+    print(f"{'N':>4} {'up (ready/hs) s':>17} {'reach':>6} {'hub CPU':>8} {'/site':>7} "
+          f"{'hub RSS':>7} {'spoke CPU':>8} {'RSS':>7} {'restart (ready/hs)':>17} "
+          f"{'msgs':>9} {'load':>5} {'status q/cli':>11}", flush=True)
+    rows = []
+    for n in args.sizes:
         need = (n + 1) * MB_PER_GATEWAY
         if free_mb() < need + 500:
             print(f"{n:>4} skipped: needs ~{need} MB, {free_mb()} MB available", flush=True)
             continue
         row = measure(n, args.idle, args.pairs, args.settle, not args.no_gateway_ipv6)
+        rows.append(row)
         if args.json:
             print(json.dumps(row), flush=True)
-        if row.get("up_s") is None:
-            print(f"{n:>4} not all up within 180 s (missing e.g. {row.get('missing')})",
-                  flush=True)
-            continue
-        up = f"{row['up_s']} ({row['ready_s']}/{row['handshake_s']})"
-        back = (f"{row['restart_s']} ({row['restart_ready_s']}/{row['restart_handshake_s']})"
-                if row.get("restart_s") is not None else "-")
-        fps = " ".join(f"{k} {v}" for k, v in (row.get("to_each_spoke_fps") or {}).items())
-        note = " (hub: python data path)" if row["hub_data_path"] == "python" else ""
-        print(f"{n:>4} {row['hub_start_s']:>5} {up:>18} {row['reach']:>6} "
-              f"{row['hub_cpu_pct']:>8} {row['hub_cpu_pct'] / n:>7.3f} "
-              f"{row['spoke_cpu_pct']:>10} {row['hub_rss_mb']:>7}M {row['spoke_rss_mb']:>8}M "
-              f"{row['status_query_s']:>5}/{row['status_json_s']:<5} {back:>19} "
-              f"{row.get('restart_handshakes_max', '-')!s:>3}"
-              f"  {fps}{note}", flush=True)
+        print_row(row)
+    print_per_site(rows)
+    fps = [(r["spokes"], r.get("to_each_spoke_fps")) for r in rows if r.get("to_each_spoke_fps")]
+    if fps:
+        print("\nframes/s the hub sent each spoke while idle, by kind:", flush=True)
+        for n, kinds in fps:
+            print(f"{n:>4} " + " ".join(f"{k} {v}" for k, v in kinds.items()), flush=True)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 ``up`` builds a lab, prints its namespaces, and holds it until Ctrl-C, SIGTERM
 or SIGHUP (or ``--for SECONDS``), then removes everything. ``down`` and
-``cleanup`` remove what a crashed or SIGKILLed run left behind.
+``cleanup`` remove what a crashed or SIGKILLed run left behind (``cleanup``:
+hub labs of bridger.lab.hub too, their gateways stopped first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from types import FrameType
 
 from bridger.errors import BridgerError
+from bridger.lab.hub import cleanup_stale_hub_labs
 from bridger.lab.topology import (
     MAX_SITES,
     MIN_SITES,
@@ -131,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"{prefix}\t{state}")
             return 0
-        removed = cleanup_stale()
+        # Hub labs first: the classic lab's roles include their "wan" only.
+        removed = cleanup_stale_hub_labs()
+        removed += cleanup_stale()
         listed = f": {' '.join(removed)}" if removed else ""
         print(f"removed {len(removed)} namespace(s){listed}")
         return 0

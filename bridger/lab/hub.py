@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,7 +41,14 @@ from typing import Any
 from bridger.errors import BridgerError
 from bridger.keys import generate_private_key, public_key, write_private_key_file
 from bridger.lab.gateways import LAB_PORT, PeerEntry, TomlValue, render_config
-from bridger.lab.topology import MARKER_DIR, PREFIX_RE, LabError, _cmd, list_namespaces
+from bridger.lab.topology import (
+    MARKER_DIR,
+    PREFIX_RE,
+    LabError,
+    _cmd,
+    _pid_alive,
+    list_namespaces,
+)
 from bridger.status.control import control_path, query_status
 
 #: Most spokes one lab holds (WAN and LAN addresses are /16s; names have 3 digits).
@@ -51,6 +58,8 @@ WAN_BASE = "10.200"
 LAN_BASE = "10.50"
 LAN6_BASE = "fd00:50::"
 _ROLE_RE = re.compile(r"^(wan|gwhub|hosthub|gw\d{3}|host\d{3})$")
+#: The prefixes HubLab picks by itself.
+AUTO_HUB_PREFIX_RE = re.compile(r"^bh[0-9a-f]{6}$")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -82,6 +91,60 @@ def lan_address(site: int) -> str:
 
 def lan_address6(site: int) -> str:
     return f"{LAN6_BASE}{site + 1:x}"
+
+
+def hub_lab_owners() -> dict[str, int | None]:
+    """Prefix -> owning pid (None if unknown) of every hub lab with a namespace here
+    (a gateway's or host's: ``wan`` alone is any lab's role)."""
+    owners: dict[str, int | None] = {}
+    for name in list_namespaces():
+        prefix, sep, role = name.partition("-")
+        if not sep or role == "wan" or not _ROLE_RE.match(role) or prefix in owners:
+            continue
+        pid: int | None = None
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((MARKER_DIR / f"{prefix}.pid").read_text().strip())
+        owners[prefix] = pid
+    return owners
+
+
+def stop_namespace_processes(names: Sequence[str], timeout: float = 15.0) -> int:
+    """SIGTERM what still runs in the namespaces ``names`` (a dead lab's gateways,
+    which restore their host network on SIGTERM), SIGKILL what is left after
+    ``timeout``; how many processes there were."""
+    pids: set[int] = set()
+    for name in names:
+        out = _cmd("ip", "netns", "pids", name, check=False).stdout
+        pids |= {int(word) for word in out.split() if word.isdigit()}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def cleanup_stale_hub_labs(only: Collection[str] | None = None) -> list[str]:
+    """Remove hub labs whose owning process is gone (crashed or SIGKILLed runs):
+    their gateways are stopped first, then every namespace goes.  A lab with no
+    marker is removed only if its prefix is an automatic one (``bh`` + 6 hex
+    digits).  ``only``: these prefixes alone (a test's own lab)."""
+    removed: list[str] = []
+    for prefix, pid in hub_lab_owners().items():
+        if only is not None and prefix not in only:
+            continue
+        if pid is not None and _pid_alive(pid):
+            continue
+        if pid is None and not AUTO_HUB_PREFIX_RE.match(prefix):
+            continue  # not obviously ours and no marker: leave it alone
+        stop_namespace_processes([name for name in list_namespaces()
+                                  if name.partition("-")[0] == prefix])
+        removed += remove_hub_lab(prefix)
+    return removed
 
 
 def remove_hub_lab(prefix: str) -> list[str]:
@@ -424,6 +487,27 @@ class HubLab:
                 return time.monotonic() - began
         return None
 
+    def capture_handshakes(self) -> HandshakeCapture:
+        """The handshake messages on the hub's WAN link while the ``with`` lasts."""
+        return HandshakeCapture(self)
+
+    def restart_spokes(self, within: float) -> tuple[Startup | None, HandshakeCapture]:
+        """Stop every spoke, then start them all at the same moment, and wait
+        until all are back (None: not within ``within`` s of their start);
+        with the handshake messages the hub's link carried meanwhile (until
+        two seconds after the last one was back: retries and the hub's own
+        initiations to the old processes' addresses are counted too)."""
+        spokes = [s for s in self.sites if s != HUB]
+        with self.capture_handshakes() as capture:
+            # A gateway killed before it restored its host refuses to start
+            # again (its journal waits for `bridger down`): a hundred stopping
+            # at once on two loaded cores need more than the usual 20 s.
+            self.stop(spokes, timeout=20.0 + len(spokes))
+            began = self.start(spokes)
+            back = self.wait_up(within=within, since=began)
+            time.sleep(2.0)  # what a straggler or a late retry still sends
+        return back, capture
+
     # -- cables ----------------------------------------------------------------------------
 
     def cable(self, a: int, b: int) -> str:
@@ -438,6 +522,113 @@ class HubLab:
     def unplug(self, a: int, name: str) -> None:
         _cmd("ip", "-n", self.host(a), "link", "del", f"{name}a", check=False)
         self._cables.discard(f"{a} {name}a")
+
+
+#: Lengths of the handshake messages on the wire (bridger.protocol.messages).
+HANDSHAKE_LENGTHS = {148: "initiation", 92: "response", 64: "cookie"}
+#: tcpdump's line for one UDP datagram: time, source, destination, payload length.
+_TCPDUMP_RE = re.compile(
+    r"^(\d+\.\d+) IP (\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.\d+: UDP, length (\d+)")
+
+
+@dataclass(frozen=True)
+class HandshakeMessage:
+    """One handshake message seen on the hub's WAN link."""
+
+    at: float
+    spoke: int
+    #: "initiation", "response" or "cookie".
+    kind: str
+    #: True: from the spoke to the hub.
+    inbound: bool
+
+
+@dataclass
+class HandshakeCapture:
+    """The handshake messages (initiations, responses, cookie replies: the
+    outer message types 1-3, by their first payload byte) on the hub's WAN
+    link, captured by tcpdump in the hub's namespace while it runs."""
+
+    lab: HubLab
+    messages: list[HandshakeMessage] = field(default_factory=list)
+    _proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> HandshakeCapture:
+        self._proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.lab.gw(HUB), "tcpdump", "-i", "wan0", "-nn", "-tt",
+             "-l", "--immediate-mode", f"udp port {LAB_PORT} and udp[8] >= 1 and udp[8] <= 3"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self._proc.stderr is not None
+        # tcpdump says "listening on wan0" once the capture is attached.
+        for line in self._proc.stderr:
+            if "listening" in line:
+                return self
+        self._proc.kill()
+        self._proc.wait()
+        raise LabError("tcpdump did not start (no capture on the hub's wan0)")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> list[HandshakeMessage]:
+        """End the capture; the messages seen, in order."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return self.messages
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _err = proc.communicate()
+        sites = {wan_address(site): site for site in self.lab.sites}
+        for line in out.splitlines():
+            match = _TCPDUMP_RE.match(line)
+            if match is None:
+                continue
+            at, src, dst, length = match.groups()
+            inbound = sites.get(dst) == HUB
+            spoke = sites.get(src if inbound else dst)
+            kind = HANDSHAKE_LENGTHS.get(int(length))
+            if spoke is None or spoke == HUB or kind is None:
+                continue
+            self.messages.append(HandshakeMessage(float(at), spoke, kind, inbound))
+        return self.messages
+
+    def per_spoke(self) -> dict[int, int]:
+        """Spoke -> handshake messages it sent or was sent."""
+        counts: dict[int, int] = {}
+        for msg in self.messages:
+            counts[msg.spoke] = counts.get(msg.spoke, 0) + 1
+        return counts
+
+    def most_in_a_second(self) -> tuple[int, int]:
+        """(spoke, count): the most messages one spoke exchanged with the hub
+        within any one second (a sliding window)."""
+        times: dict[int, list[float]] = {}
+        for msg in self.messages:
+            times.setdefault(msg.spoke, []).append(msg.at)
+        best = (0, 0)
+        for spoke, seen in times.items():
+            seen.sort()
+            first = 0
+            for last, at in enumerate(seen):
+                while at - seen[first] >= 1.0:
+                    first += 1
+                if last - first + 1 > best[1]:
+                    best = (spoke, last - first + 1)
+        return best
+
+    def busiest_second(self) -> int:
+        """The most handshake messages the hub's link carried within one second."""
+        seen = sorted(msg.at for msg in self.messages)
+        best = first = 0
+        for last, at in enumerate(seen):
+            while at - seen[first] >= 1.0:
+                first += 1
+            best = max(best, last - first + 1)
+        return best
 
 
 def family(pid: int) -> list[int]:

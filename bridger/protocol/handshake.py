@@ -26,7 +26,6 @@ from .constants import (
     HANDSHAKE_RACE_RESEND,
     REKEY_ATTEMPT_TIME,
     REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER_MAX,
 )
 from .events import (
     Address,
@@ -47,6 +46,7 @@ from .noise import (
     tai64n,
 )
 from .peerstate import PeerState
+from .timers import jitter
 
 
 def initiate(peer: PeerState, now: float, out: Output, *, retry: bool) -> None:
@@ -255,4 +255,4 @@ def _timestamp(peer: PeerState, now: float) -> bytes:
 
 
 def _jitter(peer: PeerState) -> float:
-    return int.from_bytes(peer.device.random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
+    return jitter(peer.device.random)

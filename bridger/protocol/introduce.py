@@ -49,6 +49,8 @@ class Introducer:
         if now < self.check_at:
             return []
         self.check_at = now + INTRODUCE_CHECK_INTERVAL
+        if introducible is not None and not introducible:
+            return []  # (a hub: nobody to introduce; not N x N pairs to find it out)
         peers = [(key, addr, since) for key, addr, since in reachable if usable_address(addr)]
         if len(peers) < 2:
             return []

@@ -163,7 +163,7 @@ class Peer(PeerState):
                 self.pmtu.data_sent(sent_last)
         self.native_big = False
         if sent_first:
-            timers.data_sent(sent_first)
+            timers.data_sent(sent_first, self.device.random)
         if received_first:
             timers.data_received(received_first)
         kp = self.current

@@ -38,7 +38,6 @@ from .constants import (
     IPV6_UDP_OVERHEAD,
     MAX_QUEUED_FRAMES,
     MIN_WAN_MTU,
-    NEW_HANDSHAKE_TIMEOUT,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     TRANSPORT_OVERHEAD,
@@ -276,8 +275,7 @@ class PeerState(ABC):
     @property
     def unanswered_since(self) -> float | None:
         """When data was first sent with nothing authenticated received since."""
-        t = self.timers.new_handshake
-        return None if t is None else t - NEW_HANDSHAKE_TIMEOUT
+        return self.timers.unanswered_since
 
     def has_session(self, now: float) -> bool:
         return self.sendable(now) is not None

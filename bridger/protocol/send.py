@@ -118,7 +118,7 @@ def send_frames(
     peer.tx_bytes += tx_bytes
     if sent:
         peer.frames_sent += sent
-        peer.timers.data_sent(now)
+        peer.timers.data_sent(now, peer.device.random)
         if has_big:
             peer.pmtu.data_sent(now)
         authenticated_sent(peer, kp, now, out)

@@ -3,14 +3,31 @@
 The tunnel calls a verb when something happens (data sent, packet received,
 handshake initiated...); each verb arms or cancels deadlines.  ``tick`` in the
 tunnel runs the actions of the deadlines that have passed.  No clock is read:
-``now`` is always passed in.
+``now`` is always passed in, and so is randomness: the jitter of the
+handshake timers (as in WireGuard: REKEY_TIMEOUT + jitter for a retry,
+KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter for dead-peer detection) is drawn
+from the device's byte source, so that sites started or silenced at the same
+moment do not keep initiating in lockstep (a hub whose spokes all restart,
+issue 26).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from .constants import KEEPALIVE_TIMEOUT, NEW_HANDSHAKE_TIMEOUT, REKEY_TIMEOUT, ZERO_KEYS_AFTER
+from .constants import (
+    KEEPALIVE_TIMEOUT,
+    NEW_HANDSHAKE_TIMEOUT,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    ZERO_KEYS_AFTER,
+)
+
+
+def jitter(random: Callable[[int], bytes]) -> float:
+    """0 to REKEY_TIMEOUT_JITTER_MAX seconds, from ``random`` (the device's bytes)."""
+    return int.from_bytes(random(2), "little") / 65536 * REKEY_TIMEOUT_JITTER_MAX
 
 
 @dataclass(slots=True)
@@ -25,6 +42,8 @@ class Timers:
     persistent_keepalive: float | None = None
     #: Wipe keys after long silence.
     zero_keys: float | None = None
+    #: When the data that armed ``new_handshake`` was sent.
+    data_sent_at: float = 0.0
 
     def next_deadline(self) -> float | None:
         best: float | None = None
@@ -41,9 +60,18 @@ class Timers:
 
     # --- event verbs ---------------------------------------------------------
 
-    def data_sent(self, now: float) -> None:
+    @property
+    def unanswered_since(self) -> float | None:
+        """When data was first sent with nothing authenticated received since
+        (None: not waiting for an answer, or the dead-peer timer fired)."""
+        return None if self.new_handshake is None else self.data_sent_at
+
+    def data_sent(self, now: float, random: Callable[[int], bytes] | None = None) -> None:
+        """``random``: the jitter's source (drawn only when the timer is armed)."""
         if self.new_handshake is None:
-            self.new_handshake = now + NEW_HANDSHAKE_TIMEOUT
+            self.data_sent_at = now
+            self.new_handshake = now + NEW_HANDSHAKE_TIMEOUT + (
+                0.0 if random is None else jitter(random))
 
     def data_received(self, now: float) -> None:
         if self.send_keepalive is None:

@@ -179,12 +179,15 @@ class Live:
 
     def peer_states(self) -> list[tuple[str, str]]:
         now = self.fwd.now()
-        return [(peer.name, peer.stats(now).state) for peer in self.fwd.ports]
+        return [(peer.name, peer.state(now)) for peer in self.fwd.ports]
 
     def _up_endpoints(self) -> list[tuple[bytes, Address | None]]:
         now = self.fwd.now()
+        # (``state``, not ``stats().state``: this runs every second for every
+        # peer, and a whole stats snapshot was a quarter of an idle
+        # hub's work at 50 spokes, issue 26)
         return [(peer.public_key, peer.endpoint) for peer in self.fwd.ports
-                if peer.stats(now).state == "up"]
+                if peer.state(now) == "up"]
 
     def _pending(self) -> bool:
         """Input waiting on the socket or a tap, or a timer overdue (for the watchdog)."""

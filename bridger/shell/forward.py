@@ -41,6 +41,7 @@ from bridger.fastpath import udp as fast_udp
 from bridger.guard.loop import LoopDetector
 from bridger.protocol import Address, Device, Output, Peer
 from bridger.protocol.messages import MAX_UDP_PAYLOAD
+from bridger.protocol.relay import via_parts
 from bridger.shell.eventlog import log_event
 from bridger.shell.port import Port, SmallFrames
 from bridger.shell.udp import Sender, UdpEndpoint, normalise_address
@@ -75,8 +76,9 @@ class Lane(Protocol):
         """The lane's mutex; what the core sends meanwhile leaves after it."""
     def send_later(self, datagrams: list[tuple[bytes, Any]]) -> bool:
         """Keep ``datagrams`` for the end of the current hold (False: not held)."""
-    def push(self, now: float) -> None:
-        """The core's decisions into the lane's tables."""
+    def push(self, now: float, peers: Iterable[Peer] | None = None) -> None:
+        """The core's decisions into the lane's tables (``peers``: the only
+        peers whose decisions may have changed; None: any)."""
     def learn(self, port: Port, frames: list[bytes]) -> None:
         """Frames Python delivered to ``port``: their sources are behind its peer."""
     def sync(self, now: float) -> None:
@@ -121,12 +123,17 @@ class Forwarder:
     def now() -> float:
         return float(trio.current_time())
 
-    def handle(self, out: Output, now: float, peers: Iterable[Peer] | None = None) -> None:
+    def handle(self, out: Output, now: float, peers: Iterable[Peer] | None = None, *,
+               wake: bool = True) -> None:
         """Send (datagrams for relayed peers wrapped for their relay first),
         deliver and log what the core returned.  ``peers``: the only peers
-        whose timers the work behind ``out`` may have moved (None: any of them);
-        only their deadlines are looked at, so a pass costs the same with 100
-        peers as with one (issue 26)."""
+        whose timers or lane decisions (session, endpoint, sizes) the work
+        behind ``out`` may have changed (None: any of them); only their
+        deadlines and lane entries are looked at, so a pass costs the same with
+        100 peers as with one (issue 26).  ``wake``: False from the timers
+        task, which looks at every deadline itself next."""
+        if peers is not None and (out.runs or out.datagrams):
+            peers = self._touched(out, peers)
         if out.datagrams:
             self.device.traversal.route(out, now)
         if out.datagrams and (self.lane is None or not self.lane.send_later(out.datagrams)):
@@ -136,15 +143,29 @@ class Forwarder:
         if self.detector is not None and self.detector.has_relays:
             self.handle(self._relay(now), now)  # (datagrams only: no deeper)
         if self.lane is not None:
-            self.lane.push(now)
+            self.lane.push(now, peers)
         for event in out.events:
             log_event(event)
         if self.detector is not None and self.detector.has_events:
             for guard_event in self.detector.take_events():
                 log.warning("%s", guard_event.line())
+        if not wake:
+            return
         deadline = self.device.next_deadline() if peers is None else earliest(peers)
         if deadline is not None and deadline < self.timer_at:
             self.wake_timers.set()
+
+    @staticmethod
+    def _touched(out: Output, peers: Iterable[Peer]) -> Iterable[Peer] | None:
+        """``peers`` and the peers ``out`` shows were touched too: those that
+        delivered frames (a datagram relayed to us is received as from its
+        sender); None when a datagram goes through a relay (sealing it for the
+        relay moves the relay's timers)."""
+        if any(via_parts(dest) is not None for _, dest in out.datagrams):
+            return None
+        if not out.runs:
+            return peers
+        return [*peers, *(peer for peer, _ in out.runs)]
 
     def _deliver(self, out: Output, now: float) -> None:
         frames, csum, runs = out.frames, out.csum, out.runs
@@ -258,6 +279,10 @@ class Forwarder:
         # None (look at every peer) once one comes from an address no peer has
         # (a handshake from a new endpoint, a stranger).
         touched: set[Peer] | None = set()
+        # What the traversal did for other peers than the senders (introduced
+        # them, relayed to them) moves those peers' timers too.
+        traversal = device.traversal
+        cross = (traversal.introductions_taken, traversal.relayed_datagrams)
 
         def receive() -> None:
             nonlocal touched
@@ -300,11 +325,16 @@ class Forwarder:
             if len(batch) + len(out.frames) >= BATCH:
                 receive()
                 batch = []
+                if (traversal.introductions_taken, traversal.relayed_datagrams) != cross:
+                    touched = None
                 self.handle(out, now, touched)
                 out = Output()
                 touched = set()
+                cross = (traversal.introductions_taken, traversal.relayed_datagrams)
         if batch:
             receive()
+        if (traversal.introductions_taken, traversal.relayed_datagrams) != cross:
+            touched = None
         if errors or now - self.errors_read_at >= ERROR_QUEUE_INTERVAL:
             # (Not every pass: a send may have taken the error's signal, so the
             # queue is also read now and then while datagrams keep coming.)
@@ -361,6 +391,9 @@ class Forwarder:
                 if self.lane is not None:
                     self.lane.sync(now)  # the timers see what the lane did
                 if deadline is not None and now >= deadline:
-                    self.handle(self.device.tick(now, time.time()), now)
+                    self.handle(self.device.tick(now, time.time()), now, wake=False)
                 if now >= probe_at:
-                    self.handle(self._probe(now), now)
+                    # Sending moves no peer's lane entry (session, endpoint,
+                    # sizes, block): a round of probes to every peer does not
+                    # make the lane look at every port (issue 26).
+                    self.handle(self._probe(now), now, (), wake=False)

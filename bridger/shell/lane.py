@@ -34,6 +34,7 @@ collects the datagrams and sends them once the mutex is released.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -69,6 +70,8 @@ SYNC_INTERVAL = 0.1
 #: Seconds the device stays under load (cookies required) after the lane shed
 #: a handshake message or the queue was deep (wireguard-go's UnderLoadAfterTime).
 UNDER_LOAD_AFTER = 1.0
+#: Seconds between two pushes that look at every port, whatever they were told.
+FULL_PUSH_INTERVAL = 1.0
 #: Handshake messages in one take that make the device under load.
 UNDER_LOAD_QUEUE = contract.HS_QUEUE // 8
 
@@ -115,6 +118,10 @@ class NativeLane:
         self._gso_warned = False
         #: The transport indexes last told to the lane as Python's own.
         self._py_indexes: tuple[int, ...] = ()
+        #: The size of the device's index table when the indexes were last looked at.
+        self._index_size = -1
+        #: When ``push`` last looked at every port.
+        self._full_at = -math.inf
         self._mac1_for = b""
         self._loaded_until = -1.0
         #: Depth of ``held``, and what Python sent meanwhile (sent on release).
@@ -180,19 +187,39 @@ class NativeLane:
             self._pushed.pop(ident, None)
             self._sessions.pop(ident, None)
 
-    def push(self, now: float) -> None:
-        """The core's decisions into the lane's tables (only what changed)."""
+    def push(self, now: float, peers: Iterable[Peer] | None = None) -> None:
+        """The core's decisions into the lane's tables (only what changed).
+
+        ``peers``: the only peers whose decisions the work since the last push
+        may have changed (``Forwarder.handle``'s); only their ports are looked
+        at, so a hand-over costs the same with 100 ports as with one (issue
+        26).  Every port is looked at when ``peers`` is None, when the loop
+        guard has news (a block or release concerns a peer other than the one
+        whose frame revealed it), and at least every FULL_PUSH_INTERVAL (a
+        safety net for a change no caller reported)."""
         lane = self.lane
-        sockaddr = self.fwd.udp.sockaddr
         device = self.fwd.device
         if device.public_key != self._mac1_for:
             lane.set_mac1_key(contract.mac1_key(device.public_key))
             self._mac1_for = device.public_key
-        indexes = tuple(i for i, entry in device.index.items() if type(entry) is Keypair)
-        if indexes != self._py_indexes:
-            lane.set_python_indexes(indexes[:contract.MAX_PY_INDEXES])
-            self._py_indexes = indexes
-        for port, ident in self._ids.items():
+        detector = self.fwd.detector
+        if (peers is None or now - self._full_at >= FULL_PUSH_INTERVAL
+                or (detector is not None and detector.has_events)):
+            self._full_at = now
+            ports: Iterable[tuple[Port, int]] = self._ids.items()
+            full = True
+        else:
+            by_peer = self.fwd.ports
+            ids = self._ids
+            ports = []
+            for peer in dict.fromkeys(peers):
+                port = by_peer.get(peer)
+                ident = None if port is None else ids.get(port)
+                if port is not None and ident is not None:
+                    ports.append((port, ident))
+            full = False
+        changes = []
+        for port, ident in ports:
             peer = port.peer
             kp = peer.sendable(now)
             send = None if kp is None else kp.session
@@ -206,13 +233,27 @@ class NativeLane:
                        if k is not None and k.session is not None)
             blocked = port.guard is not None and port.guard.loop.blocked
             plain, csum = peer.frame_room(csum=False), peer.frame_room(csum=True)
-            state = (id(send), endpoint, tuple(map(id, rx)), plain, csum, blocked)
-            if self._pushed.get(ident) == state:
-                continue
+            # (``next``: its index is one of Python's until it becomes current.)
+            state = (id(send), endpoint, tuple(map(id, rx)), plain, csum, blocked, id(peer.next))
+            if self._pushed.get(ident) != state:
+                changes.append((ident, peer, send, endpoint, rx, plain, csum, blocked, state))
+        # The transport indexes Python holds change with some peer's keypairs
+        # (then its state above changed) or with the index table's size.
+        if full or changes or len(device.index) != self._index_size:
+            self._index_size = len(device.index)
+            indexes = tuple(i for i, entry in device.index.items() if type(entry) is Keypair)
+            if indexes != self._py_indexes:
+                lane.set_python_indexes(indexes[:contract.MAX_PY_INDEXES])
+                self._py_indexes = indexes
+        if not changes:
+            return
+        sockaddr = self.fwd.udp.sockaddr
+        max_frame = device.config.max_frame
+        for ident, peer, send, endpoint, rx, plain, csum, blocked, state in changes:
             sessions = set(rx) | ({send} if send is not None else set())
             with self.held():
                 lane.set_port(ident, send, None if endpoint is None else sockaddr(endpoint),
-                              plain, csum, csum, self.fwd.device.config.max_frame, blocked)
+                              plain, csum, csum, max_frame, blocked)
                 lane.set_rx(ident, rx)
                 # Sessions the core let go of (rotated out, expired) are done:
                 # their keys are zeroed now, not when the last reference goes.
@@ -294,11 +335,14 @@ class NativeLane:
         self.sync(now)
         udp = errors = False
         received: list[tuple[list[bytes], tuple[Any, ...]]] = []
+        #: The peers of the ports handed over or delivered to (for ``push``).
+        touched: list[Peer] = []
         for punt in punts:
             if isinstance(punt, TapPunt):
                 port = self._by_id.get(punt.port)
                 if port is None:
                     continue
+                touched.append(port.peer)
                 try:
                     fwd.tap_pass(port, punt.data)
                 finally:
@@ -323,6 +367,7 @@ class NativeLane:
                 port = self._by_id.get(punt.port)
                 if port is None:
                     continue
+                touched.append(port.peer)
                 start, offset = punt.csum_start, punt.csum_offset
                 port.deliver([punt.frame], {} if start < 0 else {0: (start, offset)}, now)
                 lane.learn(punt.port, [punt.frame])
@@ -331,7 +376,7 @@ class NativeLane:
                 fwd.udp_pass(received, errors)  # they, then what waits on the socket
             finally:
                 lane.release(-1)
-        self.push(now)
+        self.push(now, touched)  # (the passes pushed what they touched)
 
     async def _sync(self) -> None:
         while True:
@@ -373,11 +418,15 @@ class NativeLane:
             fwd.udp.gso = False
             log.warning("UDP GSO refused by the egress device: sending datagrams one by one")
         out = Output()
+        #: The peers the lane counted something for: the only ones whose
+        #: timers and decisions this sync may move.
+        touched: list[Peer] = []
         for row in stats.ports:
             port = self._by_id.get(row.port)
             if port is None:
                 continue
             peer: Peer = port.peer
+            touched.append(peer)
             drops = {reason: n for reason, n in (
                 (DropReason.AUTH_FAILED, row.drop_auth), (DropReason.REPLAY, row.drop_replay),
                 (DropReason.TOO_OLD, row.drop_too_old),
@@ -398,4 +447,6 @@ class NativeLane:
             port.counters.native_source(entry.inbound, entry.mac, entry.frames, entry.bytes, now)
             if port.guard is not None:
                 port.guard.note_source(entry.mac, entry.inbound, now)
-        fwd.handle(out, now)  # rekeys; pushes; wakes the timers if deadlines moved
+            touched.append(port.peer)
+        # Rekeys; pushes; wakes the timers if deadlines moved.
+        fwd.handle(out, now, touched)

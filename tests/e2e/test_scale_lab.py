@@ -1,7 +1,8 @@
 """A hub and 12 spokes (issue 26): idle, the hub forwards no spoke's loop probes
 to the other spokes; spokes reach each other through the hub; the loop guard
 still cuts a cable between two spokes' LANs and one between the hub's LAN and a
-spoke's within 2 s; every spoke restarted at once comes back.
+spoke's within 2 s; every spoke restarted at once comes back without a burst of
+handshakes; ``bridger lab cleanup`` removes a dead run's hub lab.
 
   [hosthub]─gwhub ─┐
   [host001]─gw001 ─┼─ WAN       (bridger.lab.hub: one host per site behind a
@@ -14,13 +15,26 @@ bounds that cannot flake are asserted.  benchmarks/scale.py measures N up to 100
 
 from __future__ import annotations
 
+import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridger.lab.hub import HUB, HubLab, peer_name, sample_pairs, wait_until
+from bridger.lab.hub import (
+    HUB,
+    HubLab,
+    cleanup_stale_hub_labs,
+    hub_lab_owners,
+    peer_name,
+    sample_pairs,
+    wait_until,
+)
+from bridger.lab.topology import list_namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -141,19 +155,35 @@ def test_a_cable_between_the_hubs_lan_and_a_spokes_lan_is_cut_within_2_s(
     wait_released(lab)
 
 
-def test_every_spoke_restarted_at_once_comes_back(hub_lab: HubLab) -> None:
+#: Handshake messages one spoke may exchange with the hub within one second of a
+#: restart of every spoke: its initiation, a crossing initiation of the hub's
+#: (a retry towards the old process), the responses (4 seen), one spare.
+BURST_PER_SITE = 5
+
+
+def test_every_spoke_restarted_at_once_comes_back_without_a_storm(hub_lab: HubLab) -> None:
+    """Every spoke stopped, then all started at the same moment: each is back
+    within the issue's 10 s once its process runs (on this shared two-core
+    machine the start of a dozen Python processes is not bridger's to bound),
+    and the hub's WAN link (tcpdump) never carries a burst of handshakes for
+    one spoke: the hub's own retries towards the stopped spokes are jittered
+    (its dead-peer timers all started on one probe round), not in lockstep."""
     lab = hub_lab
-    spokes = list(lab.sites)[1:]
     before = {p["name"]: p["handshakes"] for p in hub_guard(lab)["peers"]}
-    lab.stop(spokes)
-    began = lab.start(spokes)
-    back = lab.wait_up(within=120, since=began)
+    back, capture = lab.restart_spokes(within=120)
     assert back is not None, f"spokes {lab.waiting()} not back\n{lab.logs()}"
     after = {p["name"]: p["handshakes"] for p in hub_guard(lab)["peers"]}
     most = max(after[k] - before[k] for k in after)
+    spoke, burst = capture.most_in_a_second()
+    per_spoke = capture.per_spoke()
     print(f"{SPOKES} spokes restarted at once: all up after {back.all_up:.1f} s (last process"
           f" ready {back.last_ready:.1f} s, longest handshake {back.handshake:.1f} s);"
-          f" at most {most} handshakes per spoke at the hub")
+          f" at most {most} handshakes per spoke at the hub; handshake messages per spoke"
+          f" {min(per_spoke.values(), default=0)}-{max(per_spoke.values(), default=0)}, at most"
+          f" {burst} within a second (spoke {spoke}), {capture.busiest_second()} in the hub's"
+          f" busiest second")
+    assert back.handshake < 10.0, back
+    assert burst <= BURST_PER_SITE, [m for m in capture.messages if m.spoke == spoke]
     assert most <= 3  # no storm of handshakes: one each, a retry or two at most
     for a, b in sample_pairs(SPOKES, 2):
         assert lab.wait_ping(a, b, within=15) is not None, (a, b)
@@ -164,3 +194,47 @@ def test_status_of_the_hub_lists_every_spoke(hub_lab: HubLab) -> None:
     assert sorted(p["name"] for p in doc["peers"]) == sorted(
         peer_name(s) for s in hub_lab.sites if s != HUB)
     assert doc["guard"]["relayed"] == 0  # no other hub: nothing to relay
+
+
+def test_cleanup_stops_and_removes_a_dead_runs_hub_lab(tmp_path: Path) -> None:
+    """A run SIGKILLed with its hub lab up (no teardown ran): ``bridger lab
+    cleanup``'s hub part stops the gateways it left running and removes every
+    namespace (before, the classic lab's cleanup removed the ``wan`` one alone
+    and left the others unmarked).  Only this test's lab is looked at."""
+    prefix = f"bh{secrets.token_hex(3)}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LAB, prefix, str(tmp_path)], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+        assert line == "ready", line
+        names = [n for n in list_namespaces() if n.partition("-")[0] == prefix]
+        assert len(names) == 5, names  # wan, gwhub, hosthub, gw001, host001
+        gateways = [int(pid) for name in names for pid in subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True,
+            check=False).stdout.split()]
+        assert gateways
+    finally:
+        child.kill()
+        child.wait()
+    assert prefix in hub_lab_owners()
+    removed = cleanup_stale_hub_labs(only={prefix})
+    assert sorted(removed) == sorted(names)
+    assert not [n for n in list_namespaces() if n.partition("-")[0] == prefix]
+    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in gateways),
+                      10.0) is not None, gateways
+
+
+#: A hub lab of one spoke, held until killed ("ready" once the hub answers).
+HOLD_LAB = """
+import sys, time
+from pathlib import Path
+from bridger.lab.hub import HubLab
+lab = HubLab(1, Path(sys.argv[2]), prefix=sys.argv[1])
+lab.build()
+lab.start_hub()
+lab.start([1])
+print("ready", flush=True)
+time.sleep(600)
+"""
