@@ -255,12 +255,16 @@ class Forwarder:
 
     def udp_pass(
         self, first: list[tuple[list[bytes], tuple[Any, ...]]] | None = None,
-        errors: bool = False,
+        errors: bool = False, drain: bool = True,
     ) -> bool:
         """One pass over the socket (``first``: datagrams already received, with
         their senders, in order): drain it until EAGAIN (at most BATCH
         receives), open, deliver, answer; read the error queue where errors may
-        wait (``errors``: the lane saw them). True when drained."""
+        wait (``errors``: the lane saw them). True when drained.
+
+        ``drain=False`` (the native lane's hand-overs): only ``first`` and the
+        error queue; what waits on the socket stays for the lane, whose checks
+        (junk, mac1, per-source handshake admission) it must pass first."""
         sock = self.udp.sock
         device = self.device
         gro = self.udp.gro
@@ -305,8 +309,8 @@ class Forwarder:
 
         for datagrams, sockaddr in first or ():
             add(datagrams, sockaddr)
-        drained = False
-        for i in range(BATCH):
+        drained = not drain
+        for i in range(BATCH if drain else 0):
             try:
                 if gro:
                     data, ancdata, _flags, sockaddr = sock.recvmsg(READ_SIZE, cmsg_space)

@@ -18,8 +18,9 @@ an error propagates like any task's):
    to an index only Python holds, an opened payload that is not a frame
    (fragments, probes), or a frame the inbound guard must see.  Under the
    lane's mutex it runs the ordinary Python pass (``Forwarder.tap_pass`` /
-   ``udp_pass``) on that fd, starting with what was handed over, then gives
-   the fd back.
+   ``udp_pass``) on what was handed over (a tap pass drains its tap; a UDP
+   pass reads nothing more from the socket, whose datagrams must pass the
+   lane's checks first), then gives the fd back.
 3. ``_sync`` every SYNC_INTERVAL (and before the timers run, and before a
    status snapshot): takes the lane's counters and timer facts into the core
    and the status counters, and pushes the core's decisions (sendable
@@ -373,7 +374,8 @@ class NativeLane:
                 lane.learn(punt.port, [punt.frame])
         if udp:
             try:
-                fwd.udp_pass(received, errors)  # they, then what waits on the socket
+                # They alone: what waits on the socket is the lane's to read.
+                fwd.udp_pass(received, errors, drain=False)
             finally:
                 lane.release(-1)
         self.push(now, touched)  # (the passes pushed what they touched)

@@ -20,11 +20,11 @@ attack, so a fresh handshake has to complete through it.  What must hold:
    messages shed from its bounded queue; internal_error stays 0;
 3. nothing but cookie replies answers the attack (tcpdump on the router).
 
-Printed too: the cookie replies to the one address that sprays valid-mac1
-initiations (``hs_valid``) against what the lane's per-source bucket admits.
-They are more (28/s against 20/s in this lab): each time the lane hands the
-socket over (a loop probe, a path-MTU probe), Python's pass drains up to
-``forward.BATCH`` receives itself, attack included, without the lane's checks.
+4. the cookie replies to the one address that sprays valid-mac1 initiations
+   (``hs_valid``) stay within what the lane's per-source bucket admits (one
+   burst of slack for the capture's timing). They were 28/s against 20/s while
+   Python's pass on a hand-over (a loop probe, a path-MTU probe) drained up to
+   ``forward.BATCH`` receives itself, attack included, past the lane's checks.
 
 The throughput ratio (under attack / alone) is printed, not asserted: on a
 loaded two-core machine it depends on everything else that runs; the
@@ -117,6 +117,7 @@ def test_wan_attack_on_the_native_path(link: BridgedLab, tmp_path: Path) -> None
     admitted = contract.HS_SOURCE_BURST + contract.HS_SOURCE_RATE * summary["elapsed"]
     print(f"cookie replies to the one valid-mac1 address: {replies} in "
           f"{summary['elapsed']:.0f} s; the lane's per-source bucket admits {admitted:.0f}")
+    assert replies <= admitted + contract.HS_SOURCE_BURST, (replies, admitted)
 
     for reason in ("malformed", "handshake_mac1", "auth_failed", "handshake_shed"):
         assert grew[reason] > 0, (reason, grew)
