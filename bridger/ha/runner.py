@@ -7,10 +7,12 @@
    starts *disabled* (``bridger.ha.gate``): nothing forwards before the
    election says so.
 2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
-   one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
-   watches the LAN link's carrier (``Election.fault``) and re-applies the gate
-   every second (a tap a reload adds joins forwarding); a third, while active,
-   sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
+   one sleeps until ``next_deadline``, tells the election whether anything
+   came from the peers (the taps' receive counters: what the data plane wrote
+   into them, ``Election.peers_heard``), ticks, sends HELLOs out of the LAN
+   NIC, watches the LAN link's carrier (``Election.fault``) and re-applies the
+   gate every second (a tap a reload adds joins forwarding); a third, while
+   active, sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
 3. A role change: one log line, the gate (disabled or forwarding), and on
    becoming active the announcements: each LAN MAC into every tap (the peers'
    bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
@@ -48,6 +50,7 @@ from bridger.ha.election import (
     Reannounce,
     Role,
     RoleChanged,
+    WanChanged,
 )
 from bridger.ha.gate import (
     BR_STATE_DISABLED,
@@ -77,6 +80,15 @@ def _mac_of(ifname: str) -> bytes:
 
 def _text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+def _rx_packets(ifname: str) -> int | None:
+    """Frames the kernel took from ``ifname``'s driver: for a tap, what the data plane
+    wrote into it (frames from the peer), whatever the bridge port's state."""
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/statistics/rx_packets").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _carrier(ifname: str) -> bool:
@@ -147,6 +159,7 @@ class HaRunner:
         self.contained = self._contain(True)
         self._nursery: trio.Nursery | None = None
         self._last_reason = ""
+        self._tap_rx: dict[str, int] = {}  # each tap's rx_packets at the last look
         self.apply_gate(force=True)
 
     # -- what status views read -----------------------------------------------------------
@@ -280,6 +293,7 @@ class HaRunner:
                 self._enforce(now)
             if isinstance(self.core, Election):
                 self._take_frames()
+                self._look_at_peers()
                 now = time.monotonic()
                 for payload in self.core.tick(now):
                     self._send(wire.frame(self.src, payload), self.lan)
@@ -300,6 +314,24 @@ class HaRunner:
                 for payload in self.core.macs(sorted(local), sorted(remote), time.monotonic()):
                     self._send(wire.frame(self.src, payload), self.lan)
             await trio.sleep(HELLO_INTERVAL)
+
+    def _look_at_peers(self) -> None:
+        """Tell the election if any tap received frames (from its peer) since the last
+        look: our WAN works (``Election.peers_heard``)."""
+        assert isinstance(self.core, Election)
+        heard = False
+        seen: dict[str, int] = {}
+        for tap in self.taps():
+            count = _rx_packets(tap)
+            if count is None:
+                continue
+            seen[tap] = count
+            if count > self._tap_rx.get(tap, count):
+                heard = True
+        self._tap_rx = seen
+        if heard:
+            self.core.peers_heard(time.monotonic())
+            self._handle(self.core.take_events())
 
     def _enforce(self, now: float) -> None:
         if isinstance(self.core, Election):
@@ -325,8 +357,12 @@ class HaRunner:
                         "standby)", self.settings.follow, text.strip()[:20])
         self._handle(self.core.take_events())
 
-    def _handle(self, events: list[RoleChanged | Reannounce] | list[RoleChanged]) -> None:
+    def _handle(self, events: list[RoleChanged | Reannounce | WanChanged] | list[RoleChanged],
+                ) -> None:
         for event in events:
+            if isinstance(event, WanChanged):
+                log.info("ha: WAN %s (%s)", "back" if event.ok else "lost", event.reason)
+                continue
             if isinstance(event, Reannounce):
                 log.info("ha: %s; announcing the MACs again", event.reason)
                 self._start_announce()
