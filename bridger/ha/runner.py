@@ -7,12 +7,15 @@
    starts *disabled* (``bridger.ha.gate``): nothing forwards before the
    election says so.
 2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
-   one sleeps until ``next_deadline``, tells the election whether anything
-   came from the peers (the taps' receive counters: what the data plane wrote
-   into them, ``Election.peers_heard``), ticks, sends HELLOs out of the LAN
-   NIC, watches the LAN link's carrier (``Election.fault``) and re-applies the
-   gate every second (a tap a reload adds joins forwarding); a third, while
-   active, sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
+   one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
+   watches the LAN link's carrier (``Election.fault``) and re-applies the gate
+   every second (a tap a reload adds joins forwarding); one looks at the taps'
+   receive counters every PEER_POLL (what the data plane wrote into them: frames
+   from the peers, whatever the gate) and tells ``Election.peers_heard``; a
+   fourth, while active, sends the MAC lists (from the bridge's FDB) every
+   SYNC_INTERVAL.  A HELLO the election wants sent at once (a role or WAN
+   change, the answer to an active that lost its WAN) leaves from whichever
+   task caused it.
 3. A role change: one log line, the gate (disabled or forwarding), and on
    becoming active the announcements: each LAN MAC into every tap (the peers'
    bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
@@ -66,6 +69,9 @@ log = logging.getLogger("bridger")
 #: Seconds between re-applying the gate, reading the follow file, checking the LAN link.
 ENFORCE_INTERVAL = 1.0
 FOLLOW_POLL = 0.2
+#: Seconds between looks at the taps' receive counters (``election.PROBE_GAP``
+#: counts it in).
+PEER_POLL = 0.05
 #: Announcements per batch, and the pause between batches (the peers' storm budget).
 ANNOUNCE_BATCH = 200
 ANNOUNCE_PAUSE = 0.05
@@ -82,13 +88,21 @@ def _text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def _rx_packets(ifname: str) -> int | None:
-    """Frames the kernel took from ``ifname``'s driver: for a tap, what the data plane
-    wrote into it (frames from the peer), whatever the bridge port's state."""
+def _rx_packets() -> dict[str, int]:
+    """Each interface's received packets (/proc/net/dev, one read for all).  For a
+    tap: the frames the data plane wrote into it (from its peer), whatever the
+    bridge port's state."""
+    counts: dict[str, int] = {}
     try:
-        return int(Path(f"/sys/class/net/{ifname}/statistics/rx_packets").read_text())
-    except (OSError, ValueError):
-        return None
+        text = Path("/proc/net/dev").read_text()
+    except OSError:
+        return counts
+    for line in text.splitlines()[2:]:
+        name, sep, fields = line.partition(":")
+        values = fields.split()
+        if sep and len(values) > 1 and values[1].isdigit():
+            counts[name.strip()] = int(values[1])
+    return counts
 
 
 def _carrier(ifname: str) -> bool:
@@ -235,6 +249,7 @@ class HaRunner:
                 if self.rx is not None:
                     nursery.start_soon(self._receive)
                     nursery.start_soon(self._sync)
+                    nursery.start_soon(self._watch_peers)
                 nursery.start_soon(self._timers)
         finally:
             self.stop()
@@ -282,7 +297,7 @@ class HaRunner:
             if address[2] == socket.PACKET_OUTGOING:
                 continue
             self.core.receive_untrusted(data[wire.ETH_HLEN:], time.monotonic())
-            self._handle(self.core.take_events())
+            self._send_due()
 
     async def _timers(self) -> None:
         next_enforce = 0.0
@@ -293,11 +308,7 @@ class HaRunner:
                 self._enforce(now)
             if isinstance(self.core, Election):
                 self._take_frames()
-                self._look_at_peers()
-                now = time.monotonic()
-                for payload in self.core.tick(now):
-                    self._send(wire.frame(self.src, payload), self.lan)
-                self._handle(self.core.take_events())
+                self._send_due()
                 wake = min(self.core.next_deadline(time.monotonic()), next_enforce)
             else:
                 wake = min(time.monotonic() + FOLLOW_POLL, next_enforce)
@@ -315,23 +326,34 @@ class HaRunner:
                     self._send(wire.frame(self.src, payload), self.lan)
             await trio.sleep(HELLO_INTERVAL)
 
-    def _look_at_peers(self) -> None:
-        """Tell the election if any tap received frames (from its peer) since the last
-        look: our WAN works (``Election.peers_heard``)."""
+    def _send_due(self) -> None:
+        """The election's timers, now: what it wants sent goes out, its events are
+        handled.  The taps' counters are looked at first: after the process was not
+        scheduled for a while, frames from the peers meanwhile count before our WAN
+        is declared silent (as ``_take_frames`` does for the group's frames)."""
         assert isinstance(self.core, Election)
-        heard = False
-        seen: dict[str, int] = {}
-        for tap in self.taps():
-            count = _rx_packets(tap)
-            if count is None:
-                continue
-            seen[tap] = count
-            if count > self._tap_rx.get(tap, count):
-                heard = True
+        self._look_at_peers()
+        for payload in self.core.tick(time.monotonic()):
+            self._send(wire.frame(self.src, payload), self.lan)
+        self._handle(self.core.take_events())
+
+    async def _watch_peers(self) -> None:
+        while True:
+            if self._look_at_peers():
+                self._send_due()
+            await trio.sleep(PEER_POLL)
+
+    def _look_at_peers(self) -> bool:
+        """Tell the election if any tap received frames (from its peer) since the last
+        look: our WAN works (``Election.peers_heard``).  Whether one did."""
+        assert isinstance(self.core, Election)
+        counts = _rx_packets()
+        seen = {tap: counts[tap] for tap in self.taps() if tap in counts}
+        heard = any(count > self._tap_rx.get(tap, count) for tap, count in seen.items())
         self._tap_rx = seen
         if heard:
             self.core.peers_heard(time.monotonic())
-            self._handle(self.core.take_events())
+        return heard
 
     def _enforce(self, now: float) -> None:
         if isinstance(self.core, Election):

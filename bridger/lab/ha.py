@@ -71,6 +71,27 @@ class HaLab(Lab):
         port = "gw2" if role == SECOND else "gw"
         self._ip("swA", f"link set {port} {'down' if cut else 'up'}")
 
+    def cut_wan(self, role: str, cut: bool = True) -> None:
+        """Pull (or plug back) ``role``'s WAN cable: the router's end of its WAN veth
+        (the gateway's ``wan0`` loses its carrier; its addresses and routes stay)."""
+        if role == SECOND:
+            port = "wA2"
+        else:
+            site = role[2:]
+            port = f"p{site}" if self.engine == "wire" else f"w{site}"
+        self._ip("wan", f"link set {port} {'down' if cut else 'up'}")
+
+    def split_group(self, split: bool = True) -> None:
+        """Site A's switch stops (or resumes) carrying the group's frames between the
+        two gateways (EtherType 0x88B6): they no longer hear each other."""
+        table = "bridger_lab_split"
+        script = f"add table bridge {table}\ndelete table bridge {table}\n"
+        if split:
+            script += (f"table bridge {table} {{ chain forward {{ type filter hook forward "
+                       "priority 0; policy accept; ether type 0x88b6 drop; }; }\n")
+        subprocess.run(["ip", "netns", "exec", self.ns("swA"), "nft", "-f", "-"],
+                       input=script, text=True, check=True, timeout=30)
+
     def delete_gateway(self, role: str) -> None:
         """Delete ``role``'s namespace (its veths go with it)."""
         subprocess.run(["ip", "netns", "del", self.ns(role)], check=False, timeout=30)

@@ -6,8 +6,11 @@
 
 One lab and one set of daemons for every case (module fixture): hostA1 pings
 hostB1 every 0.1 s while the active gateway of site A is SIGKILLed, loses its
-LAN cable, stops cleanly, and has its namespace deleted.  The outage is the
-longest run of unanswered pings (printed); duplicates (DUP!) must be none.
+LAN cable, loses its WAN cable, stops cleanly, and has its namespace deleted.
+The outage is the longest run of unanswered pings (printed); duplicates (DUP!)
+must be none.  Between them: twenty quiet seconds (no MAC flap, no loop), and a
+partition of the group on site A's switch (the loop guard holds; it heals to
+one active without a flap).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,6 +117,16 @@ def diagnose(gws: HaGateways) -> str:
     return "\n".join(parts)
 
 
+def ha_doc(gws: HaGateways, role: str) -> dict[str, Any]:
+    doc: dict[str, Any] = (gws.status(role) or {}).get("ha") or {}
+    return doc
+
+
+def guard_of(gws: HaGateways, role: str) -> dict[str, Any]:
+    guard: dict[str, Any] = (gws.status(role, timeout=40) or {}).get("guard") or {}
+    return guard
+
+
 def report(kind: str, result: Outage) -> None:
     print(f"\n{kind}: outage {result.outage:.1f} s ({result.lost} of {result.sent} pings "
           f"lost), {result.duplicates} duplicates")
@@ -158,6 +172,28 @@ def test_one_active_one_standby_no_duplicates_no_loop(ha: HaGateways) -> None:
     assert "flapping" not in ha.logs().lower()
 
 
+def test_twenty_quiet_seconds_no_flap_no_loop_no_duplicate(ha: HaGateways) -> None:
+    """Both gateways up: in steady state nothing moves, the loop guard never fires,
+    no MAC-flap line is logged, and no frame is delivered twice."""
+    active = the_active(ha)
+    standby = other(active)
+    before = {role: ha_doc(ha, role)["changes"] for role in (active, standby)}
+    flaps = {role: guard_of(ha, role)["mac_flaps"]["total"] for role in ("gwA", SECOND, "gwB")}
+    out = ha.lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "200",
+                     ha.lab.lan_address("hostB1"), check=False, timeout=120).stdout
+    result = ping_outage(out, INTERVAL)
+    print(f"\nsteady state: {result.received} of {result.sent} pings answered, "
+          f"{result.duplicates} duplicates")
+    assert result.received == result.sent and result.duplicates == 0, out
+    assert {role: ha_doc(ha, role)["changes"] for role in (active, standby)} == before
+    assert all(ha_doc(ha, role)["wan"] == "ok" for role in (active, standby))
+    for role in ("gwA", SECOND, "gwB"):
+        guard = guard_of(ha, role)
+        assert guard["loops_detected"] == 0, (role, guard)
+        assert guard["mac_flaps"]["total"] == flaps[role], (role, guard["mac_flaps"])
+    assert "flapping" not in ha.logs().lower()
+
+
 def test_sigkill_of_the_active(ha: HaGateways) -> None:
     def kill(role: str) -> None:
         ha.stop(role, signal.SIGKILL)
@@ -182,6 +218,24 @@ def test_lan_cable_cut_of_the_active(ha: HaGateways) -> None:
     assert len(ha.active()) == 1
 
 
+def test_wan_cable_cut_of_the_active(ha: HaGateways) -> None:
+    """Its peers fall silent (the WAN veth loses its carrier): it steps down for the
+    standby, which still hears them; with its WAN back it stays standby."""
+    result, old, new = through(ha, lambda role: ha.lab.cut_wan(role))
+    report("WAN cable cut", result)
+    assert result.duplicates == 0
+    assert result.outage <= CRASH_BOUND, diagnose(ha)
+    assert wait_for(lambda: ha.role_of(old) == "standby", 10), ha.logs()
+    assert ha_doc(ha, old)["wan"] == "lost"
+    changes = ha_doc(ha, new)["changes"]
+    ha.lab.cut_wan(old, cut=False)
+    assert wait_for(lambda: ha_doc(ha, old).get("wan") == "ok", 30), ha.logs()
+    assert wait_for(lambda: tunnel_carries(ha, old), 30), diagnose(ha)
+    assert ha.role_of(old) == "standby" and ha.active() == [new]  # no handback
+    assert ha_doc(ha, new)["changes"] == changes
+    assert "WAN lost" in ha.files[old].log.read_text()
+
+
 def test_clean_stop_hands_over_and_tcp_survives(ha: HaGateways) -> None:
     lab = ha.lab
     receiver = lab.popen("hostB1", sys.executable, str(HERE / "tcpxfer.py"), "recv", "5201",
@@ -199,6 +253,41 @@ def test_clean_stop_hands_over_and_tcp_survives(ha: HaGateways) -> None:
     assert result.duplicates == 0
     assert result.outage <= CLEAN_BOUND, diagnose(ha)
     restart(ha, old)
+
+
+def test_partition_loop_guard_holds_and_heals_to_one_active(ha: HaGateways) -> None:
+    """The gateways stop hearing each other on the LAN: both forward, site B's loop
+    guard blocks one tunnel (no storm: pings keep getting through).  Healed, one
+    steps down once; the other never moves."""
+    lab = ha.lab
+    first = the_active(ha)
+    second = other(first)
+    loops = guard_of(ha, "gwB")["loops_detected"]
+    lab.split_group()
+    try:
+        assert wait_for(lambda: ha.role_of(second) == "active", 15), ha.logs()
+        assert wait_for(lambda: guard_of(ha, "gwB")["loops_detected"] > loops, 20), diagnose(ha)
+        out = lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "30", "-W", "1",
+                      lab.lan_address("hostB1"), check=False, timeout=60).stdout
+        during = ping_outage(out, INTERVAL)
+        print(f"\npartition: {during.received} of {during.sent} pings answered, "
+              f"{during.duplicates} duplicates (the loop guard's cut)")
+        assert during.received >= during.sent // 2, out  # no storm
+        changes = {role: ha_doc(ha, role)["changes"] for role in (first, second)}
+    finally:
+        lab.split_group(False)
+    assert wait_for(lambda: len(ha.active()) == 1, 15), ha.logs()
+    (winner,) = ha.active()
+    loser = other(winner)
+    assert ha_doc(ha, winner)["changes"] == changes[winner]  # the winner never moved
+    assert ha_doc(ha, loser)["changes"] == changes[loser] + 1  # one step down
+    # The guard lets go once no probe comes back; then nothing is delivered twice.
+    assert wait_for(lambda: not guard_of(ha, "gwB")["blocked"], 60), diagnose(ha)
+    assert wait_for(lambda: tunnel_carries(ha, loser), 30), diagnose(ha)
+    out = lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "20",
+                  lab.lan_address("hostB1"), check=False, timeout=60).stdout
+    after = ping_outage(out, INTERVAL)
+    assert after.received == after.sent and after.duplicates == 0, out
 
 
 def test_namespace_deletion_of_the_active(ha: HaGateways) -> None:
