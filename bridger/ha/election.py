@@ -336,6 +336,15 @@ class Election:
                 for m in self.members.values()):
             self.next_hello = now  # rule 4: the proof the active waits for
 
+    def stalled(self, now: float) -> None:
+        """The shell was not scheduled for a while (its looks at the tunnels stopped):
+        frames from the peers may still wait in the data plane's queues, and the
+        group's frames that come now were sent long ago.  A WAN that was sound gets
+        PROBE_GAP more before it counts as lost (it does not become fresh by this:
+        no proof for rule 4 rests on it)."""
+        if self._wan_said:
+            self.peers_heard_at = max(self.peers_heard_at, now - WAN_HOLD + PROBE_GAP)
+
     def fault(self, down: bool, now: float) -> None:
         """Our LAN link went down (``down``) or came back.  Down: standby at once
         (the frames it would forward have nowhere to go).  Back: listen again, as

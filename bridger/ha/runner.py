@@ -70,8 +70,9 @@ log = logging.getLogger("bridger")
 ENFORCE_INTERVAL = 1.0
 FOLLOW_POLL = 0.2
 #: Seconds between looks at the taps' receive counters (``election.PROBE_GAP``
-#: counts it in).
+#: counts it in), and the gap between two looks that means we were not scheduled.
 PEER_POLL = 0.05
+PEER_STALL = 0.25
 #: Announcements per batch, and the pause between batches (the peers' storm budget).
 ANNOUNCE_BATCH = 200
 ANNOUNCE_PAUSE = 0.05
@@ -174,6 +175,7 @@ class HaRunner:
         self._nursery: trio.Nursery | None = None
         self._last_reason = ""
         self._tap_rx: dict[str, int] = {}  # each tap's rx_packets at the last look
+        self._looked_at = time.monotonic()
         self.apply_gate(force=True)
 
     # -- what status views read -----------------------------------------------------------
@@ -286,6 +288,7 @@ class HaRunner:
         meanwhile count before anyone is declared silent."""
         if self.rx is None or not isinstance(self.core, Election):
             return
+        self._look_at_peers()  # a stall is known before a frame is weighed
         while True:
             try:
                 data, address = self.rx.recvfrom(2048)
@@ -347,6 +350,10 @@ class HaRunner:
         """Tell the election if any tap received frames (from its peer) since the last
         look: our WAN works (``Election.peers_heard``).  Whether one did."""
         assert isinstance(self.core, Election)
+        now = time.monotonic()
+        if now - self._looked_at > PEER_STALL:
+            self.core.stalled(now)
+        self._looked_at = now
         counts = _rx_packets()
         seen = {tap: counts[tap] for tap in self.taps() if tap in counts}
         heard = any(count > self._tap_rx.get(tap, count) for tap, count in seen.items())

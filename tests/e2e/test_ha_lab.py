@@ -307,3 +307,5 @@ def test_namespace_deletion_of_the_active(ha: HaGateways) -> None:
     report("namespace deleted", result)
     assert result.duplicates == 0
     assert result.outage <= CRASH_BOUND, diagnose(ha)
+    if ha.lab.engine == "wire":  # the lab's WAN outlived the deleted gateway's cable
+        assert "pB" in ha.lab.wire_stats()

@@ -54,6 +54,8 @@ class FakeLan:
         self.wan = wan
         self.next_probe: dict[str, float] = {}
         self.wan_cut: set[str] = set()  # members whose WAN cable is out
+        #: Members not scheduled (a busy host): what reaches them waits in a queue.
+        self.frozen: dict[str, list[bytes]] = {}
         self.cut: set[str] = set()  # members whose cable is out
         self.dead: set[str] = set()
         self.heard: list[bytes] = []  # every payload sent (for replays)
@@ -76,14 +78,25 @@ class FakeLan:
                     continue
                 if self.rng.random() < self.loss:
                     continue
+                if name in self.frozen:
+                    self.frozen[name].append(payload)
+                    continue
                 member.receive_untrusted(payload, self.now)
+
+    def thaw(self, name: str) -> None:
+        """``name`` is scheduled again: the shell's first look sees the gap, then the
+        queued frames count (the peers' frames come at their next probe)."""
+        member = self.members[name]
+        member.stalled(self.now)
+        for payload in self.frozen.pop(name):
+            member.receive_untrusted(payload, self.now)
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
         while self.now < end:
             self.now = round(self.now + STEP, 6)
             for name, member in list(self.members.items()):
-                if name in self.dead:
+                if name in self.dead or name in self.frozen:
                     continue
                 if self.wan and self.now >= self.next_probe[name]:
                     self.next_probe[name] = self.now + self.rng.uniform(*PROBE_EVERY)
@@ -438,3 +451,18 @@ def test_members_that_never_hear_their_peers_elect_as_before() -> None:
     lan.run(10.0)
     winner = max(lan.members, key=lambda n: lan.members[n].config.node)
     assert lan.active() == [winner] and all(m.changes == 1 for m in lan.members.values())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_stalled_active_does_not_take_its_own_silence_for_a_cut_wan(seed: int) -> None:
+    """Not scheduled for 1 s (under the LAN's HOLD): at its first look the peers'
+    frames still wait in its queues and the standby's HELLOs that say WAN_FRESH
+    were sent long ago.  Nothing moves."""
+    lan, active, _standby = settled_pair(seed)
+    before = {n: m.changes for n, m in lan.members.items()}
+    lan.frozen[active] = []
+    lan.run(1.0)
+    lan.thaw(active)
+    lan.run(3.0)
+    assert lan.active() == [active]
+    assert {n: m.changes for n, m in lan.members.items()} == before
