@@ -162,8 +162,10 @@ class Member:
     pending: dict[bytes, float] = field(default_factory=dict)
     retired: deque[bytes] = field(default_factory=lambda: deque(maxlen=RETIRED_PER_MEMBER))
     said_bye: bool = False
-    #: When its frames stopped saying WAN_LOST (-inf: never said it).
+    #: When its frames stopped saying WAN_LOST (-inf: never said it), and when they
+    #: started to (the latest loss).
     wan_back_at: float = -math.inf
+    wan_lost_at: float = -math.inf
 
     def live(self, now: float) -> bool:
         return now - self.heard < HOLD
@@ -210,6 +212,8 @@ class Election:
         self._wan_said: bool | None = None
         #: Whether we ever heard a peer (the first time is no news for the log).
         self._wan_seen = False
+        #: When we last sent a frame that says WAN_FRESH.
+        self._fresh_sent_at = -math.inf
 
     # -- what the shell reads -----------------------------------------------------------
 
@@ -301,10 +305,6 @@ class Election:
         self.received[msg.kind.name.lower()] += 1
         member.seq = msg.seq
         was_active = member.live(now) and bool(member.flags & Flag.ACTIVE)
-        if (msg.flags & Flag.ACTIVE and msg.flags & Flag.WAN_LOST
-                and not (was_active and member.flags & Flag.WAN_LOST)
-                and self.wan_fresh(now)):
-            self.next_hello = now  # rule 4: the active lost its WAN; we hear ours
         if msg.kind is Kind.BYE:
             member.heard = -math.inf
             member.flags = Flag.NONE
@@ -312,12 +312,15 @@ class Election:
         else:
             if member.flags & Flag.WAN_LOST and not msg.flags & Flag.WAN_LOST:
                 member.wan_back_at = now
+            elif msg.flags & Flag.WAN_LOST and not member.flags & Flag.WAN_LOST:
+                member.wan_lost_at = now
             member.heard = now
             member.priority = msg.priority
             member.flags = msg.flags
             member.said_bye = False
         if msg.kind is Kind.MACS:
             self._learn_macs(msg, now)
+        self._offer_proof(now)
         we_were_active = self.role is Role.ACTIVE
         self._decide(now, member if msg.kind is Kind.BYE else None)
         # Only if we already were: one that goes active now announces anyway.
@@ -331,10 +334,7 @@ class Election:
         self.peers_heard_at = now
         if self._check_wan(now):
             self._decide(now)
-        if self.role is not Role.ACTIVE and any(
-                m.live(now) and m.flags & Flag.ACTIVE and m.flags & Flag.WAN_LOST
-                for m in self.members.values()):
-            self.next_hello = now  # rule 4: the proof the active waits for
+        self._offer_proof(now)
 
     def stalled(self, now: float) -> None:
         """The shell was not scheduled for a while (its looks at the tunnels stopped):
@@ -442,6 +442,7 @@ class Election:
             flags |= Flag.WAN_LOST
         elif self.wan_fresh(now):
             flags |= Flag.WAN_FRESH
+            self._fresh_sent_at = now
         msg = Message(kind, flags, self.config.priority, self.config.site_tag, self.config.node,
                       self.nonce, self.seq, self._echo(now), tuple(local or ()),
                       tuple(remote or ()))
@@ -453,6 +454,15 @@ class Election:
         for member in self.members.values():
             for nonce in [n for n, t in member.pending.items() if now - t >= HOLD]:
                 del member.pending[nonce]
+
+    def _offer_proof(self, now: float) -> None:
+        """Rule 4: an active says WAN_LOST, we hear our peers and have not said so
+        since it lost them: our next HELLO goes at once (it is the proof)."""
+        if self.role is Role.ACTIVE or not self.wan_fresh(now):
+            return
+        if any(m.live(now) and m.flags & Flag.ACTIVE and m.flags & Flag.WAN_LOST
+               and m.wan_lost_at > self._fresh_sent_at for m in self.members.values()):
+            self.next_hello = now
 
     def _check_wan(self, now: float) -> bool:
         """Whether our WAN state changed since our frames last said it; if so, the

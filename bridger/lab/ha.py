@@ -265,8 +265,9 @@ def _has_role(gws: HaGateways, role: str, wanted: str) -> bool:
 def run_ha_demo(workdir: Path, every: float, duration: float | None,
                 stopped: Callable[[], bool], say: Callable[[str], None]) -> int:
     """Two gateways at site A, one at B; hostA1 pings hostB1 every 0.1 s; every
-    ``every`` seconds the active of site A fails (SIGKILL and clean stop in turn)
-    and comes back as standby.  One line per event and per failover's outage."""
+    ``every`` seconds the active of site A fails (SIGKILL, clean stop and WAN cable
+    cut in turn) and comes back as standby.  One line per event and per failover's
+    outage."""
     interval = 0.1
     lab = HaLab()
     with lab, HaGateways(lab, workdir) as gws:
@@ -285,7 +286,7 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
             ping = lab.popen("hostA1", "ping", "-n", "-i", str(interval),
                              lab.lan_address("hostB1"), stdout=out, stderr=subprocess.STDOUT)
         end = math.inf if duration is None else time.monotonic() + duration
-        kinds = ("SIGKILL", "clean stop")
+        kinds = ("SIGKILL", "clean stop", "WAN cable cut")
         n = 0
         try:
             next_failover = time.monotonic() + every
@@ -301,18 +302,25 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
                 n += 1
                 before = _last_seq(ping_log)
                 say(f"{kind} of the active {old} ...")
-                gws.stop(old, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
+                if kind == "WAN cable cut":
+                    lab.cut_wan(old)
+                else:
+                    gws.stop(old, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
                 new = SECOND if old == "gwA" else "gwA"
                 wait_for(partial(_has_role, gws, new, "active"), 10)
                 time.sleep(3.0)
                 result = _outage_since(ping_log, before, interval)
                 say(f"  {new} is active; outage {result.outage:.1f} s "
                     f"({result.lost} pings lost), {result.duplicates} duplicates")
-                if kind == "SIGKILL":
-                    gws.down(old)
-                gws.start(old)
-                wait_for(partial(_has_role, gws, old, "standby"), 20)
-                say(f"  {old} is back as standby")
+                if kind == "WAN cable cut":
+                    lab.cut_wan(old, cut=False)
+                    say(f"  {old}'s WAN cable is back; it stays standby")
+                else:
+                    if kind == "SIGKILL":
+                        gws.down(old)
+                    gws.start(old)
+                    wait_for(partial(_has_role, gws, old, "standby"), 20)
+                    say(f"  {old} is back as standby")
                 next_failover = time.monotonic() + every
         finally:
             ping.send_signal(signal.SIGINT)
