@@ -328,6 +328,16 @@ class Election:
                 and not member.flags & Flag.ACTIVE and msg.kind is not Kind.BYE):
             self._events.append(Reannounce(f"member {node_name(member.node)} stepped down"))
 
+    def begin(self, now: float) -> None:
+        """The shell starts reading frames: listening lasts HOLD from now.  The time
+        spent setting up the host (seconds on a busy one) heard nothing; without
+        this a starting member that missed the active's HELLOs meanwhile went
+        active at its first tick."""
+        if self.role is Role.LISTENING:
+            self.since = now
+            self.listen_until = now + HOLD
+            self.next_hello = now
+
     def peers_heard(self, now: float) -> None:
         """Something came from a peer through one of our tunnels (any frame counts:
         the shell cannot tell the peers' probes from their data, nor needs to)."""

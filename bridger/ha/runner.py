@@ -247,6 +247,8 @@ class HaRunner:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if isinstance(self.core, Election):
+                    self.core.begin(time.monotonic())
                 self._handle(self.core.take_events())
                 if self.rx is not None:
                     nursery.start_soon(self._receive)

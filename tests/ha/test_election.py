@@ -466,3 +466,18 @@ def test_a_stalled_active_does_not_take_its_own_silence_for_a_cut_wan(seed: int)
     lan.run(3.0)
     assert lan.active() == [active]
     assert {n: m.changes for n, m in lan.members.items()} == before
+
+
+def test_listening_starts_when_the_shell_begins_not_when_it_was_built() -> None:
+    """A gateway whose host set-up took 3 s (a busy host) listens for HOLD from its
+    first read, and hears the active member: standby, not a second active."""
+    lan = FakeLan()
+    lan.add("a", config(1))
+    lan.run(3.0)
+    late = Election(config(2, priority=100), lan.now - 3.0, b"L" * 8)  # built 3 s ago
+    late.begin(lan.now)
+    lan.members["b"] = late
+    lan.next_probe["b"] = lan.now + 0.3
+    lan.run(3.0)
+    assert lan.active() == ["a"] and lan.max_active() == 1
+    assert late.changes == 1 and late.role is Role.STANDBY
