@@ -304,7 +304,8 @@ class Election:
             return
         self.received[msg.kind.name.lower()] += 1
         member.seq = msg.seq
-        was_active = member.live(now) and bool(member.flags & Flag.ACTIVE)
+        was_live = member.live(now)
+        was_active = was_live and bool(member.flags & Flag.ACTIVE)
         if msg.kind is Kind.BYE:
             member.heard = -math.inf
             member.flags = Flag.NONE
@@ -324,9 +325,16 @@ class Election:
         we_were_active = self.role is Role.ACTIVE
         self._decide(now, member if msg.kind is Kind.BYE else None)
         # Only if we already were: one that goes active now announces anyway.
-        if (we_were_active and self.role is Role.ACTIVE and was_active
-                and not member.flags & Flag.ACTIVE and msg.kind is not Kind.BYE):
+        if (not we_were_active or self.role is not Role.ACTIVE or msg.kind is Kind.BYE
+                or member.flags & Flag.ACTIVE):
+            return
+        if was_active:
             self._events.append(Reannounce(f"member {node_name(member.node)} stepped down"))
+        elif not was_live and not member.flags & Flag.LISTENING:
+            # Back after we did not hear it (a partition), already standby: it may
+            # have forwarded meanwhile and stepped down before we heard it active.
+            self._events.append(Reannounce(f"member {node_name(member.node)} is back "
+                                           "as standby"))
 
     def begin(self, now: float) -> None:
         """The shell starts reading frames: listening lasts HOLD from now.  The time

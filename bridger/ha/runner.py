@@ -20,7 +20,8 @@
    becoming active the announcements: each LAN MAC into every tap (the peers'
    bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
    switches learn it behind us); source = destination, so each frame dies at
-   the first bridge.  Sent again once a second later.
+   the first bridge.  Sent again 1, 3 and 7 s later (after a partition, the
+   peers' loop guards may still block our tunnel for a few seconds).
 4. Stop: an active gates itself off first, then sends BYE (the others take
    over at once); the nftables rule is removed.
 
@@ -76,7 +77,9 @@ PEER_STALL = 0.25
 #: Announcements per batch, and the pause between batches (the peers' storm budget).
 ANNOUNCE_BATCH = 200
 ANNOUNCE_PAUSE = 0.05
-ANNOUNCE_AGAIN = 1.0
+#: When the announcements go again, seconds after the first (a peer's loop guard
+#: releases a tunnel 2-2.5 s after a loop is gone, longer on a repeat).
+ANNOUNCE_AGAIN = (1.0, 3.0, 7.0)
 NFT_TABLE = "bridger_ha"
 
 
@@ -410,9 +413,10 @@ class HaRunner:
             self._nursery.start_soon(self._announce)
 
     async def _announce(self) -> None:
-        for round_ in range(2):
+        start = trio.current_time()
+        for round_, offset in enumerate((0.0, *ANNOUNCE_AGAIN)):
             if round_:
-                await trio.sleep(ANNOUNCE_AGAIN)
+                await trio.sleep_until(start + offset)
             if not self.core.forwarding:
                 return
             fdb_local, fdb_remote = await trio.to_thread.run_sync(self._read_fdb)

@@ -19,6 +19,7 @@ from bridger.ha.election import (
     Election,
     Follower,
     GroupConfig,
+    Reannounce,
     Role,
     RoleChanged,
     WanChanged,
@@ -57,6 +58,7 @@ class FakeLan:
         #: Members not scheduled (a busy host): what reaches them waits in a queue.
         self.frozen: dict[str, list[bytes]] = {}
         self.cut: set[str] = set()  # members whose cable is out
+        self.deaf: set[str] = set()  # members that receive nothing (one-way loss)
         self.dead: set[str] = set()
         self.heard: list[bytes] = []  # every payload sent (for replays)
         self.history: list[tuple[float, dict[str, Role]]] = []
@@ -74,7 +76,7 @@ class FakeLan:
             if sender in self.cut:
                 continue
             for name, member in self.members.items():
-                if name == sender or name in self.dead or name in self.cut:
+                if name == sender or name in self.dead or name in self.cut or name in self.deaf:
                     continue
                 if self.rng.random() < self.loss:
                     continue
@@ -481,3 +483,25 @@ def test_listening_starts_when_the_shell_begins_not_when_it_was_built() -> None:
     lan.run(3.0)
     assert lan.active() == ["a"] and lan.max_active() == 1
     assert late.changes == 1 and late.role is Role.STANDBY
+
+
+def test_partition_heals_with_a_reannouncement_even_if_the_loser_was_never_heard_active(
+        ) -> None:
+    """The loser heard the winner first and stepped down before the winner counted
+    one of its frames: the winner must still announce again (the switches and the
+    peers learnt the MACs behind the loser meanwhile)."""
+    lan, winner, loser = settled_pair()
+    lan.cut.add(loser)
+    lan.run(3.0)
+    assert sorted(lan.active()) == ["a", "b"]
+    lan.members[winner].take_events()
+    # Only the winner's frames cross at first: the loser steps down.
+    lan.cut.discard(loser)
+    lan.deaf = {winner}
+    lan.run(0.5)
+    assert lan.members[loser].role is Role.STANDBY
+    lan.deaf.clear()
+    lan.run(1.0)
+    events = lan.members[winner].take_events()
+    assert any(isinstance(e, Reannounce) for e in events), events
+    assert lan.active() == [winner]
