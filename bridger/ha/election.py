@@ -92,6 +92,10 @@ RETIRED_PER_MEMBER = 16
 FORGET_AFTER = 600.0
 #: Copies of a BYE (a lost one would cost a HOLD of outage).
 BYE_COPIES = 3
+#: How much longer a starting member listens while an authentic member is heard
+#: whose frames do not count yet (it has not echoed our nonce: a busy host).  A
+#: replay of recorded frames can delay a start by this much, no more.
+LISTEN_EXTRA = 2 * HOLD
 #: The longest gap between two frames from the peers on a sound WAN: the peers'
 #: loop guards send a probe through every tunnel every 0.5 +- 0.1 s
 #: (bridger.guard.constants), and the shell looks at the taps every 0.05 s.
@@ -514,6 +518,9 @@ class Election:
                 return
             if now < self.listen_until:
                 return
+            if now < self.listen_until + LISTEN_EXTRA and any(
+                    now - m.seen < HOLD and not m.live(now) for m in self.members.values()):
+                return  # someone is there; wait for its frames to count
         wan = self.wan_ok(now)
         me = (wan, self.config.priority, self.role is Role.ACTIVE, self.config.node)
         if self.role is Role.ACTIVE and not wan:  # rule 4

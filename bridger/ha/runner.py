@@ -178,6 +178,7 @@ class HaRunner:
         self._nursery: trio.Nursery | None = None
         self._last_reason = ""
         self._tap_rx: dict[str, int] = {}  # each tap's rx_packets at the last look
+        self._announcing: trio.CancelScope | None = None
         self._looked_at = time.monotonic()
         self.apply_gate(force=True)
 
@@ -409,10 +410,19 @@ class HaRunner:
     # -- announcements ----------------------------------------------------------------------
 
     def _start_announce(self) -> None:
+        """Announce from now on; an announcement still going is superseded (its
+        later rounds would repeat this one's)."""
+        if self._announcing is not None:
+            self._announcing.cancel()
         if self._nursery is not None:
-            self._nursery.start_soon(self._announce)
+            self._announcing = trio.CancelScope()
+            self._nursery.start_soon(self._announce, self._announcing)
 
-    async def _announce(self) -> None:
+    async def _announce(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._announce_rounds()
+
+    async def _announce_rounds(self) -> None:
         start = trio.current_time()
         for round_, offset in enumerate((0.0, *ANNOUNCE_AGAIN)):
             if round_:

@@ -505,3 +505,20 @@ def test_partition_heals_with_a_reannouncement_even_if_the_loser_was_never_heard
     events = lan.members[winner].take_events()
     assert any(isinstance(e, Reannounce) for e in events), events
     assert lan.active() == [winner]
+
+
+def test_a_starting_member_waits_for_a_member_it_hears_but_cannot_count_yet() -> None:
+    """Its HELLOs do not reach the active for 1.5 s (a busy host): the active's
+    frames come but do not echo its nonce, so they do not count.  It listens on
+    (LISTEN_EXTRA at most) instead of going active beside it."""
+    lan = FakeLan()
+    lan.add("a", config(1))
+    lan.run(3.0)
+    lan.add("b", config(2))
+    lan.deaf = {"a"}
+    lan.run(1.5)
+    assert lan.members["b"].role is Role.LISTENING
+    lan.deaf.clear()
+    lan.run(2.0)
+    assert lan.active() == ["a"] and lan.max_active() == 1
+    assert lan.members["b"].role is Role.STANDBY and lan.members["b"].changes == 1
