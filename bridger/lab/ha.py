@@ -298,7 +298,7 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
                 if len(active) != 1:
                     continue
                 (old,) = active
-                kind = kinds[n % 2]
+                kind = kinds[n % len(kinds)]
                 n += 1
                 before = _last_seq(ping_log)
                 say(f"{kind} of the active {old} ...")
@@ -314,7 +314,7 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
                     f"({result.lost} pings lost), {result.duplicates} duplicates")
                 if kind == "WAN cable cut":
                     lab.cut_wan(old, cut=False)
-                    say(f"  {old}'s WAN cable is back; it stays standby")
+                    say(f"  {old}'s WAN cable is back; {old} is {gws.role_of(old)}")
                 else:
                     if kind == "SIGKILL":
                         gws.down(old)
