@@ -596,7 +596,9 @@ def build_up_config(
     out["ha"] = _ha_settings(given, where, out.get("stp", False))
     if out["ha"] is not None and out.get("prepared_taps"):
         raise ConfigError(f"{where('site')}: two gateways per site need the privileged "
-                          "start (not prepared_taps) for now: docs/security.md")
+                          "start (bridger up as root, which splits), not prepared_taps: a "
+                          "standby's gate is a bridge-port change at any moment, and with "
+                          "prepared taps nothing privileged runs (docs/security.md)")
 
     if "peers" in data:
         assert config_path is not None

@@ -95,6 +95,26 @@ def read_pcap_udp(path: Path) -> list[tuple[str, int, str, int, bytes]]:
     return out
 
 
+def gso_segments(payload: bytes) -> list[bytes]:
+    """The transport datagrams a captured UDP payload stands for.
+
+    tcpdump on a veth sees a sender's UDP_SEGMENT batch as one datagram, before
+    the kernel cuts it: its payload is a run of transport messages of one size
+    (the last may be shorter), each with the same type and receiver index and
+    the next counter.  Replaying such a payload sent one 30-60 KB datagram (IP
+    fragments on the wire) where the peer sent one of at most the path MTU.
+    """
+    if len(payload) < 16 or payload[:4] != b"\x04\x00\x00\x00":
+        return [payload]
+    head, counter = payload[:8], int.from_bytes(payload[8:16], "little")
+    at = payload.find(head, 1)
+    while at > 0:
+        if payload[at + 8:at + 16] == (counter + 1).to_bytes(8, "little"):
+            return [payload[i:i + at] for i in range(0, len(payload), at)]
+        at = payload.find(head, at + 1)
+    return [payload]
+
+
 # --- crafting -------------------------------------------------------------------------------
 
 def core_initiation(target_public: bytes, rng: random.Random) -> bytes:
@@ -151,8 +171,9 @@ class Attacker:
         self.valid_template = core_initiation(self.target_key, self.rng)
         self.badmac = [core_initiation(self.rng.randbytes(32), self.rng) for _ in range(8)]
         captured = read_pcap_udp(Path(args.capture)) if args.capture else []
-        to_target = [p for s, _sp, d, dp, p in captured
-                     if s == args.peer and (d, dp) == self.target and p]
+        to_target = [seg for s, _sp, d, dp, p in captured
+                     if s == args.peer and (d, dp) == self.target and p
+                     for seg in gso_segments(p)]
         from_either = [p for _s, _sp, _d, _dp, p in captured if p]
         self.transport = [p for p in to_target if p[0] == 4] or [junk(self.rng)]
         self.handshakes = [p for p in from_either if p[0] in (1, 2, 3)] or [self.valid_template]

@@ -1,4 +1,5 @@
-"""The forwarding gate: a bridge port's STP state, set over rtnetlink.
+"""The forwarding gate: a bridge port's STP state, set over rtnetlink; and the
+other host actions of the group (:class:`GroupHost`).
 
 A standby keeps its taps' bridge ports in state *disabled* (``bridge link``
 shows it): the bridge neither forwards to nor from them nor learns on them, while
@@ -10,14 +11,39 @@ once; a disabled port is left alone.  Why a raw request: the message is one
 ``RTM_SETLINK`` of family ``AF_BRIDGE`` with ``IFLA_PROTINFO`` /
 ``IFLA_BRPORT_STATE`` (what ``bridge link set dev X state N`` sends), which
 pyroute2's link request does not build.
+
+What the group needs of the host, and who does it (docs/security.md):
+
+* Two AF_PACKET sockets (:class:`GroupSockets`: send, and receive EtherType
+  0x88B6 on the bridge), opened as root at start, before the privileges go;
+  the data plane keeps them (sending and receiving on an open socket needs
+  no privilege).
+* The nftables rule that keeps group frames off the taps
+  (:func:`containment_script`): made by the host set-up with its undo in the
+  journal (:func:`contain`), so every restore removes it.
+* At run time, four verbs (:class:`GroupHost`): a tap's port state, the LAN
+  port's flush, the FDB, keepalived's state file.  The first two need
+  CAP_NET_ADMIN (the last may be a file of root's): in the process itself
+  when it kept it (:class:`DirectGroupHost`), else asked of the root monitor
+  (``bridger.host.privsep.MonitorGroupHost``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bridger.ha import wire
+
+log = logging.getLogger("bridger")
 
 NETLINK_ROUTE = 0
 RTM_SETLINK = 19
@@ -33,6 +59,8 @@ AF_BRIDGE = 7
 #: Bridge port states (linux/if_bridge.h).
 BR_STATE_DISABLED = 0
 BR_STATE_FORWARDING = 3
+#: The only states a gate sets, by the name a request to the monitor carries.
+PORT_STATES = {"disabled": BR_STATE_DISABLED, "forwarding": BR_STATE_FORWARDING}
 
 _NLMSGHDR = struct.Struct("=IHHII")
 _IFINFOMSG = struct.Struct("=BxHiII")
@@ -163,3 +191,182 @@ def read_fdb() -> list[tuple[int, int, bytes]]:
             entries += found
             if done:
                 return entries
+
+
+# -- the group's host actions ---------------------------------------------------------
+
+#: How much of keepalived's state file is read (a state is one word).
+FOLLOW_CHARS = 64
+#: An FDB entry: (port ifindex, bridge ifindex, MAC).
+FdbEntry = tuple[int, int, bytes]
+
+
+class GroupHost(Protocol):
+    """What the group's runner asks of the host while it runs."""
+
+    def set_port_state(self, tap: str, state: int) -> None:
+        """Tap ``tap``'s bridge port to ``state`` (a value of :data:`PORT_STATES`);
+        raises :class:`GateError`."""
+
+    def flush_lan(self) -> None:
+        """Forget what the bridge learnt on the LAN port; raises :class:`GateError`."""
+
+    def read_fdb(self) -> list[FdbEntry]:
+        """The learnt unicast FDB entries (at least those of our bridge); raises
+        ``OSError``."""
+
+    def read_follow(self, path: Path) -> str:
+        """The first :data:`FOLLOW_CHARS` characters of keepalived's state file
+        ``path`` (the configured one); raises ``OSError`` (no state yet)."""
+
+    def close(self) -> None:
+        """Nothing more will be asked."""
+
+
+class DirectGroupHost:
+    """The group's host actions done in this process, which holds CAP_NET_ADMIN
+    (a start without root: nothing to split)."""
+
+    def __init__(self, lan: str) -> None:
+        self.lan = lan
+        self.gate = PortGate()
+
+    def set_port_state(self, tap: str, state: int) -> None:
+        self.gate.set_state(tap, state)
+
+    def flush_lan(self) -> None:
+        self.gate.flush(self.lan)
+
+    def read_fdb(self) -> list[FdbEntry]:
+        return read_fdb()
+
+    def read_follow(self, path: Path) -> str:
+        return read_follow(path)
+
+    def close(self) -> None:
+        self.gate.close()
+
+
+def read_follow(path: Path) -> str:
+    """The start of keepalived's state file (it may be root's: in the split, the
+    monitor reads it); raises ``OSError``."""
+    with open(path, "rb") as f:
+        return f.read(FOLLOW_CHARS).decode("utf-8", errors="replace")
+
+
+# Classic BPF (<linux/filter.h>) for the sockets' own receive filters.
+SO_ATTACH_FILTER, SO_LOCK_FILTER = 26, 44
+_LD_H_ABS, _LD_W_ABS, _JEQ_K, _RET_K = 0x28, 0x20, 0x15, 0x06
+#: The receiving interface's index, an ancillary load (SKF_AD_OFF + SKF_AD_IFINDEX).
+_SKF_AD_IFINDEX = (-0x1000 + 8) & 0xFFFFFFFF
+#: Offset of the EtherType in a frame.
+_ETHERTYPE_AT = 12
+
+
+def receive_filter(ifindex: int | None) -> list[tuple[int, int, int, int]]:
+    """A socket filter as (code, jt, jf, k): the group's EtherType arriving on
+    interface ``ifindex``, whole; None: nothing at all."""
+    if ifindex is None:
+        return [(_RET_K, 0, 0, 0)]
+    return [
+        (_LD_H_ABS, 0, 0, _ETHERTYPE_AT),
+        (_JEQ_K, 0, 3, wire.ETHERTYPE),
+        (_LD_W_ABS, 0, 0, _SKF_AD_IFINDEX),
+        (_JEQ_K, 0, 1, ifindex),
+        (_RET_K, 0, 0, 0xFFFF),
+        (_RET_K, 0, 0, 0),
+    ]
+
+
+def lock_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """Attach ``program`` to ``sock`` and lock it (SO_LOCK_FILTER: no one, root or
+    not, can detach or replace it for the socket's life).  Raises ``OSError``."""
+    insns = (ctypes.c_uint64 * len(program))(*(
+        code | jt << 16 | jf << 24 | k << 32 for code, jt, jf, k in program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                    struct.pack("HxxxxxxQ", len(program), ctypes.addressof(insns)))
+    sock.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
+
+
+@dataclass
+class GroupSockets:
+    """The group's raw LAN sockets: ``tx`` unbound (HELLOs out of the LAN NIC,
+    announcements into the taps), ``rx`` the group's EtherType on the bridge (None
+    when following keepalived).  Opened with CAP_NET_RAW, used without it.
+
+    A packet socket can be bound again, to any protocol and interface, without
+    privilege: each has a locked receive filter, so that even then ``rx`` takes
+    nothing but group frames arriving on the bridge and ``tx`` nothing at all
+    (the data plane that holds them cannot sniff the gateway's interfaces)."""
+
+    tx: socket.socket
+    rx: socket.socket | None
+
+    @classmethod
+    def open(cls, bridge: str, receive: bool) -> GroupSockets:
+        """Raises ``OSError``."""
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        rx = None
+        try:
+            lock_filter(tx, receive_filter(None))
+            if receive:
+                rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                   socket.htons(wire.ETHERTYPE))
+                lock_filter(rx, receive_filter(socket.if_nametoindex(bridge)))
+                rx.bind((bridge, wire.ETHERTYPE))
+                rx.setblocking(False)
+        except OSError:
+            tx.close()
+            if rx is not None:
+                rx.close()
+            raise
+        return cls(tx, rx)
+
+    def close(self) -> None:
+        for sock in (self.rx, self.tx):
+            if sock is not None:
+                sock.close()
+
+
+#: The nftables table that keeps group frames on the LAN, per bridge.
+NFT_TABLE = "bridger_ha"
+
+
+def containment_table(bridge: str) -> str:
+    return f"{NFT_TABLE}_{bridge}"
+
+
+def containment_script(bridge: str, add: bool) -> str:
+    """nftables: our bridge never forwards group frames (they are for this LAN only)."""
+    table = containment_table(bridge)
+    lines = [f"add table bridge {table}", f"delete table bridge {table}"]
+    if add:
+        lines += [
+            f"table bridge {table} {{",
+            "  chain forward {",
+            "    type filter hook forward priority -200; policy accept;",
+            f"    ether type {wire.ETHERTYPE:#06x} counter drop",
+            "  }",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def contain(journaled: Callable[[str, dict[str, Any], Callable[[], None]], None],
+            bridge: str, netns: str | None = None) -> bool:
+    """Make the containment rule as a journaled host change (``journaled``: the host
+    session's, which records the undo first); False, with one warning line, if nft
+    refuses (the group still works; its frames may reach the peers)."""
+    from bridger.host.storm import NftError, run_nft, undo_record
+
+    table = containment_table(bridge)
+
+    def make() -> None:
+        run_nft(["-f", "-"], containment_script(bridge, True), netns)
+
+    try:
+        journaled(f"contain the group's frames ({table})", undo_record(table, netns), make)
+    except NftError as exc:
+        log.warning("ha: group frames may cross to the peers (%s)", exc)
+        return False
+    return True

@@ -1,11 +1,13 @@
 """The group's shell: the election's frames on the LAN, the gate, the announcements.
 
-1. At assembly (root, before privileges are dropped): two AF_PACKET sockets
-   (receive: EtherType 0x88B6 on the bridge; send: unbound), the rtnetlink
-   socket of the gate, and an nftables rule that keeps group frames from being
-   forwarded by our own bridge into the taps (they stay on the LAN).  Every tap
-   starts *disabled* (``bridger.ha.gate``): nothing forwards before the
-   election says so.
+1. Before the privileges go (root, ``bridger.shell.up``): two AF_PACKET
+   sockets (``GroupSockets``: receive EtherType 0x88B6 on the bridge; send:
+   unbound) and, journaled by the host set-up, an nftables rule that keeps
+   group frames from being forwarded by our own bridge into the taps (they
+   stay on the LAN).  The runner is handed the sockets and a ``GroupHost``:
+   the port-state, flush and FDB verbs, done in this process or asked of the
+   root monitor (``bridger.ha.gate``).  At assembly every tap starts
+   *disabled*: nothing forwards before the election says so.
 2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
    one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
    watches the LAN link's carrier (``Election.fault``) and re-applies the gate
@@ -23,7 +25,7 @@
    the first bridge.  Sent again 1, 3 and 7 s later (after a partition, the
    peers' loop guards may still block our tunnel for a few seconds).
 4. Stop: an active gates itself off first, then sends BYE (the others take
-   over at once); the nftables rule is removed.
+   over at once); the host's restore removes the nftables rule.
 
 ``follow`` mode (keepalived): no frames; the role is read from a state file.
 """
@@ -60,10 +62,10 @@ from bridger.ha.gate import (
     BR_STATE_DISABLED,
     BR_STATE_FORWARDING,
     GateError,
-    PortGate,
-    read_fdb,
+    GroupHost,
+    GroupSockets,
 )
-from bridger.keys import read_private_key_file
+from bridger.ha.gate import containment_script as containment_script  # (its old home)
 
 log = logging.getLogger("bridger")
 
@@ -80,7 +82,6 @@ ANNOUNCE_PAUSE = 0.05
 #: When the announcements go again, seconds after the first (a peer's loop guard
 #: releases a tunnel 2-2.5 s after a loop is gone, longer on a repeat).
 ANNOUNCE_AGAIN = (1.0, 3.0, 7.0)
-NFT_TABLE = "bridger_ha"
 
 
 def _mac_of(ifname: str) -> bytes:
@@ -116,56 +117,41 @@ def _carrier(ifname: str) -> bool:
         return False
 
 
-def containment_script(bridge: str, add: bool) -> str:
-    """nftables: our bridge never forwards group frames (they are for this LAN only)."""
-    table = f"{NFT_TABLE}_{bridge}"
-    lines = [f"add table bridge {table}", f"delete table bridge {table}"]
-    if add:
-        lines += [
-            f"table bridge {table} {{",
-            "  chain forward {",
-            "    type filter hook forward priority -200; policy accept;",
-            f"    ether type {wire.ETHERTYPE:#06x} counter drop",
-            "  }",
-            "}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 class HaRunner:
     """One gateway's part in its site's group (module docstring)."""
 
     def __init__(self, settings: HaSettings, public_key: bytes, lan: str, bridge: str,
-                 taps: Callable[[], list[str]]) -> None:
+                 taps: Callable[[], list[str]], host: GroupHost, sockets: GroupSockets,
+                 contained: bool, group_key: bytes | None) -> None:
+        """``host``: the port-state, flush and FDB verbs; ``sockets``: opened while
+        privileged (both are the runner's to close); ``contained``: whether the
+        host set-up made the nftables rule (for status); ``group_key``: the
+        contents of ``settings.group_key``, read before the drop (the file is
+        root's; None when following keepalived)."""
         self.settings = settings
         self.lan = lan
         self.bridge = bridge
         self.taps = taps
+        self.host = host
+        self.sockets = sockets
+        self.tx = sockets.tx
         now = time.monotonic()
         self.core: Election | Follower
         if settings.follow is not None:
             self.core = Follower(now, f"state file {settings.follow}")
         else:
-            assert settings.site is not None and settings.group_key is not None
-            group_key = read_private_key_file(settings.group_key)
+            assert settings.site is not None and group_key is not None
             self.core = Election(GroupConfig(
                 site=settings.site, site_tag=wire.site_tag(settings.site),
                 node=wire.node_id(public_key), key=wire.auth_key(group_key, settings.site),
                 priority=settings.priority,
             ), now, secrets.token_bytes(8))
-        self.rx: socket.socket | None = None
+        self.rx = sockets.rx if isinstance(self.core, Election) else None
         try:
-            self.gate = PortGate()
-            self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-            if isinstance(self.core, Election):
-                self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
-                                        socket.htons(wire.ETHERTYPE))
-                self.rx.bind((bridge, wire.ETHERTYPE))
-                self.rx.setblocking(False)
             self.src = _mac_of(bridge)
         except OSError as exc:
-            raise HostError(f"two gateways per site: cannot open the group's sockets on "
-                            f"{bridge}: {exc.strerror or exc}") from exc
+            raise HostError(f"two gateways per site: cannot read the MAC of {bridge}: "
+                            f"{exc.strerror or exc}") from exc
         #: Our standby presence MAC: locally administered unicast, new each start (a
         #: peer's bridge that has it behind our tap takes data of this run).
         self.presence = bytes([0x06]) + secrets.token_bytes(5)
@@ -174,7 +160,7 @@ class HaRunner:
         #: The MACs of the last announcement (at most 32 of each), for status.
         self.last_announce: dict[str, list[str]] = {"local": [], "remote": []}
         self.errors = {"send": 0, "gate": 0}
-        self.contained = self._contain(True)
+        self.contained = contained
         self._nursery: trio.Nursery | None = None
         self._last_reason = ""
         self._tap_rx: dict[str, int] = {}  # each tap's rx_packets at the last look
@@ -213,24 +199,13 @@ class HaRunner:
             if not force and self.gated.get(tap) == want:
                 continue
             try:
-                self.gate.set_state(tap, want)
+                self.host.set_port_state(tap, want)
             except GateError as exc:
                 if self.errors["gate"] == 0:
                     log.warning("ha: cannot set the bridge port state of %s (%s)", tap, exc)
                 self.errors["gate"] += 1
                 continue
             self.gated[tap] = want
-
-    def _contain(self, add: bool) -> bool:
-        from bridger.host.storm import NftError, run_nft
-
-        try:
-            run_nft(["-f", "-"], containment_script(self.bridge, add), None)
-        except NftError as exc:
-            if add:
-                log.warning("ha: group frames may cross to the peers (%s)", exc)
-            return False
-        return True
 
     def drain(self, fds: list[int]) -> int:
         """Discard what the taps queued before the gate closed (the bridge put the
@@ -275,12 +250,8 @@ class HaRunner:
             self._send(wire.frame(self.src, payload), self.lan)
         if was_active:
             log.info("ha: stopping: forwarding handed over (goodbye sent)")
-        if self.contained:
-            self._contain(False)
-        for sock in (self.rx, self.tx):
-            if sock is not None:
-                sock.close()
-        self.gate.close()
+        self.sockets.close()
+        self.host.close()
 
     async def _receive(self) -> None:
         assert self.rx is not None
@@ -384,7 +355,7 @@ class HaRunner:
     def _follow(self, now: float) -> None:
         assert isinstance(self.core, Follower) and self.settings.follow is not None
         try:
-            text = self.settings.follow.read_text(encoding="utf-8", errors="replace")[:64]
+            text = self.host.read_follow(self.settings.follow)
         except OSError:
             return  # no state yet: stay as we are
         if not self.core.set_untrusted(text, now) and self.core.bad_states == 1:
@@ -443,7 +414,7 @@ class HaRunner:
                 # old active flooded their frames onto the LAN): forget them, so that
                 # frames to them go to the taps (as STP does on a topology change).
                 try:
-                    self.gate.flush(self.lan)
+                    self.host.flush_lan()
                 except GateError as exc:
                     self.errors["gate"] += 1
                     log.warning("ha: cannot flush the LAN port's learnt MACs (%s)", exc)
@@ -476,7 +447,7 @@ class HaRunner:
             for tap in self.taps():
                 with contextlib.suppress(OSError):
                     taps.add(socket.if_nametoindex(tap))
-            entries = read_fdb()
+            entries = self.host.read_fdb()
         except OSError:
             self.errors["fdb"] = self.errors.get("fdb", 0) + 1
             return local, remote

@@ -1,4 +1,5 @@
-"""Write nowhere but the state directory: a Landlock ruleset (Linux 5.13+).
+"""Write nowhere but the state directory (and run nothing but nft): a Landlock
+ruleset (Linux 5.13+).
 
 The unprivileged data plane keeps the right to read (Python imports modules
 lazily, the resolver reads /etc/resolv.conf), but every file-system change is
@@ -8,6 +9,12 @@ keep the service user out of root's files; Landlock also closes the
 world-writable places (/tmp, /var/tmp, /dev/shm) and any file the user happens
 to own elsewhere. Files opened before (the taps, the terminal) are not affected.
 
+The root monitor (``bridger.host.privsep``) gets a ruleset too: writes only
+in the state directory, ``/dev/net/tun`` and ``/proc/sys/net`` (a new tap's
+IPv6 switch), and, with ``executables``, nothing may be executed but ``nft``
+and its ELF interpreter (uid 0 owns most files: this keeps a compromised
+monitor from rewriting them or running a shell).
+
 Unprivileged: it needs no_new_privs, which the drop sets first.
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from pathlib import Path
 
 from bridger.errors import HostError
@@ -24,8 +32,12 @@ SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
+#: <elf.h>: the program header naming the interpreter.
+PT_INTERP = 3
 
-# <linux/landlock.h> file-system rights that change something, by ABI version.
+# <linux/landlock.h> file-system rights: running a file, and those that change
+# something, by ABI version.
+EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
 REMOVE_DIR = 1 << 4
 REMOVE_FILE = 1 << 5
@@ -64,17 +76,45 @@ def abi_version() -> int:
     return max(0, int(rc))
 
 
-def restrict_writes(allow_write: Path, files: tuple[str, ...] = ()) -> int:
+def interpreter_of(path: str) -> str | None:
+    """The ELF interpreter (``PT_INTERP``) of the 64-bit executable ``path``, which
+    ``execve`` runs too (None: static, not ELF, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:5] != b"\x7fELF\x02":
+                return None
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                kind, = struct.unpack_from("<I", table, i * phentsize)
+                if kind == PT_INTERP:
+                    offset, = struct.unpack_from("<Q", table, i * phentsize + 8)
+                    size, = struct.unpack_from("<Q", table, i * phentsize + 32)
+                    f.seek(offset)
+                    return f.read(size).rstrip(b"\0").decode() or None
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def restrict_writes(allow_write: Path, files: tuple[str, ...] = (),
+                    executables: tuple[str, ...] | None = None) -> int:
     """Refuse every file-system change outside ``allow_write`` for this thread
     and the threads it makes later (call before any other thread exists);
     ``files`` may still be opened for writing (``/dev/net/tun``, to attach to
-    a prepared tap).
+    a prepared tap; a directory: the files beneath it). ``executables``: if
+    given, running any other file is refused too (an interpreter an
+    executable names must be listed: :func:`interpreter_of`).
     Returns the ABI version used; raises :class:`HostError` if Landlock is
     missing (the caller decides whether that is fatal)."""
     abi = abi_version()
     if abi < 1:
         raise HostError("Landlock is not available in this kernel")
-    handled = WRITES_V1 | (REFER if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0)
+    handled = WRITES_V1 | (REFER if abi >= 2 else 0) | (TRUNCATE if abi >= 3 else 0) \
+        | (EXECUTE if executables is not None else 0)
     libc = _libc()
 
     def fail(what: str) -> HostError:
@@ -102,9 +142,11 @@ def restrict_writes(allow_write: Path, files: tuple[str, ...] = ()) -> int:
             os.close(fd)
 
     try:
-        allow(allow_write, handled, os.O_DIRECTORY)
-        for name in files:
-            allow(name, WRITE_FILE, 0)
+        allow(allow_write, handled & ~EXECUTE, os.O_DIRECTORY)
+        for name in files:  # (opened with O_TRUNC, as open(path, "w") does: TRUNCATE)
+            allow(name, WRITE_FILE | (handled & TRUNCATE), 0)
+        for name in executables or ():
+            allow(name, EXECUTE, 0)
         if libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), ctypes.c_int(ruleset),
                         ctypes.c_uint32(0)) != 0:
             raise fail("restrict_self")

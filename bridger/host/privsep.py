@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import contextlib
 import enum
+import errno
 import json
 import logging
 import os
@@ -48,9 +49,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridger.errors import BridgerError, ConfigError, HostError
+from bridger.ha.gate import PORT_STATES, FdbEntry, GateError, PortGate, read_fdb, read_follow
 from bridger.host import landlock, seccomp
 from bridger.host.checks import check_name
 from bridger.host.privileges import (
@@ -62,7 +64,7 @@ from bridger.host.privileges import (
     drop_to_user,
 )
 from bridger.host.setup import HostSession, TapPlan
-from bridger.host.storm import NftError
+from bridger.host.storm import NftError, nft_path
 from bridger.host.tap import TUN_PATH
 
 log = logging.getLogger("bridger")
@@ -78,6 +80,8 @@ MAX_REPLY = 1 << 20
 MAX_TAPS = 256
 #: Seconds the monitor waits for a worker that hung up its socket to exit.
 HANGUP_GRACE = 10.0
+#: Where the monitor writes a new tap's IPv6 switch (``bridger.host.tap.silence_ipv6``).
+PROC_SYS_NET = "/proc/sys/net"
 #: The signals the monitor passes on to the worker.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -96,6 +100,30 @@ class Request(enum.Enum):
     #: ``{"op": "reread"}``: read the configuration and the keys again (the
     #: files are root's); reply: the validated config and keys, or the error line.
     REREAD = "reread"
+    #: Two gateways per site only (``bridger.ha``):
+    #: ``{"op": "port_state", "name": TAP, "state": "disabled" | "forwarding"}``:
+    #: the bridge-port state of TAP, one of this run's taps.
+    PORT_STATE = "port_state"
+    #: ``{"op": "flush_lan"}``: forget what our bridge learnt on the LAN port.
+    FLUSH_LAN = "flush_lan"
+    #: ``{"op": "fdb"}``: the learnt unicast FDB entries of our bridge.
+    FDB = "fdb"
+    #: ``{"op": "follow_state"}``: the start of keepalived's state file, the
+    #: one the monitor's configuration names (``ha_follow``; it may be root's).
+    FOLLOW_STATE = "follow_state"
+
+
+#: The requests only a gateway of a two-gateway site may make.
+GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FLUSH_LAN, Request.FDB,
+                            Request.FOLLOW_STATE})
+
+
+class Asked(NamedTuple):
+    """A validated request: the operation and its arguments (None: not taken)."""
+
+    op: Request
+    name: str | None = None
+    state: str | None = None
 
 
 class MonitorGone(HostError):
@@ -159,7 +187,7 @@ def _receive(sock: socket.socket, limit: int) -> tuple[bytes, list[int]]:
     return data, list(fds)
 
 
-def parse_request_untrusted(data: bytes) -> tuple[Request, str | None]:
+def parse_request_untrusted(data: bytes) -> Asked:
     """A worker's request, validated; raises only ``ValueError``."""
     if len(data) > MAX_REQUEST:
         raise ValueError("request too long")
@@ -173,18 +201,23 @@ def parse_request_untrusted(data: bytes) -> tuple[Request, str | None]:
         op = Request(message["op"])
     except ValueError:
         raise ValueError(f"unknown op {message['op'][:32]!r}") from None
-    if op in (Request.ADD_TAP, Request.REMOVE_TAP):
-        if set(message) != {"op", "name"} or not isinstance(message["name"], str):
-            raise ValueError(f"{op.value}: needs exactly a name")
+    if op in (Request.ADD_TAP, Request.REMOVE_TAP, Request.PORT_STATE):
+        keys = {"op", "name", "state"} if op is Request.PORT_STATE else {"op", "name"}
+        if set(message) != keys or not all(isinstance(message[k], str) for k in keys):
+            raise ValueError(f"{op.value}: needs exactly {' and '.join(sorted(keys - {'op'}))}")
         name = message["name"]
         try:
             check_name(name, "tap")
         except HostError as exc:
             raise ValueError(str(exc)) from None
-        return op, name
+        if op is not Request.PORT_STATE:
+            return Asked(op, name)
+        if message["state"] not in PORT_STATES:
+            raise ValueError(f"port_state: state must be one of {', '.join(PORT_STATES)}")
+        return Asked(op, name, message["state"])
     if set(message) != {"op"}:
         raise ValueError(f"{op.value}: takes no arguments")
-    return op, None
+    return Asked(op)
 
 
 # -- the monitor (root) -----------------------------------------------------------
@@ -205,6 +238,10 @@ class Monitor:
         self.reread = reread
         self.read_keys = read_keys
         self.allowed, self.isolated = taps_of(config)
+        #: Two gateways per site: the port gate (its netlink socket opened now,
+        #: before any filter), else None and the group's requests are refused.
+        self.gate: PortGate | None = PortGate() if config.ha is not None else None
+        self.follow: Path | None = None if config.ha is None else config.ha.follow
         self.refused = 0  # requests refused as invalid (counted, one log line each)
         self._stopping = False  # a stop signal was passed on
         self._signals: list[int] = []
@@ -215,6 +252,11 @@ class Monitor:
         to a process of another user), with no_new_privs. Capabilities are per
         thread: call it while this is the only thread (the log writer stopped)."""
         drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
+
+    def sandbox(self) -> list[str]:
+        """The monitor's own confinement (:func:`enter_monitor_sandbox`), after
+        :meth:`drop` and while it is the only thread."""
+        return enter_monitor_sandbox(self.host.plan.state_dir)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -238,6 +280,8 @@ class Monitor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.sock.close()
+            if self.gate is not None:
+                self.gate.close()
 
     def _loop(self, pidfd: int) -> int:
         poller = select.poll()
@@ -290,8 +334,7 @@ class Monitor:
         if not data:
             return False
         try:
-            op, name = parse_request_untrusted(data)
-            reply, out_fds = self._do(op, name)
+            reply, out_fds = self._do(parse_request_untrusted(data))
         except (ValueError, BridgerError) as exc:
             self.refused += 1
             log.warning("monitor: refused a request of the data plane: %s", exc)
@@ -310,8 +353,11 @@ class Monitor:
         with contextlib.suppress(OSError):
             _send(self.sock, pickle.dumps(("error", message[:400])))
 
-    def _do(self, op: Request, name: str | None) -> tuple[bytes, tuple[int, ...]]:
+    def _do(self, asked: Asked) -> tuple[bytes, tuple[int, ...]]:
         host = self.host
+        op, name = asked.op, asked.name
+        if op in GROUP_REQUESTS:
+            return self._do_group(asked), ()
         if op is Request.ADD_TAP:
             assert name is not None
             if name not in self.allowed:
@@ -343,6 +389,34 @@ class Monitor:
         self.allowed, _ = taps_of(config)
         return pickle.dumps(("ok", (config, private, psks))), ()
 
+    def _do_group(self, asked: Asked) -> bytes:
+        """The group's four requests (``bridger.ha.gate``): our taps, bridge and files only."""
+        if self.gate is None:
+            raise ValueError(f"{asked.op.value}: this gateway is not one of a site's group")
+        try:
+            if asked.op is Request.PORT_STATE:
+                assert asked.name is not None and asked.state is not None
+                if asked.name not in self.host.taps:
+                    raise ValueError(f"port_state: {asked.name} is not one of this run's taps")
+                self.gate.set_state(asked.name, PORT_STATES[asked.state])
+                return pickle.dumps(("ok", None))
+            if asked.op is Request.FLUSH_LAN:
+                self.gate.flush(self.host.plan.lan)
+                return pickle.dumps(("ok", None))
+            if asked.op is Request.FOLLOW_STATE:
+                if self.follow is None:
+                    raise ValueError("follow_state: this gateway does not follow keepalived")
+                try:
+                    return pickle.dumps(("ok", read_follow(self.follow)))
+                except OSError:
+                    return pickle.dumps(("ok", None))  # no state yet: not a refusal
+            assert asked.op is Request.FDB
+            bridge = socket.if_nametoindex(self.host.bridge_name)
+            entries = [e for e in read_fdb() if e[1] == bridge]
+            return pickle.dumps(("ok", entries))
+        except OSError as exc:  # GateError included: the kernel's answer, not a refusal
+            raise HostError(f"{asked.op.value}: {exc.strerror or exc}") from exc
+
     def outcome(self, status: int) -> int:
         """The monitor's exit code for the worker's wait status (it is restoring
         next), or the error for a data plane killed by a signal."""
@@ -368,10 +442,13 @@ class MonitorClient:
         self.sock = sock
         self._lock = threading.Lock()
 
-    def call(self, op: Request, name: str | None = None) -> tuple[Any, list[int]]:
+    def call(self, op: Request, name: str | None = None,
+             state: str | None = None) -> tuple[Any, list[int]]:
         message: dict[str, str] = {"op": op.value}
         if name is not None:
             message["name"] = name
+        if state is not None:
+            message["state"] = state
         with self._lock:
             try:
                 _send(self.sock, json.dumps(message).encode())
@@ -403,6 +480,52 @@ class StormCounters:
         except HostError as exc:
             raise NftError(str(exc)) from exc
         self.drops = dict(drops)
+
+
+class MonitorGroupHost:
+    """The group's host actions (``bridger.ha.gate.GroupHost``) asked of the
+    monitor: this process holds no CAP_NET_ADMIN and may open no netlink socket."""
+
+    def __init__(self, client: MonitorClient) -> None:
+        self.client = client
+        self._names = {value: key for key, value in PORT_STATES.items()}
+
+    def set_port_state(self, tap: str, state: int) -> None:
+        """Asked only if the kernel's state differs (the runner re-applies every
+        tap's state each second: a sysfs read instead of a round trip)."""
+        with contextlib.suppress(OSError, ValueError):
+            if int(Path(f"/sys/class/net/{tap}/brport/state").read_text()) == state:
+                return
+        self._ask(Request.PORT_STATE, tap, self._names[state])
+
+    def flush_lan(self) -> None:
+        self._ask(Request.FLUSH_LAN)
+
+    def read_fdb(self) -> list[FdbEntry]:
+        try:
+            entries, _ = self.client.call(Request.FDB)
+        except HostError as exc:
+            raise OSError(errno.EIO, str(exc)) from exc
+        return list(entries)
+
+    def read_follow(self, path: Path) -> str:
+        """(``path`` is the monitor's configured one: it reads that file alone.)"""
+        try:
+            text, _ = self.client.call(Request.FOLLOW_STATE)
+        except HostError as exc:
+            raise OSError(errno.EIO, str(exc)) from exc
+        if text is None:
+            raise FileNotFoundError(errno.ENOENT, "no state yet", str(path))
+        return str(text)
+
+    def close(self) -> None:
+        pass  # the socket is the worker's
+
+    def _ask(self, op: Request, name: str | None = None, state: str | None = None) -> None:
+        try:
+            self.client.call(op, name, state)
+        except HostError as exc:
+            raise GateError(errno.EIO, str(exc)) from exc
 
 
 class WorkerHost:
@@ -448,6 +571,10 @@ class WorkerHost:
             raise ConfigError("the keys of this configuration were not read")
         return self._keys[1], self._keys[2]
 
+    def group_host(self) -> MonitorGroupHost:
+        """The group's port gate, flush, FDB and keepalived state, asked of the monitor."""
+        return MonitorGroupHost(self.client)
+
     def restore(self) -> None:
         """The monitor restores; here only the fds close."""
         for fd in self.taps.values():
@@ -487,6 +614,28 @@ def split(host: HostSession, user: ServiceUser, config: Any,
     os.chdir(run_dir)
     worker = WorkerHost(MonitorClient(theirs), taps, host.bridge_name, host.storm is not None)
     return Split(host=worker, monitor_pid=monitor_pid)
+
+
+def enter_monitor_sandbox(state_dir: Path) -> list[str]:
+    """The root monitor's confinement, after its drop (no_new_privs set) and
+    before any other thread exists (Landlock binds the calling thread): writes
+    only in ``state_dir``, to ``/dev/net/tun`` and beneath ``/proc/sys/net``;
+    nothing but ``nft`` (and its ELF interpreter) may be executed; the seccomp
+    filter ``seccomp.MONITOR``. Notes for the log (a protection this kernel
+    lacks); raises HostError if the filter cannot be installed."""
+    notes = []
+    nft = nft_path()
+    executables = () if nft is None else \
+        tuple(p for p in (nft, landlock.interpreter_of(nft)) if p is not None)
+    try:
+        landlock.restrict_writes(state_dir, (TUN_PATH, PROC_SYS_NET), executables=executables)
+    except HostError as exc:
+        notes.append(f"writes and programs not confined ({exc})")
+    if seccomp.supported():
+        seccomp.install(seccomp.MONITOR)
+    else:
+        notes.append("no system-call filter on this architecture")
+    return notes
 
 
 def enter_sandbox(user: ServiceUser | None, monitor_pid: int = 0,
@@ -544,6 +693,8 @@ DASHBOARD_PRELOAD = (
     "rich._spinners", "rich._null_file", "rich._fileno", "rich._timer", "rich._export_format",
 )
 METRICS_PRELOAD = ("bridger.status.metrics",)
+#: Two gateways per site (the runner is built after the drop, at assembly).
+HA_PRELOAD = ("secrets", "bridger.ha.runner", "bridger.ha.election")
 
 
 def preload(config: Any) -> list[str]:
@@ -556,6 +707,8 @@ def preload(config: Any) -> list[str]:
         names += DASHBOARD_PRELOAD
     if getattr(config, "metrics", None):
         names += METRICS_PRELOAD
+    if getattr(config, "ha", None) is not None:
+        names += HA_PRELOAD
     missing = []
     for name in names:
         try:

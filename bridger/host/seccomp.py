@@ -1,4 +1,5 @@
-"""The data plane's system-call filter (seccomp-BPF), built here with ctypes.
+"""The system-call filters (seccomp-BPF) of the data plane and of the root
+monitor, built here with ctypes.
 
 After the drop to the service user (``bridger.host.privsep``) the process that
 handles traffic installs :func:`install`: an allow-list of the system calls
@@ -6,16 +7,28 @@ Python, Trio, the native lane thread, the resolver and the status views use.
 It is installed with ``SECCOMP_FILTER_FLAG_TSYNC``, so every thread that
 exists gets it, and every thread made later inherits it.
 
+The root monitor (``bridger.host.privsep``) installs :data:`MONITOR` after
+its own drop: the same list plus what it needs to watch the data plane and to
+run ``nft`` (``vfork``, ``execve``, ``wait4``, ``kill``, ``pidfd_open``),
+processes as well as threads from ``clone``, and netlink sockets.  ``nft``
+runs under that filter too (a filter is inherited across ``execve``); what
+it may run at all is limited by the monitor's Landlock rule (nft and its ELF
+interpreter alone, ``bridger.host.landlock``).  Measured with ``strace -f``
+on a gateway of a two-gateway site through start, failover, a reload that
+adds and removes a tap, and the stop's restore: the monitor and its nft
+children call nothing outside it.
+
 The program, in order:
 
 1. A foreign architecture (``AUDIT_ARCH``) or an x32 call: the process is
    killed (a trick to reach calls by other numbers, never a bridger path).
 2. ``clone3``: ``ENOSYS``, so glibc falls back to ``clone``, whose flags a
    filter can read (``clone3`` passes them in memory).
-3. ``clone``: threads only (``CLONE_THREAD``) and no new namespaces; a fork
-   or an unshare gets ``EPERM``.
+3. ``clone``: threads only (``CLONE_THREAD``; the monitor: processes too)
+   and no new namespaces; a fork or an unshare gets ``EPERM``.
 4. ``socket``: ``AF_UNIX``, ``AF_INET``, ``AF_INET6`` only (no netlink, no
-   packet sockets: the data plane cannot even ask to change a link).
+   packet sockets: the data plane cannot even ask to change a link; the
+   monitor: netlink too).
 5. Each allowed call (the hot ones first): allowed.
 6. Anything else: ``EPERM``.
 
@@ -37,6 +50,7 @@ import errno
 import os
 import platform
 import struct
+from dataclasses import dataclass
 
 from bridger.errors import HostError
 
@@ -71,6 +85,11 @@ SYSCALLS_X86_64: dict[str, int] = {
     "tkill": 200, "fadvise64": 221, "sched_getparam": 143,
     "sched_getscheduler": 145,
 }
+#: What the root monitor needs beyond the data plane's list: watch and signal
+#: its child, run ``nft`` (Python's subprocess uses ``vfork``).
+MONITOR_EXTRA_X86_64: dict[str, int] = {
+    "vfork": 58, "execve": 59, "wait4": 61, "kill": 62, "waitid": 247, "pidfd_open": 434,
+}
 #: Tested first (the per-packet calls).
 HOT = ("read", "write", "recvmmsg", "sendmmsg", "recvmsg", "sendmsg", "sendto", "recvfrom",
        "epoll_wait", "epoll_pwait", "poll", "ppoll", "futex", "clock_gettime", "ioctl",
@@ -80,7 +99,7 @@ SPECIAL = ("clone", "clone3", "socket")
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
-AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 CLONE_THREAD = 0x00010000
 #: CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME
 CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 \
@@ -94,10 +113,27 @@ SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SYS_SECCOMP_X86_64 = 317
 BPF_LD, BPF_W, BPF_ABS = 0x00, 0x00, 0x20
-BPF_JMP, BPF_JEQ, BPF_JGE, BPF_JSET, BPF_K = 0x05, 0x10, 0x30, 0x40, 0x00
+BPF_JMP, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JSET, BPF_K = 0x05, 0x00, 0x10, 0x30, 0x40, 0x00
 BPF_RET = 0x06
 #: struct seccomp_data: nr at 0, arch at 4, args[i] at 16 + 8 i (low word first).
 OFF_NR, OFF_ARCH = 0, 4
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One process's filter: its allowed calls, socket families, and whether
+    ``clone`` may make processes (never namespaces)."""
+
+    calls: dict[str, int]
+    families: tuple[int, ...]
+    processes: bool = False
+
+
+#: The data plane's (the default).
+DATA_PLANE = Profile(SYSCALLS_X86_64, (AF_UNIX, AF_INET, AF_INET6))
+#: The root monitor's.
+MONITOR = Profile({**SYSCALLS_X86_64, **MONITOR_EXTRA_X86_64},
+                  (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK), processes=True)
 
 
 def _arg(i: int) -> int:
@@ -132,9 +168,10 @@ def _errno(code: int) -> int:
     return SECCOMP_RET_ERRNO | (code & 0xFFFF)
 
 
-def build_program(allowed: dict[str, int] | None = None) -> list[Insn]:
+def build_program(profile: Profile = DATA_PLANE) -> list[Insn]:
     """The filter as (code, jt, jf, k) instructions (tested without installing)."""
-    table = SYSCALLS_X86_64 if allowed is None else allowed
+    table = profile.calls
+    families = profile.families
     load_nr = _stmt(BPF_LD | BPF_W | BPF_ABS, OFF_NR)
     prog: list[Insn] = [
         # 1. the architecture, and no x32 numbers
@@ -147,23 +184,25 @@ def build_program(allowed: dict[str, int] | None = None) -> list[Insn]:
         # 2. clone3: ENOSYS (glibc falls back to clone)
         _jump(BPF_JMP | BPF_JEQ | BPF_K, table["clone3"], 0, 1),
         _ret(_errno(errno.ENOSYS)),
-        # 3. clone: threads only, no namespaces
+        # 3. clone: threads only (the monitor: processes too), no namespaces
         _jump(BPF_JMP | BPF_JEQ | BPF_K, table["clone"], 0, 5),
         _stmt(BPF_LD | BPF_W | BPF_ABS, _arg(0)),
         _jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_NEW_ANY, 2, 0),
-        _jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1),
+        # ("ja +0" where any clone without namespace flags passes: same offsets)
+        _stmt(BPF_JMP | BPF_JA, 0) if profile.processes
+        else _jump(BPF_JMP | BPF_JSET | BPF_K, CLONE_THREAD, 0, 1),
         _ret(SECCOMP_RET_ALLOW),
         _ret(_errno(errno.EPERM)),
         load_nr,  # (the accumulator holds the number again)
-        # 4. socket: three families
-        _jump(BPF_JMP | BPF_JEQ | BPF_K, table["socket"], 0, 6),
+        # 4. socket: the profile's families
+        _jump(BPF_JMP | BPF_JEQ | BPF_K, table["socket"], 0, len(families) + 3),
         _stmt(BPF_LD | BPF_W | BPF_ABS, _arg(0)),
-        _jump(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 2, 0),
-        _jump(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0),
-        _jump(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 1),
-        _ret(SECCOMP_RET_ALLOW),
-        _ret(_errno(errno.EPERM)),
     ]
+    for i, family in enumerate(families):  # a match jumps to the ALLOW below
+        last = i == len(families) - 1
+        prog.append(_jump(BPF_JMP | BPF_JEQ | BPF_K, family, len(families) - 1 - i,
+                          1 if last else 0))
+    prog += [_ret(SECCOMP_RET_ALLOW), _ret(_errno(errno.EPERM))]
     # 5. the allow-list, two instructions per call (no jump beyond 255)
     order = [n for n in HOT if n in table] + sorted(n for n in table if n not in HOT)
     for name in order:
@@ -181,12 +220,12 @@ def supported() -> bool:
     return platform.machine() in ("x86_64", "AMD64") and struct.calcsize("P") == 8
 
 
-def install() -> None:
+def install(profile: Profile = DATA_PLANE) -> None:
     """Install the filter on every thread of this process (TSYNC); no_new_privs
     must be set already. One-line :class:`HostError` on failure."""
     if not supported():
         raise HostError(f"no system-call table for {platform.machine()}")
-    prog = build_program()
+    prog = build_program(profile)
     insns = (_Insn * len(prog))(*(_Insn(c, t, f, k) for c, t, f, k in prog))
     fprog = _Prog(len(prog), insns)
     libc = ctypes.CDLL(None, use_errno=True)

@@ -252,6 +252,20 @@ class HostSession:
                 self._journal.save()
                 return
 
+    def journaled(self, what: str, undo: Record, do: Callable[[], None]) -> None:
+        """A change another part makes to the host for this run (the HA group's
+        nft rule, ``bridger.ha.gate.contain``): its undo is journaled first, as
+        each set-up step's, so the restore (or `bridger down` after a crash)
+        undoes it too. If ``do`` raises, the record goes and the error passes."""
+        if self._restored:
+            raise HostError(f"cannot {what}: the host was already restored")
+        self._journal.push(undo)
+        try:
+            do()
+        except BaseException:
+            self._forget_record(undo)
+            raise
+
     # -- storm control in the kernel ------------------------------------------
 
     def _start_storm(self, budget: StormBudget, undo: Record) -> None:

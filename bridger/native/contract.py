@@ -32,10 +32,18 @@ MAX_PORTS = 256
 BATCH = 64
 #: Handshake messages waiting for Python at most; more are shed (counted).
 HS_QUEUE = 256
-#: Handshake messages admitted per second from sources that are no peer's endpoint.
-HS_RATE = 500.0
+#: Handshake messages admitted per second from sources that are no peer's endpoint
+#: (each costs Python about 100 us, mostly for a cookie reply: at 500/s that was 5-8%
+#: of a core under a spoofed flood; a hub's 100 spokes behind NATs, all strangers
+#: after its restart, fit in the burst and one second).
+HS_RATE = 100.0
 #: ... and the burst of that bucket.
 HS_BURST = 64.0
+#: Of those, per source address (IPv4; IPv6: its /64) per second, and the burst.
+HS_SOURCE_RATE = 20.0
+HS_SOURCE_BURST = 5.0
+#: Source addresses the lane keeps a bucket for (hashed slots).
+HS_SOURCES = 1024
 #: Transport indexes only Python holds (unconfirmed sessions) the lane is told of.
 MAX_PY_INDEXES = 256
 #: Seconds between two takes of path-MTU reports from the lane at least (it

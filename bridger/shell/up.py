@@ -41,7 +41,8 @@ import trio
 
 from bridger.config import DEFAULT_USER, UpConfig, default_state_dir
 from bridger.dataplane.accounting import KERNEL_DROP_REASON
-from bridger.errors import BridgerError
+from bridger.errors import BridgerError, HostError
+from bridger.ha.gate import DirectGroupHost, GroupSockets, contain
 from bridger.host import HostPlan, StopSignals, TapPlan, drop_privileges
 from bridger.host import bring_up as set_up_host
 from bridger.host.prepared import PreparedHost
@@ -55,7 +56,7 @@ from bridger.host.privsep import (
 )
 from bridger.host.setup import add_prepared_taps
 from bridger.host.storm import StormBudget
-from bridger.keys import encode_key, public_key
+from bridger.keys import encode_key, public_key, read_private_key_file
 from bridger.protocol import Peer
 from bridger.service.live import Live
 from bridger.service.notify import Notifier
@@ -115,6 +116,8 @@ class Checked:
     private: bytes
     psks: Psks
     native: Any
+    #: Two gateways per site: the group's key (None: no group, or keepalived).
+    group_key: bytes | None = None
 
 
 class Up:
@@ -126,6 +129,10 @@ class Up:
         self.notifier = Notifier.from_env()
         #: Once assembled: the live service (it says STOPPING=1 at the end).
         self.live: Live | None = None
+        #: Two gateways per site: the group's raw sockets, opened while
+        #: privileged (``open_group``), and whether its nft rule was made.
+        self.group_sockets: GroupSockets | None = None
+        self.group_contained = False
         #: Where the data plane writes (control socket, endpoints): the state
         #: directory, or its own directory in it once split from the monitor
         #: (or made by `bridger prepare` for the prepared-taps mode).
@@ -146,6 +153,7 @@ class Up:
             console = setup_logging(self.config.dashboard and sys.stdout.isatty())
             with self.bring_up(stop, user) as (udp, host):
                 try:
+                    self.open_group(host)
                     host, console = self.separate(stop, user, host, console)
                 except _MonitorDone as done:
                     return done.code
@@ -167,9 +175,14 @@ class Up:
         if user is not None:
             side = split(host, user, self.config, self.reread, read_keys)
             if side.monitor is not None:
+                if self.group_sockets is not None:  # the data plane's, not the monitor's
+                    self.group_sockets.close()
                 shutdown_logging()  # its thread would keep root's capabilities
                 side.monitor.drop()
+                notes = side.monitor.sandbox()  # still the only thread (Landlock)
                 setup_logging(False)
+                log.info("monitor: root with CAP_NET_ADMIN and CAP_KILL, no_new_privs, "
+                         "system-call filter%s", "".join(f"; {note}" for note in notes))
                 raise _MonitorDone(side.monitor.outcome(side.monitor.run(stop.received)))
             assert side.host is not None
             self.run_dir = Path(".")
@@ -183,12 +196,6 @@ class Up:
         are not prepared); the default one is made if missing (one line)."""
         if self.config.prepared_taps or os.geteuid() != 0:
             return None
-        if self.config.ha is not None:
-            # The group's raw LAN socket, its nft rule and the taps' port states
-            # (bridger/ha) are not yet asked of the monitor: no split.
-            log.warning("two gateways per site: the data plane stays root with "
-                        "CAP_NET_ADMIN alone for now (docs/security.md)")
-            return None
         if self.config.user != DEFAULT_USER:  # a typo must not create an account
             return ServiceUser.lookup(self.config.user)
         user, created = ensure_user(self.config.user)
@@ -196,6 +203,24 @@ class Up:
             print(f"bridger: created the service user {user.name} (uid {user.uid})",
                   file=sys.stderr)
         return user
+
+    def open_group(self, host: Any) -> None:
+        """Two gateways per site, before the drop: the group's raw LAN sockets
+        (they need CAP_NET_RAW to open, nothing to use) and the nftables rule
+        that keeps its frames on the LAN (journaled: every restore removes it).
+        The port gate, the flush and the FDB are asked at run time
+        (``bridger.ha.gate.GroupHost``)."""
+        ha = self.config.ha
+        if ha is None:
+            return
+        bridge = host.bridge_name
+        try:
+            self.group_sockets = GroupSockets.open(bridge, receive=ha.follow is None)
+        except OSError as exc:
+            raise HostError(f"two gateways per site: cannot open the group's sockets on "
+                            f"{bridge}: {exc.strerror or exc}") from exc
+        journaled = getattr(host, "journaled", None)  # (prepared taps: no host session)
+        self.group_contained = journaled is not None and contain(journaled, bridge)
 
     def sandbox(self, user: ServiceUser | None, monitor_pid: int = 0) -> Any:
         """The data plane's drop (``bridger.host.privsep.enter_sandbox``) with
@@ -213,7 +238,10 @@ class Up:
         """Phase 1, before the host is touched: a bad key or setting is one line."""
         private, psks = read_keys(self.config)
         build_core(self.config, private, psks, 0.0, time.time())
-        return Checked(private, psks, native_module(self.config))
+        ha = self.config.ha
+        group_key = None if ha is None or ha.group_key is None else \
+            read_private_key_file(ha.group_key)
+        return Checked(private, psks, native_module(self.config), group_key)
 
     @contextlib.contextmanager
     def bring_up(self, stop: StopSignals,
@@ -275,10 +303,9 @@ class Up:
 
                 start_metrics_server(self.config.metrics, daemon.snapshot)
             if self.run_dir == self.config.state_dir and not self.config.prepared_taps \
-                    and (os.geteuid() != 0 or self.config.ha is not None):
-                # Not split (CAP_NET_ADMIN without root, or two gateways per
-                # site, whose election socket and port gates stay in this
-                # process for now): keep CAP_NET_ADMIN alone.
+                    and os.geteuid() != 0:
+                # Not split (started without root but with CAP_NET_ADMIN):
+                # keep CAP_NET_ADMIN alone.
                 drop_privileges()
             await serve_tasks(daemon, console, self.live, self.run_dir)
 
@@ -301,13 +328,18 @@ class Up:
         daemon = Daemon(config, fwd, {
             "lan": config.lan, "bridge": host.bridge_name, "listen": udp.listen,
         }, storm=host.storm)
+        split_off = hasattr(host, "reread")  # the data plane of a split: the monitor reads
         if config.ha is not None:  # two gateways per site: every tap starts gated off
             from bridger.ha.runner import HaRunner
 
-            daemon.ha = HaRunner(config.ha, public_key(checked.private), config.lan,
-                                 host.bridge_name, lambda: [p.tap for p in fwd.ports.values()])
+            assert self.group_sockets is not None
+            daemon.ha = HaRunner(
+                config.ha, public_key(checked.private), config.lan, host.bridge_name,
+                lambda: [p.tap for p in fwd.ports.values()],
+                host=host.group_host() if split_off else DirectGroupHost(config.lan),
+                sockets=self.group_sockets, contained=self.group_contained,
+                group_key=checked.group_key)
             daemon.ha.drain([port.fd for port in fwd.ports.values()])
-        split_off = hasattr(host, "reread")  # the data plane of a split: the monitor reads
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
                     reread=host.reread if split_off else self.reread,
                     read_keys=host.read_keys if split_off else read_keys,

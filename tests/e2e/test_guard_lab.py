@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import pytest
 
 from bridger.lab import Lab, LabOptions
 from bridger.lab.ping import parse_ping_output
+from bridger.lab.wait import wait_until
 from tests.e2e.bridged import BridgedLab, Capture, addresses, host_mac, wait_ping
 from tests.e2e.flood import udp_broadcast
 
@@ -90,16 +90,6 @@ def cpu_load(link: BridgedLab, seconds: float) -> dict[str, float]:
     time.sleep(seconds)
     elapsed = time.monotonic() - start
     return {site: (cpu_seconds(pid) - before[site]) / elapsed for site, pid in pids.items()}
-
-
-def wait_until(condition: Callable[[], bool], within: float, step: float = 0.1) -> bool:
-    """Poll ``condition`` until it holds (True) or ``within`` seconds pass (False)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def log_marks(link: BridgedLab, sites: tuple[str, ...]) -> dict[str, int]:
@@ -211,7 +201,7 @@ def test_backup_cable_loop_is_cut_at_the_tunnel_and_the_tunnel_comes_back(
             tx1, rx1 = frames(link, "A")
             return tx1 - tx0 >= 10 and rx1 - rx0 >= 10
 
-        assert wait_until(counted, within=5), ((tx0, rx0), frames(link, "A"))
+        assert wait_until(counted, within=5) is not None, ((tx0, rx0), frames(link, "A"))
         for site in ("A", "B"):
             peer = the_peer(link, site)
             assert (peer.get("guard") or {}).get("loop") is False, peer
@@ -439,7 +429,8 @@ def test_router_advertisement_from_site_a_configures_site_b_only_when_shared(
                 else:
                     # two RAs at least reached the guard (and were dropped there)
                     assert wait_until(lambda: drops(link, "A", "guard_ra")
-                                      + drops(link, "B", "guard_ra") >= 2, within=20), \
+                                      + drops(link, "B", "guard_ra") >= 2,
+                                      within=20) is not None, \
                         link.logs()
             finally:
                 radvd.terminate()

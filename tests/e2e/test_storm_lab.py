@@ -42,8 +42,12 @@ FLOOD_RATE = 500
 #: The guard's general budget (docs/guard.md): 3/4 of flood_rate, burst one second's worth.
 GENERAL_RATE = FLOOD_RATE * 3 // 4
 GENERAL_BURST = GENERAL_RATE
-#: Long enough for everything measured under the storm; it is stopped when done.
-STORM_MAX_SECONDS = 30
+#: How long the storm lasts (flood.py's own bound): longer than everything measured
+#: under it, so that what reaches site B is counted over a window where the burst
+#: weighs little against the rate (issue 21: "no more than the budget plus burst";
+#: a path passing 1.47x the rate, 2,200 frames/s against 1,500, is caught from
+#: 2.1 s on, a kernel-only cut at 1.25x from 4 s on).
+STORM_SECONDS = 20
 TCP_SECONDS = 3
 PINGS = 200
 IPERF_PORT = 5201
@@ -117,7 +121,7 @@ def test_broadcast_storm_is_cut_in_the_kernel_and_unicast_keeps_flowing(
         wait_ping(lab, "hostA2", b2)
         server = lab.popen("hostB2", "taskset", "-c", mine, "iperf3", "-s", "-p",
                            str(IPERF_PORT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        flooder: subprocess.Popen[bytes] | None = None
+        flooder: subprocess.Popen[str] | None = None
         try:
             wait_for("iperf3 listens", lambda: f":{IPERF_PORT} " in lab.run(
                 "hostB2", "ss", "-H", "-tln").stdout, within=10)
@@ -131,8 +135,8 @@ def test_broadcast_storm_is_cut_in_the_kernel_and_unicast_keeps_flowing(
             with Capture(lab, "hostB1", "eth0") as at_b:
                 started = time.monotonic()
                 flooder = lab.popen("hostA1", "taskset", "-c", storms, sys.executable, FLOOD,
-                                    "eth0", str(STORM_MAX_SECONDS), frame.hex(),
-                                    stdout=subprocess.DEVNULL)
+                                    "eth0", str(STORM_SECONDS), frame.hex(),
+                                    stdout=subprocess.PIPE, text=True)
                 wait_for("the kernel drops the storm", lambda: kernel_drops(link) > 1000,
                          within=10)
                 pinged = lab.run("hostA2", "taskset", "-c", mine, "ping", "-q", "-c",
@@ -142,10 +146,16 @@ def test_broadcast_storm_is_cut_in_the_kernel_and_unicast_keeps_flowing(
                 arp = lab.run("hostA2", "ping", "-c", "1", "-W", "3", b1, check=False)
                 neigh = lab.run("hostA2", "ip", "neigh", "show", "to", b1).stdout
                 stormy = tcp_mbps(lab, mine, b2)
-                flooder.terminate()
-                flooder.wait(timeout=10)
+                measured = time.monotonic() - started
+                # The storm runs its course (it is longer than the above).
+                flood_out, _ = flooder.communicate(timeout=STORM_SECONDS + 60)
                 stormed = time.monotonic() - started
                 lan_frames = link_stat(lab, "eth1", "rx", "packets") - lan_before
+                # A unicast frame queued on gwA's tap behind the storm's last frames:
+                # once it has crossed, so has everything of the storm that would.
+                wait_ping(lab, "hostA2", b1)
+                # (the guard's clock ran until its last storm frame: until then)
+                settled = time.monotonic() - started
             arrived = at_b.count(marker)
         finally:
             for proc in (server, flooder):
@@ -156,10 +166,12 @@ def test_broadcast_storm_is_cut_in_the_kernel_and_unicast_keeps_flowing(
         in_kernel = kernel_drops(link)
         queue_dropped = link_stat(lab, "bridger-tap0", "tx", "dropped") - dropped_before
         sent, received, _ = parse_ping_output(pinged)
-        budget = GENERAL_BURST + GENERAL_RATE * stormed
-        report = (f"{data_path}: storm {stormed:.1f} s ({lan_frames / stormed:.0f} frames/s "
-                  f"into gwA), kernel dropped {in_kernel}, site B got "
-                  f"{arrived} (budget {budget:.0f}), tap queue dropped "
+        budget = GENERAL_BURST + GENERAL_RATE * settled
+        report = (f"{data_path}: storm {stormed:.1f} s ({flood_out.strip()}; "
+                  f"{lan_frames / stormed:.0f} frames/s into gwA), kernel dropped {in_kernel}, "
+                  f"site B got {arrived} = {arrived / stormed:.0f}/s (budget {budget:.0f} = "
+                  f"{GENERAL_RATE}/s x {settled:.1f} s + burst {GENERAL_BURST}; past the burst "
+                  f"{max(0, arrived - GENERAL_BURST) / stormed:.0f}/s), tap queue dropped "
                   f"{queue_dropped}, ping {received}/{sent}, "
                   f"TCP {calm:.0f} -> {stormy:.0f} Mbit/s")
         print(report)
@@ -173,4 +185,9 @@ def test_broadcast_storm_is_cut_in_the_kernel_and_unicast_keeps_flowing(
         # would fail by the load of the moment, not by a defect. What must
         # hold is asserted: TCP still flows during the storm.
         assert stormy > 0, report
-        assert arrived <= budget, report
+        assert measured < stormed, report  # everything above was measured under the storm
+        # Every frame of the storm that reached site B was let through by the guard
+        # (the kernel's cut is 1.25x wider): never more than its budget plus burst,
+        # over a window long enough that a path passing more is caught.
+        assert stormed >= STORM_SECONDS * 0.9, report
+        assert 0 < arrived <= budget, report

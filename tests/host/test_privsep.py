@@ -1,7 +1,7 @@
 """Issue 25: the pieces of the privilege separation, without a lab.
 
 * The monitor's request parser (the one place that reads bytes from the
-  unprivileged data plane) accepts exactly the four operations and fails only
+  unprivileged data plane) accepts exactly the eight operations and fails only
   with ``ValueError``, whatever it is sent.
 * The seccomp program: every jump lands inside the program, every path ends
   in a return, and the special rules come before the allow-list.
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -27,16 +29,29 @@ from hypothesis import strategies as st
 
 from bridger.host import seccomp
 from bridger.host.privileges import ensure_user
-from bridger.host.privsep import MAX_REQUEST, Request, parse_request_untrusted
+from bridger.host.privsep import (
+    MAX_REQUEST,
+    Asked,
+    Monitor,
+    Request,
+    parse_request_untrusted,
+)
 
 
 @pytest.mark.parametrize(("message", "want"), [
-    ({"op": "add_tap", "name": "berlin"}, (Request.ADD_TAP, "berlin")),
-    ({"op": "remove_tap", "name": "bridger-tap0"}, (Request.REMOVE_TAP, "bridger-tap0")),
-    ({"op": "storm_counters"}, (Request.STORM_COUNTERS, None)),
-    ({"op": "reread"}, (Request.REREAD, None)),
+    ({"op": "add_tap", "name": "berlin"}, Asked(Request.ADD_TAP, "berlin")),
+    ({"op": "remove_tap", "name": "bridger-tap0"}, Asked(Request.REMOVE_TAP, "bridger-tap0")),
+    ({"op": "storm_counters"}, Asked(Request.STORM_COUNTERS)),
+    ({"op": "reread"}, Asked(Request.REREAD)),
+    ({"op": "port_state", "name": "berlin", "state": "forwarding"},
+     Asked(Request.PORT_STATE, "berlin", "forwarding")),
+    ({"op": "port_state", "name": "berlin", "state": "disabled"},
+     Asked(Request.PORT_STATE, "berlin", "disabled")),
+    ({"op": "flush_lan"}, Asked(Request.FLUSH_LAN)),
+    ({"op": "fdb"}, Asked(Request.FDB)),
+    ({"op": "follow_state"}, Asked(Request.FOLLOW_STATE)),
 ])
-def test_the_four_requests(message: dict[str, str], want: tuple[Request, str | None]) -> None:
+def test_the_eight_requests(message: dict[str, str], want: Asked) -> None:
     assert parse_request_untrusted(json.dumps(message).encode()) == want
 
 
@@ -51,6 +66,16 @@ def test_the_four_requests(message: dict[str, str], want: tuple[Request, str | N
     {"op": "restore"},
     {"op": "exec", "argv": ["sh"]},
     {"name": "berlin"},
+    # the group's requests: a fixed set of states, a tap's name, nothing else
+    {"op": "port_state", "name": "berlin"},
+    {"op": "port_state", "name": "berlin", "state": "blocking"},
+    {"op": "port_state", "name": "berlin", "state": 3},
+    {"op": "port_state", "name": "berlin", "state": "flush"},
+    {"op": "port_state", "name": "../eth0", "state": "forwarding"},
+    {"op": "port_state", "name": "berlin", "state": "forwarding", "master": "br0"},
+    {"op": "flush_lan", "name": "eth0"},
+    {"op": "fdb", "bridge": "docker0"},
+    {"op": "follow_state", "path": "/etc/shadow"},
     ["add_tap", "berlin"],
 ])
 def test_anything_else_is_refused(message: object) -> None:
@@ -70,11 +95,12 @@ def test_a_long_request_is_refused_unread() -> None:
                                  max_size=4).map(lambda d: json.dumps(d).encode())))
 def test_the_parser_fails_only_with_value_error(data: bytes) -> None:
     try:
-        op, name = parse_request_untrusted(data)
+        op, name, state = parse_request_untrusted(data)
     except ValueError:
         return
     assert isinstance(op, Request)
     assert name is None or (0 < len(name) < 16)
+    assert state is None or state in ("disabled", "forwarding")
 
 
 def test_seccomp_program_is_well_formed() -> None:
@@ -160,3 +186,164 @@ def test_the_sandboxed_data_plane_cannot_change_links_or_write_elsewhere(
 
 def test_af_netlink_is_what_the_filter_refuses() -> None:
     assert socket.AF_NETLINK not in (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
+
+
+def _monitor(ha: bool, follow: Path | None = None) -> tuple[Monitor, socket.socket]:
+    """A monitor over a socket pair, for a configuration with peer tap "berlin"
+    (and ``ha``: a site's group; ``follow``: keepalived's state file), whose
+    host session holds that tap alone."""
+    config = SimpleNamespace(peers=[SimpleNamespace(tap="berlin")], mode="mesh",
+                             ha=SimpleNamespace(follow=follow) if ha else None)
+    host = SimpleNamespace(taps={"berlin": -1}, bridge_name="bridger0",
+                           plan=SimpleNamespace(lan="eth1"))
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    monitor = Monitor(host, mine, 0, config, None, lambda c: None)  # type: ignore[arg-type]
+    return monitor, theirs
+
+
+def _ask(monitor: Monitor, theirs: socket.socket, message: dict[str, str]) -> tuple[str, object]:
+    theirs.send(json.dumps(message).encode())
+    assert monitor._serve_one()
+    status, value = pickle.loads(theirs.recv(MAX_REQUEST))
+    return status, value
+
+
+@pytest.mark.parametrize("name", ["eth1", "bridger0", "docker0", "lo", "paris"])
+def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: str) -> None:
+    """A data plane that asks to open (or close) the bridge port of anything but
+    one of this run's taps — the LAN NIC, the bridge, another bridge's port, a
+    tap of the configuration it never made — is refused before any netlink
+    message is sent, counted, and the monitor goes on serving."""
+    monitor, theirs = _monitor(ha=True)
+    try:
+        status, value = _ask(monitor, theirs, {"op": "port_state", "name": name,
+                                               "state": "forwarding"})
+        assert status == "error" and "not one of this run's taps" in str(value)
+        assert monitor.refused == 1
+        status, value = _ask(monitor, theirs, {"op": "port_state", "name": "berlin",
+                                               "state": "sideways"})
+        assert status == "error" and "state must be one of" in str(value)
+        assert monitor.refused == 2
+    finally:
+        monitor.sock.close()
+        theirs.close()
+        assert monitor.gate is not None
+        monitor.gate.close()
+
+
+@pytest.mark.parametrize("message", [
+    {"op": "port_state", "name": "berlin", "state": "disabled"},
+    {"op": "flush_lan"},
+    {"op": "fdb"},
+    {"op": "follow_state"},
+])
+def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str, str]) -> None:
+    monitor, theirs = _monitor(ha=False)
+    try:
+        assert monitor.gate is None  # no netlink socket for a gate it never needs
+        status, value = _ask(monitor, theirs, message)
+        assert status == "error" and "not one of a site's group" in str(value)
+        assert monitor.refused == 1
+    finally:
+        monitor.sock.close()
+        theirs.close()
+
+
+def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
+    """keepalived's state file may be root's: the monitor reads the one its own
+    configuration names (no path is ever taken from the data plane); a file not
+    there yet is "no state", not a refusal; a gateway that elects refuses."""
+    state = tmp_path / "london.state"
+    monitor, theirs = _monitor(ha=True, follow=state)
+    try:
+        assert _ask(monitor, theirs, {"op": "follow_state"}) == ("ok", None)
+        state.write_text("MASTER\n" + "x" * 100)
+        status, value = _ask(monitor, theirs, {"op": "follow_state"})
+        assert status == "ok" and isinstance(value, str)
+        assert value.startswith("MASTER\n") and len(value) == 64
+        assert monitor.refused == 0
+    finally:
+        monitor.sock.close()
+        theirs.close()
+        assert monitor.gate is not None
+        monitor.gate.close()
+    electing, theirs = _monitor(ha=True)
+    try:
+        status, value = _ask(electing, theirs, {"op": "follow_state"})
+        assert status == "error" and "does not follow keepalived" in str(value)
+    finally:
+        electing.sock.close()
+        theirs.close()
+        assert electing.gate is not None
+        electing.gate.close()
+
+
+GROUP_SOCKETS = textwrap.dedent("""
+    import errno, json, socket, subprocess, time
+    from bridger.ha import wire
+    from bridger.ha.gate import GroupSockets
+
+    for cmd in ("ip link set lo up", "ip link add br0 type bridge",
+                "ip link add v0 type veth peer name v1", "ip link set v0 master br0",
+                "ip link set br0 up", "ip link set v0 up", "ip link set v1 up"):
+        subprocess.run(cmd.split(), check=True)
+    group = GroupSockets.open("br0", receive=True)
+    control = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # no filter
+    sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    out = {}
+
+    def frame(ethertype):
+        return b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x01" + ethertype.to_bytes(2, "big") \\
+            + b"x" * 46
+
+    def received(sock, wait=0.5):
+        sock.settimeout(wait)
+        got = []
+        try:
+            while True:
+                data, address = sock.recvfrom(2048)
+                got.append((address[0], int.from_bytes(data[12:14], "big")))
+                sock.settimeout(0.05)
+        except (TimeoutError, BlockingIOError):
+            return got
+
+    # What an attacker holding the sockets would do: bind them again to every
+    # protocol on another interface (no privilege needed), then listen.
+    for sock in (group.rx, group.tx, control):
+        sock.bind(("lo", 3))  # ETH_P_ALL
+    for ethertype in (0x0800, wire.ETHERTYPE):
+        sender.sendto(frame(ethertype), ("lo", 0))
+    out["control_lo"] = len(received(control))
+    out["rx_lo"] = received(group.rx, 0.2)
+    out["tx_lo"] = received(group.tx, 0.2)
+    # On the bridge, every protocol: the group's frames only.
+    group.rx.bind(("br0", 3))
+    for ethertype in (0x0800, 0x86DD, wire.ETHERTYPE):
+        sender.sendto(frame(ethertype), ("v1", 0))
+    out["rx_br0"] = received(group.rx)
+    try:
+        group.rx.setsockopt(socket.SOL_SOCKET, 27, 0)  # SO_DETACH_FILTER
+        out["detach"] = "done"
+    except OSError as exc:
+        out["detach"] = errno.errorcode[exc.errno]
+    print(json.dumps(out))
+""")
+
+
+@pytest.mark.netns
+def test_the_groups_sockets_receive_group_frames_on_the_bridge_and_nothing_else() -> None:
+    """The data plane of a two-gateway site holds two packet sockets; a packet
+    socket can be bound again to any protocol and interface without privilege.
+    Their locked filters keep it from sniffing: rebound to every protocol on
+    another interface they take nothing (an unfiltered socket there takes the
+    frames: the control), on the bridge only the group's EtherType; and the
+    filter cannot be detached."""
+    done = subprocess.run(["unshare", "-n", sys.executable, "-c", GROUP_SOCKETS],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["control_lo"] >= 2, out
+    assert out["rx_lo"] == [] and out["tx_lo"] == [], out
+    assert out["rx_br0"] == [["br0", 0x88B6]], out
+    assert out["detach"] == "EPERM", out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,9 @@ def test_constants_are_the_c_ones() -> None:
     assert int(d["BN_HS_QUEUE"]) == contract.HS_QUEUE
     assert float(d["BN_HS_RATE"]) == contract.HS_RATE
     assert float(d["BN_HS_BURST"]) == contract.HS_BURST
+    assert float(d["BN_HS_SOURCE_RATE"]) == contract.HS_SOURCE_RATE
+    assert float(d["BN_HS_SOURCE_BURST"]) == contract.HS_SOURCE_BURST
+    assert int(d["BN_HS_SOURCES"]) == contract.HS_SOURCES
     assert int(d["BN_MAX_PY_INDEXES"]) == contract.MAX_PY_INDEXES
     assert int(d["BN_MAC1_KEY_LEN"]) == contract.MAC1_KEY_LEN
     assert float(d["BN_REJECT_AFTER_TIME"]) == contract.REJECT_AFTER_TIME
@@ -177,21 +181,100 @@ def test_what_the_lane_drops_before_python_sees_it(msg: bytes, verdict: str) -> 
         lane.close()
 
 
-@needs_lane
-def test_strangers_handshakes_are_admitted_at_a_bounded_rate() -> None:
-    """A burst of valid-mac1 initiations from an address that is no peer's
-    endpoint: HS_BURST are queued, the rest shed and counted; the queue never
-    exceeds HS_QUEUE whatever comes."""
-    lane = _lane()
+def _valid_initiation() -> bytes:
     template = b"\x01\0\0\0" + bytes(messages.INITIATION_MAC1_OFFSET - 4)
-    msg = CookieGenerator(OURS).add_macs(template + bytes(2 * constants.MAC_LEN), 0.0)
+    return CookieGenerator(OURS).add_macs(template + bytes(2 * constants.MAC_LEN), 0.0)
+
+
+@needs_lane
+def test_one_strangers_handshakes_are_admitted_at_its_own_rate() -> None:
+    """A burst of valid-mac1 initiations from one address that is no peer's
+    endpoint: HS_SOURCE_BURST are queued, the rest shed and counted; another
+    address still gets its own share (issue 21: per-source limits in C)."""
+    lane = _lane()
+    msg = _valid_initiation()
     try:
+        began = time.monotonic()
         lane.udp_receive([msg] * 1000, ADDR)
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
         queued = len(contract.take_punts(lane))
         stats = contract.take_stats(lane).lane
-        assert contract.HS_BURST <= queued <= contract.HS_BURST + 5  # (+ what the clock refilled)
+        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + refill
         assert stats.handshakes_shed == 1000 - queued
         assert stats.handshakes_queued == queued
         assert stats.rx_datagrams == 1000 - queued  # the shed ones are counted received
+        lane.udp_receive([msg] * 10, ("127.0.0.2", 40000))
+        assert len(contract.take_punts(lane)) >= contract.HS_SOURCE_BURST
+    finally:
+        lane.close()
+
+
+def _source_slot(host: str) -> int:
+    """The lane's slot of an IPv4 source (bn_lane_rx.c's hs_admit: FNV-1a of the
+    IPv4-mapped address, modulo HS_SOURCES)."""
+    h = 2166136261
+    for byte in bytes(10) + b"\xff\xff" + bytes(map(int, host.split("."))):
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return h % contract.HS_SOURCES
+
+
+@needs_lane
+def test_a_collision_never_refills_a_flooders_bucket() -> None:
+    """Addresses that share a flooding address's slot share its empty bucket: a
+    spray from many addresses cannot keep handing one address a fresh burst
+    (the WAN attack lab saw 28/s of cookie replies to one address that way)."""
+    slot = _source_slot(ADDR[0])
+    colliders = [a for a in (f"10.66.{i >> 8}.{i & 255}" for i in range(65536))
+                 if _source_slot(a) == slot][:5]
+    assert len(colliders) == 5
+    lane = _lane()
+    msg = _valid_initiation()
+    try:
+        lane.udp_receive([msg] * 100, ADDR)  # its burst, then shed
+        contract.take_punts(lane)
+        began = time.monotonic()
+        for other in colliders:
+            lane.udp_receive([msg], (other, 40000))
+            lane.udp_receive([msg] * 20, ADDR)
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
+        assert len(contract.take_punts(lane)) <= refill
+    finally:
+        lane.close()
+
+
+@needs_lane
+def test_one_ipv6_64_is_one_source() -> None:
+    """An IPv6 host may own a whole /64: its addresses share one bucket."""
+    lane = _lane()
+    msg = _valid_initiation()
+    try:
+        began = time.monotonic()
+        for i in range(1, 101):
+            lane.udp_receive([msg], (f"2001:db8:1:2::{i:x}", 40000))
+        refill = contract.HS_SOURCE_RATE * (time.monotonic() - began) + 1
+        queued = len(contract.take_punts(lane))
+        assert contract.HS_SOURCE_BURST <= queued <= contract.HS_SOURCE_BURST + refill
+    finally:
+        lane.close()
+
+
+@needs_lane
+def test_strangers_handshakes_are_admitted_at_a_bounded_rate() -> None:
+    """Valid-mac1 initiations from many addresses (spoofed): HS_BURST are
+    queued in all, the rest shed and counted; the queue never exceeds
+    HS_QUEUE whatever comes."""
+    lane = _lane()
+    msg = _valid_initiation()
+    try:
+        began = time.monotonic()
+        for i in range(1000):
+            lane.udp_receive([msg], (f"10.66.{i >> 8}.{i & 255}", 40000))
+        refill = contract.HS_RATE * (time.monotonic() - began) + 1  # (what the clock refilled)
+        queued = len(contract.take_punts(lane))
+        stats = contract.take_stats(lane).lane
+        assert contract.HS_BURST <= queued <= contract.HS_BURST + refill
+        assert queued <= contract.HS_QUEUE
+        assert stats.handshakes_shed == 1000 - queued
+        assert stats.handshakes_queued == queued
     finally:
         lane.close()

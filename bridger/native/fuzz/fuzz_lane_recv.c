@@ -85,6 +85,7 @@ static void reset(uint8_t cfg) {
     l->has_mac1_key = 0;
     l->hs_tokens = BN_HS_BURST;
     l->hs_stamp = bn_lane_now(l);
+    memset(l->hs_sources, 0, sizeof l->hs_sources); /* and every source's */
     l->mtu_waiting = 0;
     l->mtu_next = 0;
     l->npend = 0;

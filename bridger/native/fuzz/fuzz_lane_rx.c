@@ -134,6 +134,7 @@ static void reset(uint8_t cfg) {
     memset(&l->st, 0, sizeof l->st);
     l->hs_tokens = BN_HS_BURST; /* the strangers' handshake bucket starts full */
     l->hs_stamp = now;
+    memset(l->hs_sources, 0, sizeof l->hs_sources); /* and every source's */
     /* a mac1 key: initiations and responses mostly fail mac1 (counted);
      * cookie replies reach the handshake queue */
     memset(l->mac1_key, 0x5a, sizeof l->mac1_key);

@@ -68,10 +68,18 @@
 /* constants.REJECT_AFTER_TIME */
 #define BN_REJECT_AFTER_TIME 180.0
 /* Handshake messages waiting for Python at most; admitted per second (and
- * burst) from sources that are no peer's endpoint. */
+ * burst) from sources that are no peer's endpoint, all of them together and
+ * per source address (an IPv4 address, an IPv6 /64; WireGuard's ratelimiter
+ * has the same per-source figures), remembered in BN_HS_SOURCES slots.  What
+ * Python does with a stranger's message is mostly a cookie reply, about 100 us
+ * each (500/s cost it 5-8% of a core under a spoofed flood): the common rate
+ * is what a hub's spokes, all strangers after its restart, need. */
 #define BN_HS_QUEUE 256
-#define BN_HS_RATE 500.0
+#define BN_HS_RATE 100.0
 #define BN_HS_BURST 64.0
+#define BN_HS_SOURCE_RATE 20.0
+#define BN_HS_SOURCE_BURST 5.0
+#define BN_HS_SOURCES 1024
 /* Transport indexes only Python holds (sessions not yet confirmed), at most. */
 #define BN_MAX_PY_INDEXES 256
 /* Path-MTU reports go to Python at most this often (seconds); errors read off
@@ -105,6 +113,13 @@ typedef struct {
     uint64_t keys[BN_MACSET_SLOTS];
     uint32_t next_victim;
 } bn_macset;
+
+/* One source's handshake bucket (bn_lane_rx.c's hs_admit). */
+typedef struct {
+    uint8_t addr[16]; /* IPv4-mapped, or the /64 of an IPv6 address */
+    int used;
+    double tokens, stamp;
+} bn_hs_source;
 
 typedef struct {
     uint64_t tx_frames, tx_datagrams, tx_bytes;
@@ -197,6 +212,9 @@ typedef struct bn_lane {
     bn_punt *punts, **punt_tail;
     int nhs; /* handshake punts queued */
     double hs_tokens, hs_stamp;
+    /* Strangers' buckets by source; a slot passes to another source once its
+     * bucket has refilled, until then colliding sources share it. */
+    bn_hs_source hs_sources[BN_HS_SOURCES];
     uint8_t mac1_key[BN_MAC1_KEY_LEN];
     int has_mac1_key;
     uint32_t py_index[BN_MAX_PY_INDEXES];

@@ -21,7 +21,8 @@
 
 /* Buffers allocated once by bn_lane_init. */
 #define BN_TBUF_CAP (320u << 10)
-#define BN_RBUF_CAP (320u << 10)
+/* rbuf: 16 GRO receives of BN_READ_SIZE (bn_lane_recv.c's RX_VLEN_GRO), rounded up. */
+#define BN_RBUF_CAP (1088u << 10)
 #define BN_MAX_TX 4096
 #define BN_MAX_PEND 2048
 

@@ -28,10 +28,14 @@
 
 /* Receives per recvmmsg and the room for each: with UDP_GRO a receive may be
  * a whole GRO batch (up to 64 KB); without, one datagram, and none of
- * bridger's is over 16 KB (a longer one is cut and then fails to open). */
-#define RX_VLEN_GRO 4
+ * bridger's is over 16 KB (a longer one is cut and then fails to open).
+ * With GRO too, 16 receives a call: under a flood of small datagrams from
+ * many sources (which GRO cannot join) each is one receive, and 4 a call
+ * cost a syscall per 4 (l->rbuf holds 16 slots: BN_RBUF_CAP). */
+#define RX_VLEN_GRO 16
 #define RX_VLEN 16
 #define RX_SLOT 16384
+_Static_assert(RX_VLEN_GRO <= RX_VLEN, "pump_udp's arrays hold RX_VLEN receives");
 
 #ifndef IP_RECVERR
 #define IP_RECVERR 11

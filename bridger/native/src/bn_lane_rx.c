@@ -121,20 +121,69 @@ static int py_index_has(const bn_lane *l, uint32_t index) {
     return 0;
 }
 
-/* Admission of one handshake message from a source that is no peer's endpoint
- * (a token bucket of BN_HS_RATE a second, BN_HS_BURST deep). */
-static int hs_admit(bn_lane *l) {
-    double now = bn_lane_now(l);
-    if (now > l->hs_stamp) {
-        l->hs_tokens += (now - l->hs_stamp) * BN_HS_RATE;
-        if (l->hs_tokens > BN_HS_BURST)
-            l->hs_tokens = BN_HS_BURST;
-        l->hs_stamp = now;
+/* A token bucket of `rate` a second, `burst` deep, at `now`: 1 when a token
+ * was there (and is taken). */
+static int take_token(double *tokens, double *stamp, double now, double rate, double burst) {
+    if (now > *stamp) {
+        *tokens += (now - *stamp) * rate;
+        if (*tokens > burst)
+            *tokens = burst;
+        *stamp = now;
     }
-    if (l->hs_tokens < 1.0)
+    if (*tokens < 1.0)
         return 0;
-    l->hs_tokens -= 1.0;
+    *tokens -= 1.0;
     return 1;
+}
+
+/* The source key of `from`: an IPv4 address (as IPv4-mapped IPv6), or the /64
+ * of an IPv6 address (one host may hold a whole /64); 0 for another family. */
+static int source_key(const struct sockaddr_storage *from, socklen_t from_len, uint8_t key[16]) {
+    memset(key, 0, 16);
+    if (from->ss_family == AF_INET && from_len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *a = (const void *)from;
+        key[10] = key[11] = 0xFF;
+        memcpy(key + 12, &a->sin_addr, 4);
+        return 1;
+    }
+    if (from->ss_family == AF_INET6 && from_len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *a = (const void *)from;
+        memcpy(key, &a->sin6_addr, IN6_IS_ADDR_V4MAPPED(&a->sin6_addr) ? 16 : 8);
+        return 1;
+    }
+    return 0;
+}
+
+/* Admission of one handshake message from a source that is no peer's endpoint:
+ * the source's bucket (BN_HS_SOURCE_RATE, BN_HS_SOURCE_BURST), then the
+ * strangers' common one (BN_HS_RATE, BN_HS_BURST).  One address flooding
+ * valid-mac1 messages gets its share and no more; many (spoofed) addresses
+ * together get the common rate. */
+static int hs_admit(bn_lane *l, const struct sockaddr_storage *from, socklen_t from_len) {
+    double now = bn_lane_now(l);
+    uint8_t key[16];
+    if (source_key(from, from_len, key)) {
+        uint32_t h = 2166136261u; /* FNV-1a (unkeyed: a collision shares, below) */
+        for (int i = 0; i < 16; i++)
+            h = (h ^ key[i]) * 16777619u;
+        bn_hs_source *src = &l->hs_sources[h % BN_HS_SOURCES];
+        if (!src->used || memcmp(src->addr, key, 16) != 0) {
+            /* Another source's slot: it becomes this one's only when its bucket
+             * has refilled (its owner is quiet); else the two share it.  A
+             * collision so never gives anyone more: a flood from many
+             * addresses cannot keep refilling one address's bucket. */
+            double full = src->tokens + (now - src->stamp) * BN_HS_SOURCE_RATE;
+            if (!src->used || full >= BN_HS_SOURCE_BURST) {
+                memcpy(src->addr, key, 16);
+                src->used = 1;
+                src->tokens = BN_HS_SOURCE_BURST;
+                src->stamp = now;
+            }
+        }
+        if (!take_token(&src->tokens, &src->stamp, now, BN_HS_SOURCE_RATE, BN_HS_SOURCE_BURST))
+            return 0;
+    }
+    return take_token(&l->hs_tokens, &l->hs_stamp, now, BN_HS_RATE, BN_HS_BURST);
 }
 
 /* A datagram whose first word is not the transport type: dropped and counted
@@ -163,7 +212,8 @@ static void rx_handshake(bn_lane *l, const uint8_t *d, size_t n,
             return;
         }
     }
-    if (l->nhs >= BN_HS_QUEUE || (bn_lane_port_of(l, from, from_len) < 0 && !hs_admit(l))) {
+    if (l->nhs >= BN_HS_QUEUE
+        || (bn_lane_port_of(l, from, from_len) < 0 && !hs_admit(l, from, from_len))) {
         bn_lane_rx_counted(l, n);
         l->st.hs_shed++;
         return;
