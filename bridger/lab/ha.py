@@ -12,8 +12,10 @@ peers (``site-a`` and ``site-a2``).  :class:`HaGateways` runs and stops the thre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from typing import Any
 
 from bridger.keys import generate_private_key, public_key, write_private_key_file
 from bridger.lab.gateways import LAB_PORT, PeerEntry, _write_private, render_config
+from bridger.lab.hub import family
 from bridger.lab.topology import LAN6_PREFIXLEN, LAN_PREFIXLEN, WAN_PREFIXLEN, Lab
 
 #: The second gateway of site A.
@@ -149,7 +152,15 @@ class HaGateways:
                 str(self.files[role].config), stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, role: str, sig: int = signal.SIGTERM) -> int:
+        """``sig`` to ``role``'s gateway.  SIGKILL is a crash of the whole gateway:
+        its data plane (the root monitor's child since issue 25) dies first and at
+        once, as with a power cut; killed alone, the monitor's death would make the
+        data plane stop cleanly and hand over (a goodbye, no crash)."""
         proc = self.procs.pop(role)
+        if sig == signal.SIGKILL:
+            for pid in reversed(family(proc.pid)[1:]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         proc.send_signal(sig)
         return proc.wait(30)
 
