@@ -14,13 +14,32 @@ The rules, the same on every member (so all agree without a second round):
 1. A member is *live* while its last counted frame is younger than :data:`HOLD`
    and it has not said BYE.  Listening members are not candidates for the
    active (it does not step down for one that has not listened yet).
-2. Each candidate (live members and ourselves) ranks as (priority, is active,
-   node id), highest first.  The active keeps its place against an equal
-   newcomer (no needless handover); a higher priority takes over (the active
-   steps down first, then the newcomer goes active: never two at once on
-   purpose); two actives after a partition heals keep the higher node id.
+2. Each candidate (live members and ourselves) ranks as (hears its peers,
+   priority, is active, node id), highest first.  *Hears its peers*: something
+   came through one of its tunnels within :data:`WAN_HOLD` (the shell says so
+   with :meth:`Election.peers_heard`; each member says it in its frames: flag
+   ``WAN_LOST``).  The active keeps its place against an equal newcomer (no
+   needless handover); a higher rank takes over (the active steps down first,
+   then the newcomer goes active: never two at once on purpose); two actives
+   after a partition heals keep the higher node id.
 3. The best-ranked candidate goes active once no other live member says it is
    active; anyone else is standby.
+4. An active that has lost its WAN counts another member as hearing its peers
+   only on proof that it heard one *after* our WAN went silent: a frame
+   received since our loss that says ``WAN_FRESH`` (it heard a peer within
+   :data:`WAN_FRESH`).  The peers' probes reach every member at most
+   ``PROBE_GAP`` apart, so when both lose a shared uplink at once, the other's
+   last peer frame is older than that (``WAN_HOLD - WAN_FRESH > PROBE_GAP``):
+   nobody hands over and the active keeps its role.  A member whose WAN has
+   just come back (its frames said ``WAN_LOST`` before) is proof only
+   ``PROBE_GAP`` later: when a shared uplink returns, our own peers are heard
+   within that time too, and nothing moves.  A standby that hears its peers
+   answers an active's ``WAN_LOST`` at once (a HELLO when that frame comes, or
+   when it next hears a peer).
+
+So an active whose WAN is cut steps down for a standby that still hears the
+peers, a standby without WAN never takes over from one with it, and two
+members that lose the WAN together stay as they are.
 
 Replay protection: a frame counts only if it echoes our own nonce (random per
 start: it was made after we started) and its sequence number is above the last
@@ -73,6 +92,20 @@ RETIRED_PER_MEMBER = 16
 FORGET_AFTER = 600.0
 #: Copies of a BYE (a lost one would cost a HOLD of outage).
 BYE_COPIES = 3
+#: How much longer a starting member listens while an authentic member is heard
+#: whose frames do not count yet (it has not echoed our nonce: a busy host).  A
+#: replay of recorded frames can delay a start by this much, no more.
+LISTEN_EXTRA = 2 * HOLD
+#: The longest gap between two frames from the peers on a sound WAN: the peers'
+#: loop guards send a probe through every tunnel every 0.5 +- 0.1 s
+#: (bridger.guard.constants), and the shell looks at the taps every 0.05 s.
+PROBE_GAP = 0.65
+#: A member that heard nothing from any peer for this long has lost its WAN: one
+#: probe lost is no loss (as HOLD is on the LAN).
+WAN_HOLD = 1.2
+#: A member that heard a peer within this long says WAN_FRESH (rule 4); with
+#: WAN_HOLD - WAN_FRESH > PROBE_GAP, plus slack for a busy host.
+WAN_FRESH = 0.4
 
 
 class Role(StrEnum):
@@ -87,6 +120,14 @@ class RoleChanged:
 
     role: Role
     previous: Role
+    reason: str
+
+
+@dataclass(frozen=True)
+class WanChanged:
+    """We stopped hearing our peers (``ok`` False), or hear them again; for the log."""
+
+    ok: bool
     reason: str
 
 
@@ -125,12 +166,18 @@ class Member:
     pending: dict[bytes, float] = field(default_factory=dict)
     retired: deque[bytes] = field(default_factory=lambda: deque(maxlen=RETIRED_PER_MEMBER))
     said_bye: bool = False
+    #: When its frames stopped saying WAN_LOST (-inf: never said it), and when they
+    #: started to (the latest loss).
+    wan_back_at: float = -math.inf
+    wan_lost_at: float = -math.inf
 
     def live(self, now: float) -> bool:
         return now - self.heard < HOLD
 
-    def rank(self) -> tuple[int, bool, bytes]:
-        return (self.priority, bool(self.flags & Flag.ACTIVE), self.node)
+    def rank(self) -> tuple[bool, int, bool, bytes]:
+        """Rule 2 of the module docstring."""
+        return (not self.flags & Flag.WAN_LOST, self.priority, bool(self.flags & Flag.ACTIVE),
+                self.node)
 
 
 def node_name(node: bytes) -> str:
@@ -160,9 +207,17 @@ class Election:
         #: port; remote: behind its taps).
         self.local_macs: dict[bytes, float] = {}
         self.remote_macs: dict[bytes, float] = {}
-        self._events: list[RoleChanged | Reannounce] = []
+        self._events: list[RoleChanged | Reannounce | WanChanged] = []
         #: Our LAN link is down: never active, nobody's candidate (``fault``).
         self.faulty = False
+        #: When something last came through one of our tunnels (``peers_heard``).
+        self.peers_heard_at = -math.inf
+        #: The WAN state our frames last said (None: not yet known).
+        self._wan_said: bool | None = None
+        #: Whether we ever heard a peer (the first time is no news for the log).
+        self._wan_seen = False
+        #: When we last sent a frame that says WAN_FRESH.
+        self._fresh_sent_at = -math.inf
 
     # -- what the shell reads -----------------------------------------------------------
 
@@ -170,15 +225,30 @@ class Election:
     def forwarding(self) -> bool:
         return self.role is Role.ACTIVE
 
-    def take_events(self) -> list[RoleChanged | Reannounce]:
+    def take_events(self) -> list[RoleChanged | Reannounce | WanChanged]:
         events, self._events = self._events, []
         return events
 
+    def wan_ok(self, now: float) -> bool:
+        """Whether we heard a peer within WAN_HOLD (rule 2)."""
+        return now - self.peers_heard_at < WAN_HOLD
+
+    def wan_fresh(self, now: float) -> bool:
+        """Whether we heard a peer within WAN_FRESH (rule 4)."""
+        return now - self.peers_heard_at < WAN_FRESH
+
     def next_deadline(self, now: float) -> float:
-        """When :meth:`tick` is due next: a HELLO, the end of listening, a member's expiry."""
+        """When :meth:`tick` is due next: a HELLO, the end of listening, a member's
+        expiry, our WAN's."""
         when = self.next_hello
         if self.role is Role.LISTENING:
             when = min(when, self.listen_until)
+        if self.peers_heard_at + WAN_HOLD > now:
+            when = min(when, self.peers_heard_at + WAN_HOLD)
+        elif self.role is Role.ACTIVE:  # rule 4: a member's WAN back long enough
+            for member in self.members.values():
+                if member.wan_back_at + PROBE_GAP > now:
+                    when = min(when, member.wan_back_at + PROBE_GAP)
         for member in self.members.values():
             expiry = member.heard + HOLD
             if expiry > now:
@@ -198,7 +268,9 @@ class Election:
     # -- event verbs ----------------------------------------------------------------------
 
     def tick(self, now: float) -> list[bytes]:
-        """Deadlines that passed: members gone, listening over, HELLO due. Payloads to send."""
+        """Deadlines that passed: members gone, listening over, our WAN silent, HELLO
+        due.  Payloads to send."""
+        self._check_wan(now)
         self._decide(now)
         if now < self.next_hello:
             return []
@@ -236,22 +308,64 @@ class Election:
             return
         self.received[msg.kind.name.lower()] += 1
         member.seq = msg.seq
-        was_active = member.live(now) and bool(member.flags & Flag.ACTIVE)
+        was_live = member.live(now)
+        was_active = was_live and bool(member.flags & Flag.ACTIVE)
         if msg.kind is Kind.BYE:
             member.heard = -math.inf
             member.flags = Flag.NONE
             member.said_bye = True
         else:
+            if member.flags & Flag.WAN_LOST and not msg.flags & Flag.WAN_LOST:
+                member.wan_back_at = now
+            elif msg.flags & Flag.WAN_LOST and not member.flags & Flag.WAN_LOST:
+                member.wan_lost_at = now
             member.heard = now
             member.priority = msg.priority
             member.flags = msg.flags
             member.said_bye = False
         if msg.kind is Kind.MACS:
             self._learn_macs(msg, now)
+        self._offer_proof(now)
+        we_were_active = self.role is Role.ACTIVE
         self._decide(now, member if msg.kind is Kind.BYE else None)
-        if (self.role is Role.ACTIVE and was_active and not member.flags & Flag.ACTIVE
-                and msg.kind is not Kind.BYE):
+        # Only if we already were: one that goes active now announces anyway.
+        if (not we_were_active or self.role is not Role.ACTIVE or msg.kind is Kind.BYE
+                or member.flags & Flag.ACTIVE):
+            return
+        if was_active:
             self._events.append(Reannounce(f"member {node_name(member.node)} stepped down"))
+        elif not was_live and not member.flags & Flag.LISTENING:
+            # Back after we did not hear it (a partition), already standby: it may
+            # have forwarded meanwhile and stepped down before we heard it active.
+            self._events.append(Reannounce(f"member {node_name(member.node)} is back "
+                                           "as standby"))
+
+    def begin(self, now: float) -> None:
+        """The shell starts reading frames: listening lasts HOLD from now.  The time
+        spent setting up the host (seconds on a busy one) heard nothing; without
+        this a starting member that missed the active's HELLOs meanwhile went
+        active at its first tick."""
+        if self.role is Role.LISTENING:
+            self.since = now
+            self.listen_until = now + HOLD
+            self.next_hello = now
+
+    def peers_heard(self, now: float) -> None:
+        """Something came from a peer through one of our tunnels (any frame counts:
+        the shell cannot tell the peers' probes from their data, nor needs to)."""
+        self.peers_heard_at = now
+        if self._check_wan(now):
+            self._decide(now)
+        self._offer_proof(now)
+
+    def stalled(self, now: float) -> None:
+        """The shell was not scheduled for a while (its looks at the tunnels stopped):
+        frames from the peers may still wait in the data plane's queues, and the
+        group's frames that come now were sent long ago.  A WAN that was sound gets
+        PROBE_GAP more before it counts as lost (it does not become fresh by this:
+        no proof for rule 4 rests on it)."""
+        if self._wan_said:
+            self.peers_heard_at = max(self.peers_heard_at, now - WAN_HOLD + PROBE_GAP)
 
     def fault(self, down: bool, now: float) -> None:
         """Our LAN link went down (``down``) or came back.  Down: standby at once
@@ -346,6 +460,11 @@ class Election:
             flags |= Flag.ACTIVE
         if self.role is Role.LISTENING or self.faulty:
             flags |= Flag.LISTENING
+        if not self.wan_ok(now):
+            flags |= Flag.WAN_LOST
+        elif self.wan_fresh(now):
+            flags |= Flag.WAN_FRESH
+            self._fresh_sent_at = now
         msg = Message(kind, flags, self.config.priority, self.config.site_tag, self.config.node,
                       self.nonce, self.seq, self._echo(now), tuple(local or ()),
                       tuple(remote or ()))
@@ -357,6 +476,30 @@ class Election:
         for member in self.members.values():
             for nonce in [n for n, t in member.pending.items() if now - t >= HOLD]:
                 del member.pending[nonce]
+
+    def _offer_proof(self, now: float) -> None:
+        """Rule 4: an active says WAN_LOST, we hear our peers and have not said so
+        since it lost them: our next HELLO goes at once (it is the proof)."""
+        if self.role is Role.ACTIVE or not self.wan_fresh(now):
+            return
+        if any(m.live(now) and m.flags & Flag.ACTIVE and m.flags & Flag.WAN_LOST
+               and m.wan_lost_at > self._fresh_sent_at for m in self.members.values()):
+            self.next_hello = now
+
+    def _check_wan(self, now: float) -> bool:
+        """Whether our WAN state changed since our frames last said it; if so, the
+        next HELLO goes at once and the log hears of it (after the first contact)."""
+        ok = self.wan_ok(now)
+        if ok == self._wan_said:
+            return False
+        self._wan_said = ok
+        self.next_hello = now
+        if ok and not self._wan_seen:
+            self._wan_seen = True
+        elif self._wan_seen:
+            self._events.append(WanChanged(ok, "peers heard again" if ok else
+                                           f"no peer heard for {WAN_HOLD:.1f} s"))
+        return True
 
     def _decide(self, now: float, left: Member | None = None) -> None:
         if self.faulty:
@@ -375,18 +518,30 @@ class Election:
                 return
             if now < self.listen_until:
                 return
-        me = (self.config.priority, self.role is Role.ACTIVE, self.config.node)
-        best = max((m.rank() for m in live), default=None)
+            if now < self.listen_until + LISTEN_EXTRA and any(
+                    now - m.seen < HOLD and not m.live(now) for m in self.members.values()):
+                return  # someone is there; wait for its frames to count
+        wan = self.wan_ok(now)
+        me = (wan, self.config.priority, self.role is Role.ACTIVE, self.config.node)
+        if self.role is Role.ACTIVE and not wan:  # rule 4
+            lost_at = self.peers_heard_at + WAN_HOLD
+            best = max(((bool(m.flags & Flag.WAN_FRESH) and m.heard >= lost_at
+                         and now - m.wan_back_at >= PROBE_GAP, *m.rank()[1:])
+                        for m in live), default=None)
+        else:
+            best = max((m.rank() for m in live), default=None)
         if best is None or me > best:
             if self.role is not Role.ACTIVE and not active:
                 self._set(Role.ACTIVE, now, self._why_active(now, left))
             elif self.role is Role.LISTENING:
                 self._set(Role.STANDBY, now, "waiting for the active member to step down")
         elif self.role is Role.ACTIVE:
-            self._set(Role.STANDBY, now, f"member {node_name(best[2])} ranks higher "
-                      f"(priority {best[0]})")
+            why = (f"no peer heard for {WAN_HOLD:.1f} s; member {node_name(best[3])} hears them"
+                   if best[0] and not wan else
+                   f"member {node_name(best[3])} ranks higher (priority {best[1]})")
+            self._set(Role.STANDBY, now, why)
         elif self.role is Role.LISTENING:
-            self._set(Role.STANDBY, now, f"member {node_name(best[2])} ranks higher")
+            self._set(Role.STANDBY, now, f"member {node_name(best[3])} ranks higher")
 
     def _why_active(self, now: float, left: Member | None) -> str:
         if left is not None:
@@ -395,6 +550,9 @@ class Election:
                 if m.flags & Flag.ACTIVE and not m.live(now) and not m.said_bye]
         if gone:
             return f"active member {node_name(gone[0].node)} silent for {HOLD:.1f} s"
+        cut = [m for m in self.members.values() if m.live(now) and m.flags & Flag.WAN_LOST]
+        if cut:
+            return f"member {node_name(cut[0].node)} hears no peer"
         if not any(m.live(now) for m in self.members.values()):
             return "no other member answers"
         return "ranks first"
@@ -424,6 +582,7 @@ class Election:
             members.append({
                 "node": node_name(m.node), "priority": m.priority, "role": state,
                 "heard_age": None if m.heard == -math.inf else max(0.0, now - m.heard),
+                "wan": "lost" if m.flags & Flag.WAN_LOST else "ok",
             })
         return {
             "mode": "elect",
@@ -433,6 +592,9 @@ class Election:
             "role": self.role.value,
             "role_age": max(0.0, now - self.since),
             "changes": self.changes,
+            "wan": "ok" if self.wan_ok(now) else "lost",
+            "peers_heard_age": (None if self.peers_heard_at == -math.inf
+                                else max(0.0, now - self.peers_heard_at)),
             "members": members,
             "received": dict(sorted(self.received.items())),
             "drops": dict(sorted(self.drops.items())),

@@ -11,13 +11,19 @@
 2. Running: one task receives frames and feeds ``Election.receive_untrusted``;
    one sleeps until ``next_deadline``, ticks, sends HELLOs out of the LAN NIC,
    watches the LAN link's carrier (``Election.fault``) and re-applies the gate
-   every second (a tap a reload adds joins forwarding); a third, while active,
-   sends the MAC lists (from the bridge's FDB) every SYNC_INTERVAL.
+   every second (a tap a reload adds joins forwarding); one looks at the taps'
+   receive counters every PEER_POLL (what the data plane wrote into them: frames
+   from the peers, whatever the gate) and tells ``Election.peers_heard``; a
+   fourth, while active, sends the MAC lists (from the bridge's FDB) every
+   SYNC_INTERVAL.  A HELLO the election wants sent at once (a role or WAN
+   change, the answer to an active that lost its WAN) leaves from whichever
+   task caused it.
 3. A role change: one log line, the gate (disabled or forwarding), and on
    becoming active the announcements: each LAN MAC into every tap (the peers'
    bridges learn it behind us), each remote MAC out of the LAN NIC (the LAN
    switches learn it behind us); source = destination, so each frame dies at
-   the first bridge.  Sent again once a second later.
+   the first bridge.  Sent again 1, 3 and 7 s later (after a partition, the
+   peers' loop guards may still block our tunnel for a few seconds).
 4. Stop: an active gates itself off first, then sends BYE (the others take
    over at once); the host's restore removes the nftables rule.
 
@@ -50,6 +56,7 @@ from bridger.ha.election import (
     Reannounce,
     Role,
     RoleChanged,
+    WanChanged,
 )
 from bridger.ha.gate import (
     BR_STATE_DISABLED,
@@ -65,10 +72,16 @@ log = logging.getLogger("bridger")
 #: Seconds between re-applying the gate, reading the follow file, checking the LAN link.
 ENFORCE_INTERVAL = 1.0
 FOLLOW_POLL = 0.2
+#: Seconds between looks at the taps' receive counters (``election.PROBE_GAP``
+#: counts it in), and the gap between two looks that means we were not scheduled.
+PEER_POLL = 0.05
+PEER_STALL = 0.25
 #: Announcements per batch, and the pause between batches (the peers' storm budget).
 ANNOUNCE_BATCH = 200
 ANNOUNCE_PAUSE = 0.05
-ANNOUNCE_AGAIN = 1.0
+#: When the announcements go again, seconds after the first (a peer's loop guard
+#: releases a tunnel 2-2.5 s after a loop is gone, longer on a repeat).
+ANNOUNCE_AGAIN = (1.0, 3.0, 7.0)
 
 
 def _mac_of(ifname: str) -> bytes:
@@ -78,6 +91,23 @@ def _mac_of(ifname: str) -> bytes:
 
 def _text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
+
+
+def _rx_packets() -> dict[str, int]:
+    """Each interface's received packets (/proc/net/dev, one read for all).  For a
+    tap: the frames the data plane wrote into it (from its peer), whatever the
+    bridge port's state."""
+    counts: dict[str, int] = {}
+    try:
+        text = Path("/proc/net/dev").read_text()
+    except OSError:
+        return counts
+    for line in text.splitlines()[2:]:
+        name, sep, fields = line.partition(":")
+        values = fields.split()
+        if sep and len(values) > 1 and values[1].isdigit():
+            counts[name.strip()] = int(values[1])
+    return counts
 
 
 def _carrier(ifname: str) -> bool:
@@ -133,6 +163,9 @@ class HaRunner:
         self.contained = contained
         self._nursery: trio.Nursery | None = None
         self._last_reason = ""
+        self._tap_rx: dict[str, int] = {}  # each tap's rx_packets at the last look
+        self._announcing: trio.CancelScope | None = None
+        self._looked_at = time.monotonic()
         self.apply_gate(force=True)
 
     # -- what status views read -----------------------------------------------------------
@@ -193,10 +226,13 @@ class HaRunner:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if isinstance(self.core, Election):
+                    self.core.begin(time.monotonic())
                 self._handle(self.core.take_events())
                 if self.rx is not None:
                     nursery.start_soon(self._receive)
                     nursery.start_soon(self._sync)
+                    nursery.start_soon(self._watch_peers)
                 nursery.start_soon(self._timers)
         finally:
             self.stop()
@@ -229,6 +265,7 @@ class HaRunner:
         meanwhile count before anyone is declared silent."""
         if self.rx is None or not isinstance(self.core, Election):
             return
+        self._look_at_peers()  # a stall is known before a frame is weighed
         while True:
             try:
                 data, address = self.rx.recvfrom(2048)
@@ -240,7 +277,7 @@ class HaRunner:
             if address[2] == socket.PACKET_OUTGOING:
                 continue
             self.core.receive_untrusted(data[wire.ETH_HLEN:], time.monotonic())
-            self._handle(self.core.take_events())
+            self._send_due()
 
     async def _timers(self) -> None:
         next_enforce = 0.0
@@ -251,10 +288,7 @@ class HaRunner:
                 self._enforce(now)
             if isinstance(self.core, Election):
                 self._take_frames()
-                now = time.monotonic()
-                for payload in self.core.tick(now):
-                    self._send(wire.frame(self.src, payload), self.lan)
-                self._handle(self.core.take_events())
+                self._send_due()
                 wake = min(self.core.next_deadline(time.monotonic()), next_enforce)
             else:
                 wake = min(time.monotonic() + FOLLOW_POLL, next_enforce)
@@ -271,6 +305,39 @@ class HaRunner:
                 for payload in self.core.macs(sorted(local), sorted(remote), time.monotonic()):
                     self._send(wire.frame(self.src, payload), self.lan)
             await trio.sleep(HELLO_INTERVAL)
+
+    def _send_due(self) -> None:
+        """The election's timers, now: what it wants sent goes out, its events are
+        handled.  The taps' counters are looked at first: after the process was not
+        scheduled for a while, frames from the peers meanwhile count before our WAN
+        is declared silent (as ``_take_frames`` does for the group's frames)."""
+        assert isinstance(self.core, Election)
+        self._look_at_peers()
+        for payload in self.core.tick(time.monotonic()):
+            self._send(wire.frame(self.src, payload), self.lan)
+        self._handle(self.core.take_events())
+
+    async def _watch_peers(self) -> None:
+        while True:
+            if self._look_at_peers():
+                self._send_due()
+            await trio.sleep(PEER_POLL)
+
+    def _look_at_peers(self) -> bool:
+        """Tell the election if any tap received frames (from its peer) since the last
+        look: our WAN works (``Election.peers_heard``).  Whether one did."""
+        assert isinstance(self.core, Election)
+        now = time.monotonic()
+        if now - self._looked_at > PEER_STALL:
+            self.core.stalled(now)
+        self._looked_at = now
+        counts = _rx_packets()
+        seen = {tap: counts[tap] for tap in self.taps() if tap in counts}
+        heard = any(count > self._tap_rx.get(tap, count) for tap, count in seen.items())
+        self._tap_rx = seen
+        if heard:
+            self.core.peers_heard(time.monotonic())
+        return heard
 
     def _enforce(self, now: float) -> None:
         if isinstance(self.core, Election):
@@ -296,8 +363,12 @@ class HaRunner:
                         "standby)", self.settings.follow, text.strip()[:20])
         self._handle(self.core.take_events())
 
-    def _handle(self, events: list[RoleChanged | Reannounce] | list[RoleChanged]) -> None:
+    def _handle(self, events: list[RoleChanged | Reannounce | WanChanged] | list[RoleChanged],
+                ) -> None:
         for event in events:
+            if isinstance(event, WanChanged):
+                log.info("ha: WAN %s (%s)", "back" if event.ok else "lost", event.reason)
+                continue
             if isinstance(event, Reannounce):
                 log.info("ha: %s; announcing the MACs again", event.reason)
                 self._start_announce()
@@ -310,13 +381,23 @@ class HaRunner:
     # -- announcements ----------------------------------------------------------------------
 
     def _start_announce(self) -> None:
+        """Announce from now on; an announcement still going is superseded (its
+        later rounds would repeat this one's)."""
+        if self._announcing is not None:
+            self._announcing.cancel()
         if self._nursery is not None:
-            self._nursery.start_soon(self._announce)
+            self._announcing = trio.CancelScope()
+            self._nursery.start_soon(self._announce, self._announcing)
 
-    async def _announce(self) -> None:
-        for round_ in range(2):
+    async def _announce(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._announce_rounds()
+
+    async def _announce_rounds(self) -> None:
+        start = trio.current_time()
+        for round_, offset in enumerate((0.0, *ANNOUNCE_AGAIN)):
             if round_:
-                await trio.sleep(ANNOUNCE_AGAIN)
+                await trio.sleep_until(start + offset)
             if not self.core.forwarding:
                 return
             fdb_local, fdb_remote = await trio.to_thread.run_sync(self._read_fdb)

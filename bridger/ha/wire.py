@@ -83,6 +83,17 @@ class Flag(IntFlag):
     ACTIVE = 1
     #: The sender has just started and is still listening (not a candidate yet).
     LISTENING = 2
+    #: The sender has heard none of its peers (nothing through any tunnel) for
+    #: ``election.WAN_HOLD``: its WAN is cut.  It ranks below every member that
+    #: hears its peers (``bridger.ha.election``, rule 2).
+    WAN_LOST = 4
+    #: The sender heard a peer within ``election.WAN_FRESH``: proof, to an active
+    #: that lost its WAN, that this member's WAN works now (election rule 4).
+    WAN_FRESH = 8
+
+
+#: Every flag this version knows; other bits are ignored on receipt.
+KNOWN_FLAGS = Flag.ACTIVE | Flag.LISTENING | Flag.WAN_LOST | Flag.WAN_FRESH
 
 
 class BadFrame(ValueError):
@@ -192,4 +203,5 @@ def decode_untrusted(payload: bytes, key: bytes) -> Message:
         raise BadFrame("bad tag")
     echo = tuple(payload[HEADER.size + NONCE_LEN * i: HEADER.size + NONCE_LEN * (i + 1)]
                  for i in range(n_echo))
-    return Message(kind, Flag(flags & 3), prio, site, node, nonce, seq, echo, local, remote)
+    return Message(kind, Flag(flags) & KNOWN_FLAGS, prio, site, node, nonce, seq, echo, local,
+                   remote)

@@ -12,8 +12,10 @@ peers (``site-a`` and ``site-a2``).  :class:`HaGateways` runs and stops the thre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from typing import Any
 
 from bridger.keys import generate_private_key, public_key, write_private_key_file
 from bridger.lab.gateways import LAB_PORT, PeerEntry, _write_private, render_config
+from bridger.lab.hub import family
 from bridger.lab.topology import LAN6_PREFIXLEN, LAN_PREFIXLEN, WAN_PREFIXLEN, Lab
 
 #: The second gateway of site A.
@@ -70,6 +73,27 @@ class HaLab(Lab):
         """Pull (or plug back) ``role``'s LAN cable: its port on site A's switch."""
         port = "gw2" if role == SECOND else "gw"
         self._ip("swA", f"link set {port} {'down' if cut else 'up'}")
+
+    def cut_wan(self, role: str, cut: bool = True) -> None:
+        """Pull (or plug back) ``role``'s WAN cable: the router's end of its WAN veth
+        (the gateway's ``wan0`` loses its carrier; its addresses and routes stay)."""
+        if role == SECOND:
+            port = "wA2"
+        else:
+            site = role[2:]
+            port = f"p{site}" if self.engine == "wire" else f"w{site}"
+        self._ip("wan", f"link set {port} {'down' if cut else 'up'}")
+
+    def split_group(self, split: bool = True) -> None:
+        """Site A's switch stops (or resumes) carrying the group's frames between the
+        two gateways (EtherType 0x88B6): they no longer hear each other."""
+        table = "bridger_lab_split"
+        script = f"add table bridge {table}\ndelete table bridge {table}\n"
+        if split:
+            script += (f"table bridge {table} {{ chain forward {{ type filter hook forward "
+                       "priority 0; policy accept; ether type 0x88b6 drop; }; }\n")
+        subprocess.run(["ip", "netns", "exec", self.ns("swA"), "nft", "-f", "-"],
+                       input=script, text=True, check=True, timeout=30)
 
     def delete_gateway(self, role: str) -> None:
         """Delete ``role``'s namespace (its veths go with it)."""
@@ -128,7 +152,15 @@ class HaGateways:
                 str(self.files[role].config), stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self, role: str, sig: int = signal.SIGTERM) -> int:
+        """``sig`` to ``role``'s gateway.  SIGKILL is a crash of the whole gateway:
+        its data plane (the root monitor's child since issue 25) dies first and at
+        once, as with a power cut; killed alone, the monitor's death would make the
+        data plane stop cleanly and hand over (a goodbye, no crash)."""
         proc = self.procs.pop(role)
+        if sig == signal.SIGKILL:
+            for pid in reversed(family(proc.pid)[1:]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         proc.send_signal(sig)
         return proc.wait(30)
 
@@ -244,8 +276,9 @@ def _has_role(gws: HaGateways, role: str, wanted: str) -> bool:
 def run_ha_demo(workdir: Path, every: float, duration: float | None,
                 stopped: Callable[[], bool], say: Callable[[str], None]) -> int:
     """Two gateways at site A, one at B; hostA1 pings hostB1 every 0.1 s; every
-    ``every`` seconds the active of site A fails (SIGKILL and clean stop in turn)
-    and comes back as standby.  One line per event and per failover's outage."""
+    ``every`` seconds the active of site A fails (SIGKILL, clean stop and WAN cable
+    cut in turn) and comes back as standby.  One line per event and per failover's
+    outage."""
     interval = 0.1
     lab = HaLab()
     with lab, HaGateways(lab, workdir) as gws:
@@ -264,7 +297,7 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
             ping = lab.popen("hostA1", "ping", "-n", "-i", str(interval),
                              lab.lan_address("hostB1"), stdout=out, stderr=subprocess.STDOUT)
         end = math.inf if duration is None else time.monotonic() + duration
-        kinds = ("SIGKILL", "clean stop")
+        kinds = ("SIGKILL", "clean stop", "WAN cable cut")
         n = 0
         try:
             next_failover = time.monotonic() + every
@@ -276,22 +309,29 @@ def run_ha_demo(workdir: Path, every: float, duration: float | None,
                 if len(active) != 1:
                     continue
                 (old,) = active
-                kind = kinds[n % 2]
+                kind = kinds[n % len(kinds)]
                 n += 1
                 before = _last_seq(ping_log)
                 say(f"{kind} of the active {old} ...")
-                gws.stop(old, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
+                if kind == "WAN cable cut":
+                    lab.cut_wan(old)
+                else:
+                    gws.stop(old, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
                 new = SECOND if old == "gwA" else "gwA"
                 wait_for(partial(_has_role, gws, new, "active"), 10)
                 time.sleep(3.0)
                 result = _outage_since(ping_log, before, interval)
                 say(f"  {new} is active; outage {result.outage:.1f} s "
                     f"({result.lost} pings lost), {result.duplicates} duplicates")
-                if kind == "SIGKILL":
-                    gws.down(old)
-                gws.start(old)
-                wait_for(partial(_has_role, gws, old, "standby"), 20)
-                say(f"  {old} is back as standby")
+                if kind == "WAN cable cut":
+                    lab.cut_wan(old, cut=False)
+                    say(f"  {old}'s WAN cable is back; {old} is {gws.role_of(old)}")
+                else:
+                    if kind == "SIGKILL":
+                        gws.down(old)
+                    gws.start(old)
+                    wait_for(partial(_has_role, gws, old, "standby"), 20)
+                    say(f"  {old} is back as standby")
                 next_failover = time.monotonic() + every
         finally:
             ping.send_signal(signal.SIGINT)

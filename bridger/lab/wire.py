@@ -9,7 +9,10 @@ Used when the kernel has no ``netem``. Runs inside the lab's WAN namespace as
 3. frames from the router side (the router's egress towards the gateway, where
    netem would sit) go through an :class:`ImpairedLink` and leave when due;
 4. stdin carries one JSON object per line with new knobs; EOF (the lab process
-   died) ends the wire, so a killed lab never leaves a forwarder behind.
+   died) ends the wire, so a killed lab never leaves a forwarder behind;
+5. an interface that disappears (its gateway's namespace was deleted) ends its
+   own pair only, as a cable pulled from a switch: the other sites keep their
+   WAN.  The wire ends when no pair is left.
 
 ``python3 -m bridger.lab.wire offload-off IF...`` turns off checksum and
 segmentation offloads, so frames seen by a packet socket are complete and can be
@@ -90,6 +93,27 @@ class _Pair:
     passed: int = 0  # frames forwarded without impairment (either direction)
 
 
+class _PairGone(Exception):
+    """An interface of the pair being served no longer exists."""
+
+
+def _exists(port: _Port) -> bool:
+    try:
+        socket.if_nametoindex(port.name)
+    except OSError:
+        return False
+    return True
+
+
+def _failed(pair: _Pair, exc: OSError) -> None:
+    """An error on one of ``pair``'s sockets: raise :class:`_PairGone` if an
+    interface vanished; otherwise (a port set down, which reports ENETDOWN once)
+    count it and go on."""
+    if exc.errno in GONE_ERRNOS and not (_exists(pair.gw) and _exists(pair.router)):
+        raise _PairGone(pair.gw.name) from exc
+    pair.send_errors += 1
+
+
 def _open(ifname: str) -> _Port:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -101,10 +125,8 @@ def _open(ifname: str) -> _Port:
 def _send(pair: _Pair, port: _Port, frame: bytes) -> None:
     try:
         port.sock.send(frame)
-    except OSError as exc:
-        if exc.errno in GONE_ERRNOS:
-            raise
-        pair.send_errors += 1  # EMSGSIZE, ENOBUFS: counted, like a lossy wire
+    except OSError as exc:  # EMSGSIZE, ENOBUFS: counted, like a lossy wire
+        _failed(pair, exc)
 
 
 def _drain(pair: _Pair, port: _Port, now: float) -> None:
@@ -112,6 +134,9 @@ def _drain(pair: _Pair, port: _Port, now: float) -> None:
         try:
             frame, addr = port.sock.recvfrom(65536)
         except BlockingIOError:
+            return
+        except OSError as exc:
+            _failed(pair, exc)
             return
         if addr[2] == socket.PACKET_OUTGOING:
             continue
@@ -154,8 +179,18 @@ def _command(line: bytes, pairs: list[_Pair]) -> None:
         pair.link.impairment = knobs
 
 
+def _end(pair: _Pair, pairs: list[_Pair], by_fd: dict[int, tuple[_Pair, _Port]]) -> None:
+    """``pair`` lost an interface: stop serving it (the other pairs go on)."""
+    pairs.remove(pair)
+    for port in (pair.gw, pair.router):
+        by_fd.pop(port.sock.fileno(), None)
+        port.sock.close()
+    print(f"wire: {pair.gw.name} or {pair.router.name} is gone; that pair ends",
+          file=sys.stderr, flush=True)
+
+
 def run(pair_specs: list[tuple[str, str]], seed: int, knobs: Impairment) -> int:
-    """Forward until stdin closes or an interface disappears."""
+    """Forward until stdin closes or every pair has lost an interface."""
     rng = random.Random(seed)
     pairs = [
         _Pair(_open(gw), _open(rt), ImpairedLink(knobs, random.Random(rng.random())))
@@ -168,33 +203,35 @@ def run(pair_specs: list[tuple[str, str]], seed: int, knobs: Impairment) -> int:
     stdin = sys.stdin.buffer.fileno()
     pending = b""
     print("ready", flush=True)
-    try:
-        while True:
-            deadlines = [d for p in pairs if (d := p.link.next_deadline()) is not None]
-            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            readable, _, _ = select.select([stdin, *by_fd], [], [], timeout)
-            now = time.monotonic()
-            for fd in readable:
-                if fd == stdin:
-                    chunk = os.read(stdin, 65536)
-                    if not chunk:
-                        return 0
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            _command(line, pairs)
-                else:
-                    pair, port = by_fd[fd]
+    while pairs:
+        deadlines = [d for p in pairs if (d := p.link.next_deadline()) is not None]
+        timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+        readable, _, _ = select.select([stdin, *by_fd], [], [], timeout)
+        now = time.monotonic()
+        for fd in readable:
+            if fd == stdin:
+                chunk = os.read(stdin, 65536)
+                if not chunk:
+                    return 0
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        _command(line, pairs)
+            elif fd in by_fd:  # not of a pair that ended in this round
+                pair, port = by_fd[fd]
+                try:
                     _drain(pair, port, now)
-            now = time.monotonic()
-            for pair in pairs:
+                except _PairGone:
+                    _end(pair, pairs, by_fd)
+        now = time.monotonic()
+        for pair in list(pairs):
+            try:
                 for frame in pair.link.pop_due(now):
                     _send(pair, pair.gw, frame)
-    except OSError as exc:
-        if exc.errno in GONE_ERRNOS:
-            return 0
-        raise
+            except _PairGone:
+                _end(pair, pairs, by_fd)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

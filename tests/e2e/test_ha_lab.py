@@ -6,8 +6,11 @@
 
 One lab and one set of daemons for every case (module fixture): hostA1 pings
 hostB1 every 0.1 s while the active gateway of site A is SIGKILLed, loses its
-LAN cable, stops cleanly, and has its namespace deleted.  The outage is the
-longest run of unanswered pings (printed); duplicates (DUP!) must be none.
+LAN cable, loses its WAN cable, stops cleanly, and has its namespace deleted.
+The outage is the longest run of unanswered pings (printed); duplicates (DUP!)
+must be none.  Between them: twenty quiet seconds (no MAC flap, no loop), and a
+partition of the group on site A's switch (the loop guard holds; it heals to
+one active without a flap).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,6 +117,27 @@ def diagnose(gws: HaGateways) -> str:
     return "\n".join(parts)
 
 
+def status_part(gws: HaGateways, role: str, part: str) -> dict[str, Any]:
+    """``part`` of ``role``'s status document (a query that times out on a busy host
+    is asked again)."""
+    found: dict[str, Any] = {}
+
+    def answered() -> bool:
+        found.update((gws.status(role, timeout=20) or {}).get(part) or {})
+        return bool(found)
+
+    assert wait_for(answered, 60), f"{role}: no status"
+    return found
+
+
+def ha_doc(gws: HaGateways, role: str) -> dict[str, Any]:
+    return status_part(gws, role, "ha")
+
+
+def guard_of(gws: HaGateways, role: str) -> dict[str, Any]:
+    return status_part(gws, role, "guard")
+
+
 def report(kind: str, result: Outage) -> None:
     print(f"\n{kind}: outage {result.outage:.1f} s ({result.lost} of {result.sent} pings "
           f"lost), {result.duplicates} duplicates")
@@ -158,6 +183,29 @@ def test_one_active_one_standby_no_duplicates_no_loop(ha: HaGateways) -> None:
     assert "flapping" not in ha.logs().lower()
 
 
+def test_twenty_quiet_seconds_no_flap_no_loop_no_duplicate(ha: HaGateways) -> None:
+    """Both gateways up: in steady state nothing moves, the loop guard never fires,
+    no MAC-flap line is logged, and no frame is delivered twice."""
+    active = the_active(ha)
+    standby = other(active)
+    before = {role: ha_doc(ha, role)["changes"] for role in (active, standby)}
+    guards = {role: guard_of(ha, role) for role in ("gwA", SECOND, "gwB")}
+    out = ha.lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "200",
+                     ha.lab.lan_address("hostB1"), check=False, timeout=120).stdout
+    result = ping_outage(out, INTERVAL)
+    print(f"\nsteady state: {result.received} of {result.sent} pings answered, "
+          f"{result.duplicates} duplicates")
+    assert result.received == result.sent and result.duplicates == 0, out
+    assert {role: ha_doc(ha, role)["changes"] for role in (active, standby)} == before
+    assert all(ha_doc(ha, role)["wan"] == "ok" for role in (active, standby))
+    for role, before_guard in guards.items():
+        guard = guard_of(ha, role)
+        assert guard["loops_detected"] == before_guard["loops_detected"], (role, guard)
+        assert guard["mac_flaps"]["total"] == before_guard["mac_flaps"]["total"], (
+            role, guard["mac_flaps"])
+    assert "flapping" not in ha.logs().lower()
+
+
 def test_sigkill_of_the_active(ha: HaGateways) -> None:
     def kill(role: str) -> None:
         ha.stop(role, signal.SIGKILL)
@@ -182,6 +230,24 @@ def test_lan_cable_cut_of_the_active(ha: HaGateways) -> None:
     assert len(ha.active()) == 1
 
 
+def test_wan_cable_cut_of_the_active(ha: HaGateways) -> None:
+    """Its peers fall silent (the WAN veth loses its carrier): it steps down for the
+    standby, which still hears them; with its WAN back it stays standby."""
+    result, old, new = through(ha, lambda role: ha.lab.cut_wan(role))
+    report("WAN cable cut", result)
+    assert result.duplicates == 0
+    assert result.outage <= CRASH_BOUND, diagnose(ha)
+    assert wait_for(lambda: ha.role_of(old) == "standby", 10), ha.logs()
+    assert ha_doc(ha, old)["wan"] == "lost"
+    changes = ha_doc(ha, new)["changes"]
+    ha.lab.cut_wan(old, cut=False)
+    assert wait_for(lambda: ha_doc(ha, old)["wan"] == "ok", 30), ha.logs()
+    assert wait_for(lambda: tunnel_carries(ha, old), 30), diagnose(ha)
+    assert ha.role_of(old) == "standby" and ha.active() == [new]  # no handback
+    assert ha_doc(ha, new)["changes"] == changes
+    assert "WAN lost" in ha.files[old].log.read_text()
+
+
 def test_clean_stop_hands_over_and_tcp_survives(ha: HaGateways) -> None:
     lab = ha.lab
     receiver = lab.popen("hostB1", sys.executable, str(HERE / "tcpxfer.py"), "recv", "5201",
@@ -201,12 +267,67 @@ def test_clean_stop_hands_over_and_tcp_survives(ha: HaGateways) -> None:
     restart(ha, old)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open defect of issue 24: about one run in three the outage is ~4 s, not under 2 s; "
-    "site B then keeps the site's MACs behind the deleted gateway's tunnel although the "
-    "new active counts the frames and announcements it sent into its tunnel (cause not "
-    "found; docs/operations.md). The bound itself is unchanged."))
+def switch_frames(gws: HaGateways) -> int:
+    """Frames in and out of every port of site A's switch so far."""
+    text = gws.lab.run("swA", "cat", "/proc/net/dev").stdout
+    return sum(int(fields[1]) + int(fields[9]) for line in text.splitlines()[2:]
+               if len(fields := line.partition(":")[2].split()) > 9)
+
+
+#: Frames through site A's switch in the partition's three seconds of pings (about
+#: 150 are pings, probes and group frames); a storm is thousands a second.
+STORM = 3000
+
+
+def test_partition_loop_guard_holds_and_heals_to_one_active(ha: HaGateways) -> None:
+    """The gateways stop hearing each other on the LAN (group frames dropped by the
+    switch): both forward; site B's loop guard blocks one tunnel, so there is no
+    storm and nothing arrives twice (pings may still go to the blocked tunnel until
+    the hosts re-resolve: the switch learnt site B's hosts behind it).  Healed, one
+    steps down once; the other never moves."""
+    lab = ha.lab
+    first = the_active(ha)
+    second = other(first)
+    loops = guard_of(ha, "gwB")["loops_detected"]
+    lab.split_group()
+    try:
+        assert wait_for(lambda: ha.role_of(second) == "active", 15), ha.logs()
+        assert wait_for(lambda: guard_of(ha, "gwB")["loops_detected"] > loops, 20), diagnose(ha)
+        frames = switch_frames(ha)
+        out = lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "30", "-W", "1",
+                      lab.lan_address("hostB1"), check=False, timeout=60).stdout
+        frames = switch_frames(ha) - frames
+        during = ping_outage(out, INTERVAL)
+        print(f"\npartition: {during.received} of {during.sent} pings answered, "
+              f"{during.duplicates} duplicates, {frames} frames through site A's switch "
+              "(the loop guard's cut)")
+        assert frames < STORM and during.duplicates == 0, out
+        changes = {role: ha_doc(ha, role)["changes"] for role in (first, second)}
+    finally:
+        lab.split_group(False)
+    assert wait_for(lambda: len(ha.active()) == 1, 15), ha.logs()
+    (winner,) = ha.active()
+    loser = other(winner)
+    assert ha_doc(ha, winner)["changes"] == changes[winner]  # the winner never moved
+    assert ha_doc(ha, loser)["changes"] == changes[loser] + 1  # one step down
+    # The guard lets go once no probe comes back; then nothing is delivered twice.
+    assert wait_for(lambda: not guard_of(ha, "gwB")["blocked"], 60), diagnose(ha)
+    assert wait_for(lambda: tunnel_carries(ha, loser), 30), diagnose(ha)
+    out = lab.run("hostA1", "ping", "-n", "-i", str(INTERVAL), "-c", "20",
+                  lab.lan_address("hostB1"), check=False, timeout=60).stdout
+    after = ping_outage(out, INTERVAL)
+    assert after.received == after.sent and after.duplicates == 0, out
+
+
 def test_namespace_deletion_of_the_active(ha: HaGateways) -> None:
+    """Once an expected failure: about one run in three (every run in CI) the outage
+    was the rest of the ping window (~4 s).  Site B's bridge kept site A's MACs
+    behind the deleted gateway because nothing from the new active reached site B
+    at all: without netem the lab's WAN is a userspace wire, and it ended as soon
+    as one of its interfaces vanished (the deleted gateway's veth), taking every
+    site's WAN with it.  It happened whenever the kernel dismantled the namespace
+    within the ping window.  The wire now ends only the vanished pair."""
+
     def delete(role: str) -> None:
         ha.stop(role, signal.SIGKILL)
         ha.lab.delete_gateway(role)
@@ -215,3 +336,5 @@ def test_namespace_deletion_of_the_active(ha: HaGateways) -> None:
     report("namespace deleted", result)
     assert result.duplicates == 0
     assert result.outage <= CRASH_BOUND, diagnose(ha)
+    if ha.lab.engine == "wire":  # the lab's WAN outlived the deleted gateway's cable
+        assert "pB" in ha.lab.wire_stats()

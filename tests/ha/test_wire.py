@@ -22,6 +22,17 @@ def test_hello_layout() -> None:
     assert wire.decode_untrusted(frame[14:], KEY) == msg  # Ethernet padding is ignored
 
 
+def test_wan_lost_flag_round_trips_and_unknown_flag_bits_are_ignored() -> None:
+    msg = wire.Message(wire.Kind.HELLO, wire.Flag.ACTIVE | wire.Flag.WAN_LOST, 100, bytes(8),
+                       b"N" * 8, b"O" * 8, 1, ())
+    payload = wire.encode(msg, KEY)
+    assert payload[6] == 0x05
+    assert wire.decode_untrusted(payload, KEY) == msg
+    future = wire.Message(wire.Kind.HELLO, wire.Flag(0xF1), 100, bytes(8), b"N" * 8, b"O" * 8,
+                          1, ())
+    assert wire.decode_untrusted(wire.encode(future, KEY), KEY).flags == wire.Flag.ACTIVE
+
+
 @pytest.mark.parametrize("kind", [wire.Kind.HELLO, wire.Kind.BYE, wire.Kind.MACS])
 def test_every_bit_of_a_frame_is_covered_by_the_tag(kind: wire.Kind) -> None:
     msg = wire.Message(kind, wire.Flag.NONE, 7, bytes(8), b"N" * 8, b"O" * 8, 9, (),
