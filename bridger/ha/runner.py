@@ -196,16 +196,24 @@ class HaRunner:
         if want is None:
             want = BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED
         for tap in self.taps():
-            if not force and self.gated.get(tap) == want:
-                continue
-            try:
-                self.host.set_port_state(tap, want)
-            except GateError as exc:
-                if self.errors["gate"] == 0:
-                    log.warning("ha: cannot set the bridge port state of %s (%s)", tap, exc)
-                self.errors["gate"] += 1
-                continue
-            self.gated[tap] = want
+            if force or self.gated.get(tap) != want:
+                self._gate(tap, want)
+
+    def gate_new(self, tap: str, fd: int) -> None:
+        """A tap a reload just added: its port as the role wants it at once (the
+        bridge enslaved it forwarding), and what it queued meanwhile discarded."""
+        self._gate(tap, BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED)
+        self.drain([fd])
+
+    def _gate(self, tap: str, want: int) -> None:
+        try:
+            self.host.set_port_state(tap, want)
+        except GateError as exc:
+            if self.errors["gate"] == 0:
+                log.warning("ha: cannot set the bridge port state of %s (%s)", tap, exc)
+            self.errors["gate"] += 1
+            return
+        self.gated[tap] = want
 
     def drain(self, fds: list[int]) -> int:
         """Discard what the taps queued before the gate closed (the bridge put the

@@ -74,6 +74,7 @@ from bridger.shell.assembly import (
 )
 from bridger.shell.forward import Forwarder
 from bridger.shell.lane import NativeLane
+from bridger.shell.port import Port
 from bridger.shell.udp import UdpEndpoint, format_address
 from bridger.status.control import control_path, serve_control
 from bridger.status.dashboard import run_dashboard, run_log_lines
@@ -340,10 +341,20 @@ class Up:
                 sockets=self.group_sockets, contained=self.group_contained,
                 group_key=checked.group_key)
             daemon.ha.drain([port.fd for port in fwd.ports.values()])
+        make_port = ports.make_prepared
+        if daemon.ha is not None:
+            ha = daemon.ha
+
+            def make_port(peer: Peer, tap: str, fd: int) -> Port:
+                """A reload's new tap, gated as the role wants before it carries
+                anything (not at the runner's next look, up to 1 s later)."""
+                ha.gate_new(tap, fd)
+                return ports.make_prepared(peer, tap, fd)
+
         live = Live(config, checked.private, checked.psks, fwd, host, self.notifier,
                     reread=host.reread if split_off else self.reread,
                     read_keys=host.read_keys if split_off else read_keys,
-                    make_port=ports.make_prepared, on_config=daemon.set_config,
+                    make_port=make_port, on_config=daemon.set_config,
                     run_dir=self.run_dir)
         if daemon.ha is not None:
             live.status_prefix = daemon.ha.status_text

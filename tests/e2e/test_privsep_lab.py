@@ -484,6 +484,13 @@ def test_a_two_gateway_site_splits_and_fails_over_whichever_process_dies(
             gws.files[role].config.write_text(
                 text + f'\n[[peers]]\nname = "extra"\npublic_key = "{extra}"\n')
             os.kill(gws.procs[role].pid, signal.SIGHUP)
+        # The standby's new tap never forwards: it is disabled by the time the
+        # reload is logged, not at the runner's next look (up to 1 s later).
+        wait_for(f"{standby}'s reload", lambda: "reload: added extra"
+                 in gws.files[standby].log.read_text(), 20)
+        assert any(line.split()[1].startswith("extra") and "state disabled" in line
+                   for line in lab.run(standby, "bridge", "link").stdout.splitlines()), \
+            lab.run(standby, "bridge", "link").stdout
         for role, state in ((standby, "disabled"), (first, "forwarding")):
             wait_for(f"{role}'s new tap {state}", lambda role=role, state=state: any(
                 line.split()[1].startswith("extra") and f"state {state}" in line
