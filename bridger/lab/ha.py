@@ -31,6 +31,7 @@ from bridger.keys import generate_private_key, public_key, write_private_key_fil
 from bridger.lab.gateways import LAB_PORT, PeerEntry, _write_private, render_config
 from bridger.lab.hub import family
 from bridger.lab.topology import LAN6_PREFIXLEN, LAN_PREFIXLEN, WAN_PREFIXLEN, Lab
+from bridger.lab.wait import wait_until
 
 #: The second gateway of site A.
 SECOND = "gwA2"
@@ -200,12 +201,8 @@ class HaGateways:
 
 
 def wait_for(condition: Callable[[], bool], within: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
+    """:func:`bridger.lab.wait.wait_until` as a yes or no."""
+    return wait_until(condition, within, step) is not None
 
 
 _SEQ = re.compile(r"icmp_seq=(\d+)")

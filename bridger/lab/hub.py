@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -49,6 +49,7 @@ from bridger.lab.topology import (
     _pid_alive,
     list_namespaces,
 )
+from bridger.lab.wait import wait_until
 from bridger.status.control import control_path, query_status
 
 #: Most spokes one lab holds (WAN and LAN addresses are /16s; names have 3 digits).
@@ -669,17 +670,6 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total * PAGE_SIZE / 1e6
-
-
-def wait_until(condition: Callable[[], bool], within: float, step: float = 0.1) -> float | None:
-    """Seconds until ``condition()`` held, or None after ``within``."""
-    began = time.monotonic()
-    while True:
-        if condition():
-            return time.monotonic() - began
-        if time.monotonic() - began >= within:
-            return None
-        time.sleep(step)
 
 
 def sample_pairs(spokes: int, count: int) -> Iterator[tuple[int, int]]:

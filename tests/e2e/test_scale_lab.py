@@ -32,9 +32,9 @@ from bridger.lab.hub import (
     hub_lab_owners,
     peer_name,
     sample_pairs,
-    wait_until,
 )
 from bridger.lab.topology import list_namespaces
+from bridger.lab.wait import wait_until
 
 pytestmark = pytest.mark.netns
 
