@@ -87,7 +87,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from bridger.config import build_up_config
-    from bridger.shell.up import run_prepare
+    from bridger.daemon import run_prepare
 
     path = Path(args.config) if args.config else None
     print(run_prepare(build_up_config(up_values(args), path), add_taps=args.add_taps))

@@ -1,6 +1,6 @@
 """The group's shell: the election's frames on the LAN, the gate, the announcements.
 
-1. Before the privileges go (root, ``bridger.shell.up``): two AF_PACKET
+1. Before the privileges go (root, ``bridger.daemon``): two AF_PACKET
    sockets (``GroupSockets``: receive EtherType 0x88B6 on the bridge; send:
    unbound) and, journaled by the host set-up, an nftables rule that keeps
    group frames from being forwarded by our own bridge into the taps (they

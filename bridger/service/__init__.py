@@ -7,5 +7,5 @@
 - ``endpoints``: each peer's last authenticated endpoint, kept across restarts;
 - ``live``: the running daemon's side of these (peer tasks that come and go,
   SIGHUP reload applied to the forwarder and host session, notifications),
-  called from ``bridger.shell.up``.
+  called from ``bridger.daemon``.
 """

@@ -1,7 +1,7 @@
 """The running daemon's service side: peer tasks that come and go, reload,
 remembered endpoints and the systemd notifications.
 
-`bridger up` (``bridger.shell.up``) builds the core, the forwarder and the host
+`bridger up` (``bridger.daemon``) builds the core, the forwarder and the host
 session, then hands them to :class:`Live`; a reload builds peers from the same
 parts (``bridger.shell.assembly``), never from ``up`` itself:
 

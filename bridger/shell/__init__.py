@@ -6,6 +6,7 @@
 - ``resolver``: a peer's DNS name, off the data path;
 - ``eventlog``: one log line per protocol event;
 - ``assembly``: the parts a running bridge is built from (keys, core,
-  forwarder, ports, fast path), for ``up`` and for ``bridger.service.live``;
-- ``up``: `bridger up`'s run in phases (check, bring up, serve, stop).
+  forwarder, ports, fast path), for ``bridger.daemon`` (`bridger up`, which
+  assembles the shell, the service and the status views) and for
+  ``bridger.service.live``.
 """

@@ -1,6 +1,6 @@
 """The parts a running bridge is assembled from, built from a validated config.
 
-`bridger up` (``bridger.shell.up``) builds them at start; the live service
+`bridger up` (``bridger.daemon``) builds them at start; the live service
 (``bridger.service.live``) builds the same ones again when a reload adds, re-keys
 or re-creates a peer. Both import this module; it imports neither.
 

@@ -247,7 +247,7 @@ def test_sigkill_of_either_process_still_restores_the_host(
 #: user, without any capability, before bridger's code runs.)
 AS_USER = textwrap.dedent("""
     import os, pwd, sys
-    import bridger.cli, bridger.shell.up, bridger.host.privsep as privsep
+    import bridger.cli, bridger.daemon, bridger.host.privsep as privsep
     privsep.preload(type("C", (), {"dashboard": False, "metrics": None})())
     entry = pwd.getpwnam(sys.argv[1])
     os.setgroups([entry.pw_gid])

@@ -104,7 +104,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_walk_sees_module_level_function_level_and_relative_imports() -> None:
     graph = import_graph()
     assert "bridger.protocol.device" in graph["bridger.protocol"]  # from .device import ...
-    assert "bridger.shell.up" in graph["bridger.daemon"]
+    assert "bridger.shell.assembly" in graph["bridger.daemon"]
     assert "bridger.daemon" in graph["bridger.cli"]  # inside _cmd_up
 
 
@@ -125,3 +125,24 @@ def test_no_circles_even_through_annotations() -> None:
     small protocol), so a reader follows every arrow one way."""
     cycle = find_cycle(import_graph(typing=True))
     assert cycle is None, "import circle through annotations: " + " -> ".join(cycle or [])
+
+
+#: Packages in the order they may import one another: each only those after it
+#: (the protocol core and the modules beside it are below all of these).
+LAYERS = ("bridger.cli", "bridger.daemon", "bridger.service", "bridger.shell")
+
+
+def test_the_daemon_assembles_and_nothing_below_imports_upwards() -> None:
+    graph = import_graph()
+
+    def layer(module: str) -> int | None:
+        for i, top in enumerate(LAYERS):
+            if module == top or module.startswith(top + "."):
+                return i
+        return None
+
+    upward = sorted((a, b) for a, targets in graph.items() for b in targets
+                    if (la := layer(a)) is not None and (lb := layer(b)) is not None
+                    and lb < la)
+    assert upward == []
+    assert "bridger.service.live" in graph["bridger.daemon"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: What `up` imports on its way to forwarding (bridger/shell/up.py and its imports).
+#: What `up` imports on its way to forwarding (bridger/daemon.py and its imports).
 UP_IMPORTS = """
 import bridger.cli
 from bridger.daemon import run_up

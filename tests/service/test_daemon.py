@@ -8,7 +8,7 @@
   again within 3 s, because it remembers the peer's last authenticated endpoint.
 
 These are the acceptance tests of ``bridger.service.live`` as
-``bridger.shell.up`` uses it.
+``bridger.daemon`` uses it.
 """
 
 from __future__ import annotations
