@@ -20,6 +20,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -188,17 +190,24 @@ def test_af_netlink_is_what_the_filter_refuses() -> None:
     assert socket.AF_NETLINK not in (seccomp.AF_UNIX, seccomp.AF_INET, seccomp.AF_INET6)
 
 
-def _monitor(ha: bool, follow: Path | None = None) -> tuple[Monitor, socket.socket]:
+@contextmanager
+def _monitor(ha: bool, follow: Path | None = None) -> Iterator[tuple[Monitor, socket.socket]]:
     """A monitor over a socket pair, for a configuration with peer tap "berlin"
     (and ``ha``: a site's group; ``follow``: keepalived's state file), whose
-    host session holds that tap alone."""
+    host session holds that tap alone; its sockets (and gate) closed after."""
     config = SimpleNamespace(peers=[SimpleNamespace(tap="berlin")], mode="mesh",
                              ha=SimpleNamespace(follow=follow) if ha else None)
     host = SimpleNamespace(taps={"berlin": -1}, bridge_name="bridger0",
                            plan=SimpleNamespace(lan="eth1"))
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     monitor = Monitor(host, mine, 0, config, None, lambda c: None)  # type: ignore[arg-type]
-    return monitor, theirs
+    try:
+        yield monitor, theirs
+    finally:
+        monitor.sock.close()
+        theirs.close()
+        if monitor.gate is not None:
+            monitor.gate.close()
 
 
 def _ask(monitor: Monitor, theirs: socket.socket, message: dict[str, str]) -> tuple[str, object]:
@@ -214,8 +223,8 @@ def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: 
     one of this run's taps — the LAN NIC, the bridge, another bridge's port, a
     tap of the configuration it never made — is refused before any netlink
     message is sent, counted, and the monitor goes on serving."""
-    monitor, theirs = _monitor(ha=True)
-    try:
+    with _monitor(ha=True) as (monitor, theirs):
+        assert monitor.gate is not None
         status, value = _ask(monitor, theirs, {"op": "port_state", "name": name,
                                                "state": "forwarding"})
         assert status == "error" and "not one of this run's taps" in str(value)
@@ -224,11 +233,6 @@ def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: 
                                                "state": "sideways"})
         assert status == "error" and "state must be one of" in str(value)
         assert monitor.refused == 2
-    finally:
-        monitor.sock.close()
-        theirs.close()
-        assert monitor.gate is not None
-        monitor.gate.close()
 
 
 @pytest.mark.parametrize("message", [
@@ -238,15 +242,11 @@ def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: 
     {"op": "follow_state"},
 ])
 def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str, str]) -> None:
-    monitor, theirs = _monitor(ha=False)
-    try:
+    with _monitor(ha=False) as (monitor, theirs):
         assert monitor.gate is None  # no netlink socket for a gate it never needs
         status, value = _ask(monitor, theirs, message)
         assert status == "error" and "not one of a site's group" in str(value)
         assert monitor.refused == 1
-    finally:
-        monitor.sock.close()
-        theirs.close()
 
 
 def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
@@ -254,28 +254,16 @@ def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
     configuration names (no path is ever taken from the data plane); a file not
     there yet is "no state", not a refusal; a gateway that elects refuses."""
     state = tmp_path / "london.state"
-    monitor, theirs = _monitor(ha=True, follow=state)
-    try:
+    with _monitor(ha=True, follow=state) as (monitor, theirs):
         assert _ask(monitor, theirs, {"op": "follow_state"}) == ("ok", None)
         state.write_text("MASTER\n" + "x" * 100)
         status, value = _ask(monitor, theirs, {"op": "follow_state"})
         assert status == "ok" and isinstance(value, str)
         assert value.startswith("MASTER\n") and len(value) == 64
         assert monitor.refused == 0
-    finally:
-        monitor.sock.close()
-        theirs.close()
-        assert monitor.gate is not None
-        monitor.gate.close()
-    electing, theirs = _monitor(ha=True)
-    try:
+    with _monitor(ha=True) as (electing, theirs):
         status, value = _ask(electing, theirs, {"op": "follow_state"})
         assert status == "error" and "does not follow keepalived" in str(value)
-    finally:
-        electing.sock.close()
-        theirs.close()
-        assert electing.gate is not None
-        electing.gate.close()
 
 
 GROUP_SOCKETS = textwrap.dedent("""
