@@ -348,7 +348,7 @@ class NativeLane:
                     fwd.tap_pass(port, punt.data)
                 finally:
                     lane.release(punt.port)
-            elif isinstance(punt, RawPunt):  # the rest of a receive, and receives after it
+            elif isinstance(punt, RawPunt):  # the rest of a receive the lane did not take
                 udp = True
                 if punt.datagrams:
                     received.append((punt.datagrams, punt.sockaddr))
