@@ -47,7 +47,9 @@ from bridger.lab.topology import (
     LabError,
     _cmd,
     _pid_alive,
+    lab_owners,
     list_namespaces,
+    remove_lab,
 )
 from bridger.lab.wait import wait_until
 from bridger.status.control import control_path, query_status
@@ -97,16 +99,11 @@ def lan_address6(site: int) -> str:
 def hub_lab_owners() -> dict[str, int | None]:
     """Prefix -> owning pid (None if unknown) of every hub lab with a namespace here
     (a gateway's or host's: ``wan`` alone is any lab's role)."""
-    owners: dict[str, int | None] = {}
-    for name in list_namespaces():
-        prefix, sep, role = name.partition("-")
-        if not sep or role == "wan" or not _ROLE_RE.match(role) or prefix in owners:
-            continue
-        pid: int | None = None
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((MARKER_DIR / f"{prefix}.pid").read_text().strip())
-        owners[prefix] = pid
-    return owners
+    return lab_owners(lambda role: role != "wan" and _is_role(role))
+
+
+def _is_role(role: str) -> bool:
+    return _ROLE_RE.match(role) is not None
 
 
 def stop_namespace_processes(names: Sequence[str], timeout: float = 15.0) -> int:
@@ -150,18 +147,7 @@ def cleanup_stale_hub_labs(only: Collection[str] | None = None) -> list[str]:
 
 def remove_hub_lab(prefix: str) -> list[str]:
     """Delete every namespace of hub lab ``prefix`` and its marker."""
-    if not PREFIX_RE.match(prefix):
-        raise LabError("prefix must be 2-16 letters or digits")
-    removed = []
-    for name in list_namespaces():
-        head, sep, role = name.partition("-")
-        if head == prefix and sep and _ROLE_RE.match(role) and _cmd(
-            "ip", "netns", "del", name, check=False
-        ).returncode == 0:
-            removed.append(name)
-    with contextlib.suppress(FileNotFoundError):
-        (MARKER_DIR / f"{prefix}.pid").unlink()
-    return removed
+    return remove_lab(prefix, _is_role)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -210,12 +210,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lab_owners() -> dict[str, int | None]:
-    """Prefix -> owning pid (None if unknown) for every lab namespace present."""
+def lab_owners(is_role: Callable[[str], bool] = ROLES.__contains__) -> dict[str, int | None]:
+    """Prefix -> owning pid (None if unknown) for every lab namespace present
+    (``is_role``: which ``<prefix>-<role>`` names are a lab's; the hub lab
+    has roles of its own)."""
     owners: dict[str, int | None] = {}
     for name in list_namespaces():
         prefix, sep, role = name.partition("-")
-        if not sep or role not in ROLES:
+        if not sep or not is_role(role) or prefix in owners:
             continue
         marker = MARKER_DIR / f"{prefix}.pid"
         pid: int | None = None
@@ -225,8 +227,9 @@ def lab_owners() -> dict[str, int | None]:
     return owners
 
 
-def remove_lab(prefix: str) -> list[str]:
-    """Delete every namespace ``<prefix>-<role>`` and the marker; return what was removed."""
+def remove_lab(prefix: str, is_role: Callable[[str], bool] = ROLES.__contains__) -> list[str]:
+    """Delete every namespace ``<prefix>-<role>`` (``is_role`` as for
+    :func:`lab_owners`) and the marker; return what was removed."""
     if not PREFIX_RE.match(prefix):
         raise LabError("prefix must be 2-16 letters or digits")
     removed = []
@@ -236,7 +239,7 @@ def remove_lab(prefix: str) -> list[str]:
         if (
             head == prefix
             and sep
-            and role in ROLES
+            and is_role(role)
             and _cmd("ip", "netns", "del", name, check=False).returncode == 0
         ):
             removed.append(name)
