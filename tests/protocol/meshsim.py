@@ -102,11 +102,18 @@ class MeshSim:
         for event in out.events:
             site.events.append((self.now, event))
         for datagram, dest in out.datagrams:
-            self._transmit(site.addr, dest, datagram)
+            self._send_out(site, dest, datagram)
+
+    def _send_out(self, site: Site, dest: Address, datagram: bytes) -> None:
+        """A datagram ``site`` sent onto the network (a NAT would rewrite its source)."""
+        self._transmit(site.addr, dest, datagram)
 
     def _transmit(self, src: Address, dest: Address, datagram: bytes) -> None:
         if self.rng.random() < self.loss:
             return
+        self._enqueue(src, dest, datagram)
+
+    def _enqueue(self, src: Address, dest: Address, datagram: bytes) -> None:
         self._order += 1
         heapq.heappush(self._queue, (self.now + self.delay, self._order, datagram, src, dest))
 

@@ -24,12 +24,11 @@ address only); the shell's part, wrapping datagrams for relays
 
 from __future__ import annotations
 
-import heapq
 import random
 from dataclasses import dataclass, field
 
 from bridger.protocol import Address, Device, DeviceConfig, Event, Output, Peer, PeerConfig
-from tests.protocol.meshsim import MeshSim, parse_frame
+from tests.protocol.meshsim import MeshSim
 from tests.protocol.simnet import WALL_EPOCH, keypair
 
 PORT = 55555
@@ -100,6 +99,7 @@ class Site:
     received: dict[int, set[int]] = field(default_factory=dict)
     sent: dict[int, list[int]] = field(default_factory=dict)
     events: list[tuple[float, Event]] = field(default_factory=list)
+    duplicates: int = 0
     misdelivered: int = 0
 
 
@@ -145,37 +145,17 @@ class NatSim(MeshSim):
                 name=f"site-{chr(97 + j)}"), self.now)
         return Site(i, chr(65 + i), device, self._private(i), self.nats[i], peers)
 
-    def restart(self, i: int) -> None:
-        """Replace site ``i``'s device with a fresh one (same keys, no state)."""
-        old = self.sites[i]
-        new = self._make_site(i)
-        new.received, new.sent, new.events = old.received, old.sent, old.events
-        self.sites[i] = new
-
     # -- plumbing -------------------------------------------------------------------
 
     def _absorb(self, site: Site, out: Output) -> None:
         site.device.traversal.route(out, self.now)
-        runs = out.runs
-        for r, (peer, start) in enumerate(runs):
-            end = runs[r + 1][1] if r + 1 < len(runs) else len(out.frames)
-            for frame in out.frames[start:end]:
-                src, dst, seq = parse_frame(frame)
-                if dst != site.index or peer is not site.peers.get(src):
-                    site.misdelivered += 1
-                    continue
-                site.received.setdefault(src, set()).add(seq)
-        if out.frames and not runs:
-            site.misdelivered += len(out.frames)
-        for event in out.events:
-            site.events.append((self.now, event))
-        for datagram, dest in out.datagrams:
-            assert not dest[0].startswith("via:"), "a datagram for a relay left unwrapped"
-            if self.rng.random() < self.loss:
-                continue
-            src = site.nat.outbound(site.private, dest, self.now)
-            self._order += 1
-            heapq.heappush(self._queue, (self.now + self.delay, self._order, datagram, src, dest))
+        super()._absorb(site, out)
+
+    def _send_out(self, site: Site, dest: Address, datagram: bytes) -> None:
+        assert not dest[0].startswith("via:"), "a datagram for a relay left unwrapped"
+        if self.rng.random() < self.loss:
+            return  # lost before its NAT saw it
+        self._enqueue(site.nat.outbound(site.private, dest, self.now), dest, datagram)
 
     def _deliver(self, datagram: bytes, src: Address, dest: Address) -> None:
         for i, site in enumerate(self.sites):
