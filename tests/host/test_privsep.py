@@ -121,11 +121,12 @@ def test_seccomp_program_is_well_formed() -> None:
 
 
 SANDBOXED = textwrap.dedent("""
-    import errno, json, os, socket, sys
+    import json, os, socket, sys
     from pathlib import Path
-    from bridger.host.pyroute import IPRoute, NetlinkError
+    from bridger.host.pyroute import IPRoute
     from bridger.host.privileges import ServiceUser, process_status
     from bridger.host.privsep import enter_sandbox
+    from tests.host.sandboxprobe import outcome
 
     ipr = IPRoute()  # root opens netlink before the drop
     os.chdir(sys.argv[1])
@@ -134,13 +135,7 @@ SANDBOXED = textwrap.dedent("""
            for k in ("Uid", "CapEff", "CapBnd", "NoNewPrivs", "Seccomp")}}
 
     def attempt(name, action):
-        try:
-            action()
-            out[name] = "done"
-        except NetlinkError as exc:
-            out[name] = errno.errorcode.get(exc.code, str(exc.code))
-        except OSError as exc:
-            out[name] = errno.errorcode.get(exc.errno, str(exc))
+        out[name] = outcome(action)
 
     attempt("link_add", lambda: ipr.link("add", ifname="evil0", kind="dummy"))
     attempt("link_down", lambda: ipr.link("set", index=1, state="down"))

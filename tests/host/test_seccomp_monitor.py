@@ -98,10 +98,11 @@ def test_the_monitor_adds_only_what_it_measured() -> None:
 SANDBOXED_MONITOR = textwrap.dedent("""
     import ctypes, errno, json, os, socket, subprocess, sys
     from pathlib import Path
-    from bridger.host.pyroute import IPRoute, NetlinkError
+    from bridger.host.pyroute import IPRoute
     from bridger.host.privileges import CAP_KILL, CAP_NET_ADMIN, drop_privileges, \\
         process_status
     from bridger.host.privsep import enter_monitor_sandbox
+    from tests.host.sandboxprobe import outcome
 
     state = Path(sys.argv[1])
     drop_privileges(keep=(CAP_NET_ADMIN, CAP_KILL))
@@ -111,13 +112,7 @@ SANDBOXED_MONITOR = textwrap.dedent("""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def attempt(name, action):
-        try:
-            action()
-            out[name] = "done"
-        except NetlinkError as exc:
-            out[name] = errno.errorcode.get(exc.code, str(exc.code))
-        except OSError as exc:
-            out[name] = errno.errorcode.get(exc.errno, str(exc))
+        out[name] = outcome(action)
 
     def syscall(nr, *args):
         def call():
