@@ -194,7 +194,7 @@ class HaRunner:
     def apply_gate(self, force: bool = False, want: int | None = None) -> None:
         """Every tap's bridge port as the role wants it (errors counted, logged once)."""
         if want is None:
-            want = BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED
+            want = self._wanted()
         for tap in self.taps():
             if force or self.gated.get(tap) != want:
                 self._gate(tap, want)
@@ -202,8 +202,12 @@ class HaRunner:
     def gate_new(self, tap: str, fd: int) -> None:
         """A tap a reload just added: its port as the role wants it at once (the
         bridge enslaved it forwarding), and what it queued meanwhile discarded."""
-        self._gate(tap, BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED)
+        self._gate(tap, self._wanted())
         self.drain([fd])
+
+    def _wanted(self) -> int:
+        """The bridge port state the role wants of every tap."""
+        return BR_STATE_FORWARDING if self.core.forwarding else BR_STATE_DISABLED
 
     def _gate(self, tap: str, want: int) -> None:
         try:
