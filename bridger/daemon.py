@@ -323,7 +323,11 @@ class Up:
                                    None if native is None else native.Session)
         # A hub's spokes list only the hub: introductions would all be refused.
         device.traversal.introducing = config.mode == "mesh"
-        fwd = build_forwarder(config, device, udp)
+        # The kernel keeps probes from crossing between taps: its storm table's
+        # forward chain, or (mode mesh, taps bridger made) isolated ports.
+        tap_cut = host.storm is not None or (config.mode == "mesh"
+                                             and not config.prepared_taps)
+        fwd = build_forwarder(config, device, udp, tap_cut=tap_cut)
         ports = PortMaker.of(config, fwd)
         for settings, peer in zip(config.peers, peers, strict=True):
             fwd.ports[peer] = ports.make(peer, settings.tap, host.taps[settings.tap])

@@ -33,7 +33,12 @@ How it works (docs/guard.md has the pictures):
    of a hub grow with the square of its spokes (issue 26), and it is not
    needed: a loop through this bridge from one tunnel to another (two spokes'
    LANs cabled together) is a loop our own probes, sent down either tunnel,
-   come back from.
+   come back from.  Where the kernel does that cut (``tap_cut``: the storm
+   table's forward chain, or isolated taps), the note of what came in is not
+   needed either: another site's probe from a tunnel is then an ordinary
+   frame (:func:`foreign_probe_vid`), which the native lane writes into the
+   bridge itself; only ours and, in a hub, other hubs' still reach the
+   detector.  Each spoke's probes cost a hub no Python at all.
 6. The one case our own probes cannot see: a loop that crosses two bridges
    that forward between tunnels (two hubs).  So a hub marks its probes
    (``FLAG_RELAY``) and a hub passes a marked probe of another site on to its
@@ -71,6 +76,7 @@ from bridger.guard.constants import (
     STRIKE_MEMORY,
     TAINT_CAPACITY,
     TAINT_MEMORY,
+    VLAN_TPIDS,
     EtherType,
 )
 from bridger.guard.events import GuardEvent, LoopDetected, LoopGone
@@ -141,6 +147,31 @@ def encode_probe(probe: Probe) -> bytes:
     return frame + bytes(size - len(frame))
 
 
+_B_PROBE = EtherType.LOOP_PROBE.to_bytes(2, "big")
+_B_TPIDS = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
+
+
+def foreign_probe_vid(frame: bytes, site_id: bytes, relay: bool) -> int:
+    """The outer VLAN id (0: untagged) of another site's loop probe, untagged or
+    under one tag, that a detector with ``tap_cut`` only lets through (see 5.):
+    not ours (``site_id``), and not another hub's when we relay (``relay``:
+    FLAG_RELAY set).  -1 for anything else (ours, a relayed one, a malformed
+    body, two tags, not a probe).  Never raises.  bn_guard.c has its twin."""
+    et = frame[12:14]
+    vid, l3 = 0, ETH_HLEN
+    if et in _B_TPIDS and len(frame) >= 18:
+        vid = ((frame[14] & 0x0F) << 8) | frame[15]
+        et, l3 = frame[16:18], 18
+    if et != _B_PROBE or len(frame) < l3 + PROBE_BODY.size:
+        return -1
+    magic, version, flags, _vlan, site, _nonce = PROBE_BODY.unpack_from(frame, l3)
+    if magic != PROBE_MAGIC or version != PROBE_VERSION or site == site_id:
+        return -1
+    if relay and flags & FLAG_RELAY:
+        return -1
+    return vid
+
+
 def decode_probe_untrusted(frame: bytes, l3: int = ETH_HLEN) -> Probe:
     """The probe whose body starts at ``l3`` (after the EtherType and any tags)."""
     if len(frame) < l3 + PROBE_BODY.size:
@@ -202,6 +233,7 @@ class LoopDetector:
         hold_max: float = HOLD_MAX,
         flaps: MacFlaps | None = None,
         hub: bool = False,
+        tap_cut: bool = False,
     ) -> None:
         self.site_id = os.urandom(SITE_ID_LEN) if site_id is None else site_id
         if len(self.site_id) != SITE_ID_LEN:
@@ -219,6 +251,10 @@ class LoopDetector:
         #: FLAG_RELAY and other hubs' probes are relayed (6.).
         self.hub = hub
         self._flags = FLAG_RELAY if hub else 0
+        #: Our bridge never hands a probe from one peer's tap to another's (the
+        #: kernel's storm table, or isolated taps): other sites' probes from a
+        #: tunnel need no note (5.).
+        self.tap_cut = tap_cut
         self._peers: dict[str, PeerLoop] = {}
         self._sent: dict[bytes, tuple[PeerLoop, int, float]] = {}  # nonce -> (peer, vlan, sent)
         self._sent_order: deque[tuple[float, bytes]] = deque()
@@ -343,12 +379,15 @@ class LoopDetector:
         key = probe.site_id + probe.nonce
         delivered = self._delivered
         if from_wan:
+            relayed = self.hub and probe.flags & FLAG_RELAY
+            if self.tap_cut and not relayed:
+                return ProbeVerdict.FORWARD  # foreign_probe_vid's case: no note needed
             if key in delivered:
                 return ProbeVerdict.FORWARD  # (a copy that took another path: no relay)
             delivered[key] = (peer, now)
             if len(delivered) > TAINT_CAPACITY:
                 del delivered[next(iter(delivered))]
-            if self.hub and probe.flags & FLAG_RELAY and not (state is not None and state.blocked):
+            if relayed and not (state is not None and state.blocked):
                 self._relay(peer, probe)
             return ProbeVerdict.FORWARD
         if state is not None and state.blocked:

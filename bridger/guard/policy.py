@@ -49,7 +49,7 @@ from bridger.guard.constants import (
     EtherType,
 )
 from bridger.guard.flaps import MacFlaps
-from bridger.guard.loop import LoopDetector, PeerLoop, ProbeVerdict
+from bridger.guard.loop import LoopDetector, PeerLoop, ProbeVerdict, foreign_probe_vid
 from bridger.protocol.bucket import TokenBucket
 
 SHARED = "shared"
@@ -168,6 +168,12 @@ class Guard:
         self._dhcp = config.dhcp == LOCAL
         self._ra = config.ra == LOCAL
         self._v4, self._v6 = interest_tables(self._dhcp, self._ra)
+        detector = self._detector
+        #: (our site id, we relay) when other sites' probes from the tunnel need
+        #: no look (:func:`~bridger.guard.loop.foreign_probe_vid`); None: they do.
+        self.free_probes: tuple[bytes, bool] | None = (
+            (detector.site_id, detector.hub) if detector is not None and detector.tap_cut
+            else None)
         self._hidden_mask = (Hidden.DHCP if self._dhcp else 0) | (Hidden.RA if self._ra else 0)
         #: No VLAN list and no DHCP/RA guard: an untagged frame that is not a
         #: probe needs no look at all (the storm check aside).
@@ -263,7 +269,11 @@ class Guard:
                 return None
         vid = ordinary_untrusted(frame, self._v4, self._v6)
         if vid < 0:
-            return self._look(frame, now, 1, False)
+            free = self.free_probes
+            if free is not None:
+                vid = foreign_probe_vid(frame, *free)
+            if vid < 0:
+                return self._look(frame, now, 1, False)
         allowed = self._allowed
         if allowed is not None and vid not in allowed:
             return Reason.VLAN

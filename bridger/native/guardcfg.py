@@ -15,9 +15,12 @@ from bridger.guard.policy import LOCAL, GuardConfig
 from bridger.native import lane, unavailable
 
 
-def guard_cfg(config: GuardConfig | None) -> bytes:
+def guard_cfg(config: GuardConfig | None,
+              free_probes: tuple[bytes, bool] | None = None) -> bytes:
     """The packed bn_guard_cfg for a port guarded by ``config`` (None: no guard,
-    every frame passes).  Raises RuntimeError when the extension is missing."""
+    every frame passes); ``free_probes``: the Guard's (site id, relay), when
+    other sites' probes from the tunnel need no look.  Raises RuntimeError when
+    the extension is missing."""
     if lane is None:
         raise RuntimeError(f"the native lane is not available: {unavailable}")
     if config is None:
@@ -29,6 +32,8 @@ def guard_cfg(config: GuardConfig | None) -> bytes:
             vlans=config.vlans,
             untagged=config.untagged,
             flood_rate=config.flood_rate,
+            site_id=None if free_probes is None else free_probes[0],
+            relay=free_probes is not None and free_probes[1],
         )
     assert isinstance(packed, bytes)
     return packed

@@ -102,11 +102,14 @@ def build_core(
     return device, peers
 
 
-def build_forwarder(config: UpConfig, device: Device, udp: UdpEndpoint) -> Forwarder:
-    """The forwarder around ``device``, with no ports yet (``PortMaker`` makes them)."""
+def build_forwarder(config: UpConfig, device: Device, udp: UdpEndpoint,
+                    tap_cut: bool = False) -> Forwarder:
+    """The forwarder around ``device``, with no ports yet (``PortMaker`` makes them).
+    ``tap_cut``: the bridge never hands a loop probe from one tap to another
+    (the kernel's storm table, or isolated taps; bridger.guard.loop 5.)."""
     guard = config.guard
     detector = (LoopDetector(vlans=guard.vlans, untagged=guard.untagged,
-                             hub=config.mode == "hub")
+                             hub=config.mode == "hub", tap_cut=tap_cut)
                 if guard.loop_protection else None)
     return Forwarder(device=device, udp=udp, counters=Counters(), detector=detector)
 

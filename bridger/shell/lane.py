@@ -166,8 +166,9 @@ class NativeLane:
             self.remove_port(port)
 
     def add_port(self, port: Port) -> int:
-        config = None if port.guard is None else port.guard.config
-        ident: int = self.lane.add_port(port.fd, port.vnet, guard_cfg(config))
+        guard = port.guard
+        cfg = guard_cfg(None) if guard is None else guard_cfg(guard.config, guard.free_probes)
+        ident: int = self.lane.add_port(port.fd, port.vnet, cfg)
         self.lane.set_udp_join(ident, port.udp_join)
         self._ids[port] = ident
         self._by_id[ident] = port

@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridger.native import contract
+from bridger.guard import constants as guard_constants
+from bridger.guard import loop
 from bridger.native import lane as native
 from bridger.protocol import constants, messages
 from bridger.protocol.cookie import CookieChecker, CookieGenerator
@@ -86,6 +88,12 @@ def test_spec_constants_copied_into_c_equal_the_protocols() -> None:
     assert int(d["BN_TRANSPORT_HEADER"]) == constants.TRANSPORT_HEADER_LEN
     assert int(d["BN_TRANSPORT_OVERHEAD"]) == messages.MIN_TRANSPORT_LEN
     assert len(contract.mac1_key(bytes(32))) == contract.MAC1_KEY_LEN
+    # the lane's look at another site's loop probe (bn_guard.c foreign_probe)
+    assert int(d["BN_PROBE_BODY_LEN"]) == loop.PROBE_BODY.size
+    assert d["BN_PROBE_MAGIC"] == '"' + guard_constants.PROBE_MAGIC.decode() + '"'
+    assert int(d["BN_PROBE_VERSION"]) == guard_constants.PROBE_VERSION
+    assert int(d["BN_PROBE_FLAG_RELAY"], 0) == loop.FLAG_RELAY
+    assert int(d["BN_SITE_ID_LEN"]) == loop.SITE_ID_LEN
 
 
 needs_lane = pytest.mark.skipif(native is None, reason="bridger.native._lane is not built")

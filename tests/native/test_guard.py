@@ -140,6 +140,12 @@ def payloads(draw: st.DrawFn) -> tuple[int, bytes]:
     if which == 2:
         return 0x0806, arp_body(draw(st.sampled_from([1, 2])))
     if which == 3:
+        if draw(st.booleans()):  # a well-formed body: ours or another site's, relayed or not
+            site = draw(st.sampled_from([OUR_SITE, b"\x01" * 8, bytes(7) + b"\x01"]))
+            flags = draw(st.sampled_from([0, 1, 2, 3, 0xFF]))
+            body = (PROBE_MAGIC + bytes([PROBE_VERSION, flags]) + bytes(2) + site
+                    + draw(st.binary(min_size=8, max_size=8)))
+            return 0x88B5, body + draw(st.binary(max_size=24))
         head = PROBE_MAGIC + bytes([PROBE_VERSION]) if draw(st.booleans()) else b""
         return 0x88B5, head + draw(st.binary(max_size=30))
     if which == 4:  # an EtherType the tags' loop may still see as a tag
@@ -160,10 +166,18 @@ def frames(draw: st.DrawFn) -> bytes:
 # --- the Python side, spied on ---------------------------------------------------
 
 
-def spied_guard(config: GuardConfig, known: set[bytes] | None) -> tuple[Guard, list[str]]:
+#: The loop detectors the inbound property runs each frame through: (tap_cut, hub).
+#: With tap_cut another site's probe from the tunnel needs no look (unless we
+#: relay it); the C side gets the same as ``guard_cfg(config, guard.free_probes)``.
+DETECTORS = [(False, False), (True, False), (True, True)]
+OUR_SITE = bytes(8)
+
+
+def spied_guard(config: GuardConfig, known: set[bytes] | None, tap_cut: bool = False,
+                hub: bool = False) -> tuple[Guard, list[str]]:
     """A Guard whose ``_look`` / ``_blocked`` note each call in the list."""
-    guard = Guard(config, "peer", loop=LoopDetector(site_id=bytes(8), rng=random.Random(1)),
-                  known=known, flaps=MacFlaps())
+    detector = LoopDetector(site_id=OUR_SITE, rng=random.Random(1), tap_cut=tap_cut, hub=hub)
+    guard = Guard(config, "peer", loop=detector, known=known, flaps=MacFlaps())
     calls: list[str] = []
 
     def spy(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -182,13 +196,19 @@ def python_fast_out(config: GuardConfig, frame: bytes, known: set[bytes] | None)
     return guard.outbound(frame, NOW) is None and not calls
 
 
-def python_fast_in(config: GuardConfig, frame: bytes) -> bool:
-    guard, calls = spied_guard(config, None)
+def python_fast_in(config: GuardConfig, frame: bytes, tap_cut: bool = False,
+                   hub: bool = False) -> bool:
+    guard, calls = spied_guard(config, None, tap_cut, hub)
     single = guard.inbound(frame, NOW) is None and not calls
-    guard, calls = spied_guard(config, None)
+    guard, calls = spied_guard(config, None, tap_cut, hub)
     batch = not guard.inbound_batch([frame], NOW) and not calls
     assert single == batch
     return single
+
+
+def native_cfg(config: GuardConfig, tap_cut: bool = False, hub: bool = False) -> bytes:
+    """``guard_cfg`` as the lane's add_port builds it for spied_guard's Guard."""
+    return guard_cfg(config, spied_guard(config, None, tap_cut, hub)[0].free_probes)
 
 
 # --- the guards -------------------------------------------------------------------
@@ -218,11 +238,12 @@ def test_fast_out_is_the_python_hot_path(frame: bytes, dst_known: bool, no_known
 def test_fast_in_is_the_python_hot_path(frame: bytes) -> None:
     assert lane is not None
     for config in CONFIGS:
-        fast = lane.guard_fast_in(guard_cfg(config), frame)
-        python = python_fast_in(config, frame)
-        if fast:
-            assert python, (config, frame.hex())
-        assert fast == python, (config, frame.hex())
+        for tap_cut, hub in DETECTORS:
+            fast = lane.guard_fast_in(native_cfg(config, tap_cut, hub), frame)
+            python = python_fast_in(config, frame, tap_cut, hub)
+            if fast:
+                assert python, (config, tap_cut, hub, frame.hex())
+            assert fast == python, (config, tap_cut, hub, frame.hex())
     assert lane.guard_fast_in(guard_cfg(None), frame) is True
 
 
@@ -248,6 +269,10 @@ TEMPLATES = [
     f.eth(f.HOST_B, 0x0806, arp_body(), ((0x8100, 20),)),
     f.eth(f.HOST_B, 0x88B5, PROBE_MAGIC + bytes([PROBE_VERSION, 0])),
     f.eth(f.HOST_B, 0x0800, f.ipv4(6, f.tcp()), ((0x8100, 10), (0x88A8, 20), (0x8100, 1))),
+    # Another site's probe, untagged and in VLAN 20: free inbound with tap_cut.
+    f.eth(f.HOST_B, 0x88B5, PROBE_MAGIC + bytes([PROBE_VERSION, 0, 0, 0]) + b"\x01" * 16),
+    f.eth(f.HOST_B, 0x88B5, PROBE_MAGIC + bytes([PROBE_VERSION, 1, 0, 20]) + b"\x01" * 16,
+          ((0x8100, 20),)),
 ]
 
 
@@ -265,8 +290,9 @@ def test_every_truncation() -> None:
                     known = {frame[:6]} if dst_known else set()
                     assert lane.guard_fast_out(cfg, frame, dst_known) == python_fast_out(
                         config, frame, known), (config, frame.hex())
-                assert lane.guard_fast_in(cfg, frame) == python_fast_in(config, frame), (
-                    config, frame.hex())
+                for tap_cut, hub in DETECTORS:
+                    assert lane.guard_fast_in(native_cfg(config, tap_cut, hub), frame) == (
+                        python_fast_in(config, frame, tap_cut, hub)), (config, frame.hex())
                 assert lane.account(frame, 1, cut) == python_account(frame, 1, cut)
 
 
@@ -440,3 +466,35 @@ def test_account_partitions() -> None:
     old_qinq = f.eth(f.HOST_B, 0x0800, bytes(20), ((0x9100, 5),))  # 0x9100: not a tag here
     assert lane.account(old_qinq, 1, 60) == (1, 60, 1, 0, 0, 0, 0, 0, 0, 1, 0)
     assert lane.account(b"\x01" * 13, 4, 52) == (4, 52, 0, 0, 0, 0, 0, 0, 0, 0, 4)
+
+
+@needs_lane
+def test_another_sites_probe_from_the_tunnel_needs_no_look_where_the_kernel_cuts_probes() -> None:
+    """Issue 26: a hub's spokes' probes, 2 a second each, are written into the
+    bridge by the lane itself once the kernel keeps them from crossing between
+    taps (tap_cut); ours, another hub's (which a hub relays) and any probe
+    without tap_cut still go to Python's detector."""
+    assert lane is not None
+
+    def probe(site: bytes, flags: int = 0, vid: int = 0) -> bytes:
+        body = PROBE_MAGIC + bytes([PROBE_VERSION, flags]) + vid.to_bytes(2, "big") + site
+        return f.eth(bytes.fromhex("0f6272646772"), 0x88B5, body + bytes(8),
+                     ((0x8100, vid),) if vid else ())
+
+    spoke, hub_probe, ours = probe(b"\x01" * 8), probe(b"\x01" * 8, flags=1), probe(OUR_SITE)
+    tagged = probe(b"\x01" * 8, vid=20)
+    for config in (GuardConfig(), GuardConfig(vlans=(20,))):
+        assert lane.guard_fast_in(native_cfg(config, tap_cut=True, hub=True), spoke)
+        assert lane.guard_fast_in(native_cfg(config, tap_cut=True, hub=False), hub_probe)
+        assert not lane.guard_fast_in(native_cfg(config, tap_cut=True, hub=True), hub_probe)
+        assert not lane.guard_fast_in(native_cfg(config, tap_cut=True, hub=True), ours)
+        assert not lane.guard_fast_in(native_cfg(config, tap_cut=False, hub=True), spoke)
+        assert lane.guard_fast_in(native_cfg(config, tap_cut=True), tagged)
+    # a VLAN the allow-list leaves out is still refused (Python says why)
+    assert not lane.guard_fast_in(native_cfg(GuardConfig(vlans=(10,), untagged=False), True),
+                                  tagged)
+    # the detector notes nothing for them, so nothing is lost by not telling it
+    detector = LoopDetector(site_id=OUR_SITE, tap_cut=True, hub=True)
+    guard = Guard(GuardConfig(), "spoke", loop=detector, flaps=MacFlaps())
+    assert guard.inbound(spoke, NOW) is None
+    assert not detector._delivered

@@ -1,7 +1,8 @@
 /* fuzz_guard.c - libFuzzer target for bn_guard.c (bn_guard_fast_out/in, bn_account).
  *
  * Input: byte 0 = flags (bit 0 on, 1 dhcp, 2 ra, 3 storm, 4 a VLAN allow-list,
- * 5 untagged allowed, 6 dst_known); with an allow-list, byte 1 = how many VLAN
+ * 5 untagged allowed, 6 dst_known, 7 other sites' probes free, our site id
+ * eight zero bytes, relaying when the count byte is odd); with an allow-list, byte 1 = how many VLAN
  * ids follow (low 4 bits), each 2 bytes big endian (any 12-bit value, so the
  * bitmap is the input's); then one byte for the account count; the rest is the
  * frame, copied to a buffer of exactly its length (ASan sees any over-read).
@@ -11,7 +12,10 @@
  *   the frames of a non-runt; a runt counts only as a runt; vlan is 0 or all;
  * - cfg.on == 0 passes everything;
  * - fast_out == fast_in and (no storm, or an empty read, or a known unicast
- *   destination): Guard.outbound is Guard._inbound plus the storm check;
+ *   destination): Guard.outbound is Guard._inbound plus the storm check
+ *   (fast_in without free probes: they are free inbound only);
+ * - free probes only ever pass more, and only loop probes (EtherType 0x88B5,
+ *   untagged or under one tag);
  * - more guards never pass more: the same config with DHCP and RA on passes
  *   only frames it passed before.
  */
@@ -68,6 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g.plain = !g.have_allowed && !g.dhcp && !g.ra;
     if (at >= size)
         return 0;
+    g.probe_free = (flags >> 7) & 1;
+    g.relay = data[at] & 1;
     uint64_t count = 1 + (uint64_t)data[at++];
     size_t n = size - at;
     uint8_t *f = malloc(n ? n : 1);
@@ -81,11 +87,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int in = bn_guard_fast_in(&g, f, n);
     CHECK(out == 0 || out == 1);
     CHECK(in == 0 || in == 1);
+    bn_guard_cfg strict = g;
+    strict.probe_free = 0;
+    int in_strict = bn_guard_fast_in(&strict, f, n);
+    CHECK(in >= in_strict);
+    if (in != in_strict) {
+        CHECK(n >= 18);
+        CHECK(bn_be16(f + 12) == 0x88B5u || bn_be16(f + 16) == 0x88B5u);
+    }
     if (!g.on) {
         CHECK(out == 1 && in == 1);
     } else {
         int storm_ok = !g.storm || n == 0 || (!(f[0] & 1) && dst_known);
-        CHECK(out == (in && storm_ok));
+        CHECK(out == (in_strict && storm_ok));
         bn_guard_cfg more = g;
         more.dhcp = more.ra = 1;
         more.plain = 0;

@@ -82,6 +82,14 @@ int bn_coalesce2(const bn_frame_in *frames, int n, bn_out_frame *out, int udp);
 
 /* ---- the guards' hot path and the frame-kind counters (bn_guard.c) -------- */
 
+/* bridger.guard.loop's probe body (PROBE_BODY: magic, version, flags, VLAN id,
+ * site id, nonce), constants.PROBE_MAGIC / PROBE_VERSION and FLAG_RELAY. */
+#define BN_PROBE_BODY_LEN 24
+#define BN_PROBE_MAGIC "BRGD"
+#define BN_PROBE_VERSION 1
+#define BN_PROBE_FLAG_RELAY 0x01
+#define BN_SITE_ID_LEN 8
+
 typedef struct {
     int on;            /* a Guard exists for the port */
     int plain;         /* Guard._plain */
@@ -89,6 +97,12 @@ typedef struct {
     int storm;         /* flood_rate > 0 */
     int have_allowed;  /* a VLAN allow-list (vlans) exists */
     uint8_t allowed[4096 / 8]; /* bit v: VLAN id v allowed (bit 0: untagged ok) */
+    /* Guard.free_probes: another site's loop probe from the tunnel needs no look
+     * (the bridge never hands probes between peers): probe_free, our site id,
+     * and relay (mode hub: other hubs' probes, FLAG_RELAY, are relayed by Python). */
+    int probe_free;
+    int relay;
+    uint8_t site_id[BN_SITE_ID_LEN];
 } bn_guard_cfg;
 
 /* 1 when Python's Guard.outbound(frame) (peer not loop-blocked; the frame's

@@ -15,6 +15,8 @@
  */
 #include "bn.h"
 
+#include <string.h>
+
 #define ET_IPV4 0x0800u
 #define ET_ARP 0x0806u
 #define ET_IPV6 0x86DDu
@@ -134,6 +136,34 @@ int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst
     return 1;
 }
 
+/* bridger.guard.loop.foreign_probe_vid: the outer VLAN id of another site's
+ * loop probe (untagged or one tag; magic and version right; not our site id;
+ * when we relay, not FLAG_RELAY), else -1. */
+static int foreign_probe(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
+    if (n < BN_ETH_HLEN)
+        return -1;
+    unsigned et = bn_be16(f + 12);
+    size_t l3 = BN_ETH_HLEN;
+    int vid = 0;
+    if (is_tpid(et)) {
+        if (n < 18)
+            return -1;
+        vid = (f[14] & 0x0F) << 8 | f[15];
+        et = bn_be16(f + 16);
+        l3 = 18;
+    }
+    if (et != ET_PROBE || n < l3 + BN_PROBE_BODY_LEN)
+        return -1;
+    const uint8_t *b = f + l3; /* magic, version, flags, VLAN id, site id, nonce */
+    if (memcmp(b, BN_PROBE_MAGIC, 4) != 0 || b[4] != BN_PROBE_VERSION)
+        return -1;
+    if (memcmp(b + 8, g->site_id, sizeof g->site_id) == 0)
+        return -1; /* ours: the detector acts on it */
+    if (g->relay && (b[5] & BN_PROBE_FLAG_RELAY))
+        return -1; /* another hub's: relayed */
+    return vid;
+}
+
 /* Guard._inbound (and inbound_batch's shortcut), peer not blocked. */
 int bn_guard_fast_in(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
     if (!g->on)
@@ -141,6 +171,8 @@ int bn_guard_fast_in(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
     if (g->plain && !special_ethertype(f, n))
         return 1;
     int vid = ordinary(g, f, n);
+    if (vid < 0 && g->probe_free)
+        vid = foreign_probe(g, f, n);
     if (vid < 0)
         return 0; /* _look */
     return vlan_allowed(g, vid); /* 0: Reason.VLAN */
