@@ -21,11 +21,17 @@
 #include <time.h>
 #include <unistd.h>
 
-/* After a wake-up that found work, the loop polls this many more times,
+/* After a wake-up that found real work, the loop polls this many more times,
  * yielding the CPU between polls, before it sleeps: under load the next packets
  * are taken without a sleep and a wake-up (a wake-up across CPUs costs tens
- * of microseconds on a VM), while an idle lane still sleeps at once. */
+ * of microseconds on a VM), while an idle lane still sleeps at once.  Real
+ * work: at least BUSY_READS reads or BUSY_BYTES bytes in the wake-up.  A
+ * lone small datagram (a keepalive, a loop probe: a hub gets hundreds a
+ * second from its spokes) is not: polling after each of them cost an idle
+ * hub 2,000 epoll_wait and sched_yield calls a second (issue 26). */
 #define POLL_YIELDS 16
+#define BUSY_READS 2u
+#define BUSY_BYTES 4096u
 
 double bn_lane_now(const bn_lane *l) {
     struct timespec ts;
@@ -158,7 +164,6 @@ int bn_lane_run(bn_lane *l) {
         }
         if (n == 0)
             n = epoll_wait(l->epfd, evs, BN_MAX_PORTS + 2, timeout);
-        busy = n > 0;
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -170,6 +175,7 @@ int bn_lane_run(bn_lane *l) {
         give_way(l);
         pthread_mutex_lock(&l->mu);
         l->st.wakeups++;
+        uint64_t reads = l->reads, bytes = l->read_bytes;
         for (int i = 0; i < n && rc == 0; i++) {
             uint64_t tag = evs[i].data.u64;
             if (i > 0 && __atomic_load_n(&l->waiters, __ATOMIC_ACQUIRE)) {
@@ -199,6 +205,7 @@ int bn_lane_run(bn_lane *l) {
         }
         if (l->err)
             rc = -1; /* an epoll_ctl failed (bn_lane_fail) */
+        busy = l->reads - reads >= BUSY_READS || l->read_bytes - bytes >= BUSY_BYTES;
         pthread_mutex_unlock(&l->mu);
         if (rc < 0)
             break;

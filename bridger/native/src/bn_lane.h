@@ -225,6 +225,9 @@ typedef struct bn_lane {
     double mtu_next;
     /* Python threads waiting for the mutex: the loop lets them have it first. */
     int waiters;
+    /* Reads (tap frames, UDP receives) and their bytes since start, never
+     * zeroed: how much one wake-up of the loop moved (is it busy?). */
+    uint64_t reads, read_bytes;
     bn_lane_stats st;
     bn_maclog_entry maclog[BN_MACLOG];
     int nmaclog;

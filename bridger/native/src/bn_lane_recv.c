@@ -156,6 +156,9 @@ int bn_lane_pump_udp(bn_lane *l) {
             continue;
         }
         l->rbuf_used += (size_t)got * slot;
+        l->reads += (uint64_t)got;
+        for (int k = 0; k < got; k++)
+            l->read_bytes += msgs[k].msg_len;
         bn_lane_recv_batch(l, msgs, got);
         if (got < vlen)
             break; /* drained */

@@ -167,6 +167,8 @@ int bn_lane_pump_tap(bn_lane *l, int port) {
             rc = -1;
             break;
         }
+        l->reads++;
+        l->read_bytes += (uint64_t)n;
         if (!bn_lane_tap_read(l, port, buf, (size_t)n)) {
             bn_lane_tx_flush(l, p); /* what came before leaves first */
             if (!bn_lane_punt(l, BN_PUNT_TAP, port, buf, (size_t)n)) {
