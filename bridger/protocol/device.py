@@ -230,17 +230,25 @@ class Device:
 
     def tick(self, now: float, wall_clock: float) -> Output:
         """Run every peer's timers whose deadline has passed."""
+        return self.tick_peers(now, wall_clock)[0]
+
+    def tick_peers(self, now: float, wall_clock: float) -> tuple[Output, list[Peer] | None]:
+        """:meth:`tick`, and the peers whose timers ran: the only ones it may have
+        changed (None: the traversal's timers ran too, which concern any peer)."""
         out = Output()
         self.wall_offset = wall_clock - now
+        ticked: list[Peer] | None = []
         for peer in list(self.peers.values()):
             deadline = peer.next_deadline()
             if deadline is not None and now >= deadline:
                 peer.tick(now, out)
+                ticked.append(peer)
         if len(self.peers) > 1:
             due = self.traversal.next_deadline()
             if due is not None and now >= due:
                 self.traversal.tick(now, out)
-        return out
+                ticked = None
+        return out, ticked
 
     # --- receive -------------------------------------------------------------
 

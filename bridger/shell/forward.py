@@ -395,7 +395,9 @@ class Forwarder:
                 if self.lane is not None:
                     self.lane.sync(now)  # the timers see what the lane did
                 if deadline is not None and now >= deadline:
-                    self.handle(self.device.tick(now, time.time()), now, wake=False)
+                    # Only the peers whose timers ran move in the lane (issue 26).
+                    out, ticked = self.device.tick_peers(now, time.time())
+                    self.handle(out, now, ticked, wake=False)
                 if now >= probe_at:
                     # Sending moves no peer's lane entry (session, endpoint,
                     # sizes, block): a round of probes to every peer does not
