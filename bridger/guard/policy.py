@@ -131,6 +131,11 @@ class GuardConfig:
         return self.flood_burst or self.flood_rate
 
 
+#: Most tokens of each storm bucket the native lane holds at once (Guard.lend):
+#: one hand-over to Python per LEND flooded frames at most, and never more
+#: than LEND frames of each kind past the budget's own count.
+LEND = 16
+
 _B_PROBE = EtherType.LOOP_PROBE.to_bytes(2, "big")
 _B_TPIDS = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
 _PROBE, _LINK_LOCAL, _RA = FrameKind.LOOP_PROBE, FrameKind.LINK_LOCAL, FrameKind.RA
@@ -327,6 +332,22 @@ class Guard:
             return None if self._control.take(now, count) else Reason.STORM_CTL
         return None if self._flood.take(now, count) else Reason.STORM
 
+    # -- the native lane's share of storm control ------------------------------
+
+    def lend(self, now: float, have: tuple[int, int]) -> tuple[int, int]:
+        """Tokens of the storm buckets (the ND share, the rest) for the native lane
+        to pass flooded frames with itself, on top of ``have`` (what it still
+        holds; at most LEND of each in all).  They leave the buckets now, so
+        what the lane passes on them is paid for as if this guard had looked at
+        each frame (bn_guard_flood_class picks the bucket as :meth:`_look`
+        does); a frame the lane has no token for comes here.  (0, 0) without
+        storm control.  A hub floods each spoke's multicast to every other
+        spoke: without this, every copy was a hand-over to Python (issue 26)."""
+        if not self._storm:
+            return 0, 0
+        return (_take_up_to(self._nd, now, LEND - have[0]),
+                _take_up_to(self._flood, now, LEND - have[1]))
+
     # -- status ---------------------------------------------------------------
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -347,6 +368,17 @@ class Guard:
             }
         )
         return doc
+
+
+def _take_up_to(bucket: TokenBucket, now: float, n: int) -> int:
+    """Up to ``n`` whole tokens out of ``bucket`` (never into debt): how many."""
+    if n <= 0:
+        return 0
+    got = min(n, int(bucket.refill(now)))
+    if got <= 0:
+        return 0
+    bucket.tokens -= got
+    return got
 
 
 def without(

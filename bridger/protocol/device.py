@@ -237,7 +237,7 @@ class Device:
         changed (None: the traversal's timers ran too, which concern any peer)."""
         out = Output()
         self.wall_offset = wall_clock - now
-        ticked: list[Peer] | None = []
+        ticked: list[Peer] = []
         for peer in list(self.peers.values()):
             deadline = peer.next_deadline()
             if deadline is not None and now >= deadline:
@@ -247,7 +247,7 @@ class Device:
             due = self.traversal.next_deadline()
             if due is not None and now >= due:
                 self.traversal.tick(now, out)
-                ticked = None
+                return out, None
         return out, ticked
 
     # --- receive -------------------------------------------------------------

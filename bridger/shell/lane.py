@@ -172,11 +172,23 @@ class NativeLane:
         self.lane.set_udp_join(ident, port.udp_join)
         self._ids[port] = ident
         self._by_id[ident] = port
+        self._lend(port, ident, self.fwd.now())
         # The lane's known MACs stay a subset of the guard's ``known`` (the
         # remote MAC table): what the table evicts, the lane forgets.
         lane = self.lane
         port.counters.on_remote_evict(lambda mac: lane.forget(ident, (mac,)))
         return ident
+
+    def _lend(self, port: Port, ident: int, now: float) -> None:
+        """Top up the port's storm-bucket tokens in the lane (Guard.lend): it
+        passes flooded frames itself while it holds some."""
+        guard = port.guard
+        if guard is None:
+            return
+        have = self.lane.lend(ident, 0, 0)
+        nd, other = guard.lend(now, have)
+        if nd or other:
+            self.lane.lend(ident, nd, other)
 
     def remove_port(self, port: Port) -> None:
         ident = self._ids.pop(port, None)
@@ -347,6 +359,7 @@ class NativeLane:
                 touched.append(port.peer)
                 try:
                     fwd.tap_pass(port, punt.data)
+                    self._lend(port, punt.port, now)
                 finally:
                     lane.release(punt.port)
             elif isinstance(punt, RawPunt):  # the rest of a receive the lane did not take

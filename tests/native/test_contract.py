@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridger.native import contract
 from bridger.guard import constants as guard_constants
 from bridger.guard import loop
+from bridger.native import contract
 from bridger.native import lane as native
 from bridger.protocol import constants, messages
 from bridger.protocol.cookie import CookieChecker, CookieGenerator

@@ -13,6 +13,7 @@ against their Python references.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import struct
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from bridger.dataplane.accounting import KINDS, Direction, MacTable, account
 from bridger.guard import Guard, GuardConfig, LoopDetector, MacFlaps
+from bridger.guard.classify import NEIGHBOUR_KINDS, FrameKind, look_untrusted
 from bridger.guard.constants import PROBE_MAGIC, PROBE_VERSION
 from bridger.native import lane, unavailable
 from tests.guard import frames as f
@@ -498,3 +500,50 @@ def test_another_sites_probe_from_the_tunnel_needs_no_look_where_the_kernel_cuts
     guard = Guard(GuardConfig(), "spoke", loop=detector, flaps=MacFlaps())
     assert guard.inbound(spoke, NOW) is None
     assert not detector._delivered
+
+
+def python_flood_class(config: GuardConfig, frame: bytes, dst_known: bool) -> int:
+    """Which storm bucket Guard._look takes a token from for a frame that only
+    storm control keeps from the fast path: 1 the ND share, 2 the general
+    budget, 0 none (not flooded, refused or looked at for another reason, a
+    control frame or probe)."""
+    if config.flood_rate == 0 or len(frame) < 14 or (not frame[0] & 1 and dst_known):
+        return 0
+    if not python_fast_out(dataclasses.replace(config, flood_rate=0), frame, None):
+        return 0
+    kind = look_untrusted(frame)[0]
+    if kind in NEIGHBOUR_KINDS:
+        return 1
+    return 0 if kind in (FrameKind.LINK_LOCAL, FrameKind.LOOP_PROBE) else 2
+
+
+@needs_lane
+@settings(max_examples=700, deadline=None)
+@given(frames(), st.booleans())
+def test_the_lanes_flood_class_is_the_bucket_python_would_charge(frame: bytes,
+                                                                 dst_known: bool) -> None:
+    """bn_guard_flood_class (the lane passes a flooded frame on a lent token of
+    that bucket) names the bucket Guard._look would take from, or leaves the
+    frame to Python (0: it may be more careful than Python, never different)."""
+    assert lane is not None
+    for config in CONFIGS:
+        native = lane.guard_flood_class(guard_cfg(config), frame, dst_known)
+        assert native in (0, python_flood_class(config, frame, dst_known)), (config, frame.hex())
+        if native:
+            assert not lane.guard_fast_out(guard_cfg(config), frame, dst_known)
+
+
+@needs_lane
+def test_ordinary_lan_multicast_is_classed_for_the_lane() -> None:
+    """What a quiet LAN floods (ARP, IPv6 ND and MLD, IPv4 multicast) has a
+    class, so a hub's lane passes it to every spoke without Python."""
+    assert lane is not None
+    cfg = guard_cfg(GuardConfig())
+    ns = f.eth(f.ALL_NODES, 0x86DD, f.ipv6(58, f.icmp6(135) + bytes(20)))
+    mld = f.eth(bytes.fromhex("333300000016"), 0x86DD, f.ipv6(58, f.icmp6(143) + bytes(20)))
+    arp = f.eth(f.BROADCAST, 0x0806, arp_body())
+    mdns = f.eth(bytes.fromhex("01005e0000fb"), 0x0800, f.ipv4(17, f.udp(5353, 5353, bytes(30))))
+    assert [lane.guard_flood_class(cfg, x, False) for x in (ns, arp, mld, mdns)] == [1, 1, 2, 2]
+    bpdu = f.eth(bytes.fromhex("0180c2000000"), 0x0027, bytes(40))
+    assert lane.guard_flood_class(cfg, bpdu, False) == 0
+    assert lane.guard_flood_class(guard_cfg(GuardConfig(flood_rate=0)), arp, False) == 0

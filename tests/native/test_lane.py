@@ -166,8 +166,9 @@ def test_tcp_segments_from_the_peer_are_joined_as_python_joins_them() -> None:
 
 
 def test_what_the_lane_leaves_to_python_ends_the_same() -> None:
-    """Broadcasts, unknown destinations, frames to fragment, runts, bad virtio
-    headers, a UDP superframe: handed over, and the results are the same."""
+    """Frames to fragment, runts, bad virtio headers, a UDP superframe: handed
+    over, and the results are the same.  A broadcast and an unknown
+    destination pass on the storm-bucket tokens the lane holds (Guard.lend)."""
     def scenario(twin) -> None:  # type: ignore[no-untyped-def]
         learn_host_b(twin)
         reads = [plain(frame_to(BROADCAST, 60, kind="arp")), plain(frame_to(UNKNOWN, 100)),
@@ -176,10 +177,32 @@ def test_what_the_lane_leaves_to_python_ends_the_same() -> None:
                  plain(frame_to(HOST_B, 300))]
         for read in reads:  # one pass each: each one is handed over on its own
             both_tap(twin, [read])
-        assert twin.nat.handovers == 6  # all but the last (an ordinary frame)
+        assert twin.nat.handovers == 4  # all but the flooded two and an ordinary frame
         same_everything(twin)
 
     run(scenario)
+
+
+def test_flooded_frames_pass_on_lent_tokens_and_the_budget_still_holds() -> None:
+    """Issue 26: the lane passes flooded frames itself on tokens Python's storm
+    buckets lent it, and comes to Python when it has none; what passes, what is
+    dropped and the drop counts are the pure-Python path's, to the frame."""
+    from tests.native.lanesim import counter_figures
+
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        learn_host_b(twin)
+        flood = [plain(frame_to(BROADCAST, 60 + k, seed=k)) for k in range(30)]
+        arp = [plain(frame_to(BROADCAST, 28, kind="arp", seed=k)) for k in range(12)]
+        for read in flood[:10] + arp + flood[10:]:
+            both_tap(twin, [read])
+        handovers = twin.nat.handovers
+        assert 0 < handovers < 42 - 16, handovers  # most paid by the lane's tokens
+        assert twin.nat.fwd.device.drops == twin.ref.fwd.device.drops
+        same_everything(twin)
+        drops = counter_figures(twin.ref.fwd)["drops"]
+        assert drops.get("storm", 0) > 0, drops  # the budget bit
+
+    run(scenario, guard=GuardConfig(flood_rate=24))
 
 
 def test_udp_runs_from_the_peer_are_joined_as_python_joins_them() -> None:

@@ -17,7 +17,9 @@
  * - free probes only ever pass more, and only loop probes (EtherType 0x88B5,
  *   untagged or under one tag);
  * - more guards never pass more: the same config with DHCP and RA on passes
- *   only frames it passed before.
+ *   only frames it passed before;
+ * - a flood class (a lent token may pay for it) only for a flooded frame the
+ *   fast path refused, with storm control on.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,6 +108,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(bn_guard_fast_in(&more, f, n) <= in);
         CHECK(bn_guard_fast_out(&more, f, n, dst_known) <= out);
     }
+    /* a flood class only for a frame the fast path refused as flooded */
+    int fc = bn_guard_flood_class(&g, f, n, dst_known);
+    CHECK(fc == BN_FLOOD_NONE || fc == BN_FLOOD_ND || fc == BN_FLOOD_OTHER);
+    if (fc != BN_FLOOD_NONE)
+        CHECK(g.on && g.storm && out == 0 && n >= BN_ETH_HLEN && ((f[0] & 1) || !dst_known));
     bn_guard_cfg off = g;
     off.on = 0;
     CHECK(bn_guard_fast_out(&off, f, n, 0) == 1 && bn_guard_fast_in(&off, f, n) == 1);

@@ -112,6 +112,14 @@ typedef struct {
 int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known);
 /* The same for Guard.inbound / inbound_batch. */
 int bn_guard_fast_in(const bn_guard_cfg *g, const uint8_t *f, size_t n);
+/* For a frame bn_guard_fast_out refused only because it is flooded (storm
+ * control on; group destination or unknown unicast): which of Guard._look's
+ * storm buckets it would take a token from, BN_FLOOD_ND (ARP, ICMPv6 RS, RA,
+ * NS, NA, redirect: the ND share first) or BN_FLOOD_OTHER (the general
+ * budget); 0 when Python must look (any other refusal, a control frame or loop
+ * probe, IPv6 behind extension headers or cut short, three tags). */
+enum { BN_FLOOD_NONE, BN_FLOOD_ND, BN_FLOOD_OTHER };
+int bn_guard_flood_class(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known);
 
 enum {
     BN_K_UNICAST, BN_K_BROADCAST, BN_K_MULTICAST, BN_K_ARP, BN_K_IPV4, BN_K_IPV6,

@@ -115,11 +115,8 @@ static int special_ethertype(const uint8_t *f, size_t n) {
     return et == ET_PROBE || is_tpid(et);
 }
 
-/* Guard.outbound, peer not blocked.  dst_known: `known is None or frame[:6] in
- * known` (the caller passes 1 when the Guard has no `known`). */
-int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known) {
-    if (!g->on)
-        return 1;
+/* Guard.outbound up to its storm check: 1 when nothing but that check is left. */
+static int passes_but_storm(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
     if (!g->plain || special_ethertype(f, n)) {
         int vid = ordinary(g, f, n);
         if (vid < 0)
@@ -127,6 +124,16 @@ int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst
         if (!vlan_allowed(g, vid))
             return 0; /* Reason.VLAN */
     }
+    return 1;
+}
+
+/* Guard.outbound, peer not blocked.  dst_known: `known is None or frame[:6] in
+ * known` (the caller passes 1 when the Guard has no `known`). */
+int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known) {
+    if (!g->on)
+        return 1;
+    if (!passes_but_storm(g, f, n))
+        return 0;
     if (g->storm) {
         if (n == 0)
             return 1; /* frame[0] raises IndexError: None */
@@ -162,6 +169,54 @@ static int foreign_probe(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
     if (g->relay && (b[5] & BN_PROBE_FLAG_RELAY))
         return -1; /* another hub's: relayed */
     return vid;
+}
+
+#define ICMP6_RS 133u
+#define ICMP6_REDIRECT 137u
+
+/* classify.look_untrusted's kind, as far as Guard._look's storm step cares:
+ * NEIGHBOUR_KINDS -> ND, CONTROL_KINDS -> none (Python), the rest -> other. */
+int bn_guard_flood_class(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known) {
+    if (!g->on || !g->storm || n < BN_ETH_HLEN)
+        return BN_FLOOD_NONE;
+    if (!(f[0] & 1) && dst_known)
+        return BN_FLOOD_NONE; /* not flooded: bn_guard_fast_out decides */
+    if (!passes_but_storm(g, f, n))
+        return BN_FLOOD_NONE;
+    if (f[0] == 0x01 && f[1] == 0x80 && f[2] == 0xC2 && f[3] == 0 && f[4] == 0 && f[5] < 0x10)
+        return BN_FLOOD_NONE; /* IEEE link-local (BPDUs...): the control bucket */
+    unsigned et = bn_be16(f + 12);
+    size_t l3 = BN_ETH_HLEN;
+    for (int tags = 0; is_tpid(et); tags++) {
+        if (tags == 2 || n < l3 + 4)
+            return BN_FLOOD_NONE;
+        et = bn_be16(f + l3 + 2);
+        l3 += 4;
+    }
+    if (et == ET_ARP)
+        return BN_FLOOD_ND;
+    if (et == ET_PROBE)
+        return BN_FLOOD_NONE; /* (passes_but_storm never lets one through) */
+    if (et != ET_IPV6)
+        return BN_FLOOD_OTHER;
+    if (n < l3 + 41)
+        return BN_FLOOD_NONE;
+    if (f[l3] >> 4 != 6)
+        return BN_FLOOD_OTHER;
+    switch (f[l3 + 6]) {
+    case PROTO_HOPOPT:
+    case PROTO_ROUTING:
+    case PROTO_DSTOPTS:
+    case PROTO_FRAGMENT:
+    case PROTO_AH:
+        return BN_FLOOD_NONE; /* the classifier walks the chain: Python */
+    case PROTO_ICMPV6: {
+        unsigned type = f[l3 + 40];
+        return type >= ICMP6_RS && type <= ICMP6_REDIRECT ? BN_FLOOD_ND : BN_FLOOD_OTHER;
+    }
+    default:
+        return BN_FLOOD_OTHER;
+    }
 }
 
 /* Guard._inbound (and inbound_batch's shortcut), peer not blocked. */

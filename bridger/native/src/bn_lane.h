@@ -144,6 +144,11 @@ typedef struct {
     socklen_t ep_len;
     int fits_plain, fits_csum, room, max_frame, blocked;
     bn_guard_cfg guard;
+    /* Tokens of the guard's storm buckets lent by Python (Lane.lend): flooded
+     * frames the lane passes itself, one token each (bn_guard_flood_class says
+     * which bucket); at 0 the next flooded frame goes to Python, which lends
+     * again when its buckets allow.  [0]: ARP/ND share, [1]: the rest. */
+    uint32_t credit[2];
     bn_macset known;
     bn_port_stats st;
     /* WAN -> tap frames waiting for this wake-up's writes. */

@@ -46,6 +46,24 @@ static void sent_data(bn_port *p, uint64_t frames, uint64_t datagrams, uint64_t 
     p->st.rx_first_data = 0; /* an authenticated send answers what came before */
 }
 
+/* A flooded frame the guard's storm buckets pay for with a token Python lent
+ * (bn_port.credit): 1 when one was spent.  An ND frame takes the general
+ * budget's when the ND share's are gone, as Guard._look does. */
+static int spend_credit(bn_port *p, const uint8_t *frame, size_t flen, int known) {
+    int c = bn_guard_flood_class(&p->guard, frame, flen, known);
+    if (c == BN_FLOOD_NONE)
+        return 0;
+    if (c == BN_FLOOD_ND && p->credit[0] > 0) {
+        p->credit[0]--;
+        return 1;
+    }
+    if (p->credit[1] > 0) {
+        p->credit[1]--;
+        return 1;
+    }
+    return 0;
+}
+
 /* One tap read: 1 = sent or counted here; 0 = Python must handle it (nothing
  * was changed for it). */
 int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
@@ -121,10 +139,10 @@ int bn_lane_tap_read(bn_lane *l, int port, uint8_t *data, size_t n) {
         return 0;
     if (s->send_counter + 1 >= BN_REJECT_AFTER_MESSAGES)
         return 0;
-    if (!bn_guard_fast_out(&p->guard, frame, flen, known))
-        return 0;
     if (partial && (h.csum_start < BN_MIN_CSUM_START
                     || (size_t)h.csum_start + h.csum_offset + 2 > flen))
+        return 0;
+    if (!bn_guard_fast_out(&p->guard, frame, flen, known) && !spend_credit(p, frame, flen, known))
         return 0;
     if (p->vnet && flen <= MAX_SYN_FRAME)
         bn_clamp_mss(frame, flen, p->room, partial);

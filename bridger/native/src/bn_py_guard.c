@@ -130,6 +130,27 @@ static PyObject *py_guard_fast_out(PyObject *self, PyObject *args) {
     return PyBool_FromLong(r);
 }
 
+PyDoc_STRVAR(guard_flood_class_doc,
+"guard_flood_class(cfg, frame, dst_known) -> int\n\n"
+"For a frame guard_fast_out refuses only as flooded: 1 when Guard._look would take\n"
+"a token of the ND share, 2 of the general budget; 0 when Python must look.");
+
+static PyObject *py_guard_flood_class(PyObject *self, PyObject *args) {
+    Py_buffer cbuf, fbuf;
+    int dst_known = 0;
+    if (!PyArg_ParseTuple(args, "y*y*p:guard_flood_class", &cbuf, &fbuf, &dst_known))
+        return NULL;
+    bn_guard_cfg cfg;
+    int r = -1;
+    if (cfg_from_buffer(&cbuf, &cfg) == 0)
+        r = bn_guard_flood_class(&cfg, (const uint8_t *)fbuf.buf, (size_t)fbuf.len, dst_known);
+    PyBuffer_Release(&cbuf);
+    PyBuffer_Release(&fbuf);
+    if (r < 0)
+        return NULL;
+    return PyLong_FromLong(r);
+}
+
 PyDoc_STRVAR(guard_fast_in_doc,
 "guard_fast_in(cfg, frame) -> bool\n\n"
 "True when Guard.inbound(frame) (peer not blocked) passes the frame on its hot path\n"
@@ -207,6 +228,7 @@ static PyMethodDef guard_methods[] = {
      guard_config_doc},
     {"guard_fast_out", py_guard_fast_out, METH_VARARGS, guard_fast_out_doc},
     {"guard_fast_in", py_guard_fast_in, METH_VARARGS, guard_fast_in_doc},
+    {"guard_flood_class", py_guard_flood_class, METH_VARARGS, guard_flood_class_doc},
     {"account", py_account, METH_VARARGS, account_doc},
     {NULL, NULL, 0, NULL},
 };

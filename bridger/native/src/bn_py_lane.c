@@ -292,6 +292,24 @@ static PyObject *Lane_set_udp_join(LaneObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* lend(port, nd, other) -> (nd, other): add tokens of the port's storm
+ * buckets to its credit (bn_port.credit); the credit after. */
+static PyObject *Lane_lend(LaneObject *self, PyObject *args) {
+    int port;
+    unsigned int nd, other;
+    if (!PyArg_ParseTuple(args, "iII", &port, &nd, &other))
+        return NULL;
+    if (check_port(self, port) < 0)
+        return NULL;
+    lock(self);
+    uint32_t *credit = self->l->ports[port].credit;
+    credit[0] = nd > UINT32_MAX - credit[0] ? UINT32_MAX : credit[0] + nd;
+    credit[1] = other > UINT32_MAX - credit[1] ? UINT32_MAX : credit[1] + other;
+    PyObject *r = Py_BuildValue("(II)", credit[0], credit[1]);
+    unlock(self);
+    return r;
+}
+
 static PyObject *Lane_remove_port(LaneObject *self, PyObject *args) {
     int port;
     if (!PyArg_ParseTuple(args, "i", &port))
@@ -861,6 +879,9 @@ static PyMethodDef Lane_methods[] = {
     {"remove_port", (PyCFunction)Lane_remove_port, METH_VARARGS, "remove_port(id)"},
     {"set_udp_join", (PyCFunction)Lane_set_udp_join, METH_VARARGS,
      "set_udp_join(port, on): join UDP datagram runs into UDP_L4 superframes"},
+    {"lend", (PyCFunction)Lane_lend, METH_VARARGS,
+     "lend(port, nd, other) -> (nd, other): storm-bucket tokens for flooded frames the lane "
+     "passes itself (ND share, the rest); the port's credit after"},
     {"set_port", (PyCFunction)(void (*)(void))Lane_set_port, METH_VARARGS | METH_KEYWORDS,
      "set_port(port, send, endpoint, fits_plain, fits_csum, room, max_frame, blocked)"},
     {"set_rx", (PyCFunction)Lane_set_rx, METH_VARARGS, "set_rx(port, sessions)"},
