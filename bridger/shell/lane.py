@@ -90,9 +90,9 @@ def backlogged(waiting: int, spent: float) -> bool:
     once, issue 26: when any take of 32 counted, each of them got a cookie
     reply instead of a response).  A flood is: the rest of the take, and
     what comes within UNDER_LOAD_AFTER, then costs a cookie reply each and
-    no DH; what the lane sheds from its full queue keeps the device there
-    (``sync``); the core's global handshake bucket (bridger.protocol.cookie)
-    bounds the DH work before either."""
+    no DH; what the lane sheds (its queue full, strangers over their rate)
+    keeps the device there (``sync``); the core's global handshake bucket
+    (``Device._admit_handshake``) bounds the DH work before either."""
     return waiting >= UNDER_LOAD_QUEUE and spent >= UNDER_LOAD_LAG
 
 
