@@ -89,10 +89,15 @@ PMTU_CONFIRM_INTERVAL = 1.0
 PMTU_RAISE_INTERVAL = 30.0
 #: After an ICMP report proved false, further reports are ignored this long.
 PMTU_KERNEL_DISTRUST = 10.0
-#: Handshake rate limits (token buckets, messages per second and burst).
 #: Seconds after which our pending initiation, crossed by the peer's, counts as
 #: lost and is re-sent at once (one per peer initiation, which is rate-limited).
 HANDSHAKE_RACE_RESEND = 1.0
+#: Seconds (plus 0 to REKEY_TIMEOUT_JITTER_MAX of jitter) before a handshake
+#: message refused with a cookie reply is sent again with the cookie: the
+#: responder is busy, so not at once, but well before the 5 s retransmission
+#: (a hub whose spokes all restart at once, issue 26).
+COOKIE_RETRY_DELAY = 0.05
+#: Handshake rate limits (token buckets, messages per second and burst).
 HANDSHAKE_GLOBAL_RATE = 20.0
 HANDSHAKE_GLOBAL_BURST = 40.0
 HANDSHAKE_SOURCE_RATE = 2.0

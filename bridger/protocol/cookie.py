@@ -9,6 +9,11 @@
   encrypted cookie, the message's mac1 as associated data) and not processed.
 * Token buckets limit handshake processing globally (deciding "under load")
   and per source host.
+* Initiator side, a message refused for want of a cookie is sent again soon
+  with one (``CookieGenerator.take_refused``; handshake.py times it), rather
+  than at the next retransmission 5 s later: the cookie proves our address,
+  and a message that already carried a mac2 is never re-sent this way, so
+  each refusal costs at most one more message.
 """
 
 from __future__ import annotations
@@ -105,15 +110,22 @@ class CookieGenerator:
         self._cookie: bytes | None = None
         self._cookie_at = float("-inf")
         self._last_mac1: bytes | None = None
+        #: Our latest message (macs zeroed), while it went without a mac2.
+        self._last_bare: bytes | None = None
+        #: That message, once a cookie reply refused it (see take_refused).
+        self._refused: bytes | None = None
 
     def add_macs(self, body: bytes, now: float) -> bytes:
         """``body`` is a handshake message ending in two zero macs."""
         off1 = len(body) - 2 * MAC_LEN
         mac1 = mac(self._mac1_key, body[:off1])
         self._last_mac1 = mac1
+        self._refused = None  # a newer message supersedes a refused one
         head = body[:off1] + mac1
         if self._cookie is not None and now - self._cookie_at < COOKIE_REFRESH_TIME:
+            self._last_bare = None
             return head + mac(self._cookie, head)
+        self._last_bare = body
         return head + _ZERO_MAC
 
     def consume_reply(self, reply: CookieReply, now: float) -> bool:
@@ -129,7 +141,23 @@ class CookieGenerator:
         self._cookie = cookie
         self._cookie_at = now
         self._last_mac1 = None
+        self._refused, self._last_bare = self._last_bare, None
         return True
+
+    @property
+    def has_refused(self) -> bool:
+        """Did the last cookie reply refuse a message of ours that carried no
+        mac2 (one the same message with the new cookie would get through)?"""
+        return self._refused is not None
+
+    def take_refused(self) -> bytes | None:
+        """The message (macs zeroed) the last cookie reply refused for want of
+        a cookie, once; None if there is none, or a newer message was sent
+        since.  Sent again through :meth:`add_macs` it carries the cookie's
+        mac2, so a second refusal of it gives nothing to take: one refusal,
+        one more message at most."""
+        refused, self._refused = self._refused, None
+        return refused
 
 
 class RateLimiter:

@@ -15,7 +15,15 @@ a completed one changes (see docs/protocol.md, "Handshake"):
     (receive.py). Crossing initiations: the side with the greater public key
     keeps its own.
  4. A cookie reply to our latest handshake message (:func:`receive_cookie_reply`)
-    gives the cookie the next initiation's mac2 carries.
+    gives the cookie the next initiation's mac2 carries.  If it refused a
+    message that carried no mac2 (the responder is under load), that message
+    is sent again with the cookie after COOKIE_RETRY_DELAY + jitter
+    (:func:`resend_with_cookie`): an initiation still pending, or a response
+    whose session still waits for its confirmation.  The initiator would
+    otherwise sit idle until its retransmission (REKEY_TIMEOUT), and a
+    responder until the peer's; a hub whose spokes all restart at once put
+    them there for 5-9 s (issue 26).  At most one such resend per refusal: the
+    resent message carries a mac2, and a refusal of that is not resent.
 The device has already checked mac1, mac2 and the rate limits of every
 handshake message it hands over, and authenticated an initiation's sender.
 """
@@ -37,7 +45,7 @@ from .events import (
     Output,
 )
 from .keypair import Keypair
-from .messages import BadPacket, CookieReply, Initiation, Response
+from .messages import U32, BadPacket, CookieReply, Initiation, Response
 from .noise import (
     ResponderState,
     consume_response,
@@ -214,10 +222,36 @@ def awaits_reply_to(peer: PeerState, receiver: int) -> bool:
 
 def receive_cookie_reply(peer: PeerState, msg: CookieReply, now: float, out: Output) -> None:
     """Step 4: a cookie reply to our latest handshake message."""
-    if not peer.handshake.cookies.consume_reply(msg, now):
+    cookies = peer.handshake.cookies
+    if not cookies.consume_reply(msg, now):
         peer.drops[DropReason.COOKIE_INVALID] += 1
         return
     out.events.append(CookieReceived(peer.name))
+    if cookies.has_refused:
+        peer.timers.handshake_refused(now, _jitter(peer))
+
+
+def resend_with_cookie(peer: PeerState, now: float, out: Output) -> None:
+    """Step 4's end: the cookie retry timer fired.  The refused message goes
+    again, unchanged but for its mac2, while it still matters: our pending
+    initiation (the response will find it), or our response while its
+    session is still the one waiting (the initiator still holds the
+    initiation it answers: a refused message was dropped before any work)."""
+    hs = peer.handshake
+    body = hs.cookies.take_refused()
+    if body is None or peer.endpoint is None:
+        return
+    sender = U32.unpack_from(body, 4)[0]  # initiation and response alike
+    initiation = hs.pending is not None and sender == hs.pending.local_index
+    if not initiation and (peer.next is None or sender != peer.next.local_index):
+        return  # superseded: a newer handshake, or the session came up
+    datagram = hs.cookies.add_macs(body, now)
+    out.datagrams.append((datagram, peer.endpoint))
+    peer.tx_datagrams += 1
+    peer.tx_bytes += len(datagram)
+    if initiation:
+        hs.sent_at = now  # the round trip counts from this copy
+        out.events.append(HandshakeInitiated(True, peer.name))
 
 
 def install_current(peer: PeerState, kp: Keypair[PeerState]) -> None:

@@ -210,6 +210,9 @@ class Peer(PeerState):
         if t.retransmit_handshake is not None and now >= t.retransmit_handshake:
             t.retransmit_handshake = None
             handshake.retransmit(self, now, out)
+        if t.cookie_retry is not None and now >= t.cookie_retry:
+            t.cookie_retry = None
+            handshake.resend_with_cookie(self, now, out)
         if t.new_handshake is not None and now >= t.new_handshake:
             t.new_handshake = None
             silent = now - (self.last_received if self.last_received is not None else now)

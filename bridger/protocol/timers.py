@@ -8,7 +8,9 @@ handshake timers (as in WireGuard: REKEY_TIMEOUT + jitter for a retry,
 KEEPALIVE_TIMEOUT + REKEY_TIMEOUT + jitter for dead-peer detection) is drawn
 from the device's byte source, so that sites started or silenced at the same
 moment do not keep initiating in lockstep (a hub whose spokes all restart,
-issue 26).
+issue 26).  A handshake message of ours refused with a cookie reply is sent
+again with the cookie after COOKIE_RETRY_DELAY + jitter (``cookie_retry``),
+not at the next retransmission.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import (
+    COOKIE_RETRY_DELAY,
     KEEPALIVE_TIMEOUT,
     NEW_HANDSHAKE_TIMEOUT,
     REKEY_TIMEOUT,
@@ -34,6 +37,8 @@ def jitter(random: Callable[[int], bytes]) -> float:
 class Timers:
     #: Resend the initiation (new ephemeral) if no response came.
     retransmit_handshake: float | None = None
+    #: Send the message a cookie reply refused again, with the cookie.
+    cookie_retry: float | None = None
     #: Passive keepalive: data arrived and we sent nothing back for 10 s.
     send_keepalive: float | None = None
     #: Dead-peer detection: we sent data and heard nothing authenticated for 15 s.
@@ -49,6 +54,7 @@ class Timers:
         best: float | None = None
         for when in (
             self.retransmit_handshake,
+            self.cookie_retry,
             self.send_keepalive,
             self.new_handshake,
             self.persistent_keepalive,
@@ -90,6 +96,12 @@ class Timers:
 
     def handshake_complete(self) -> None:
         self.retransmit_handshake = None
+        self.cookie_retry = None
+
+    def handshake_refused(self, now: float, jitter: float) -> None:
+        """A cookie reply refused our message for want of a cookie: send it
+        again with the cookie soon (spread by ``jitter``, as retries are)."""
+        self.cookie_retry = now + COOKIE_RETRY_DELAY + jitter
 
     def session_derived(self, now: float) -> None:
         self.zero_keys = now + ZERO_KEYS_AFTER

@@ -73,8 +73,27 @@ SYNC_INTERVAL = 0.1
 UNDER_LOAD_AFTER = 1.0
 #: Seconds between two pushes that look at every port, whatever they were told.
 FULL_PUSH_INTERVAL = 1.0
-#: Handshake messages in one take that make the device under load.
+#: The device is under load while a backlog of handshake messages waits: at
+#: least UNDER_LOAD_QUEUE of one take (1/8 of the lane's queue, as WireGuard
+#: counts its queue) still to serve once UNDER_LOAD_LAG seconds went into the
+#: take (see ``backlogged``).
 UNDER_LOAD_QUEUE = contract.HS_QUEUE // 8
+UNDER_LOAD_LAG = 0.1
+
+
+def backlogged(waiting: int, spent: float) -> bool:
+    """Is the device under load, with ``waiting`` handshake messages of one
+    take still to serve after ``spent`` seconds on it?  Yes when the core
+    cannot keep up: a backlog of UNDER_LOAD_QUEUE that UNDER_LOAD_LAG of work
+    did not bring down.  A burst of legitimate initiations the core answers
+    in a few milliseconds each is not load (a hub whose spokes all restart at
+    once, issue 26: when any take of 32 counted, each of them got a cookie
+    reply instead of a response).  A flood is: the rest of the take, and
+    what comes within UNDER_LOAD_AFTER, then costs a cookie reply each and
+    no DH; what the lane sheds (its queue full, strangers over their rate)
+    keeps the device there (``sync``); the core's global handshake bucket
+    (``Device._admit_handshake``) bounds the DH work before either."""
+    return waiting >= UNDER_LOAD_QUEUE and spent >= UNDER_LOAD_LAG
 
 
 def held_sessions(peer: Peer) -> set[Any]:
@@ -329,11 +348,12 @@ class NativeLane:
         fwd = self.fwd
         device = fwd.device
         now = fwd.now()
-        if len(messages) >= UNDER_LOAD_QUEUE:
-            self._loaded_until = now + UNDER_LOAD_AFTER
-        device.set_under_load(now < self._loaded_until)
         wall = time.time()
-        for msg in messages:
+        began = time.perf_counter()
+        for i, msg in enumerate(messages):
+            if backlogged(len(messages) - i, time.perf_counter() - began):
+                self._loaded_until = now + UNDER_LOAD_AFTER
+            device.set_under_load(now < self._loaded_until)
             with self.held():
                 out = device.receive_datagrams((msg.data,), normalise_address(msg.sockaddr),
                                                now, wall)

@@ -548,3 +548,49 @@ def test_a_valid_handshake_reaches_python_through_the_queue_without_the_socket()
         same_everything(twin)
 
     run(scenario)
+
+
+@pytest.mark.parametrize(("count", "lag", "cookies"), [
+    (33, float("inf"), 0),  # a burst the core keeps up with: answered, no cookie
+    (33, 0.0, 33),  # a backlog of 1/8 of the queue the lag did not bring down
+    (31, 0.0, 0),  # below 1/8 of the queue: no backlog, however slow
+])
+def test_under_load_means_a_backlog_not_a_burst(monkeypatch: pytest.MonkeyPatch, count: int,
+                                                lag: float, cookies: int) -> None:
+    """Issue 26: any take of 32 handshake messages put the device under load
+    for a second, so a hub whose spokes restarted at once answered them with
+    cookie replies, and each spoke waited for its retry.  Now a take is load
+    only while UNDER_LOAD_QUEUE of it still waits once UNDER_LOAD_LAG went into
+    it (``backlogged``; the lag is set here, the machine's speed is not)."""
+    from bridger.native.contract import HandshakePunt
+    from bridger.protocol import Output
+    from bridger.shell import lane as shell_lane
+
+    assert shell_lane.UNDER_LOAD_QUEUE == 32
+    monkeypatch.setattr(shell_lane, "UNDER_LOAD_LAG", lag)
+
+    def scenario(twin) -> None:  # type: ignore[no-untyped-def]
+        nat = twin.nat
+        source = ("127.0.0.1", nat.wan.getsockname()[1])
+        punts = []
+        for _ in range(count):
+            out = Output()
+            twin.b_peer.start_handshake(1.0, out)
+            punts.append(HandshakePunt(out.datagrams[0][0], source))
+        before = nat.fwd.device.cookies_sent
+        nat.lane._handshakes(punts)
+        assert nat.fwd.device.cookies_sent - before == cookies
+        from tests.native.lanesim import drain
+
+        assert [d[0] for d in drain(nat.wan)].count(3) == cookies
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("waiting", "spent", "loaded"), [
+    (256, 0.0, False), (32, 0.099, False), (31, 10.0, False), (32, 0.1, True), (256, 1.0, True),
+])
+def test_backlogged_table(waiting: int, spent: float, loaded: bool) -> None:
+    from bridger.shell.lane import backlogged
+
+    assert backlogged(waiting, spent) is loaded

@@ -6,11 +6,20 @@ import pytest
 
 from bridger.protocol import DropReason, Tunnel, TunnelConfig, public_key
 from bridger.protocol import device as device_module
-from bridger.protocol.constants import REASSEMBLY_MAX_FRAMES, REASSEMBLY_TIMEOUT
+from bridger.protocol.constants import (
+    COOKIE_RETRY_DELAY,
+    MAC_LEN,
+    REASSEMBLY_MAX_FRAMES,
+    REASSEMBLY_TIMEOUT,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+)
+from bridger.protocol.cookie import CookieChecker, CookieGenerator
 from bridger.protocol.fragment import Reassembler, split
 from bridger.protocol.messages import (
     COOKIE_REPLY_LEN,
     INITIATION_LEN,
+    INITIATION_MAC1_OFFSET,
     RESPONSE_LEN,
     BadPacket,
     CookieReply,
@@ -251,6 +260,88 @@ def test_under_load_answers_with_cookie_only() -> None:
     # the replayed cookie reply is refused
     a.receive_datagram(reply, ("192.0.2.2", 1), 0.02, 1e9)
     assert a.drops[DropReason.COOKIE_INVALID] == 1
+
+
+A_ADDR, B_ADDR = ("192.0.2.1", 1), ("192.0.2.2", 1)
+
+
+def test_an_initiation_refused_for_want_of_a_cookie_goes_again_soon_with_it() -> None:
+    """Issue 26: a hub under load answers a restarted spoke's initiation with a
+    cookie reply.  The spoke used to keep the cookie and wait for its
+    retransmission (REKEY_TIMEOUT + jitter: 5-5.3 s, 5.9 s at 50 spokes in the
+    lab); it now sends the same initiation with the cookie's mac2 within
+    COOKIE_RETRY_DELAY + jitter, which the hub answers even under load."""
+    a, b = _pair()
+    b.set_under_load(True)
+    [(init, _)] = a.send_frame(b"x" * 60, 0.0).datagrams
+    [(reply, _)] = b.receive_datagram(init, A_ADDR, 0.0, 1e9).datagrams
+    assert reply[0] == MessageType.COOKIE_REPLY
+    assert not a.receive_datagram(reply, B_ADDR, 0.01, 1e9).datagrams
+    due = a.next_deadline()
+    assert due is not None and 0.01 + COOKIE_RETRY_DELAY <= due <= (
+        0.01 + COOKIE_RETRY_DELAY + REKEY_TIMEOUT_JITTER_MAX)
+    assert not a.tick(due - 0.001, 1e9).datagrams  # not before its time
+    [(again, dest)] = a.tick(due, 1e9).datagrams
+    assert dest == B_ADDR and again[:-MAC_LEN] == init[:-MAC_LEN]  # the same, but mac2
+    assert again[-MAC_LEN:] != bytes(MAC_LEN)
+    [(response, _)] = b.receive_datagram(again, A_ADDR, due + 0.01, 1e9).datagrams
+    assert response[0] == MessageType.HANDSHAKE_RESPONSE  # admitted under load: the cookie's mac2
+    a.receive_datagram(response, B_ADDR, due + 0.02, 1e9)
+    assert a.current is not None
+    assert a.stats().handshakes == 1 and b.stats().cookies_sent == 1
+    # The retransmission timer is the handshake's own: gone with the handshake.
+    assert a.timers.retransmit_handshake is None and a.timers.cookie_retry is None
+
+
+def test_a_response_refused_for_want_of_a_cookie_goes_again_soon_with_it() -> None:
+    """The responder's side of the same: the initiator under load refuses our
+    response (before any work: its initiation is still pending), so the
+    response goes again with the cookie, rather than both sides waiting for
+    the initiator's retransmission."""
+    a, b = _pair()
+    [(init, _)] = a.send_frame(b"x" * 60, 0.0).datagrams
+    [(response, _)] = b.receive_datagram(init, A_ADDR, 0.0, 1e9).datagrams
+    a.set_under_load(True)
+    [(reply, _)] = a.receive_datagram(response, B_ADDR, 0.01, 1e9).datagrams
+    assert reply[0] == MessageType.COOKIE_REPLY and a.current is None
+    b.receive_datagram(reply, A_ADDR, 0.02, 1e9)
+    due = b.next_deadline()
+    assert due is not None and due <= 0.02 + COOKIE_RETRY_DELAY + REKEY_TIMEOUT_JITTER_MAX
+    [(again, _)] = b.tick(due, 1e9).datagrams
+    assert again[:-MAC_LEN] == response[:-MAC_LEN]
+    out = a.receive_datagram(again, B_ADDR, due + 0.01, 1e9)
+    assert a.current is not None  # a's session is up: its queued frame goes
+    b.receive_datagram(out.datagrams[0][0], A_ADDR, due + 0.02, 1e9)
+    assert b.current is not None
+
+
+def test_a_message_refused_despite_its_cookie_is_not_resent_early() -> None:
+    """Each refusal costs at most one more message: what carried a mac2 and
+    was refused all the same (a rotated secret, another address) waits for
+    the ordinary retransmission; so does a refused message a newer one
+    superseded."""
+    a, b = _pair()
+    b.set_under_load(True)
+    [(init, _)] = a.send_frame(b"x" * 60, 0.0).datagrams
+    [(reply, _)] = b.receive_datagram(init, A_ADDR, 0.0, 1e9).datagrams
+    a.receive_datagram(reply, B_ADDR, 0.01, 1e9)
+    [(again, _)] = a.tick(a.next_deadline() or 0.0, 1e9).datagrams
+    # Seen from another address, the cookie's mac2 is not valid: refused again.
+    [(reply2, _)] = b.receive_datagram(again, ("192.0.2.9", 1), 0.5, 1e9).datagrams
+    assert reply2[0] == MessageType.COOKIE_REPLY
+    a.receive_datagram(reply2, B_ADDR, 0.51, 1e9)
+    assert a.timers.cookie_retry is None
+    assert a.next_deadline() == a.timers.retransmit_handshake and (
+        a.timers.retransmit_handshake or 0.0) >= REKEY_TIMEOUT
+
+    # A newer message sent before the retry is due supersedes the refused one.
+    gen = CookieGenerator(b.public_key)
+    checker = CookieChecker(b.public_key, bytes)
+    bare = bytes(INITIATION_LEN)
+    reply3 = checker.create_reply(gen.add_macs(bare, 0.0), INITIATION_MAC1_OFFSET, 7, A_ADDR, 0.0)
+    assert gen.consume_reply(decode_cookie_reply_untrusted(reply3), 0.1) and gen.has_refused
+    gen.add_macs(b"\1" + bare[1:], 0.2)
+    assert not gen.has_refused and gen.take_refused() is None
 
 
 def test_config_validation() -> None:
