@@ -8,6 +8,7 @@ on stderr and exit code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -75,14 +76,23 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from bridger.config import build_up_config
+    # A start is imports, parsing and host set-up: objects that live as long as
+    # the daemon, no garbage worth a collection. Collecting meanwhile only costs
+    # CPU, times the gateways starting at once on a small machine (issue 26):
+    # the daemon collects once before it splits and turns the collector on
+    # when it serves (bridger.daemon.trim_memory, bridger.host.privsep.split).
+    gc.disable()
+    try:
+        from bridger.config import build_up_config
 
-    values = up_values(args)
-    path = Path(args.config) if args.config else None
-    config = build_up_config(values, path)
-    from bridger.daemon import run_up
+        values = up_values(args)
+        path = Path(args.config) if args.config else None
+        config = build_up_config(values, path)
+        from bridger.daemon import run_up
 
-    return run_up(config, lambda: build_up_config(values, path))
+        return run_up(config, lambda: build_up_config(values, path))
+    finally:
+        gc.enable()
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
