@@ -199,7 +199,7 @@ class HostSession:
                                         "txqlen": TAP_TXQUEUELEN})
         if tap.isolated:
             nl.set_port_isolated(self._ipr, actual, True)
-        if self.storm is not None:
+        if self.storm is not None and actual not in self.storm.taps:
             self.storm.add_tap(actual)  # before the port forwards anything
         silence_ipv6(actual, self.plan.netns)
         nl.set_link(self._ipr, actual, {"up": True})
@@ -274,7 +274,7 @@ class HostSession:
         so the record goes again)."""
         storm = KernelStorm(self.bridge_name, budget, self.plan.netns)
         try:
-            storm.create()
+            storm.create([t.name for t in self.plan.taps])  # their chains too: one nft run
         except NftError as exc:
             log.warning("storm control in the kernel is off (%s): the guard alone limits "
                         "flooding, after the taps' queues", exc)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridger.host import TapPlan, bring_up
+from bridger.host import TapPlan, bring_up, storm
 from bridger.host.storm import (
     StormBudget,
     counters_untrusted,
@@ -84,11 +84,23 @@ def nft_table(topo: Topo) -> str:
 
 
 @pytest.mark.netns
-def test_table_follows_the_taps_and_goes_with_the_restore(topo: Topo) -> None:
+def test_table_follows_the_taps_and_goes_with_the_restore(
+        topo: Topo, monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(topo.gw)
     taps = (TapPlan(f"{topo.tap}a", isolated=True), TapPlan(f"{topo.tap}b"))
+    runs: list[str] = []
+    real_run_nft = storm.run_nft
+
+    def counted(args: list[str], script: str | None, netns: str | None) -> str:
+        runs.append(script or " ".join(args))
+        return real_run_nft(args, script, netns)
+
+    monkeypatch.setattr(storm, "run_nft", counted)
     with bring_up(topo.plan(taps=taps, storm=BUDGET)) as session:
         assert session.storm is not None and session.storm.taps == {t.name for t in taps}
+        # The table and every planned tap's chain: one nft run (issue 26: a hub's start).
+        assert len(runs) == 1 and all(f"chain bridge {session.storm.table} tap_{t.name}"
+                                      in runs[0] for t in taps), runs
         table = nft_table(topo)
         assert "hook postrouting" in table, table
         for tap in taps:
