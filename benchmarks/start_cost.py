@@ -22,14 +22,19 @@ Prints figures only (a shared machine makes them noisy: each goes with the
 load average); it never passes or fails.  To compare two checkouts side by
 side, run this file with each checkout's interpreter in turn: the gateways
 run the ``bridger`` that interpreter imports (the line "bridger from" says
-which).
+which).  ``--bytecode`` compiles bridger's modules first (into the checkout's
+__pycache__ directories): an editable checkout run with PYTHONDONTWRITEBYTECODE compiles every
+module at every start, which an installed package never does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,15 +87,17 @@ def cpu_split(pid: int) -> tuple[float, float]:
 
 def bytecode_note() -> str:
     """Whether bridger's own modules start from cached bytecode (with
-    PYTHONDONTWRITEBYTECODE set and no __pycache__ every start compiles them)."""
+    PYTHONDONTWRITEBYTECODE set and no __pycache__, as in an editable checkout
+    here, every start compiles them: about a quarter of its CPU)."""
     root = Path(bridger.__file__).parent
     sources = list(root.rglob("*.py"))
-    tag = sys.implementation.cache_tag
-    cached = sum(1 for s in sources if (s.parent / "__pycache__" / f"{s.stem}.{tag}.pyc").exists()
-                 and (s.parent / "__pycache__" / f"{s.stem}.{tag}.pyc").stat().st_mtime
-                 >= s.stat().st_mtime)
+    fresh = 0
+    for source in sources:
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        with contextlib.suppress(OSError):
+            fresh += cached.stat().st_mtime >= source.stat().st_mtime
     env = "set" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "unset"
-    return f"{cached} of {len(sources)} modules have fresh bytecode; PYTHONDONTWRITEBYTECODE {env}"
+    return f"{fresh} of {len(sources)} modules have fresh bytecode; PYTHONDONTWRITEBYTECODE {env}"
 
 
 def start_one(lab: HubLab, site: int, within: float = 60.0) -> Sample:
@@ -155,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="starts of the lone spoke")
     parser.add_argument("--spokes", type=int, default=12, help="spokes started at once"
                         " (0: skip)")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="compile bridger's modules first (into its __pycache__"
+                             " directories, which git ignores), as an installed package has"
+                             " them")
     args = parser.parse_args(argv)
+    if args.bytecode:
+        subprocess.run([sys.executable, "-m", "compileall", "-q",
+                        str(Path(bridger.__file__).parent)], check=True)
     print(f"bridger from {Path(bridger.__file__).parent}; {os.cpu_count()} CPUs; "
           f"{bytecode_note()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bridger-start-") as tmp:
