@@ -14,9 +14,10 @@ prints, per gateway start:
    CPU-seconds spent by then (user + system, from /proc, including the
    subprocesses it ran and reaped), the monitor's and the data plane's apart;
    then the time until its tunnel to the hub is up.
-2. N = ``--spokes`` (the hub lab, hub first, then every spoke at once): until
-   the last spoke answered and until all were up, and a spoke's mean
-   CPU-seconds when it answered.
+2. N = ``--spokes`` (the hub lab, hub first, then every spoke at once): the
+   hub's start alone (it makes a tap per spoke; its time to answer is polled
+   every 0.2 s), until the last spoke answered and until all were up, and a
+   spoke's CPU-seconds when it answered.
 
 Prints figures only (a shared machine makes them noisy: each goes with the
 load average); it never passes or fails.  To compare two checkouts side by
@@ -126,11 +127,12 @@ def measure_one(workdir: Path, repeat: int) -> list[Sample]:
 
 
 def measure_many(workdir: Path, spokes: int, within: float = 120.0) -> tuple[
-        list[Sample], float, float | None]:
-    """Hub first, then every spoke at once: each spoke's sample, the time until
-    the last answered and until all were up."""
+        Sample, list[Sample], float, float | None]:
+    """Hub first (its sample: a tap per spoke), then every spoke at once: each
+    spoke's sample, the time until the last answered and until all were up."""
     with HubLab(spokes, workdir / "many") as lab:
-        lab.start_hub()
+        took = lab.start_hub(within=within)
+        hub = Sample(took, *cpu_split(lab.gateways[HUB].pid))
         sites = [s for s in lab.sites if s != HUB]
         began = lab.start(sites)
         answered: dict[int, Sample] = {}
@@ -147,7 +149,7 @@ def measure_many(workdir: Path, spokes: int, within: float = 120.0) -> tuple[
             time.sleep(POLL)
         up = lab.wait_up(within=within, since=began, step=0.05)
         samples = [answered[s] for s in sites]
-        return samples, max(s.answered for s in samples), None if up is None else up.all_up
+        return hub, samples, max(s.answered for s in samples), None if up is None else up.all_up
 
 
 def line(label: str, values: list[float], unit: str) -> str:
@@ -191,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.spokes > 0:
             print(f"\nN = {args.spokes}: the hub, then every spoke at once "
                   f"(load {load_average()})", flush=True)
-            many, last, up = measure_many(work, args.spokes)
+            hub, many, last, up = measure_many(work, args.spokes)
+            print(f"{'the hub alone: answers':<34} {hub.answered:6.3f} s, CPU {hub.cpu:.3f} s")
             print(line("exec -> status answers", [s.answered for s in many], "s"))
             print(line("CPU by then, monitor + data plane", [s.cpu for s in many], "s"))
             print(f"{'the last spoke answered':<34} {last:6.3f} s")

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from bridger import __version__
-from bridger.config import DEFAULT_BRIDGE, MODES
 from bridger.errors import BridgerError, ConfigError
 
 
@@ -76,23 +75,14 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    # A start is imports, parsing and host set-up: objects that live as long as
-    # the daemon, no garbage worth a collection. Collecting meanwhile only costs
-    # CPU, times the gateways starting at once on a small machine (issue 26):
-    # the daemon collects once before it splits and turns the collector on
-    # when it serves (bridger.daemon.trim_memory, bridger.host.privsep.split).
-    gc.disable()
-    try:
-        from bridger.config import build_up_config
+    from bridger.config import build_up_config
 
-        values = up_values(args)
-        path = Path(args.config) if args.config else None
-        config = build_up_config(values, path)
-        from bridger.daemon import run_up
+    values = up_values(args)
+    path = Path(args.config) if args.config else None
+    config = build_up_config(values, path)
+    from bridger.daemon import run_up
 
-        return run_up(config, lambda: build_up_config(values, path))
-    finally:
-        gc.enable()
+    return run_up(config, lambda: build_up_config(values, path))
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -219,6 +209,9 @@ def _int(text: str) -> int:
 
 def _up_options(p: argparse.ArgumentParser) -> None:
     """The options of `up` (and of `prepare`, which reads the same configuration)."""
+    # (Imported here, not with the module: `up` imports it with the collector off, see main.)
+    from bridger.config import DEFAULT_BRIDGE, MODES
+
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--config", metavar="FILE",
                    help="TOML file with any of these options (/etc/bridger/bridger.toml if it"
@@ -345,9 +338,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    # A start of `up` is imports, parsing and host set-up: objects that live as
+    # long as the daemon, no garbage worth the collections that would run
+    # meanwhile, about a tenth of its CPU, times the gateways starting at once
+    # on a small machine (issue 26). So the collector is off from here until
+    # the daemon turns it on as it serves (bridger.host.privsep.split, after it
+    # collected once and froze what both halves share; bridger.daemon.
+    # trim_memory); for every other command once the arguments are parsed.
+    # However `main` ends, the caller gets it back as it was.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
+        if func is not _cmd_up and collecting:
+            gc.enable()
+        return _run(func, args)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """A command, its BridgerError one line on stderr."""
     try:
         return func(args)
     except BridgerError as exc:
