@@ -8,7 +8,6 @@ on stderr and exit code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridger import __version__
+from bridger.config import DEFAULT_BRIDGE, MODES
 from bridger.errors import BridgerError, ConfigError
 
 
@@ -209,9 +209,6 @@ def _int(text: str) -> int:
 
 def _up_options(p: argparse.ArgumentParser) -> None:
     """The options of `up` (and of `prepare`, which reads the same configuration)."""
-    # (Imported here, not with the module: `up` imports it with the collector off, see main.)
-    from bridger.config import DEFAULT_BRIDGE, MODES
-
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--config", metavar="FILE",
                    help="TOML file with any of these options (/etc/bridger/bridger.toml if it"
@@ -338,30 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # A start of `up` is imports, parsing and host set-up: objects that live as
-    # long as the daemon, no garbage worth the collections that would run
-    # meanwhile, about a tenth of its CPU, times the gateways starting at once
-    # on a small machine (issue 26). So the collector is off from here until
-    # the daemon turns it on as it serves (bridger.host.privsep.split, after it
-    # collected once and froze what both halves share; bridger.daemon.
-    # trim_memory); for every other command once the arguments are parsed.
-    # However `main` ends, the caller gets it back as it was.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        func: Callable[[argparse.Namespace], int] = args.func
-        if func is not _cmd_up and collecting:
-            gc.enable()
-        return _run(func, args)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """A command, its BridgerError one line on stderr."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
     except BridgerError as exc:

@@ -603,14 +603,15 @@ def split(host: HostSession, user: ServiceUser, config: Any,
         with contextlib.suppress(Exception):
             stream.flush()
     monitor_pid = os.getpid()
-    # The start-up's garbage is collected once, here, for both halves; then
-    # what they share is frozen: no collection in either ever rewrites those
-    # objects' headers, so their pages stay shared and are not scanned again
-    # (the pattern of the gc module's documentation for fork without exec).
-    gc.collect()
+    # What the halves share is frozen: no collection in either ever scans those
+    # objects again or rewrites their headers, so their pages stay shared (the
+    # gc module's advice for a fork without exec). A full collection here or
+    # after the fork would cost ~20 ms of a start's CPU and free a few hundred
+    # objects (the young collections during the start took the rest): only
+    # the young generations are collected first.
+    gc.collect(1)
     gc.freeze()
     pid = os.fork()
-    gc.enable()  # off while `up` started (bridger.cli)
     if pid:
         theirs.close()
         return Split(monitor=Monitor(host, mine, pid, config, reread, read_keys))

@@ -580,22 +580,6 @@ def test_up_config_error_via_cli_is_one_line_exit_2(tmp_path: Path, etc: Path) -
     assert out.stderr.strip() == f"bridger: {path}: peer.port: must be 1..65535"
 
 
-def test_up_in_process_turns_the_collector_back_on(
-        tmp_path: Path, etc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`up` starts with the garbage collector off (a start makes no garbage
-    worth collecting); however it ends, the caller gets the collector back."""
-    import gc
-
-    from bridger.cli import main
-
-    monkeypatch.setenv(ETC_ENV, str(etc))
-    path = write(tmp_path, "[peer]\nport = 0\n")
-    assert gc.isenabled()
-    assert main(["up", "--config", str(path), "--lan", "eth1", "--key", "/k",
-                 "--peer-key", PUB]) == 2
-    assert gc.isenabled()
-
-
 def test_mission_command_without_config_is_one_line_exit_2(etc: Path) -> None:
     write_private_key_file(etc / "private.key", generate_private_key())
     out = subprocess.run(
