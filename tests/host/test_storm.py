@@ -58,6 +58,32 @@ def test_tap_script_polices_group_frames_by_class() -> None:
     assert all("counter name storm_site-b drop" in r or r.endswith(" accept") for r in rules)
 
 
+def test_the_table_comes_with_the_planned_taps_or_alone_if_nft_refuses_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One nft run makes the table and the planned taps' chains; if nft refuses
+    that whole, the table is made alone and no tap counts as policed (each is
+    then added on its own as it is created, and a refusal is said per tap)."""
+    runs: list[str] = []
+
+    def nft(args: list[str], script: str | None, netns: str | None) -> str:
+        runs.append(script or "")
+        if refuse and "chain bridge bridger_br0 tap_" in (script or ""):
+            raise storm.NftError("nft failed: Error: Could not process rule")
+        return ""
+
+    monkeypatch.setattr(storm, "run_nft", nft)
+    refuse = False
+    together = storm.KernelStorm("br0", BUDGET)
+    together.create(["site-b", "site-c"])
+    assert len(runs) == 1 and together.taps == {"site-b", "site-c"}
+    assert "hook postrouting" in runs[0] and "tap_site-c" in runs[0]
+    runs.clear()
+    refuse = True
+    alone = storm.KernelStorm("br0", BUDGET)
+    alone.create(["site-b", "site-c"])
+    assert len(runs) == 2 and "tap_" not in runs[1] and alone.taps == set()
+
+
 def test_counters_json_is_read_untrusted() -> None:
     doc = {"nftables": [{"metainfo": {"version": "1.0.6"}},
                         {"counter": {"family": "bridge", "name": "storm_t0", "table": "T",
