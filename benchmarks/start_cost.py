@@ -13,7 +13,8 @@ prints, per gateway start:
    time from exec to the control socket answering ``status``, and the
    CPU-seconds spent by then (user + system, from /proc, including the
    subprocesses it ran and reaped), the monitor's and the data plane's apart;
-   then the time until its tunnel to the hub is up.
+   then the time until its tunnel to the hub is up, and the memory the two
+   processes cost together then (PSS).
 2. N = ``--spokes`` (the hub lab, hub first, then every spoke at once): the
    hub's start alone (it makes a tap per spoke; its time to answer is polled
    every 0.2 s), until the last spoke answered and until all were up, and a
@@ -65,6 +66,17 @@ def own_cpu(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` in kB (/proc/PID/smaps_rollup), 0 once gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 @dataclass(frozen=True)
 class Sample:
     """One gateway's start: seconds from exec and CPU-seconds when it first answered."""
@@ -73,6 +85,9 @@ class Sample:
     monitor_cpu: float
     plane_cpu: float
     up: float | None = None
+    #: Proportional set size of monitor + data plane once up, in MB (what
+    #: the two cost together: the pages they share count half in each).
+    pss_mb: float | None = None
 
     @property
     def cpu(self) -> float:
@@ -113,7 +128,8 @@ def start_one(lab: HubLab, site: int, within: float = 60.0) -> Sample:
     answered = time.monotonic() - began
     monitor, plane = cpu_split(gateway.pid)
     up = lab.wait_up(within=within, since=began, step=POLL)
-    return Sample(answered, monitor, plane, None if up is None else up.all_up)
+    return Sample(answered, monitor, plane, None if up is None else up.all_up,
+                  sum(pss_kb(p) for p in family(gateway.pid)) / 1024)
 
 
 def measure_one(workdir: Path, repeat: int) -> list[Sample]:
@@ -189,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             ups = [s.up for s in one if s.up is not None]
             if ups:
                 print(line("exec -> tunnel up", ups, "s"))
+            pss = [s.pss_mb for s in one if s.pss_mb is not None]
+            if pss:
+                print(line("PSS once up, monitor + data plane", pss, "MB"))
             print(f"(load after: {load_average()})", flush=True)
         if args.spokes > 0:
             print(f"\nN = {args.spokes}: the hub, then every spoke at once "
