@@ -567,7 +567,9 @@ async def serve_tasks(daemon: Daemon, console: Any, live: Live, run_dir: Path | 
 
 def trim_memory() -> None:
     """Once running: give the start-up's garbage back to the system (about 1 MB
-    of a gateway's RSS: config parsing, netlink dumps, the host plan)."""
+    of a gateway's RSS: config parsing, netlink dumps, the host plan). After a
+    split the collection is a short one: the objects from before the fork are
+    frozen (``bridger.host.privsep.split``)."""
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc
         ctypes.CDLL(None).malloc_trim(0)

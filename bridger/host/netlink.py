@@ -403,13 +403,29 @@ def set_link(ipr: IPRoute, ifname: str, rec: Record) -> None:
         raise HostError(f"cannot configure {ifname}: {exc}") from exc
 
 
-def set_port_isolated(ipr: IPRoute, ifname: str, isolated: bool) -> None:
-    """Set the bridge-port flag ``isolated`` (IFLA_BRPORT_ISOLATED) of port ``ifname``."""
-    link = require_link(ipr, ifname)
+def set_new_port(ipr: IPRoute, ifname: str, index: int, *, master: int, mtu: int,
+                 txqlen: int, isolated: bool) -> None:
+    """Make the new interface ``ifname`` (``index``, down) a port of the bridge
+    with index ``master``: MTU, queue length and master in one request (the
+    kernel sets the MTU before it enslaves), the port's isolated flag in a
+    second if asked. A tap at start-up or reload; a hub makes one per spoke."""
     try:
-        ipr.brport("set", index=link.index, isolated=1 if isolated else 0)
+        ipr.link("set", index=index, mtu=mtu, txqlen=txqlen, master=master)
     except NetlinkError as exc:
-        raise HostError(f"cannot mark bridge port {ifname} isolated: {exc}") from exc
+        raise HostError(f"cannot configure {ifname}: {exc}") from exc
+    if isolated:
+        try:
+            ipr.brport("set", index=index, isolated=1)
+        except NetlinkError as exc:
+            raise HostError(f"cannot mark bridge port {ifname} isolated: {exc}") from exc
+
+
+def set_up(ipr: IPRoute, ifname: str, index: int) -> None:
+    """Bring interface ``ifname`` (``index``) up."""
+    try:
+        ipr.link("set", index=index, state="up")
+    except NetlinkError as exc:
+        raise HostError(f"cannot configure {ifname}: {exc}") from exc
 
 
 def bridge_stp_state(ipr: IPRoute, link: Link) -> int:

@@ -162,6 +162,8 @@ class HostSession:
         #: Tap name -> non-blocking fd, in the order the taps were created.
         self.taps: dict[str, int] = {}
         self.bridge_name = plan.bridge
+        #: The bridge's index, once known (0: not yet).
+        self.bridge_index = 0
         self.mtu = 0
         #: The kernel's storm cut (None: off, or nft missing or refused).
         self.storm: KernelStorm | None = None
@@ -195,14 +197,21 @@ class HostSession:
             set_owner(fd, actual, *self.plan.owner)
         if self.plan.persist:
             set_persistent(fd, actual)
-        nl.set_link(self._ipr, actual, {"mtu": self.mtu, "master": self.bridge_name,
-                                        "txqlen": TAP_TXQUEUELEN})
-        if tap.isolated:
-            nl.set_port_isolated(self._ipr, actual, True)
-        if self.storm is not None:
+        # Four netlink requests: its index, its port settings (two with
+        # isolation), up. A hub makes one tap per spoke.
+        index = nl.require_link(self._ipr, actual).index
+        nl.set_new_port(self._ipr, actual, index, master=self._bridge_index(), mtu=self.mtu,
+                        txqlen=TAP_TXQUEUELEN, isolated=tap.isolated)
+        if self.storm is not None and actual not in self.storm.taps:
             self.storm.add_tap(actual)  # before the port forwards anything
         silence_ipv6(actual, self.plan.netns)
-        nl.set_link(self._ipr, actual, {"up": True})
+        nl.set_up(self._ipr, actual, index)
+
+    def _bridge_index(self) -> int:
+        """The bridge's interface index (asked once: it stays while the session lasts)."""
+        if not self.bridge_index:
+            self.bridge_index = nl.require_link(self._ipr, self.bridge_name).index
+        return self.bridge_index
 
     def _close_tap(self, name: str) -> None:
         fd = self.taps.pop(name, -1)
@@ -274,7 +283,7 @@ class HostSession:
         so the record goes again)."""
         storm = KernelStorm(self.bridge_name, budget, self.plan.netns)
         try:
-            storm.create()
+            storm.create([t.name for t in self.plan.taps])  # their chains too: one nft run
         except NftError as exc:
             log.warning("storm control in the kernel is off (%s): the guard alone limits "
                         "flooding, after the taps' queues", exc)
@@ -469,6 +478,7 @@ def _apply(
 
     # 2. bridge MTU and MAC before any port joins (a port's MAC must never show)
     br = nl.require_link(ipr, bridge)
+    session.bridge_index = br.index
     step(f"configure {bridge}",
          {"op": "set_link", "ifname": bridge,
           "attrs": {"mtu": br.mtu, "address": br.address, "up": br.up}},

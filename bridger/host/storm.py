@@ -34,7 +34,9 @@ table of the bridge family per bridge::
 4. The table is host state: created through the journal (undo: delete the
    table) before the taps, one chain per tap added and removed with the tap,
    deleted on stop.  ``nft`` runs as a subprocess (``nft -f -``, one atomic
-   transaction per change).  Without ``nft``, or when it fails, one line is
+   transaction per change; at start the table and the chains of every planned
+   tap are one: a hub of a hundred spokes starts with one ``nft`` run, not a
+   hundred and one).  Without ``nft``, or when it fails, one line is
    logged and the guard alone does storm control, as before.
 5. Other sites' loop probes never cross the bridge from one tap to another
    (hook ``forward``, both ports in ``@peers``): in mode hub the bridge would
@@ -54,7 +56,7 @@ import re
 import shutil
 import subprocess
 import zlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from bridger.errors import HostError
@@ -288,7 +290,23 @@ class KernelStorm:
         self.taps: set[str] = set()
         self.drops: dict[str, int] = {}
 
-    def create(self) -> None:
+    def create(self, taps: Collection[str] = ()) -> None:
+        """The table, with the chains of ``taps`` (the planned ones: they police
+        the taps by name, from the moment each appears) in the same transaction.
+        If nft refuses that, the table alone (raises :class:`NftError` if that
+        fails too): the taps are then added one by one (:meth:`add_tap`)."""
+        try:
+            chains = "".join(tap_script(self.table, tap, self.budget) for tap in taps)
+        except NftError:  # a name nft cannot take: add_tap says which
+            chains = ""
+        if chains:
+            try:
+                run_nft(["-f", "-"], table_script(self.table) + chains, self.netns)
+            except NftError:
+                pass
+            else:
+                self.taps.update(taps)
+                return
         run_nft(["-f", "-"], table_script(self.table), self.netns)
 
     def delete(self) -> None:

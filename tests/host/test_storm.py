@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridger.host import TapPlan, bring_up
+from bridger.host import TapPlan, bring_up, storm
 from bridger.host.storm import (
     StormBudget,
     counters_untrusted,
@@ -58,6 +58,32 @@ def test_tap_script_polices_group_frames_by_class() -> None:
     assert all("counter name storm_site-b drop" in r or r.endswith(" accept") for r in rules)
 
 
+def test_the_table_comes_with_the_planned_taps_or_alone_if_nft_refuses_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One nft run makes the table and the planned taps' chains; if nft refuses
+    that whole, the table is made alone and no tap counts as policed (each is
+    then added on its own as it is created, and a refusal is said per tap)."""
+    runs: list[str] = []
+
+    def nft(args: list[str], script: str | None, netns: str | None) -> str:
+        runs.append(script or "")
+        if refuse and "chain bridge bridger_br0 tap_" in (script or ""):
+            raise storm.NftError("nft failed: Error: Could not process rule")
+        return ""
+
+    monkeypatch.setattr(storm, "run_nft", nft)
+    refuse = False
+    together = storm.KernelStorm("br0", BUDGET)
+    together.create(["site-b", "site-c"])
+    assert len(runs) == 1 and together.taps == {"site-b", "site-c"}
+    assert "hook postrouting" in runs[0] and "tap_site-c" in runs[0]
+    runs.clear()
+    refuse = True
+    alone = storm.KernelStorm("br0", BUDGET)
+    alone.create(["site-b", "site-c"])
+    assert len(runs) == 2 and "tap_" not in runs[1] and alone.taps == set()
+
+
 def test_counters_json_is_read_untrusted() -> None:
     doc = {"nftables": [{"metainfo": {"version": "1.0.6"}},
                         {"counter": {"family": "bridge", "name": "storm_t0", "table": "T",
@@ -84,11 +110,23 @@ def nft_table(topo: Topo) -> str:
 
 
 @pytest.mark.netns
-def test_table_follows_the_taps_and_goes_with_the_restore(topo: Topo) -> None:
+def test_table_follows_the_taps_and_goes_with_the_restore(
+        topo: Topo, monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(topo.gw)
     taps = (TapPlan(f"{topo.tap}a", isolated=True), TapPlan(f"{topo.tap}b"))
+    runs: list[str] = []
+    real_run_nft = storm.run_nft
+
+    def counted(args: list[str], script: str | None, netns: str | None) -> str:
+        runs.append(script or " ".join(args))
+        return real_run_nft(args, script, netns)
+
+    monkeypatch.setattr(storm, "run_nft", counted)
     with bring_up(topo.plan(taps=taps, storm=BUDGET)) as session:
         assert session.storm is not None and session.storm.taps == {t.name for t in taps}
+        # The table and every planned tap's chain: one nft run (issue 26: a hub's start).
+        assert len(runs) == 1 and all(f"chain bridge {session.storm.table} tap_{t.name}"
+                                      in runs[0] for t in taps), runs
         table = nft_table(topo)
         assert "hook postrouting" in table, table
         for tap in taps:
