@@ -60,4 +60,8 @@ fi
 # install still succeeds and the pure-Python path runs.
 .venv/bin/python -m pip install -q -e '.[test]'
 .venv/bin/python -c 'import bridger.native as n; print("setup: native path built (bridger.native._lane)" if n.lane else "setup: native path NOT built, the pure-Python path runs: " + n.unavailable)'
+# Bytecode, as an installed package has it: with an editable install every
+# `bridger up` would otherwise compile ~100 modules again (a third of a
+# gateway's start-up CPU; 50 gateways of a hub lab start at once, issue 26).
+.venv/bin/python -m compileall -q bridger >/dev/null
 echo "setup: ready (.venv/bin/bridger)"
