@@ -44,6 +44,15 @@ How it works (docs/guard.md has the pictures):
    (``FLAG_RELAY``) and a hub passes a marked probe of another site on to its
    other peers itself, once per probe, never from or to a blocked peer:
    probes cross hubs only from hubs, which are few.
+7. A site that is no hub sends no probes down a tunnel to a hub it hears
+   probing (a marked probe from that peer within HUB_HEARD_FOR): every loop
+   through that tunnel passes the hub's bridge, and the hub's own probes
+   down the tunnel come back through it (two spokes' LANs cabled together;
+   a spoke's LAN cabled to the hub's).  The hub blocks the tunnel instead of
+   the spoke, within the same 2 s.  A hub that stops probing (loop
+   protection off, stopped) is probed again after HUB_HEARD_FOR.  A hub
+   always probes, also towards another hub.  A hub of N spokes then gets no
+   probes at all from them: its idle cost is its own N probe streams.
 
 With STP on, a blocking port discards the probes like any data frame: they
 never come back and nothing happens.  Probes go to a locally administered
@@ -68,6 +77,7 @@ from bridger.guard.constants import (
     HOLD_BASE,
     HOLD_JITTER,
     HOLD_MAX,
+    HUB_HEARD_FOR,
     PROBE_INTERVAL,
     PROBE_JITTER,
     PROBE_MAGIC,
@@ -151,12 +161,12 @@ _B_PROBE = EtherType.LOOP_PROBE.to_bytes(2, "big")
 _B_TPIDS = frozenset(t.to_bytes(2, "big") for t in VLAN_TPIDS)
 
 
-def foreign_probe_vid(frame: bytes, site_id: bytes, relay: bool) -> int:
+def foreign_probe_vid(frame: bytes, site_id: bytes) -> int:
     """The outer VLAN id (0: untagged) of another site's loop probe, untagged or
     under one tag, that a detector with ``tap_cut`` only lets through (see 5.):
-    not ours (``site_id``), and not another hub's when we relay (``relay``:
-    FLAG_RELAY set).  -1 for anything else (ours, a relayed one, a malformed
-    body, two tags, not a probe).  Never raises.  bn_guard.c has its twin."""
+    not ours (``site_id``), and not a hub's (FLAG_RELAY: the detector notes
+    those, 6. and 7.).  -1 for anything else (ours, a hub's, a malformed body,
+    two tags, not a probe).  Never raises.  bn_guard.c has its twin."""
     et = frame[12:14]
     vid, l3 = 0, ETH_HLEN
     if et in _B_TPIDS and len(frame) >= 18:
@@ -167,7 +177,7 @@ def foreign_probe_vid(frame: bytes, site_id: bytes, relay: bool) -> int:
     magic, version, flags, _vlan, site, _nonce = PROBE_BODY.unpack_from(frame, l3)
     if magic != PROBE_MAGIC or version != PROBE_VERSION or site == site_id:
         return -1
-    if relay and flags & FLAG_RELAY:
+    if flags & FLAG_RELAY:
         return -1
     return vid
 
@@ -202,6 +212,8 @@ class PeerLoop:
     loops_detected: int = 0
     probes_sent: int = 0
     probes_returned: int = 0
+    #: Last time a hub's probe came from this peer (it probes the tunnel, 7.).
+    hub_heard: float = -math.inf
 
     def release_at(self) -> float:
         return self.last_return + self.hold
@@ -215,6 +227,7 @@ class PeerLoop:
             "loops_detected": self.loops_detected,
             "probes_sent": self.probes_sent,
             "probes_returned": self.probes_returned,
+            "probed_by_hub": now - self.hub_heard < HUB_HEARD_FOR,
         }
 
 
@@ -327,6 +340,8 @@ class LoopDetector:
         self._next_probe = now + self.interval * (1 + PROBE_JITTER * (2 * rng.random() - 1))
         probes: list[tuple[str, bytes]] = []
         for state in self._peers.values():
+            if not self.hub and now - state.hub_heard < HUB_HEARD_FOR:
+                continue  # that hub probes the tunnel (7.)
             for vlan in self.probe_vlans:
                 nonce = rng.getrandbits(8 * NONCE_LEN).to_bytes(NONCE_LEN, "big")
                 sent[nonce] = (state, vlan, now)
@@ -380,6 +395,8 @@ class LoopDetector:
         delivered = self._delivered
         if from_wan:
             relayed = self.hub and probe.flags & FLAG_RELAY
+            if probe.flags & FLAG_RELAY and state is not None:
+                state.hub_heard = now  # (7.)
             if self.tap_cut and not relayed:
                 return ProbeVerdict.FORWARD  # foreign_probe_vid's case: no note needed
             if key in delivered:

@@ -174,11 +174,10 @@ class Guard:
         self._ra = config.ra == LOCAL
         self._v4, self._v6 = interest_tables(self._dhcp, self._ra)
         detector = self._detector
-        #: (our site id, we relay) when other sites' probes from the tunnel need
-        #: no look (:func:`~bridger.guard.loop.foreign_probe_vid`); None: they do.
-        self.free_probes: tuple[bytes, bool] | None = (
-            (detector.site_id, detector.hub) if detector is not None and detector.tap_cut
-            else None)
+        #: Our site id when other sites' probes from the tunnel need no look
+        #: (:func:`~bridger.guard.loop.foreign_probe_vid`); None: they do.
+        self.free_probes: bytes | None = (
+            detector.site_id if detector is not None and detector.tap_cut else None)
         self._hidden_mask = (Hidden.DHCP if self._dhcp else 0) | (Hidden.RA if self._ra else 0)
         #: No VLAN list and no DHCP/RA guard: an untagged frame that is not a
         #: probe needs no look at all (the storm check aside).
@@ -276,7 +275,7 @@ class Guard:
         if vid < 0:
             free = self.free_probes
             if free is not None:
-                vid = foreign_probe_vid(frame, *free)
+                vid = foreign_probe_vid(frame, free)
             if vid < 0:
                 return self._look(frame, now, 1, False)
         allowed = self._allowed

@@ -15,10 +15,9 @@ from bridger.guard.policy import LOCAL, GuardConfig
 from bridger.native import lane, unavailable
 
 
-def guard_cfg(config: GuardConfig | None,
-              free_probes: tuple[bytes, bool] | None = None) -> bytes:
+def guard_cfg(config: GuardConfig | None, free_probes: bytes | None = None) -> bytes:
     """The packed bn_guard_cfg for a port guarded by ``config`` (None: no guard,
-    every frame passes); ``free_probes``: the Guard's (site id, relay), when
+    every frame passes); ``free_probes``: the Guard's site id, when
     other sites' probes from the tunnel need no look.  Raises RuntimeError when
     the extension is missing."""
     if lane is None:
@@ -32,8 +31,7 @@ def guard_cfg(config: GuardConfig | None,
             vlans=config.vlans,
             untagged=config.untagged,
             flood_rate=config.flood_rate,
-            site_id=None if free_probes is None else free_probes[0],
-            relay=free_probes is not None and free_probes[1],
+            site_id=free_probes,
         )
     assert isinstance(packed, bytes)
     return packed

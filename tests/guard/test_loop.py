@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bridger.guard import GuardConfig, LoopDetected, LoopDetector, LoopGone
 from bridger.guard.classify import FrameKind, classify_untrusted
+from bridger.guard.constants import HUB_HEARD_FOR
 from bridger.guard.loop import (
     FLAG_RELAY,
     PROBE_DST,
@@ -403,9 +404,10 @@ def test_a_cable_between_the_hubs_lan_and_a_spokes_lan_is_cut_within_2_s() -> No
     Cable(net.sites["hub"].lan, net.sites["s3"].lan)
     net.run(10.0)
     hub, s3 = net.sites["hub"], net.sites["s3"]
-    for site, peer in ((hub, "s3"), (s3, "hub")):
-        found = first_loop(site, 5.0)
-        assert found is not None and found[0] - 5.0 < 2.0 and found[1] == peer, site.events
+    found = first_loop(hub, 5.0)
+    assert found is not None and found[0] - 5.0 < 2.0 and found[1] == "s3", hub.events
+    # The spoke leaves its tunnel to the hub it hears probing (loop.py 7.).
+    assert first_loop(s3, 5.0) is None, s3.events
     assert hub.blocked() == {"s3"} and net.overflow == 0
 
 
@@ -429,3 +431,23 @@ def test_a_loop_through_two_hubs_is_found_by_the_relayed_probes() -> None:
     assert any(f is not None and f[0] - 5.0 < 2.0 for f in found), found
     assert net.sites["h1"].detector.relayed + net.sites["h2"].detector.relayed > 0
     assert net.overflow == 0
+
+
+def test_a_spoke_leaves_the_probing_of_its_tunnel_to_a_hub_it_hears() -> None:
+    """Issue 26 (loop.py 7.): a site that is no hub sends no probes to a peer
+    whose hub probes it hears, and probes it again once they stop; a hub
+    always probes, also towards another hub."""
+    hub_probe = encode_probe(Probe(b"H" * 8, b"n" * 8, 0, FLAG_RELAY))
+    l3 = 14
+    spoke = LoopDetector(site_id=b"S" * 8, rng=random.Random(1), tap_cut=True)
+    spoke.add_peer("hub")
+    spoke.add_peer("other")
+    assert {name for name, _ in spoke.tick(0.0)} == {"hub", "other"}
+    assert spoke.probe_seen_untrusted(hub_probe, l3, "hub", True, 0.5) == ProbeVerdict.FORWARD
+    assert {name for name, _ in spoke.tick(1.0)} == {"other"}
+    assert spoke.peer("hub").snapshot(1.0)["probed_by_hub"]
+    assert {name for name, _ in spoke.tick(0.5 + HUB_HEARD_FOR + 0.1)} == {"hub", "other"}
+    hub = LoopDetector(site_id=b"T" * 8, rng=random.Random(1), tap_cut=True, hub=True)
+    hub.add_peer("hub")
+    hub.probe_seen_untrusted(hub_probe, l3, "hub", True, 0.5)
+    assert [name for name, _ in hub.tick(1.0)] == ["hub"]

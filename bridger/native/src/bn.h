@@ -98,10 +98,9 @@ typedef struct {
     int have_allowed;  /* a VLAN allow-list (vlans) exists */
     uint8_t allowed[4096 / 8]; /* bit v: VLAN id v allowed (bit 0: untagged ok) */
     /* Guard.free_probes: another site's loop probe from the tunnel needs no look
-     * (the bridge never hands probes between peers): probe_free, our site id,
-     * and relay (mode hub: other hubs' probes, FLAG_RELAY, are relayed by Python). */
+     * (the bridge never hands probes between peers): probe_free and our site
+     * id (a hub's probe, FLAG_RELAY, still goes to Python's detector). */
     int probe_free;
-    int relay;
     uint8_t site_id[BN_SITE_ID_LEN];
 } bn_guard_cfg;
 

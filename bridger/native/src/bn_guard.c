@@ -145,7 +145,7 @@ int bn_guard_fast_out(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst
 
 /* bridger.guard.loop.foreign_probe_vid: the outer VLAN id of another site's
  * loop probe (untagged or one tag; magic and version right; not our site id;
- * when we relay, not FLAG_RELAY), else -1. */
+ * not a hub's, FLAG_RELAY), else -1. */
 static int foreign_probe(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
     if (n < BN_ETH_HLEN)
         return -1;
@@ -166,8 +166,8 @@ static int foreign_probe(const bn_guard_cfg *g, const uint8_t *f, size_t n) {
         return -1;
     if (memcmp(b + 8, g->site_id, sizeof g->site_id) == 0)
         return -1; /* ours: the detector acts on it */
-    if (g->relay && (b[5] & BN_PROBE_FLAG_RELAY))
-        return -1; /* another hub's: relayed */
+    if (b[5] & BN_PROBE_FLAG_RELAY)
+        return -1; /* a hub's: the detector notes it (and a hub relays it) */
     return vid;
 }
 

@@ -54,19 +54,18 @@ static int set_vlans(bn_guard_cfg *cfg, PyObject *vlans) {
 
 PyDoc_STRVAR(guard_config_doc,
 "guard_config(*, on=True, dhcp_local=False, ra_local=False, vlans=None, untagged=True,\n"
-"             flood_rate=0, site_id=None, relay=False) -> bytes\n\n"
+"             flood_rate=0, site_id=None) -> bytes\n\n"
 "A packed guard config for guard_fast_out / guard_fast_in: GuardConfig's dhcp/ra\n"
 "== \"local\", vlans, untagged and flood_rate; on=False: no guard (every frame passes);\n"
-"site_id (8 bytes) and relay: Guard.free_probes (None: every probe is looked at).");
+"site_id (8 bytes): Guard.free_probes (None: every probe is looked at).");
 
 static PyObject *py_guard_config(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"on",         "dhcp_local", "ra_local", "vlans", "untagged",
-                             "flood_rate", "site_id",    "relay",    NULL};
-    int on = 1, dhcp = 0, ra = 0, untagged = 1, relay = 0;
+                             "flood_rate", "site_id",    NULL};
+    int on = 1, dhcp = 0, ra = 0, untagged = 1;
     PyObject *vlans = Py_None, *flood_rate = NULL, *site_id = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pppOpOOp:guard_config", kwlist, &on,
-                                     &dhcp, &ra, &vlans, &untagged, &flood_rate, &site_id,
-                                     &relay))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$pppOpOO:guard_config", kwlist, &on,
+                                     &dhcp, &ra, &vlans, &untagged, &flood_rate, &site_id))
         return NULL;
     bn_guard_cfg cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -77,7 +76,6 @@ static PyObject *py_guard_config(PyObject *self, PyObject *args, PyObject *kwarg
         }
         memcpy(cfg.site_id, PyBytes_AS_STRING(site_id), sizeof cfg.site_id);
         cfg.probe_free = 1;
-        cfg.relay = relay;
     }
     cfg.on = on;
     cfg.dhcp = dhcp;
