@@ -107,6 +107,7 @@ _PEER_GUARD = _object(
         "loops_detected": _COUNT,
         "probes_sent": _COUNT,
         "probes_returned": _COUNT,
+        "probed_by_hub": {"type": "boolean"},
     },
     nullable=True,
 )

@@ -2,7 +2,7 @@
  *
  * Input: byte 0 = flags (bit 0 on, 1 dhcp, 2 ra, 3 storm, 4 a VLAN allow-list,
  * 5 untagged allowed, 6 dst_known, 7 other sites' probes free, our site id
- * eight zero bytes, relaying when the count byte is odd); with an allow-list, byte 1 = how many VLAN
+ * eight zero bytes); with an allow-list, byte 1 = how many VLAN
  * ids follow (low 4 bits), each 2 bytes big endian (any 12-bit value, so the
  * bitmap is the input's); then one byte for the account count; the rest is the
  * frame, copied to a buffer of exactly its length (ASan sees any over-read).
@@ -75,7 +75,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (at >= size)
         return 0;
     g.probe_free = (flags >> 7) & 1;
-    g.relay = data[at] & 1;
     uint64_t count = 1 + (uint64_t)data[at++];
     size_t n = size - at;
     uint8_t *f = malloc(n ? n : 1);
