@@ -47,6 +47,7 @@ from bridger.lab.topology import (
     MARKER_DIR,
     PREFIX_RE,
     LabError,
+    SigtermTeardown,
     _cmd,
     _pid_alive,
     lab_owners,
@@ -211,6 +212,7 @@ class HubLab:
     _built: bool = False
     _torn_down: bool = False
     _cables: set[str] = field(default_factory=set)
+    _sigterm: SigtermTeardown = field(default_factory=SigtermTeardown)
 
     def __post_init__(self) -> None:
         if not 1 <= self.spokes <= MAX_SPOKES:
@@ -253,6 +255,7 @@ class HubLab:
             raise LabError("lab already built")
         self._built = True
         atexit.register(self.teardown)
+        self._sigterm.hold()
         try:
             MARKER_DIR.mkdir(parents=True, exist_ok=True)
             (MARKER_DIR / f"{self.prefix}.pid").write_text(f"{os.getpid()}\n")
@@ -272,8 +275,9 @@ class HubLab:
             return
         self._torn_down = True
         atexit.unregister(self.teardown)
-        self.stop(list(self.gateways))
-        remove_hub_lab(self.prefix)
+        with self._sigterm.deferred():
+            self.stop(list(self.gateways))
+            remove_hub_lab(self.prefix)
 
     def _batch(self, lines: Sequence[str], ns: str | None = None) -> None:
         """Many ``ip`` commands in one process (``ip [-n NS] -batch``)."""

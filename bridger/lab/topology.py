@@ -315,7 +315,7 @@ class Lab:
         self._lock = threading.Lock()
         self._built = False
         self._torn_down = False
-        self._holds_sigterm = False
+        self._sigterm = SigtermTeardown()
 
     # -- names and commands
     def ns(self, role: str) -> str:
@@ -469,56 +469,26 @@ class Lab:
             raise LabError("lab already built")
         self._built = True
         atexit.register(self.teardown)
-        self._install_sigterm()
+        self._sigterm.hold()
         try:
             self._build()
         except BaseException:
             self.teardown()
             raise
 
-    def _install_sigterm(self) -> None:
-        """Turn SIGTERM into SystemExit so ``with`` blocks and atexit run teardown.
-
-        Only when nobody else handles SIGTERM; shared by all live labs (counted).
-        """
-        global _sigterm_holders
-        if threading.current_thread() is not threading.main_thread():
-            return
-        if _sigterm_holders == 0 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _sigterm_to_exit)
-        if signal.getsignal(signal.SIGTERM) is _sigterm_to_exit:
-            _sigterm_holders += 1
-            self._holds_sigterm = True
-
     def teardown(self) -> None:
         """Stop the wire and delete every namespace; safe to call twice or from atexit.
 
         A SIGTERM arriving meanwhile is held back until the namespaces are gone.
         """
-        global _sigterm_holders, _sigterm_pending
         with self._lock:
             if self._torn_down:
                 return
             self._torn_down = True
         atexit.unregister(self.teardown)
-        main = threading.current_thread() is threading.main_thread()
-        deferring = main and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
-        if deferring:
-            signal.signal(signal.SIGTERM, _sigterm_record)
-        try:
+        with self._sigterm.deferred():
             self._stop_wire()
             remove_lab(self.prefix)
-        finally:
-            if self._holds_sigterm:
-                self._holds_sigterm = False
-                _sigterm_holders -= 1
-            if deferring:
-                signal.signal(
-                    signal.SIGTERM, _sigterm_to_exit if _sigterm_holders else signal.SIG_DFL
-                )
-                if _sigterm_pending:
-                    _sigterm_pending = False
-                    raise SystemExit(128 + signal.SIGTERM)
 
     def _stop_wire(self) -> None:
         if self._wire is None:
@@ -859,6 +829,50 @@ class Lab:
         yield f"  ip netns exec {self.ns('hostA1')} ping 192.168.1.12"
         yield f"  ip netns exec {self.ns('gwA')} ping {self.gateway_wan_address('B')}"
         yield f"  ip netns exec {self.ns('gwA')} bash"
+
+
+class SigtermTeardown:
+    """A lab's part in SIGTERM: while it lives SIGTERM is SystemExit, so its
+    ``with`` block and atexit tear it down (only where nobody else handles
+    SIGTERM; shared by all live labs, counted); while it tears down a SIGTERM
+    is held back until the namespaces are gone.  The classic lab and the hub
+    lab each hold one."""
+
+    def __init__(self) -> None:
+        self._holds = False
+
+    def hold(self) -> None:
+        """At build: SIGTERM becomes SystemExit (main thread only)."""
+        global _sigterm_holders
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if _sigterm_holders == 0 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_to_exit)
+        if signal.getsignal(signal.SIGTERM) is _sigterm_to_exit:
+            _sigterm_holders += 1
+            self._holds = True
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Around a teardown: a SIGTERM meanwhile is re-raised after it."""
+        global _sigterm_holders, _sigterm_pending
+        main = threading.current_thread() is threading.main_thread()
+        deferring = main and signal.getsignal(signal.SIGTERM) is _sigterm_to_exit
+        if deferring:
+            signal.signal(signal.SIGTERM, _sigterm_record)
+        try:
+            yield
+        finally:
+            if self._holds:
+                self._holds = False
+                _sigterm_holders -= 1
+            if deferring:
+                signal.signal(
+                    signal.SIGTERM, _sigterm_to_exit if _sigterm_holders else signal.SIG_DFL
+                )
+                if _sigterm_pending:
+                    _sigterm_pending = False
+                    raise SystemExit(128 + signal.SIGTERM)
 
 
 #: Live labs relying on :func:`_sigterm_to_exit`; the last one restores SIG_DFL.

@@ -2,7 +2,8 @@
 to the other spokes; spokes reach each other through the hub; the loop guard
 still cuts a cable between two spokes' LANs and one between the hub's LAN and a
 spoke's within 2 s; every spoke restarted at once comes back without a burst of
-handshakes; ``bridger lab cleanup`` removes a dead run's hub lab.
+handshakes; ``python3 -m bridger.lab cleanup`` removes a dead run's hub lab,
+a SIGTERMed run tears its own down.
 
   [hosthub]─gwhub ─┐
   [host001]─gw001 ─┼─ WAN       (bridger.lab.hub: one host per site behind a
@@ -16,6 +17,7 @@ bounds that cannot flake are asserted.  benchmarks/scale.py measures N up to 100
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -280,3 +282,32 @@ lab.start([1])
 print("ready", flush=True)
 time.sleep(600)
 """
+
+
+def test_a_sigtermed_run_tears_its_hub_lab_down(tmp_path: Path) -> None:
+    """SIGTERM to a run holding a hub lab (a benchmark stopped with kill or
+    timeout) stops its gateways and removes its namespaces, as the classic
+    lab does: nothing is left for ``cleanup``."""
+    prefix = f"bh{secrets.token_hex(3)}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LAB, prefix, str(tmp_path)], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().strip()
+        assert line == "ready", line
+        names = [n for n in list_namespaces() if n.partition("-")[0] == prefix]
+        assert len(names) == 5, names
+        gateways = [int(pid) for name in names for pid in subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True,
+            check=False).stdout.split()]
+        child.terminate()
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        cleanup_stale_hub_labs(only={prefix})
+    assert not [n for n in list_namespaces() if n.partition("-")[0] == prefix]
+    assert prefix not in hub_lab_owners()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in gateways), gateways
