@@ -328,6 +328,7 @@ class Up:
         tap_cut = host.storm is not None or (config.mode == "mesh"
                                              and not config.prepared_taps)
         fwd = build_forwarder(config, device, udp, tap_cut=tap_cut)
+        fwd.flush_lan = host.flush_lan
         ports = PortMaker.of(config, fwd)
         for settings, peer in zip(config.peers, peers, strict=True):
             fwd.ports[peer] = ports.make(peer, settings.tap, host.taps[settings.tap])

@@ -53,6 +53,9 @@ class PreparedHost:
         if len(masters) == 1 and None not in masters:
             self.bridge_name = str(masters.pop())
 
+    def flush_lan(self) -> None:
+        """Nothing: a prepared host changes nothing (the learnt entries age out)."""
+
     def add_tap(self, tap: TapPlan) -> int:
         check_name(tap.name, "tap")
         if tap.name in self.taps:

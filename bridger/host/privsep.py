@@ -114,9 +114,9 @@ class Request(enum.Enum):
     FOLLOW_STATE = "follow_state"
 
 
-#: The requests only a gateway of a two-gateway site may make.
-GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FLUSH_LAN, Request.FDB,
-                            Request.FOLLOW_STATE})
+#: The requests only a gateway of a two-gateway site may make.  (FLUSH_LAN
+#: any gateway may: loop protection flushes when it releases a peer.)
+GROUP_REQUESTS = frozenset({Request.PORT_STATE, Request.FDB, Request.FOLLOW_STATE})
 
 
 class Asked(NamedTuple):
@@ -239,9 +239,11 @@ class Monitor:
         self.reread = reread
         self.read_keys = read_keys
         self.allowed, self.isolated = taps_of(config)
-        #: Two gateways per site: the port gate (its netlink socket opened now,
-        #: before any filter), else None and the group's requests are refused.
-        self.gate: PortGate | None = PortGate() if config.ha is not None else None
+        #: The port gate (its netlink socket opened now, before any filter): the
+        #: LAN port's flush for every gateway, the group's requests for two
+        #: gateways per site (refused without ``ha``).
+        self.gate = PortGate()
+        self.group = config.ha is not None
         self.follow: Path | None = None if config.ha is None else config.ha.follow
         self.refused = 0  # requests refused as invalid (counted, one log line each)
         self._stopping = False  # a stop signal was passed on
@@ -281,8 +283,7 @@ class Monitor:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.sock.close()
-            if self.gate is not None:
-                self.gate.close()
+            self.gate.close()
 
     def _loop(self, pidfd: int) -> int:
         poller = select.poll()
@@ -359,6 +360,12 @@ class Monitor:
         op, name = asked.op, asked.name
         if op in GROUP_REQUESTS:
             return self._do_group(asked), ()
+        if op is Request.FLUSH_LAN:
+            try:
+                self.gate.flush(self.host.plan.lan)
+            except GateError as exc:
+                raise HostError(str(exc)) from exc
+            return pickle.dumps(("ok", None)), ()
         if op is Request.ADD_TAP:
             assert name is not None
             if name not in self.allowed:
@@ -392,7 +399,7 @@ class Monitor:
 
     def _do_group(self, asked: Asked) -> bytes:
         """The group's four requests (``bridger.ha.gate``): our taps, bridge and files only."""
-        if self.gate is None:
+        if not self.group:
             raise ValueError(f"{asked.op.value}: this gateway is not one of a site's group")
         try:
             if asked.op is Request.PORT_STATE:
@@ -400,9 +407,6 @@ class Monitor:
                 if asked.name not in self.host.taps:
                     raise ValueError(f"port_state: {asked.name} is not one of this run's taps")
                 self.gate.set_state(asked.name, PORT_STATES[asked.state])
-                return pickle.dumps(("ok", None))
-            if asked.op is Request.FLUSH_LAN:
-                self.gate.flush(self.host.plan.lan)
                 return pickle.dumps(("ok", None))
             if asked.op is Request.FOLLOW_STATE:
                 if self.follow is None:
@@ -551,6 +555,10 @@ class WorkerHost:
         os.set_blocking(fds[0], False)
         self.taps[tap.name] = fds[0]
         return fds[0]
+
+    def flush_lan(self) -> None:
+        """Forget what the bridge learnt on the LAN port (asked of the monitor)."""
+        self.client.call(Request.FLUSH_LAN)
 
     def remove_tap(self, name: str) -> None:
         fd = self.taps.pop(name, -1)

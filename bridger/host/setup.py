@@ -275,6 +275,18 @@ class HostSession:
             self._forget_record(undo)
             raise
 
+    def flush_lan(self) -> None:
+        """Forget what the bridge learnt on the LAN port (loop protection, when a
+        loop is gone: remote MACs learnt there through the loop would black-hole
+        their traffic until they age out)."""
+        from bridger.ha.gate import PortGate
+
+        gate = PortGate()
+        try:
+            gate.flush(self._lan)
+        finally:
+            gate.close()
+
     # -- storm control in the kernel ------------------------------------------
 
     def _start_storm(self, budget: StormBudget, undo: Record) -> None:

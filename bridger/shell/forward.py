@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,8 +36,9 @@ from typing import Any, Protocol
 import trio
 
 from bridger.dataplane.accounting import Counters
-from bridger.errors import BridgerError
+from bridger.errors import BridgerError, HostError
 from bridger.fastpath import udp as fast_udp
+from bridger.guard.events import LoopGone
 from bridger.guard.loop import LoopDetector
 from bridger.protocol import Address, Device, Output, Peer
 from bridger.protocol.messages import MAX_UDP_PAYLOAD
@@ -107,6 +108,9 @@ class Forwarder:
     heartbeat: int = 0
     #: When udp_pass last read the socket's error queue.
     errors_read_at: float = -math.inf
+    #: Forget what the bridge learnt on the LAN port (the host's verb; None:
+    #: nobody can): called when a loop is gone (:meth:`_loop_gone`).
+    flush_lan: Callable[[], None] | None = None
     sender: Sender = field(init=False)
     _by_endpoint: dict[Address, Peer] = field(init=False, default_factory=dict)
 
@@ -149,11 +153,26 @@ class Forwarder:
         if self.detector is not None and self.detector.has_events:
             for guard_event in self.detector.take_events():
                 log.warning("%s", guard_event.line())
+                if isinstance(guard_event, LoopGone):
+                    self._loop_gone()
         if not wake:
             return
         deadline = self.device.next_deadline() if peers is None else earliest(peers)
         if deadline is not None and deadline < self.timer_at:
             self.wake_timers.set()
+
+    def _loop_gone(self) -> None:
+        """A loop is gone: the bridge learnt remote hosts' MACs on the LAN port
+        while it lasted (their frames came in through the loop's cable), and
+        would drop what goes to them now that the tunnel carries it again, until
+        the entries age out (300 s) or the hosts re-resolve.  Forget them, as a
+        switch does on a topology change: the next frame to them is flooded."""
+        if self.flush_lan is None:
+            return
+        try:
+            self.flush_lan()
+        except (HostError, OSError) as exc:
+            log.warning("loop gone: could not flush the bridge's LAN port: %s", exc)
 
     @staticmethod
     def _touched(out: Output, peers: Iterable[Peer]) -> Iterable[Peer] | None:

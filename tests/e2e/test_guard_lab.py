@@ -57,6 +57,13 @@ def broadcast_from(lab: Lab, role: str, marker: bytes) -> None:
     lab.run(role, sys.executable, RAW, "send", lab.lan_ifname(role), frame.hex())
 
 
+def lan_port_holds(lab: Lab, gateway: str, mac: str) -> bool:
+    """``gateway``'s bridge has learnt ``mac`` on its LAN port (eth1)."""
+    out = lab.run(gateway, "bridge", "-j", "fdb", "show", "dev", "eth1", check=False)
+    entries = json.loads(out.stdout or "[]")
+    return any(e.get("mac") == mac and "permanent" not in e.get("state", "") for e in entries)
+
+
 def the_peer(link: BridgedLab, site: str) -> dict[str, Any]:
     """The one peer entry of ``site``'s status document."""
     doc = link.status(site)
@@ -185,6 +192,13 @@ def test_backup_cable_loop_is_cut_at_the_tunnel_and_the_tunnel_comes_back(
             assert drops(link, site, "loop_blocked") + drops(link, site, "loop_probe") > 0, peer
         assert set(seen) == {"A", "B"}, f"only {sorted(seen)} saw the loop\n{link.logs()}"
 
+        # A broadcast from hostB1 while the loop lasts reaches gwA over the cable:
+        # gwA's bridge now holds hostB1 on its LAN port (its frames to hostB1 from
+        # hostA1's side would be dropped there once the cable is gone).
+        b1_mac = host_mac(lab, "hostB1")
+        broadcast_from(lab, "hostB1", unique_marker())
+        assert wait_until(lambda: lan_port_holds(lab, "gwA", b1_mac), within=5) is not None
+
         # Cut the cable: the tunnel must carry the traffic again by itself.
         marks = log_marks(link, ("A", "B"))
         lab.run("swA", "ip", "link", "del", "bk")
@@ -192,6 +206,8 @@ def test_backup_cable_loop_is_cut_at_the_tunnel_and_the_tunnel_comes_back(
         back = wait_log(link, ("A", "B"), GONE_LINE, within=30, since=marks)
         assert set(back) == {"A", "B"}, f"forwarding resumed only at {sorted(back)}\n{link.logs()}"
         print(f"forwarding resumed {min(back.values()) - cut:.2f} s after the cut")
+        # ... and forgot it when the loop was gone (a CI run once waited 28 s in vain).
+        assert wait_until(lambda: not lan_port_holds(lab, "gwA", b1_mac), within=2) is not None
         wait_ping(lab, "hostA1", b1, within=30 - (time.monotonic() - cut))
         tx0, rx0 = frames(link, "A")
         sent, received, out = ping_stats(lab, "hostA1", b1, "-c", "10", "-i", "0.1", "-W", "2")

@@ -201,8 +201,7 @@ def _monitor(ha: bool, follow: Path | None = None) -> Iterator[tuple[Monitor, so
     finally:
         monitor.sock.close()
         theirs.close()
-        if monitor.gate is not None:
-            monitor.gate.close()
+        monitor.gate.close()
 
 
 def _ask(monitor: Monitor, theirs: socket.socket, message: dict[str, str]) -> tuple[str, object]:
@@ -232,16 +231,25 @@ def test_the_monitor_refuses_the_port_state_of_a_link_that_is_not_our_tap(name: 
 
 @pytest.mark.parametrize("message", [
     {"op": "port_state", "name": "berlin", "state": "disabled"},
-    {"op": "flush_lan"},
     {"op": "fdb"},
     {"op": "follow_state"},
 ])
 def test_a_gateway_without_a_site_refuses_the_groups_requests(message: dict[str, str]) -> None:
     with _monitor(ha=False) as (monitor, theirs):
-        assert monitor.gate is None  # no netlink socket for a gate it never needs
         status, value = _ask(monitor, theirs, message)
         assert status == "error" and "not one of a site's group" in str(value)
         assert monitor.refused == 1
+
+
+def test_any_gateway_may_flush_its_own_lan_port_and_nothing_else() -> None:
+    """Loop protection flushes the LAN port when a loop is gone: any gateway may
+    ask, for the LAN NIC of its own plan only (the request names nothing).
+    Here the plan's LAN does not exist: the kernel's answer comes back."""
+    with _monitor(ha=False) as (monitor, theirs):
+        status, value = _ask(monitor, theirs, {"op": "flush_lan"})
+        assert status == "error" and "eth1: no such interface" in str(value), value
+        status, value = _ask(monitor, theirs, {"op": "flush_lan", "name": "eth0"})
+        assert status == "error" and "eth1" not in str(value), value  # refused unread
 
 
 def test_the_monitor_reads_only_its_own_follow_file(tmp_path: Path) -> None:
