@@ -241,11 +241,26 @@ def test_status_of_the_hub_lists_every_spoke(hub_lab: HubLab) -> None:
 
 
 def test_cleanup_stops_and_removes_a_dead_runs_hub_lab(tmp_path: Path) -> None:
-    """A run SIGKILLed with its hub lab up (no teardown ran): ``bridger lab
-    cleanup``'s hub part stops the gateways it left running and removes every
+    """A run SIGKILLed with its hub lab up (no teardown ran): ``python3 -m
+    bridger.lab cleanup``'s hub part stops the gateways it left running and removes every
     namespace (before, the classic lab's cleanup removed the ``wan`` one alone
     and left the others unmarked).  Only this test's lab is looked at."""
     prefix = f"bh{secrets.token_hex(3)}"
+    child, names, gateways = held_lab(prefix, tmp_path)
+    child.kill()
+    child.wait()
+    assert prefix in hub_lab_owners()
+    removed = cleanup_stale_hub_labs(only={prefix})
+    assert sorted(removed) == sorted(names)
+    assert not [n for n in list_namespaces() if n.partition("-")[0] == prefix]
+    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in gateways),
+                      10.0) is not None, gateways
+
+
+def held_lab(prefix: str, tmp_path: Path) -> tuple[subprocess.Popen[str], list[str], list[int]]:
+    """A child run holding a hub lab of one spoke (HOLD_LAB), once ready: the
+    process, the lab's namespaces and the gateways' pids (the child is killed
+    if it never gets there)."""
     child = subprocess.Popen(
         [sys.executable, "-c", HOLD_LAB, prefix, str(tmp_path)], stdout=subprocess.PIPE,
         text=True)
@@ -259,15 +274,11 @@ def test_cleanup_stops_and_removes_a_dead_runs_hub_lab(tmp_path: Path) -> None:
             ["ip", "netns", "pids", name], capture_output=True, text=True,
             check=False).stdout.split()]
         assert gateways
-    finally:
+    except BaseException:
         child.kill()
         child.wait()
-    assert prefix in hub_lab_owners()
-    removed = cleanup_stale_hub_labs(only={prefix})
-    assert sorted(removed) == sorted(names)
-    assert not [n for n in list_namespaces() if n.partition("-")[0] == prefix]
-    assert wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in gateways),
-                      10.0) is not None, gateways
+        raise
+    return child, names, gateways
 
 
 #: A hub lab of one spoke, held until killed ("ready" once the hub answers).
@@ -289,18 +300,8 @@ def test_a_sigtermed_run_tears_its_hub_lab_down(tmp_path: Path) -> None:
     timeout) stops its gateways and removes its namespaces, as the classic
     lab does: nothing is left for ``cleanup``."""
     prefix = f"bh{secrets.token_hex(3)}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LAB, prefix, str(tmp_path)], stdout=subprocess.PIPE,
-        text=True)
+    child, _names, gateways = held_lab(prefix, tmp_path)
     try:
-        assert child.stdout is not None
-        line = child.stdout.readline().strip()
-        assert line == "ready", line
-        names = [n for n in list_namespaces() if n.partition("-")[0] == prefix]
-        assert len(names) == 5, names
-        gateways = [int(pid) for name in names for pid in subprocess.run(
-            ["ip", "netns", "pids", name], capture_output=True, text=True,
-            check=False).stdout.split()]
         child.terminate()
         assert child.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
