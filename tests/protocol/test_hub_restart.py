@@ -21,109 +21,56 @@ bucket; benchmarks/scale.py measures 50 and 100 on the machine.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import pytest
 
-from bridger.protocol import Address, Device, DeviceConfig, Output, Peer, PeerConfig
+from bridger.protocol import Address, Device, DeviceConfig, PeerConfig
 from bridger.protocol.constants import (
     COOKIE_RETRY_DELAY,
     HANDSHAKE_GLOBAL_BURST,
     REKEY_TIMEOUT_JITTER_MAX,
 )
 from bridger.protocol.messages import MessageType
-from tests.protocol.simnet import WALL_EPOCH, keypair
+from tests.protocol.meshsim import MeshSim, Site
+from tests.protocol.simnet import WALL_EPOCH
 
 SPOKES = 60
 DELAY = 0.01
-HUB_ADDR: Address = ("192.0.2.1", 55555)
 
 
-@dataclass
-class HubSim:
-    seed: int
-    spokes: int = SPOKES
-    now: float = 0.0
-    down: set[int] = field(default_factory=set)
-    #: (time, spoke, message type, True: to the hub) of every handshake message.
-    handshakes: list[tuple[float, int, int, bool]] = field(default_factory=list)
+class HubSim(MeshSim):
+    """MeshSim's devices, link and clock, wired as a hub (site 0) and spokes:
+    the hub knows no spoke's address, each spoke knows the hub's; no
+    persistent keepalives.  Every handshake message sent is noted."""
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.keys = [keypair(self.rng) for _ in range(self.spokes + 1)]
-        self.addrs = [HUB_ADDR] + [(f"192.0.2.{10 + s}", 55555) for s in range(1, self.spokes + 1)]
-        self.devices: list[Device] = []
-        self.peers: list[dict[int, Peer]] = []
-        for site in range(self.spokes + 1):
-            self.devices.append(Device(DeviceConfig(self.keys[site][0]), now=0.0,
-                                       wall_clock=WALL_EPOCH, random_bytes=self._random()))
-            self.peers.append({})
-            self._add_peers(site)
-        self._queue: list[tuple[float, int, bytes, int, int]] = []
-        self._order = 0
+    def __init__(self, seed: int, spokes: int = SPOKES) -> None:
+        #: (time, spoke, message type, True: to the hub) of every handshake message.
+        self.handshakes: list[tuple[float, int, int, bool]] = []
+        super().__init__(spokes + 1, seed, delay=DELAY)
 
-    def _random(self) -> Callable[[int], bytes]:
-        return random.Random(self.rng.random()).randbytes
+    def _make_site(self, i: int) -> Site:
+        rng = random.Random(self.rng.random())
+        device = Device(DeviceConfig(self.keys[i][0]), now=self.now,
+                        wall_clock=WALL_EPOCH + self.now, random_bytes=rng.randbytes)
+        others = range(1, self.n) if i == 0 else [0]
+        peers = {j: device.add_peer(PeerConfig(
+            self.keys[j][1], endpoint=None if i == 0 else self.addrs[0],
+            persistent_keepalive=0, name=f"site{j}"), self.now) for j in others}
+        return Site(i, device, self.addrs[i], peers)
 
-    def _add_peers(self, site: int) -> None:
-        others = range(1, self.spokes + 1) if site == 0 else [0]
-        for other in others:
-            self.peers[site][other] = self.devices[site].add_peer(PeerConfig(
-                self.keys[other][1], endpoint=None if site == 0 else HUB_ADDR,
-                persistent_keepalive=0, name=f"site{other}"), self.now)
-
-    def restart(self, spokes: list[int]) -> None:
-        """Fresh devices for ``spokes`` (same keys and addresses, no state)."""
-        for s in spokes:
-            self.devices[s] = Device(DeviceConfig(self.keys[s][0]), now=self.now,
-                                     wall_clock=WALL_EPOCH + self.now,
-                                     random_bytes=self._random())
-            self.peers[s] = {}
-            self._add_peers(s)
-
-    def send(self, src: int, dst: int) -> None:
-        frame = bytes(14) + self.rng.randbytes(50)
-        self._absorb(src, self.peers[src][dst].send_frames([frame], self.now, Output()))
-
-    def _absorb(self, site: int, out: Output) -> None:
-        for datagram, dest in out.datagrams:
+    def _send_out(self, site: Site, dest: Address, datagram: bytes) -> None:
+        if datagram[0] != MessageType.TRANSPORT:
             to = self.addrs.index(dest)
-            spoke = to if site == 0 else site
-            if datagram[0] != MessageType.TRANSPORT:
-                self.handshakes.append((self.now, spoke, datagram[0], to == 0))
-            self._order += 1
-            heapq.heappush(self._queue, (self.now + DELAY, self._order, datagram, site, to))
-
-    def run_until(self, end: float) -> None:
-        while True:
-            due: list[tuple[float, int]] = []
-            for i, device in enumerate(self.devices):
-                deadline = device.next_deadline()
-                if deadline is not None and i not in self.down:
-                    due.append((deadline, i))
-            t = min([end, *(d for d, _ in due), *(at for at, *_ in self._queue[:1])])
-            if t >= end and not (self._queue and self._queue[0][0] <= end):
-                self.now = end
-                return
-            self.now = max(self.now, t)
-            wall = WALL_EPOCH + self.now
-            if self._queue and self._queue[0][0] <= self.now:
-                _, _, datagram, src, dst = heapq.heappop(self._queue)
-                if dst not in self.down:
-                    self._absorb(dst, self.devices[dst].receive_datagrams(
-                        [datagram], self.addrs[src], self.now, wall))
-                continue
-            for d, i in due:
-                if d <= self.now:
-                    self._absorb(i, self.devices[i].tick(self.now, wall))
+            self.handshakes.append(
+                (self.now, to if site.index == 0 else site.index, datagram[0], to == 0))
+        super()._send_out(site, dest, datagram)
 
     def up(self, spoke: int) -> bool:
         """The spoke's session to the hub is current, and is the hub's current one."""
-        mine, hubs = self.peers[spoke][0].current, self.peers[0][spoke].current
+        mine = self.sites[spoke].peers[0].current
+        hubs = self.sites[0].peers[spoke].current
         return mine is not None and hubs is not None and hubs.remote_index == mine.local_index
 
 
@@ -143,7 +90,8 @@ def test_sixty_spokes_restarted_at_once_are_back_within_half_a_second(seed: int)
         for s in spokes:
             sim.send(0, s)
         sim.run_until(sim.now + 0.5)
-    sim.restart(spokes)
+    for s in spokes:
+        sim.restart(s)
     sim.down.clear()
     began = len(sim.handshakes)
     start = sim.now
