@@ -119,10 +119,10 @@ CONTROL_BURST = 200
 #: +- PROBE_JITTER; detection takes one interval plus a round trip.
 PROBE_INTERVAL = 0.5
 PROBE_JITTER = 0.1
-#: A returned probe counts only if it was sent at most this long ago.
 #: Seconds a site (not a hub) counts a peer as a hub that probes their tunnel
 #: itself after the last of that hub's probes came (bridger/guard/loop.py 7.).
 HUB_HEARD_FOR = 2.0
+#: A returned probe counts only if it was sent at most this long ago.
 PROBE_MEMORY = 5.0
 #: A blocked peer is released once no probe of ours has come back through it for
 #: the hold time: HOLD_BASE, doubled on each repeat (within STRIKE_MEMORY of the
