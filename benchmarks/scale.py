@@ -42,6 +42,25 @@ from bridger.native import contract
 MB_PER_GATEWAY = 85
 
 
+#: What every gateway process imports before it can do anything: the chosen
+#: dependencies (trio, pyroute2, PyNaCl), without a line of bridger.
+DEPENDENCIES = "import trio, pyroute2.iproute.linux, nacl.bindings"
+
+
+def import_floor(runs: int = 5) -> float:
+    """CPU-seconds (user + system, the least of ``runs``) of a fresh interpreter
+    that imports :data:`DEPENDENCIES` and exits.  N gateways started at once on
+    C cores cannot all answer before N x this / C seconds, whatever bridger does."""
+    best = float("inf")
+    for _ in range(runs):
+        before = os.times()
+        subprocess.run([sys.executable, "-c", DEPENDENCIES], check=True)
+        after = os.times()
+        best = min(best, (after.children_user - before.children_user)
+                   + (after.children_system - before.children_system))
+    return best
+
+
 def free_mb() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -158,7 +177,11 @@ N: spokes.  up: seconds from starting every spoke at once until all had their tu
   one spoke exchanged in all, the most within any one second, and the most the hub's
   link carried within one second.  load: 1-minute load average at the idle window.
   status: seconds for the hub's status document (q: the query alone, cli: a whole
-  `bridger status --json`).  fps: frames/s the hub sent each spoke while idle, by kind."""
+  `bridger status --json`).  fps: frames/s the hub sent each spoke while idle, by kind.
+  floor: N x the CPU-seconds of importing trio, pyroute2 and PyNaCl in a fresh
+  interpreter, over the number of cores: the least time in which N gateways started at
+  once on this machine can all be ready (every gateway here shares its cores; a real
+  site has its own)."""
 
 
 def print_row(row: dict[str, Any]) -> None:
@@ -210,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                              " bridger made its taps without one)")
     args = parser.parse_args(argv)
     print(LEGEND, flush=True)
+    floor = import_floor()
+    cores = os.cpu_count() or 1
     print(f"\nload average at the start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
-          f"; {os.cpu_count()} CPUs\n", flush=True)
+          f"; {cores} CPUs; the dependencies' imports cost {floor:.2f} CPU-s per process:"
+          f" floor {', '.join(f'{n} spokes {n * floor / cores:.1f} s' for n in args.sizes)}\n",
+          flush=True)
     print(f"{'N':>4} {'up (ready/hs) s':>17} {'reach':>6} {'hub CPU':>8} {'/site':>7} "
           f"{'hub RSS':>7} {'spoke CPU':>8} {'RSS':>7} {'restart (ready/hs)':>17} "
           f"{'msgs':>9} {'load':>5} {'status q/cli':>11}", flush=True)

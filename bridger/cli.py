@@ -8,6 +8,7 @@ on stderr and exit code 2; nothing a user types produces a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -75,13 +76,21 @@ def up_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from bridger.config import build_up_config
+    # The daemon's imports (trio, pyroute2, the core: about 0.2 CPU-seconds,
+    # most of what a start costs) make objects that live as long as the
+    # process: the collector's passes over them meanwhile free nothing and
+    # cost 5-10 % of the imports (issue 26: a hundred gateways starting on
+    # two cores). The run collects and freezes once set up (privsep.split).
+    gc.disable()
+    try:
+        from bridger.config import build_up_config
 
-    values = up_values(args)
-    path = Path(args.config) if args.config else None
-    config = build_up_config(values, path)
-    from bridger.daemon import run_up
-
+        values = up_values(args)
+        path = Path(args.config) if args.config else None
+        config = build_up_config(values, path)
+        from bridger.daemon import run_up
+    finally:
+        gc.enable()
     return run_up(config, lambda: build_up_config(values, path))
 
 
