@@ -207,10 +207,16 @@ class Device:
         """The kernel's word that a datagram to ``addr`` needed a path MTU of
         ``mtu`` (ICMP fragmentation needed / packet too big; with ``local``, the
         local interface refused it): news for the peer whose endpoint that is,
-        none for any other address (see :meth:`Peer.path_mtu_report`)."""
+        none for any other address (see :meth:`Peer.path_mtu_report`).  The
+        kernel names no port when the local interface refused a datagram of
+        an unconnected socket (port 0): the route's MTU is that of every peer
+        at that address."""
         out = Output()
+        host, port = addr
+        any_port = local and port == 0
         for peer in self.peers.values():
-            if peer.endpoint == addr:
+            endpoint = peer.endpoint
+            if endpoint == addr or (any_port and endpoint is not None and endpoint[0] == host):
                 peer.path_mtu_report(mtu, now, out, local=local)
         return out
 

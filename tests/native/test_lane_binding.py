@@ -9,11 +9,13 @@ hand-over eventfd, its return), never for a fixed time.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -347,3 +349,90 @@ def test_path_mtu_reports_reach_python_at_most_every_interval_with_the_smallest_
     assert {r.mtu for r in reports} <= set(mtus)
     assert 1 <= len(reports) <= 1 + elapsed / contract.MTU_INTERVAL
     assert handed == len(reports) and read == len(mtus)
+
+
+# ---- 5. the local interface refuses a datagram --------------------------------------
+
+CLONE_NEWNET = 0x40000000
+#: The MTU of the interface towards PEER in the throwaway namespace below.
+NARROW = 1400
+
+
+@contextmanager
+def narrow_route_socket() -> Iterator[socket.socket]:
+    """The lane's socket as bridger sets it up (recverr), made in a throwaway
+    network namespace whose interface towards PEER carries at most NARROW
+    bytes: a larger datagram to PEER is refused there (EMSGSIZE)."""
+    name = f"bn-emsg-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        # (The socket probes: its datagrams meet the interface's MTU, not a route's.)
+        for line in (f"link add narrow0 mtu {NARROW} type veth peer name narrow1 mtu {NARROW}",
+                     "link set narrow0 up", "link set narrow1 up",
+                     "addr add 10.77.1.1/24 dev narrow0",
+                     f"route add {PEER[0]}/32 via 10.77.1.2 dev narrow0 onlink"):
+            subprocess.run(["ip", "-n", name, *line.split()], check=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        there = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if libc.setns(there, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            finally:
+                if libc.setns(home, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns back")
+        finally:
+            os.close(home)
+            os.close(there)
+        with sock:
+            sock.bind(("0.0.0.0", 0))
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
+            yield sock
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.netns
+def test_a_datagram_the_local_interface_refused_is_news_for_every_peer_at_that_address(
+        tap: tuple[int, socket.socket]) -> None:
+    """The kernel names the address but not the port of a datagram the local
+    interface refused (an unconnected socket: ip_local_error has no port).
+    The lane looked the report up by address and port, found no peer, and
+    dropped it: a hub's path-MTU searches upwards never learnt the local
+    limit and probed above it by loss, 13 sizes twice each per peer every 30
+    s (a third of an idle hub's sends, all refused).  Now every peer at that
+    address hears it, each under its own endpoint; a peer elsewhere does not."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a network namespace)")
+    assert native is not None
+    other_fd, other_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with narrow_route_socket() as sock, other_fd, other_end:
+        lane = native.Lane(sock.fileno(), False, False, False, 0.0)
+        try:
+            ident = lane.add_port(tap[0], False, None)
+            lane.set_port(ident, None, PEER, 1400, 1396, 1396, 1514, False)
+            second = lane.add_port(other_fd.fileno(), False, None)
+            lane.set_port(second, None, (PEER[0], PEER[1] + 1), 1400, 1396, 1396, 1514, False)
+            elsewhere = lane.add_port(other_end.fileno(), False, None)
+            lane.set_port(elsewhere, None, STRANGER, 1400, 1396, 1396, 1514, False)
+            with pytest.raises(OSError) as refused:
+                sock.sendto(bytes(NARROW), PEER)  # 1428 bytes of IP packet
+            assert refused.value.errno == errno.EMSGSIZE
+            reports: list[MtuPunt] = []
+
+            def both_told() -> bool:
+                reports.extend(p for p in take_punts(lane) if isinstance(p, MtuPunt))
+                return len(reports) >= 2
+
+            with running(lane):
+                wait_for(both_told)
+            assert sorted((r.port, r.sockaddr, r.local, r.mtu) for r in reports) == sorted([
+                (ident, PEER, True, NARROW),
+                (second, (PEER[0], PEER[1] + 1), True, NARROW)])
+        finally:
+            lane.stop()
+            lane.close()

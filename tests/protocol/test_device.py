@@ -256,3 +256,21 @@ def test_initiate_starts_one_handshake_even_without_keepalive() -> None:
     peer.initiate(0.0, out)
     peer.initiate(0.1, out)  # one under way: not a second
     assert len(out.datagrams) == 1 and out.datagrams[0][0][0] == 1
+
+
+def test_a_local_refusal_naming_no_port_bounds_every_peer_at_that_address() -> None:
+    """The kernel names no port when the local interface refused a datagram
+    of an unconnected socket: the report is news for every peer at that
+    address (the route is theirs alike), and none for a peer elsewhere; an
+    ICMP report about port 0 names nobody."""
+    rng = random.Random(1)
+    dev = Device(DeviceConfig(keypair(rng)[0]), now=0.0, wall_clock=WALL_EPOCH,
+                 random_bytes=rng.randbytes)  # (probing)
+    near = [dev.add_peer(PeerConfig(keypair(rng)[1], endpoint=("192.0.2.7", 55555 + i),
+                                    name=f"near{i}"), 0.0) for i in range(2)]
+    far = dev.add_peer(PeerConfig(keypair(rng)[1], endpoint=("192.0.2.8", 55555), name="far"),
+                       0.0)
+    dev.path_mtu_report(("192.0.2.7", 0), 1400, 1.0)  # (not local: no news)
+    assert [p.pmtu.local for p in (*near, far)] == [None, None, None]
+    dev.path_mtu_report(("192.0.2.7", 0), 1400, 1.0, local=True)
+    assert [p.pmtu.local for p in (*near, far)] == [1400, 1400, None]

@@ -45,6 +45,9 @@ void bn_lane_hold_udp(bn_lane *l);
 /* The same address (family, address, port; IPv6 also the scope). */
 int bn_same_addr(const struct sockaddr_storage *a, socklen_t alen,
                  const struct sockaddr_storage *b, socklen_t blen);
+/* The same address, whatever the ports (a local EMSGSIZE names no port). */
+int bn_same_host(const struct sockaddr_storage *a, socklen_t alen,
+                 const struct sockaddr_storage *b, socklen_t blen);
 /* The port whose endpoint `from` is, or -1. */
 int bn_lane_port_of(const bn_lane *l, const struct sockaddr_storage *from, socklen_t from_len);
 

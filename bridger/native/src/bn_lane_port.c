@@ -130,20 +130,33 @@ void bn_macset_del(bn_macset *m, const uint8_t *mac) {
 
 /* ---- endpoints -------------------------------------------------------------- */
 
-int bn_same_addr(const struct sockaddr_storage *a, socklen_t alen,
-                     const struct sockaddr_storage *b, socklen_t blen) {
+/* Same address and port; with ``any_port``, same address whatever the ports. */
+static int same_addr(const struct sockaddr_storage *a, socklen_t alen,
+                     const struct sockaddr_storage *b, socklen_t blen, int any_port) {
     if (a->ss_family != b->ss_family)
         return 0;
     if (a->ss_family == AF_INET6) {
         const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id
+        return (any_port || x->sin6_port == y->sin6_port)
+               && x->sin6_scope_id == y->sin6_scope_id
                && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
     }
     if (a->ss_family == AF_INET) {
         const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+        return (any_port || x->sin_port == y->sin_port)
+               && x->sin_addr.s_addr == y->sin_addr.s_addr;
     }
     return alen == blen && memcmp(a, b, alen) == 0;
+}
+
+int bn_same_addr(const struct sockaddr_storage *a, socklen_t alen,
+                 const struct sockaddr_storage *b, socklen_t blen) {
+    return same_addr(a, alen, b, blen, 0);
+}
+
+int bn_same_host(const struct sockaddr_storage *a, socklen_t alen,
+                 const struct sockaddr_storage *b, socklen_t blen) {
+    return same_addr(a, alen, b, blen, 1);
 }
 
 int bn_lane_port_of(const bn_lane *l, const struct sockaddr_storage *from, socklen_t from_len) {

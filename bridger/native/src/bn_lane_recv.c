@@ -20,6 +20,7 @@
 #define _GNU_SOURCE
 #include "bn_lane_int.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <time.h> /* before linux/errqueue.h, which needs struct timespec */
 #include <linux/errqueue.h>
@@ -203,6 +204,20 @@ int bn_lane_mtu_due(bn_lane *l, double now) {
     return left ? 1 : -1;
 }
 
+static void keep_smaller(uint32_t *slot, uint32_t mtu) {
+    if (*slot == 0 || mtu < *slot)
+        *slot = mtu;
+}
+
+/* The port of an AF_INET or AF_INET6 address, host order (0: none named). */
+static unsigned sockaddr_port(const struct sockaddr_storage *a) {
+    if (a->ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)(const void *)a)->sin6_port);
+    if (a->ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)(const void *)a)->sin_port);
+    return 0;
+}
+
 void bn_lane_errq_message(bn_lane *l, const struct msghdr *m, double now) {
     l->st.udp_errors++;
     uint32_t mtu;
@@ -211,13 +226,28 @@ void bn_lane_errq_message(bn_lane *l, const struct msghdr *m, double now) {
         return;
     socklen_t to_len = m->msg_namelen < sizeof(struct sockaddr_storage)
                            ? m->msg_namelen : sizeof(struct sockaddr_storage);
-    int port = bn_lane_port_of(l, m->msg_name, to_len);
-    if (port < 0)
-        return; /* news of no peer's path: the core has no use for it */
-    bn_port *p = &l->ports[port];
-    uint32_t *slot = local ? &p->mtu_local : &p->mtu_icmp;
-    if (*slot == 0 || mtu < *slot)
-        *slot = mtu;
+    const struct sockaddr_storage *to = m->msg_name;
+    if (local && sockaddr_port(to) == 0) {
+        /* The local interface refused a datagram of an unconnected socket:
+         * the kernel names the address, not the port (ip_local_error).  The
+         * route's MTU is that of every peer at that address. */
+        int found = 0;
+        for (int i = 0; i < BN_MAX_PORTS; i++) {
+            bn_port *p = &l->ports[i];
+            if (p->used && p->ep_len && bn_same_host(to, to_len, &p->ep, p->ep_len)) {
+                keep_smaller(&p->mtu_local, mtu);
+                found = 1;
+            }
+        }
+        if (!found)
+            return;
+    } else {
+        int port = bn_lane_port_of(l, to, to_len);
+        if (port < 0)
+            return; /* news of no peer's path: the core has no use for it */
+        bn_port *p = &l->ports[port];
+        keep_smaller(local ? &p->mtu_local : &p->mtu_icmp, mtu);
+    }
     l->mtu_waiting = 1;
     bn_lane_mtu_due(l, now);
 }
