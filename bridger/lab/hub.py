@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -227,6 +228,8 @@ class HubLab:
     _torn_down: bool = False
     _cables: set[str] = field(default_factory=set)
     _sigterm: SigtermTeardown = field(default_factory=SigtermTeardown)
+    #: Reads the gateways' notifications for as long as the lab lives.
+    _notices: threading.Thread | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.spokes <= MAX_SPOKES:
@@ -292,6 +295,8 @@ class HubLab:
         atexit.unregister(self.teardown)
         with self._sigterm.deferred():
             self.stop(list(self.gateways))
+            if self._notices is not None:
+                self._notices.join(timeout=2.0)
             remove_hub_lab(self.prefix)
 
     def _batch(self, lines: Sequence[str], ns: str | None = None) -> None:
@@ -392,6 +397,10 @@ class HubLab:
         learns that a gateway is ready from its ``READY=1`` instead of asking
         it, so that waiting for a hundred starting gateways costs them nothing."""
         sites = list(self.sites) if sites is None else list(sites)
+        if self._notices is None:
+            self._notices = threading.Thread(target=self._read_notices, daemon=True,
+                                             name="hub-lab-notices")
+            self._notices.start()
         before = hub_handshakes(self.gateways[HUB].status()) if HUB not in sites else {}
         began = time.monotonic()
         for site in sites:
@@ -420,24 +429,28 @@ class HubLab:
             gateway.notify.close()
             gateway.notify = None
 
-    def _read_notices(self, timeout: float) -> None:
-        """Wait up to ``timeout`` s for the gateways' notifications; note each
-        ``READY=1`` with the time it arrived."""
-        by_fd = {g.notify.fileno(): g for g in self.gateways.values()
-                 if g.notify is not None and g.ready_at is None}
-        if not by_fd:
-            time.sleep(max(0.0, timeout))
-            return
-        readable, _w, _x = select.select(list(by_fd), [], [], max(0.0, timeout))
-        at = time.monotonic()
-        for fd in readable:
-            gateway = by_fd[fd]
-            assert gateway.notify is not None
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    data = gateway.notify.recv(4096)
-                    if b"READY=1" in data.split(b"\n") and gateway.ready_at is None:
-                        gateway.ready_at = at
+    def _read_notices(self) -> None:
+        """The lab's reader of every gateway's notifications, until teardown:
+        each ``READY=1`` is noted with the time it arrived.  What else they say
+        (STATUS= lines) is read and dropped: a socket nobody reads holds ten
+        datagrams, and the gateway's next notification would fail (a warning
+        in its log)."""
+        while not self._torn_down:
+            socks = {g.notify: g for g in list(self.gateways.values()) if g.notify is not None}
+            try:
+                readable = select.select(list(socks), [], [], 0.1)[0] if socks else []
+            except (OSError, ValueError):  # one was closed meanwhile (a stop)
+                continue
+            if not socks:
+                time.sleep(0.1)
+            at = time.monotonic()
+            for sock in readable:
+                gateway = socks[sock]
+                with contextlib.suppress(OSError):  # drained (or closed meanwhile)
+                    while True:
+                        data = sock.recv(4096)
+                        if b"READY=1" in data.split(b"\n") and gateway.ready_at is None:
+                            gateway.ready_at = at
 
     def stop(self, sites: Sequence[int], timeout: float = 20.0) -> None:
         """SIGTERM the gateways of ``sites`` together, wait, SIGKILL stragglers."""
@@ -499,13 +512,8 @@ class HubLab:
         since = time.monotonic() if since is None else since
         spokes = {peer_name(s): self.gateways[s] for s in self.sites if s != HUB}
         up_at: dict[str, float] = {}
-        next_poll = time.monotonic()
         while True:
-            self._read_notices(next_poll - time.monotonic())
-            now = time.monotonic()
-            if now < next_poll:
-                continue
-            next_poll = now + step
+            asked = time.monotonic()
             doc = self.gateways[HUB].status()
             at = time.monotonic()
             for peer in (doc or {}).get("peers", ()):
@@ -523,6 +531,7 @@ class HubLab:
                                max(up_at[n] - ready[n] for n in spokes))
             if elapsed >= within:
                 return None
+            time.sleep(max(0.0, asked + step - time.monotonic()))
 
     def waiting(self) -> list[int]:
         """The spokes whose tunnel to the hub is not up."""

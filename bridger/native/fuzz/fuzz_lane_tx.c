@@ -87,6 +87,9 @@ static void reset(uint8_t cfg, uint8_t cfg2) {
         memset(&p->st, 0, sizeof p->st);
         if (cfg2 & 0x10)
             bn_macset_add(&p->known, DST);
+        /* storm-bucket tokens Python lent (Lane.lend): 0-1 ARP/ND, 0-3 the rest */
+        p->credit[0] = (cfg2 >> 5) & 1;
+        p->credit[1] = (cfg2 >> 6) & 3;
         send_s[i].created = now;
         send_s[i].send_counter = 0;
         if (cfg & 0x80) {
@@ -287,8 +290,14 @@ static int one_read(rd *r, int port, int batch) {
     uint64_t c0 = s ? s->send_counter : 0;
     int ntx0 = l->ntx;
     int super = p->vnet && n >= BN_VNET_HDR_LEN && buf[1] != 0; /* gso_type */
+    uint32_t lent0 = p->credit[0] + p->credit[1];
     int done = bn_lane_tap_read(l, port, buf, n);
+    uint32_t lent1 = p->credit[0] + p->credit[1];
     memcpy(after, &p->st, sizeof after);
+    /* A lent token pays for one frame the lane sends: never more than one a
+     * read, never one for a frame it leaves to Python, never one made up. */
+    CHECK(lent1 <= lent0 && lent0 - lent1 <= 1);
+    CHECK(done || lent1 == lent0);
     uint64_t c1 = s ? s->send_counter : 0;
     CHECK(done == 0 || done == 1);
     CHECK(l->ntx >= 0 && l->tbuf_used <= l->tbuf_cap);
