@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bridger.lab.gateways import TomlValue
-from bridger.lab.hub import HUB, HubLab, peer_name, sample_pairs
+from bridger.lab.hub import HUB, HubLab, hub_handshakes, peer_name, sample_pairs
 from bridger.native import contract
 
 #: A gateway is two processes since issue 25 (the root monitor and the data plane).
@@ -81,11 +81,6 @@ def per_peer_rates(a: dict[str, Any], b: dict[str, Any], seconds: float) -> dict
         sums.setdefault("frames", []).append(
             (peer["frames"]["tx"] - old["frames"]["tx"]) / seconds)
     return {kind: statistics.fmean(v) for kind, v in sums.items() if v}
-
-
-def handshakes(doc: dict[str, Any] | None) -> dict[str, int]:
-    """Peer name -> handshakes completed, from a status document."""
-    return {p["name"]: int(p["handshakes"]) for p in (doc or {}).get("peers", ())}
 
 
 def status_time(lab: HubLab) -> float:
@@ -143,12 +138,12 @@ def measure(spokes: int, idle: float, pairs: int, settle: float,
         row["reach"] = f"{sum(lab.wait_ping(a, b, within=10) is not None for a, b in tried)}" \
                        f"/{len(tried)}"
         # Every spoke restarted at the same moment, the hub's link captured.
-        hs_before = handshakes(hub.status())
+        hs_before = hub_handshakes(hub.status())
         back, capture = lab.restart_spokes(within=180)
         if back is not None:
             row["restart_s"], row["restart_ready_s"], row["restart_handshake_s"] = (
                 round(back.all_up, 2), round(back.last_ready, 2), round(back.handshake, 2))
-            hs_after = handshakes(hub.status())
+            hs_after = hub_handshakes(hub.status())
             row["restart_handshakes_max"] = max(
                 (hs_after.get(k, 0) - hs_before.get(k, 0) for k in hs_after), default=0)
         else:

@@ -32,6 +32,7 @@ from bridger.lab.hub import (
     HandshakeCapture,
     HubLab,
     cleanup_stale_hub_labs,
+    hub_handshakes,
     hub_lab_owners,
     peer_name,
     sample_pairs,
@@ -207,10 +208,10 @@ def test_every_spoke_restarted_at_once_comes_back_without_a_storm(hub_lab: HubLa
     one spoke: the hub's own retries towards the stopped spokes are jittered
     (its dead-peer timers all started on one probe round), not in lockstep."""
     lab = hub_lab
-    before = {p["name"]: p["handshakes"] for p in hub_guard(lab)["peers"]}
+    before = hub_handshakes(hub_guard(lab))
     back, capture = lab.restart_spokes(within=120)
     assert back is not None, f"spokes {lab.waiting()} not back\n{lab.logs()}"
-    after = {p["name"]: p["handshakes"] for p in hub_guard(lab)["peers"]}
+    after = hub_handshakes(hub_guard(lab))
     most = max(after[k] - before[k] for k in after)
     spoke, burst = capture.most_in_a_second()
     per_spoke = capture.per_spoke()

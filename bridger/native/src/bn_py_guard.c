@@ -112,20 +112,27 @@ PyDoc_STRVAR(guard_fast_out_doc,
 "True when Guard.outbound(frame) (peer not blocked; dst_known: `known` is None or\n"
 "holds frame[:6]) passes the frame on its hot path without the full look.");
 
-static PyObject *py_guard_fast_out(PyObject *self, PyObject *args) {
+/* The outbound looks' bindings: (cfg, frame, dst_known) -> fn's answer, or -1
+ * with the exception set. */
+typedef int (*outbound_look)(const bn_guard_cfg *g, const uint8_t *f, size_t n, int dst_known);
+
+static int call_outbound(PyObject *args, const char *format, outbound_look fn) {
     Py_buffer cbuf, fbuf;
     int dst_known = 0;
-    if (!PyArg_ParseTuple(args, "y*y*p:guard_fast_out", &cbuf, &fbuf, &dst_known))
-        return NULL;
+    if (!PyArg_ParseTuple(args, format, &cbuf, &fbuf, &dst_known))
+        return -1;
     bn_guard_cfg cfg;
     int r = -1;
     if (cfg_from_buffer(&cbuf, &cfg) == 0)
-        r = bn_guard_fast_out(&cfg, (const uint8_t *)fbuf.buf, (size_t)fbuf.len, dst_known);
+        r = fn(&cfg, (const uint8_t *)fbuf.buf, (size_t)fbuf.len, dst_known);
     PyBuffer_Release(&cbuf);
     PyBuffer_Release(&fbuf);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(r);
+    return r;
+}
+
+static PyObject *py_guard_fast_out(PyObject *self, PyObject *args) {
+    int r = call_outbound(args, "y*y*p:guard_fast_out", bn_guard_fast_out);
+    return r < 0 ? NULL : PyBool_FromLong(r);
 }
 
 PyDoc_STRVAR(guard_flood_class_doc,
@@ -134,19 +141,8 @@ PyDoc_STRVAR(guard_flood_class_doc,
 "a token of the ND share, 2 of the general budget; 0 when Python must look.");
 
 static PyObject *py_guard_flood_class(PyObject *self, PyObject *args) {
-    Py_buffer cbuf, fbuf;
-    int dst_known = 0;
-    if (!PyArg_ParseTuple(args, "y*y*p:guard_flood_class", &cbuf, &fbuf, &dst_known))
-        return NULL;
-    bn_guard_cfg cfg;
-    int r = -1;
-    if (cfg_from_buffer(&cbuf, &cfg) == 0)
-        r = bn_guard_flood_class(&cfg, (const uint8_t *)fbuf.buf, (size_t)fbuf.len, dst_known);
-    PyBuffer_Release(&cbuf);
-    PyBuffer_Release(&fbuf);
-    if (r < 0)
-        return NULL;
-    return PyLong_FromLong(r);
+    int r = call_outbound(args, "y*y*p:guard_flood_class", bn_guard_flood_class);
+    return r < 0 ? NULL : PyLong_FromLong(r);
 }
 
 PyDoc_STRVAR(guard_fast_in_doc,
